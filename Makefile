@@ -1,0 +1,45 @@
+# The two README commands, `make demo` and `make test`, each set themselves up first:
+# create .venv if missing and install the project into it (a no-op when pyproject is unchanged).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.recfuse-installed
+EXTRAS ?= dev
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: setup demo test lint typecheck importlint protos unit bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m recfuse.demo --workdir runs/demo
+
+lint: setup
+	$(VENV)/bin/ruff check recfuse serving/recfuse_serving tests bench proto data_samples
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+importlint: setup
+	$(VENV)/bin/lint-imports
+
+protos: setup
+	$(PY) proto/generate.py --check
+
+# Everything CI checks: generated stubs current, lint, import contracts, types, then every test
+# (slow integration tests included).
+test: setup protos lint importlint typecheck
+	$(VENV)/bin/pytest
+
+unit: setup
+	$(VENV)/bin/pytest -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

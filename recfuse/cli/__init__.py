@@ -1,0 +1,1 @@
+"""The ``recfuse`` command line: parse → config → call → exit code."""

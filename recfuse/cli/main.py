@@ -1,0 +1,68 @@
+"""Entry point of the ``recfuse`` command.
+
+Each command group lives in its own module exposing ``register(subparsers)``; handlers import heavy
+modules (TensorFlow, faiss) lazily so ``recfuse --help`` stays fast. Domain errors are translated
+here, once, into a one-line message on stderr and an exit code (see :mod:`recfuse.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from recfuse import __version__
+from recfuse.errors import RecfuseError, exit_code_for
+
+# Command-group modules, each with ``register(subparsers) -> None``.
+COMMAND_MODULES = (
+    "recfuse.cli.data_cmds",
+    "recfuse.cli.train_cmds",
+    "recfuse.cli.bundle_cmds",
+    "recfuse.cli.eval_cmds",
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recfuse",
+        description="Multimodal two-tower recommendation: data, training, export, index, evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"recfuse {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 2 config/request, 3 data, 4 not found, 5 artifact)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    handler: Handler = args.handler
+    try:
+        return int(handler(args) or 0)
+    except RecfuseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exit_code_for(err)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Configuration: frozen dataclasses built at the edge (TOML file < CLI overrides), validated on construction.
+
+Every artifact stores the config that produced it (:meth:`RecfuseConfig.to_dict`), and loading a
+config dict back gives an equal object. Unknown keys are errors (a typo never silently becomes a
+default).
+
+Example:
+    >>> cfg = RecfuseConfig.from_dict({"model": {"fusion": "gated", "dim": 32}})
+    >>> cfg.model.fusion
+    'gated'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recfuse.errors import ConfigError
+
+FUSIONS = ("concat", "weighted", "max", "gated", "attention")
+ALIGNMENTS = ("linear", "mlp", "scale")
+MODALITY_KINDS = ("image", "text", "vector", "categorical")
+IMAGE_SOURCES = ("raw", "backbone", "vector")
+TEXT_SOURCES = ("tokens", "vector")
+TEXT_ENCODERS = ("mean", "transformer")
+SPLITS = ("random", "temporal", "cold_start")
+
+
+def _check_choice(section: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"`{section}.{name}` must be one of {list(choices)}, got {value!r}")
+
+
+def _check_range(section: str, name: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ConfigError(f"`{section}.{name}` must be in {bounds}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the catalog and interactions are and how they are split.
+
+    Attributes:
+        items: catalog file (Parquet, CSV or JSON Lines).
+        interactions: interactions file (same formats).
+        images_dir: base directory of relative image paths; empty means the catalog file's directory.
+        split: ``random`` (per-user 8:1:1), ``temporal`` (per-user leave-last-out) or ``cold_start``.
+        cold_item_fraction: share of items held out entirely for the ``cold_start`` split.
+        on_bad_rows: ``fail`` stops at the first unusable row; ``quarantine`` writes them to a side file.
+    """
+
+    items: str = "data_samples/items.parquet"
+    interactions: str = "data_samples/interactions.parquet"
+    images_dir: str = ""
+    split: str = "random"
+    split_seed: int = 42
+    cold_item_fraction: float = 0.1
+    max_history: int = 20
+    on_bad_rows: str = "fail"
+    quarantine_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _check_choice("data", "split", self.split, SPLITS)
+        _check_choice("data", "on_bad_rows", self.on_bad_rows, ("fail", "quarantine"))
+        _check_range("data", "cold_item_fraction", self.cold_item_fraction, 0.0, 0.9)
+        _check_range("data", "max_history", self.max_history, 1, 1000)
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """One item modality (a branch of the candidate tower).
+
+    Attributes:
+        name: unique name (``image``, ``text``, ``audio``…); used as the modality token name.
+        kind: ``image`` | ``text`` | ``vector`` | ``categorical``.
+        source: for images ``raw`` (small trainable CNN), ``backbone`` (keras.applications, local
+            weights) or ``vector`` (precomputed column); for text ``tokens`` or ``vector``.
+        columns: catalog columns feeding this modality (text: concatenated; vector/image: one).
+        dim: width of a precomputed vector column (required when ``source``/``kind`` is vector).
+    """
+
+    name: str
+    kind: str
+    source: str = ""
+    columns: tuple[str, ...] = ()
+    dim: int = 0
+    # image options
+    image_size: int = 64
+    backbone: str = "mobilenet_v3_small"
+    backbone_weights: str = ""
+    trainable: bool = False
+    # text options
+    encoder: str = "mean"
+    vocab_size: int = 20000
+    max_tokens: int = 64
+    char_ngrams: int = 2
+    embedding_dim: int = 64
+
+    def __post_init__(self) -> None:
+        sec = f"modalities.{self.name or '?'}"
+        if not self.name:
+            raise ConfigError("`modalities[].name` must be a non-empty string, got ''")
+        _check_choice(sec, "kind", self.kind, MODALITY_KINDS)
+        if self.kind == "image":
+            object.__setattr__(self, "source", self.source or "raw")
+            _check_choice(sec, "source", self.source, IMAGE_SOURCES)
+            object.__setattr__(self, "columns", tuple(self.columns) or ("image",))
+        elif self.kind == "text":
+            object.__setattr__(self, "source", self.source or "tokens")
+            _check_choice(sec, "source", self.source, TEXT_SOURCES)
+            _check_choice(sec, "encoder", self.encoder, TEXT_ENCODERS)
+            object.__setattr__(self, "columns", tuple(self.columns) or ("title", "description"))
+        elif self.kind == "vector":
+            object.__setattr__(self, "source", "vector")
+            object.__setattr__(self, "columns", tuple(self.columns) or (f"{self.name}_vec",))
+        else:
+            object.__setattr__(self, "source", "categorical")
+            object.__setattr__(self, "columns", tuple(self.columns) or ("categories",))
+        if self.source == "vector" and self.dim <= 0:
+            raise ConfigError(f"`{sec}.dim` must be the width of column {self.columns[0]!r} (> 0), got {self.dim}")
+        _check_range(sec, "image_size", self.image_size, 16, 1024)
+        _check_range(sec, "max_tokens", self.max_tokens, 1, 4096)
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+
+def default_modalities() -> tuple[ModalityConfig, ...]:
+    return (
+        ModalityConfig(name="image", kind="image"),
+        ModalityConfig(name="text", kind="text"),
+        ModalityConfig(name="categories", kind="categorical"),
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Two-tower architecture: alignment, fusion and the retrieval loss.
+
+    Attributes:
+        dim: shared embedding dimension ``d`` of both towers.
+        fusion: fusion variant name (see :data:`FUSIONS`).
+        alignment: projection of each modality into the shared space.
+        weighted_lambda: λ of the ``weighted`` fusion, Z = (1−λ)·image + λ·others.
+        modality_dropout: probability of masking each present modality per item while training.
+        item_id_dropout: probability of hiding the item-id embedding while training (cold-start robustness).
+        contrastive_weight: weight of the InfoNCE image–text alignment loss (0 disables it).
+        temperature: softmax temperature of the retrieval loss.
+        mixed_negatives: extra uniformly sampled catalog items per batch (0 disables).
+    """
+
+    dim: int = 64
+    fusion: str = "attention"
+    alignment: str = "mlp"
+    normalize: bool = True
+    weighted_lambda: float = 0.5
+    learn_lambda: bool = True
+    attention_heads: int = 2
+    attention_user_conditioned: bool = False
+    modality_dropout: float = 0.1
+    item_id_embedding: bool = True
+    item_id_dropout: float = 0.5
+    user_id_embedding: bool = True
+    user_oov_buckets: int = 64
+    query_hidden: tuple[int, ...] = (128,)
+    fusion_hidden: tuple[int, ...] = (128,)
+    contrastive_weight: float = 0.1
+    temperature: float = 0.1
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    mixed_negatives: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "fusion", self.fusion, FUSIONS)
+        _check_choice("model", "alignment", self.alignment, ALIGNMENTS)
+        _check_range("model", "dim", self.dim, 2, 4096)
+        _check_range("model", "weighted_lambda", self.weighted_lambda, 0.0, 1.0)
+        _check_range("model", "modality_dropout", self.modality_dropout, 0.0, 0.9)
+        _check_range("model", "item_id_dropout", self.item_id_dropout, 0.0, 1.0)
+        _check_range("model", "temperature", self.temperature, 1e-4, 10.0)
+        _check_range("model", "contrastive_weight", self.contrastive_weight, 0.0, 100.0)
+        _check_range("model", "attention_heads", self.attention_heads, 1, 64)
+        _check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, checkpoints and early stopping."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    seed: int = 42
+    eval_k: int = 10
+    early_stopping_patience: int = 3
+    eval_every_epochs: int = 1
+    memory_refresh_steps: int = 0
+    out_dir: str = "runs/model"
+
+    def __post_init__(self) -> None:
+        _check_range("train", "epochs", self.epochs, 1, 100_000)
+        _check_range("train", "batch_size", self.batch_size, 2, 1_000_000)
+        _check_range("train", "learning_rate", self.learning_rate, 1e-7, 10.0)
+        _check_range("train", "eval_k", self.eval_k, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """FAISS index choice: the factory string is the index type (``auto`` picks by catalog size).
+
+    Attributes:
+        factory: faiss factory string (``Flat``, ``HNSW32``, ``IVF1024,PQ16``…) or ``auto``.
+        metric: ``ip`` (inner product; cosine when vectors are normalised) or ``l2``.
+        recall_floor: minimum measured ANN Recall@10 vs exact search.
+        on_low_recall: ``raise`` or ``warn`` when the measured recall is below the floor.
+    """
+
+    factory: str = "auto"
+    metric: str = "ip"
+    ef_search: int = 128
+    ef_construction: int = 80
+    nprobe: int = 32
+    recall_floor: float = 0.9
+    on_low_recall: str = "warn"
+    recall_queries: int = 200
+    exact_max_items: int = 50_000
+
+    def __post_init__(self) -> None:
+        _check_choice("index", "metric", self.metric, ("ip", "l2"))
+        _check_choice("index", "on_low_recall", self.on_low_recall, ("raise", "warn"))
+        _check_range("index", "recall_floor", self.recall_floor, 0.0, 1.0)
+        _check_range("index", "ef_search", self.ef_search, 1, 100_000)
+        _check_range("index", "nprobe", self.nprobe, 1, 1_000_000)
+        if not self.factory.strip():
+            raise ConfigError("`index.factory` must be a faiss factory string or 'auto', got ''")
+
+
+@dataclass(frozen=True)
+class RecfuseConfig:
+    """The whole configuration of a training run (stored beside the weights and in each bundle)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    modalities: tuple[ModalityConfig, ...] = field(default_factory=default_modalities)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    variant: str = ""
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.modalities]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"`modalities[].name` must be unique, got duplicates {dupes}")
+        if not self.modalities and not self.model.item_id_embedding:
+            raise ConfigError("`modalities` is empty and `model.item_id_embedding` is false: the item tower has no input")
+        if not self.variant:
+            object.__setattr__(self, "variant", self.model.fusion)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RecfuseConfig:
+        """Build from a plain dict (parsed TOML/JSON); unknown keys raise :class:`ConfigError`."""
+        return _build(cls, raw, "")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RecfuseConfig:
+        """Load a TOML file. Relative data paths stay as written (resolved by the caller's cwd)."""
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing TOML file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {err}") from None
+        return cls.from_dict(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RecfuseConfig:
+        """Apply dotted overrides (``{"model.fusion": "max"}``), as given on a command line."""
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            parts = dotted.split(".")
+            node = raw
+            for part in parts[:-1]:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ConfigError(f"override {dotted!r}: unknown section {part!r}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+            node[parts[-1]] = value
+        return RecfuseConfig.from_dict(raw)
+
+    def modality(self, name: str) -> ModalityConfig:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no modality named {name!r}; configured: {[m.name for m in self.modalities]}")
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"`{section or 'config'}` must be a table, got {type(raw).__name__}: {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in `{section or 'config'}`; known keys: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = f"{section}.{name}" if section else name
+        kwargs[name] = _coerce(hints[name], value, where)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"`{section or 'config'}`: {err}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{where}` must be a list, got {value!r}")
+        if dataclasses.is_dataclass(inner):
+            return tuple(_build(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{where}` must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"`{where}` must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`{where}` must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"`{where}` must be a string, got {value!r}")
+        return value
+    return value

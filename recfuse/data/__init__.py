@@ -1,0 +1,1 @@
+"""The data contract: readers, validation, splits, id vocabularies, synthetic data."""
