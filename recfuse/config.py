@@ -260,7 +260,10 @@ class RecfuseConfig:
         if dupes:
             raise ConfigError(f"`modalities[].name` must be unique, got duplicates {dupes}")
         if not self.modalities and not self.model.item_id_embedding:
-            raise ConfigError("`modalities` is empty and `model.item_id_embedding` is false: the item tower has no input")
+            raise ConfigError(
+                "`modalities` is empty and `model.item_id_embedding` is false: the item tower has no input; "
+                "declare a modality or enable the item-id embedding"
+            )
         if not self.variant:
             object.__setattr__(self, "variant", self.model.fusion)
 
@@ -335,13 +338,13 @@ def _build(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if origin is tuple:
         (inner, *_rest) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"`{where}` must be a list, got {value!r}")
-        if dataclasses.is_dataclass(inner):
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             return tuple(_build(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(_coerce(inner, v, where) for v in value)
     if origin in (typing.Union, types.UnionType):

@@ -20,7 +20,9 @@ from recfuse.errors import RecfuseError, exit_code_for
 # Command-group modules, each with ``register(subparsers) -> None``.
 COMMAND_MODULES = (
     "recfuse.cli.data_cmds",
+    "recfuse.cli.features_cmds",
     "recfuse.cli.train_cmds",
+    "recfuse.cli.embed_cmds",
     "recfuse.cli.bundle_cmds",
     "recfuse.cli.eval_cmds",
 )

@@ -91,7 +91,7 @@ class NumpyQueryTower:
         p = Path(prefix)
         npz, meta = p.with_suffix(".npz"), p.with_suffix(".json")
         with open(npz, "wb") as fh:
-            np.savez(fh, **self.to_arrays())
+            np.savez(fh, **self.to_arrays())  # type: ignore[arg-type]
         meta.write_text(json.dumps({"format": FORMAT, "normalize": self.normalize, "dim": self.dim}), encoding="utf-8")
         return [npz, meta]
 

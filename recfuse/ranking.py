@@ -1,0 +1,77 @@
+"""Full-ranking top-k over a whole catalog with per-query exclusions (numpy only).
+
+Shared by validation during training, offline evaluation and benchmarks: scores every item for
+every query in row blocks (bounded memory), masks each query's excluded items (e.g. the user's
+training items) to ``-inf`` and takes the top ``k`` with ``argpartition``.
+
+Example:
+    >>> import numpy as np
+    >>> q = np.eye(2, dtype=np.float32); items = np.eye(2, dtype=np.float32)
+    >>> masked_topk(q, items, k=1, exclude=[np.array([0]), np.array([], np.int64)])[0].tolist()
+    [[1], [1]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from recfuse.types import FloatArray, Int64Array
+
+
+def masked_topk(
+    queries: FloatArray,
+    items: FloatArray,
+    k: int,
+    exclude: Sequence[npt.ArrayLike] | None = None,
+    block_size: int = 1024,
+) -> tuple[Int64Array, FloatArray]:
+    """Top-``k`` items by inner product for each query, excluded items removed.
+
+    Args:
+        queries: ``[q, d]`` query vectors.
+        items: ``[n, d]`` item vectors (row index = item index).
+        k: number of items to return per query (clipped to ``n``).
+        exclude: per-query arrays of item row indices that must not be returned (len ``q``).
+        block_size: queries scored per block; bounds memory at ``block_size * n`` floats.
+
+    Returns:
+        ``(indices [q, k] int64, scores [q, k] float32)`` sorted by descending score. Excluded items
+        get score ``-inf`` and only appear when fewer than ``k`` items remain (callers drop them).
+    """
+    queries = np.asarray(queries, dtype=np.float32)
+    items = np.asarray(items, dtype=np.float32)
+    if queries.ndim != 2 or items.ndim != 2 or queries.shape[1] != items.shape[1]:
+        raise ValueError(
+            f"`queries` [q, d] and `items` [n, d] must be rank 2 with equal d, got {queries.shape} and {items.shape}"
+        )
+    if exclude is not None and len(exclude) != len(queries):
+        raise ValueError(f"`exclude` must have one entry per query ({len(queries)}), got {len(exclude)}")
+    if k < 1:
+        raise ValueError(f"`k` must be >= 1, got {k}")
+    n = items.shape[0]
+    k = min(k, n)
+    out_idx = np.empty((len(queries), k), dtype=np.int64)
+    out_scores = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), block_size):
+        stop = min(start + block_size, len(queries))
+        scores = queries[start:stop] @ items.T  # [b, n]
+        if exclude is not None:
+            rows, cols = [], []
+            for r, ex in enumerate(exclude[start:stop]):
+                ex_arr = np.asarray(ex, dtype=np.int64).reshape(-1)
+                rows.append(np.full(len(ex_arr), r, dtype=np.int64))
+                cols.append(ex_arr)
+            if rows:
+                scores[np.concatenate(rows), np.concatenate(cols)] = -np.inf
+        if k < n:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(n), (stop - start, n)).copy()
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+        out_idx[start:stop] = np.take_along_axis(part, order, axis=1)
+        out_scores[start:stop] = np.take_along_axis(part_scores, order, axis=1)
+    return out_idx, out_scores
