@@ -1,0 +1,93 @@
+"""Config: TOML < overrides, validation messages name the field, round-trip through to_dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recfuse.config import IndexConfig, ModalityConfig, ModelConfig, RecfuseConfig
+from recfuse.errors import ConfigError
+
+
+def test_defaults_round_trip() -> None:
+    cfg = RecfuseConfig()
+    assert RecfuseConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.variant == "attention"
+    assert [m.name for m in cfg.modalities] == ["image", "text", "categories"]
+
+
+def test_from_toml_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(
+        """
+variant = "att-v2"
+[model]
+fusion = "gated"
+dim = 32
+query_hidden = [64, 32]
+[[modalities]]
+name = "audio"
+kind = "vector"
+dim = 8
+[[modalities]]
+name = "text"
+kind = "text"
+columns = ["title"]
+""",
+        encoding="utf-8",
+    )
+    cfg = RecfuseConfig.from_toml(path)
+    assert cfg.model.fusion == "gated" and cfg.model.dim == 32 and cfg.model.query_hidden == (64, 32)
+    assert cfg.modality("audio").columns == ("audio_vec",) and cfg.modality("audio").source == "vector"
+    assert cfg.modality("text").columns == ("title",)
+    over = cfg.with_overrides({"model.fusion": "max", "train.epochs": 3})
+    assert over.model.fusion == "max" and over.train.epochs == 3 and over.variant == "att-v2"
+    assert RecfuseConfig.from_dict(over.to_dict()) == over
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"model": {"fusion": "mean"}}, r"`model.fusion` must be one of .*'attention'.*got 'mean'"),
+        ({"model": {"dim": "64"}}, r"`model.dim` must be an integer, got '64'"),
+        ({"model": {"fuson": "max"}}, r"unknown key\(s\) \['fuson'\] in `model`"),
+        ({"modalities": [{"name": "audio", "kind": "vector"}]}, r"`modalities.audio.dim` must be the width"),
+        ({"modalities": [{"name": "x", "kind": "sound"}]}, r"`modalities.x.kind` must be one of"),
+        (
+            {"modalities": [{"name": "a", "kind": "text"}, {"name": "a", "kind": "image"}]},
+            r"must be unique, got duplicates \['a'\]",
+        ),
+        ({"index": {"metric": "cosine"}}, r"`index.metric` must be one of \['ip', 'l2'\], got 'cosine'"),
+        ({"train": {"epochs": 0}}, r"`train.epochs` must be in \[1, 100000\], got 0"),
+        ({"model": {"item_id_embedding": False}, "modalities": []}, r"the item tower has no input"),
+        ({"data": {"split": "weird"}}, r"`data.split` must be one of"),
+    ],
+)
+def test_invalid_config_names_the_field(raw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RecfuseConfig.from_dict(raw)
+
+
+def test_bad_overrides_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"override 'model.nope': unknown key 'nope'"):
+        RecfuseConfig().with_overrides({"model.nope": 1})
+    with pytest.raises(ConfigError, match=r"override 'zzz.fusion': unknown section 'zzz'"):
+        RecfuseConfig().with_overrides({"zzz.fusion": 1})
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        RecfuseConfig.from_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nfusion=", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"is not valid TOML"):
+        RecfuseConfig.from_toml(bad)
+    with pytest.raises(ConfigError, match=r"no modality named 'audio'"):
+        RecfuseConfig().modality("audio")
+
+
+def test_dataclass_validation_direct() -> None:
+    with pytest.raises(ConfigError, match=r"`index.factory` must be a faiss factory string"):
+        IndexConfig(factory=" ")
+    with pytest.raises(ConfigError, match=r"`modalities\[\].name` must be a non-empty string"):
+        ModalityConfig(name="", kind="text")
+    with pytest.raises(ConfigError, match=r"`model.temperature` must be in"):
+        ModelConfig(temperature=0.0)
