@@ -1,0 +1,231 @@
+"""Full-ranking evaluation: every user ranks the whole catalog, seen items masked, metrics per user.
+
+Scoring and top-k go through :func:`recfuse.ranking.masked_topk` (the project's one top-k: batched
+score matrices + ``argpartition``), so evaluation costs about one ``Q @ E.T`` pass. Within each
+returned list, items of equal score are ordered by ascending item index (``np.lexsort``); which
+of several tied items make the cut at rank k is decided by ``argpartition`` — deterministic for the
+same inputs, so the same model and split always give the same numbers.
+
+Masking: for each user, items of the training and validation interactions are excluded from the
+ranking, except items that are also in the user's test set (they stay rankable, or they could never
+be hit). Test items the model cannot rank (not in its catalog) are counted in
+``counts["unknown_test_rows"]`` and left out of the relevant set.
+
+Segments: ``all`` test items; ``warm`` (items seen in training) and ``cold`` (the split's cold items,
+never in training) restrict the relevant set, while the ranking is always over the whole catalog.
+Users with no relevant item in a segment are excluded from it and counted (``skipped_users``).
+
+Example:
+    >>> import numpy as np
+    >>> res = evaluate_embeddings(
+    ...     np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), ["u1", "u2"],
+    ...     train_items=[[], []], test_items=[[0], [0]], ks=(1,))
+    >>> res.means()["hit@1"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics
+from recfuse.evaluation.result import EvalResult, SegmentResult
+from recfuse.ranking import masked_topk
+from recfuse.types import FloatArray, Int64Array
+
+logger = logging.getLogger(__name__)
+
+
+class RankingModel(Protocol):
+    """What evaluation needs from a trained model (``recfuse.models.trained.TrainedModel`` fits)."""
+
+    item_ids: Sequence[str]
+    item_embeddings: FloatArray
+    user_histories: Mapping[str, Sequence[str]]
+
+    def query_embeddings(self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]]) -> FloatArray: ...
+
+
+class SplitLike(Protocol):
+    """What evaluation needs from a split (``recfuse.data.splits.Split`` fits)."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    cold_items: frozenset[str]
+
+
+def ranked_topk(
+    queries: FloatArray,
+    items: FloatArray,
+    k: int,
+    exclude: Sequence[npt.ArrayLike] | None = None,
+    block_size: int = 1024,
+) -> Int64Array:
+    """Top-k item indices per query ``[q, k]``, ties by ascending index, ``-1`` for empty slots.
+
+    Args:
+        queries: ``[q, d]`` query embeddings.
+        items: ``[n, d]`` catalog embeddings.
+        k: list length (clipped to ``n``; callers pad if they need exactly k columns).
+        exclude: per-query item indices to mask.
+        block_size: queries scored per block (memory ``block_size * n`` floats).
+    """
+    idx, scores = masked_topk(queries, items, k, exclude=exclude, block_size=block_size)
+    idx = np.where(np.isfinite(scores), idx, -1)
+    order = np.lexsort((idx, -scores.astype(np.float64)), axis=-1)
+    return np.take_along_axis(idx, order, axis=1)
+
+
+def evaluate_embeddings(
+    queries: FloatArray,
+    item_vectors: FloatArray,
+    user_ids: Sequence[str],
+    train_items: Sequence[npt.ArrayLike],
+    test_items: Sequence[npt.ArrayLike],
+    ks: Sequence[int] = (10, 20, 50),
+    cold_mask: npt.ArrayLike | None = None,
+    item_counts: npt.ArrayLike | None = None,
+    block_size: int = 1024,
+    counts: Mapping[str, int] | None = None,
+) -> EvalResult:
+    """Evaluate precomputed query/item embeddings with full ranking.
+
+    Args:
+        queries: ``[u, d]`` one query per user.
+        item_vectors: ``[n, d]`` catalog embeddings (row = item index).
+        user_ids: ``[u]`` user ids (any order; results are sorted by id).
+        train_items: per user, item indices to mask (seen items).
+        test_items: per user, held-out relevant item indices.
+        ks: cut-offs.
+        cold_mask: ``[n]`` bool, True for cold-start items (adds ``warm``/``cold`` segments).
+        item_counts: ``[n]`` training counts (adds ``novelty@k``).
+        block_size: users scored per block.
+        counts: extra bookkeeping copied into :attr:`EvalResult.counts`.
+
+    Returns:
+        :class:`EvalResult` with segment ``all`` (and ``warm``/``cold`` when ``cold_mask`` is given).
+    """
+    ks = tuple(sorted({int(k) for k in ks}))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"`ks` must be positive cut-offs, got {ks}")
+    n_items = int(np.asarray(item_vectors).shape[0])
+    if ks[-1] > n_items:
+        raise ValueError(f"`ks` max {ks[-1]} exceeds the catalog size {n_items}; use smaller cut-offs")
+    n_users = len(user_ids)
+    if not (len(queries) == len(train_items) == len(test_items) == n_users):
+        raise ValueError(
+            f"`queries`, `train_items`, `test_items` and `user_ids` need one entry per user, got "
+            f"{len(queries)}, {len(train_items)}, {len(test_items)}, {n_users}"
+        )
+    order = np.argsort(np.asarray(user_ids, dtype=object).astype(str), kind="stable")
+    users = [str(user_ids[i]) for i in order]
+    tests = [np.unique(np.asarray(test_items[i], dtype=np.int64).reshape(-1)) for i in order]
+    masks = [np.setdiff1d(np.asarray(train_items[i], dtype=np.int64).reshape(-1), t) for i, t in zip(order, tests)]
+    top = ranked_topk(np.asarray(queries, dtype=np.float32)[order], item_vectors, ks[-1], masks, block_size)
+
+    segment_masks: dict[str, npt.NDArray[np.bool_] | None] = {"all": None}
+    if cold_mask is not None:
+        cold = np.asarray(cold_mask, dtype=bool)
+        if cold.shape != (n_items,):
+            raise ValueError(f"`cold_mask` must have shape ({n_items},), got {cold.shape}")
+        segment_masks["warm"] = ~cold
+        segment_masks["cold"] = cold
+    segments: dict[str, SegmentResult] = {}
+    for name, seg in segment_masks.items():
+        rel = tests if seg is None else [t[seg[t]] for t in tests]
+        keep = np.array([len(r) > 0 for r in rel], dtype=bool)
+        rows = np.flatnonzero(keep)
+        per_user = per_user_metrics(top[rows], [rel[i] for i in rows], ks, item_counts) if len(rows) else {}
+        segments[name] = SegmentResult(
+            users=[users[i] for i in rows],
+            per_user=per_user,
+            aggregate=aggregate_metrics(top[rows], n_items, ks) if len(rows) else {},
+            skipped_users=int((~keep).sum()),
+        )
+        logger.info("segment %s: %d users evaluated, %d without test items skipped", name, len(rows), (~keep).sum())
+    return EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
+
+
+def _items_by_user(df: pd.DataFrame, index: Mapping[str, int]) -> tuple[dict[str, list[int]], int]:
+    """user -> item indices of the rows of ``df``; also the number of rows whose item is unknown."""
+    if df is None or df.empty:
+        return {}, 0
+    rows = df["item_id"].astype(str).map(index)
+    unknown = int(rows.isna().sum())
+    known = df.loc[rows.notna(), "user_id"].astype(str)
+    grouped = pd.Series(rows[rows.notna()].astype(np.int64).to_numpy(), index=known.to_numpy()).groupby(level=0)
+    return {str(u): list(v) for u, v in grouped}, unknown
+
+
+def evaluate_model(
+    model: RankingModel,
+    split: SplitLike,
+    ks: Sequence[int] = (10, 20, 50),
+    cold_items: frozenset[str] | None = None,
+    block_size: int = 1024,
+    query_batch: int = 1024,
+) -> EvalResult:
+    """Full-ranking evaluation of a trained model on ``split.test``.
+
+    Args:
+        model: a trained model (``TrainedModel``): catalog embeddings, user histories, query tower.
+        split: the split the model was trained on; train+val items are masked per user.
+        ks: cut-offs.
+        cold_items: cold-start item ids (default ``split.cold_items``); empty → no warm/cold segments.
+        block_size: users ranked per block.
+        query_batch: users per query-tower call.
+
+    Returns:
+        :class:`EvalResult` (per-user arrays, means via ``.means(segment)``, counts of unusable rows).
+
+    Example:
+        >>> result = evaluate_model(TrainedModel.load("runs/model"), split)  # doctest: +SKIP
+        >>> result.means("all")["recall@10"]  # doctest: +SKIP
+    """
+    item_ids = [str(i) for i in model.item_ids]
+    index = {item: i for i, item in enumerate(item_ids)}
+    vectors = np.asarray(model.item_embeddings, dtype=np.float32)
+    if vectors.shape[0] != len(item_ids):
+        raise ValueError(f"model has {len(item_ids)} item ids but {vectors.shape[0]} item embeddings")
+    test_by_user, unknown_test = _items_by_user(split.test, index)
+    seen = [_items_by_user(df, index)[0] for df in (split.train, split.val)]
+    test_users = set(split.test["user_id"].astype(str)) if not split.test.empty else set()
+    users = sorted(test_by_user)
+    if unknown_test:
+        logger.warning("%d test row(s) name items the model cannot rank; left out of the relevant sets", unknown_test)
+    histories = [list(model.user_histories.get(u, ())) for u in users]
+    queries = np.zeros((len(users), vectors.shape[1]), dtype=np.float32)
+    for start in range(0, len(users), query_batch):
+        stop = start + query_batch
+        queries[start:stop] = model.query_embeddings(users[start:stop], histories[start:stop])
+    train_items = [seen[0].get(u, []) + seen[1].get(u, []) for u in users]
+    test_items = [test_by_user[u] for u in users]
+    cold = split.cold_items if cold_items is None else cold_items
+    cold_mask = np.array([i in cold for i in item_ids], dtype=bool) if cold else None
+    train_counts = split.train["item_id"].astype(str).map(index).dropna().astype(np.int64).to_numpy()
+    counts: dict[str, Any] = {
+        "test_rows": len(split.test),
+        "unknown_test_rows": unknown_test,
+        "users_only_unknown_test_items": len(test_users) - len(users),
+        "users_without_history": sum(1 for h in histories if not h),
+        "train_users_without_test_rows": len(set(split.train["user_id"].astype(str)) - test_users),
+    }
+    return evaluate_embeddings(
+        queries,
+        vectors,
+        users,
+        train_items,
+        test_items,
+        ks=ks,
+        cold_mask=cold_mask,
+        item_counts=np.bincount(train_counts, minlength=len(item_ids)),
+        block_size=block_size,
+        counts=counts,
+    )
