@@ -204,12 +204,17 @@ class TrainConfig:
     eval_every_epochs: int = 1
     memory_refresh_steps: int = 0
     out_dir: str = "runs/model"
+    # share of examples whose user id is replaced by its hashed OOV bucket, so anonymous and new
+    # users (who land in those buckets at serving time) get trained rows, not random ones
+    user_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         _check_range("train", "epochs", self.epochs, 1, 100_000)
         _check_range("train", "batch_size", self.batch_size, 2, 1_000_000)
         _check_range("train", "learning_rate", self.learning_rate, 1e-7, 10.0)
         _check_range("train", "eval_k", self.eval_k, 1, 10_000)
+        _check_range("train", "user_dropout", self.user_dropout, 0.0, 1.0)
+        _check_range("train", "memory_refresh_steps", self.memory_refresh_steps, 0, 10_000_000)
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,13 @@ class IndexConfig:
         metric: ``ip`` (inner product; cosine when vectors are normalised) or ``l2``.
         recall_floor: minimum measured ANN Recall@10 vs exact search.
         on_low_recall: ``raise`` or ``warn`` when the measured recall is below the floor.
+        filter_mode: how exclusions/allow-lists are applied: ``selector`` (faiss ID selectors, where
+            the index type honours them), ``refill`` (over-fetch and refill) or ``auto`` (selector
+            where honoured, else refill).
+        train_sample: vectors sampled to train IVF/PQ indexes (all of them when the catalog is smaller).
+        threads: faiss OpenMP threads set on build/load (``0`` leaves faiss's default; 1 suits
+            single-query serving).
+        seed: seed of the training sample and the recall queries.
     """
 
     factory: str = "auto"
@@ -232,9 +244,18 @@ class IndexConfig:
     on_low_recall: str = "warn"
     recall_queries: int = 200
     exact_max_items: int = 50_000
+    filter_mode: str = "auto"
+    train_sample: int = 100_000
+    threads: int = 0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("index", "metric", self.metric, ("ip", "l2"))
+        _check_choice("index", "filter_mode", self.filter_mode, ("auto", "selector", "refill"))
+        _check_range("index", "train_sample", self.train_sample, 1_000, 100_000_000)
+        _check_range("index", "threads", self.threads, 0, 1024)
+        _check_range("index", "recall_queries", self.recall_queries, 0, 1_000_000)
+        _check_range("index", "ef_construction", self.ef_construction, 1, 100_000)
         _check_choice("index", "on_low_recall", self.on_low_recall, ("raise", "warn"))
         _check_range("index", "recall_floor", self.recall_floor, 0.0, 1.0)
         _check_range("index", "ef_search", self.ef_search, 1, 100_000)

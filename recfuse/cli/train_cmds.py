@@ -1,14 +1,85 @@
-"""`recfuse` train commands."""
+"""`recfuse train`: load + validate the data, split, train (or resume) and write the model directory.
+
+Example:
+    $ recfuse train --config data_samples/recfuse.toml --out runs/model --set model.fusion='"gated"' --epochs 5
+"""
 
 from __future__ import annotations
 
 import argparse
+import tomllib
 from typing import Any
+
+from recfuse.errors import ConfigError
 
 
 def register(sub: Any) -> None:
     """Add this group's commands to the `recfuse` parser."""
-    del sub
+    p = sub.add_parser(
+        "train",
+        help="train a two-tower model (resumes when OUT already holds checkpoints)",
+        description="Train a multimodal two-tower model from a TOML config; prints per-epoch progress, "
+        "the final validation Recall@K and the model directory.",
+    )
+    p.add_argument("--config", required=True, help="TOML config file")
+    p.add_argument("--out", default=None, help="model directory (default: train.out_dir of the config)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='override a config value, VALUE parsed as TOML (e.g. model.dim=32, model.fusion="max")',
+    )
+    p.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
 
 
-_ = argparse
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c.d=\\"x\\""]`` -> ``{"a.b": 1, "c.d": "x"}``; bare words are taken as strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # an unquoted word such as model.fusion=max
+        out[key.strip()] = value
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from recfuse.config import RecfuseConfig
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.validate import load_dataset
+    from recfuse.training.trainer import train
+
+    cfg = RecfuseConfig.from_toml(args.config)
+    overrides = parse_overrides(args.overrides)
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
+    out = args.out or cfg.train.out_dir
+    dataset = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(
+        dataset.interactions, cfg.data.split, cfg.data.split_seed, cold_item_fraction=cfg.data.cold_item_fraction
+    )
+    print(
+        f"training {cfg.variant!r}: {len(dataset.items)} items, {len(split.train)} train / "
+        f"{len(split.val)} val / {len(split.test)} test interactions -> {out}",
+        flush=True,
+    )
+    result = train(cfg, dataset, split, out, progress=not args.no_progress)
+    for rec in result.history:
+        extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
+        print(f"epoch {rec['epoch']}: {extras}")
+    metric = "n/a (no validation split)" if result.best_metric is None else f"{result.best_metric:.4f}"
+    print(f"val Recall@{cfg.train.eval_k}: {metric} (best epoch {result.best_epoch} of {result.epochs_run})")
+    if result.skipped_interactions:
+        print(f"skipped {result.skipped_interactions} training interactions whose item is not in the catalog")
+    print(f"model directory: {result.model_dir}")
+    return 0

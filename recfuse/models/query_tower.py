@@ -148,3 +148,19 @@ class QueryTower(tf.keras.layers.Layer):
             normalize=self.normalize,
         )
         return config
+
+
+def build_query_tower(cfg: Any, user_rows: int) -> QueryTower:
+    """The query tower of a :class:`recfuse.config.RecfuseConfig` (``user_rows``: user vocab size).
+
+    The user-id embedding is used when ``cfg.model.user_id_embedding`` (anonymous users hit an OOV
+    bucket, and ``has_history``/the history carry the rest).
+    """
+    m = cfg.model
+    return QueryTower(
+        dim=m.dim,
+        user_rows=user_rows if m.user_id_embedding else 0,
+        hidden=tuple(m.query_hidden),
+        normalize=m.normalize,
+        name="query_tower",
+    )

@@ -1,0 +1,290 @@
+"""Load a trained model directory: towers rebuilt from config + vocabularies, weights restored.
+
+The directory is written by :func:`recfuse.training.model_dir.write_model_dir` (layout documented
+there). Loading never re-derives state from a different catalog: the candidate tower is rebuilt by
+adapting on the stored ``adapt_items.parquet`` (the training catalog's text/category/vector
+columns), then every lookup layer (TextVectorization, StringLookup…) gets the exact vocabulary saved
+in ``lookup_vocabularies.json`` and the weights come from the TF checkpoint — so embedding new items
+later gives the same token ids as in training.
+
+Example:
+    >>> m = TrainedModel.load("runs/model")                               # doctest: +SKIP
+    >>> q = m.query_embeddings(["u1", None], [m.user_histories["u1"], ["i3"]])  # doctest: +SKIP
+    >>> scores = q @ m.item_embeddings.T                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from recfuse.config import RecfuseConfig
+from recfuse.data.vocab import IdVocab
+from recfuse.errors import ArtifactError
+from recfuse.models.history import history_arrays
+from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.models.query_tower import QueryTower, build_query_tower
+from recfuse.types import FloatArray
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = "recfuse.model/1"
+_LOOKUP_CLASSES = ("TextVectorization", "StringLookup", "IntegerLookup")
+
+
+def adapt_frame(items: pd.DataFrame, cfg: RecfuseConfig) -> pd.DataFrame:
+    """Catalog columns the candidate tower adapts on (image bytes dropped, paths kept)."""
+    cols = ["item_id"]
+    for m in cfg.modalities:
+        cols += [c for c in m.columns if c in items.columns and c not in cols]
+    df = items[cols].copy()
+    for m in cfg.modalities:
+        if m.kind == "image" and m.source != "vector" and m.column in df.columns:
+            df[m.column] = [v if isinstance(v, str) else None for v in df[m.column]]
+    return df
+
+
+def _lookup_layers(tower: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    return [m for m in tower.submodules if type(m).__name__ in _LOOKUP_CLASSES and hasattr(m, "get_vocabulary")]
+
+
+def lookup_vocabularies(tower: tf.keras.Model) -> list[dict[str, Any]]:
+    """``[{"name", "class", "vocabulary"}]`` of every lookup layer of ``tower`` (deterministic order)."""
+    out = []
+    for layer in _lookup_layers(tower):
+        vocab = [v.decode("utf-8") if isinstance(v, bytes) else v for v in layer.get_vocabulary()]
+        out.append({"name": layer.name, "class": type(layer).__name__, "vocabulary": vocab})
+    return out
+
+
+def restore_lookup_vocabularies(tower: tf.keras.Model, saved: list[dict[str, Any]], source: str) -> None:
+    """Set the saved vocabularies on ``tower``'s lookup layers (matched by order, class and name)."""
+    layers = _lookup_layers(tower)
+    if len(layers) != len(saved):
+        raise ArtifactError(
+            f"{source}: {len(saved)} saved lookup vocabularies but the tower has {len(layers)} lookup layers"
+        )
+    for layer, entry in zip(layers, saved, strict=True):
+        if type(layer).__name__ != entry["class"]:
+            raise ArtifactError(
+                f"{source}: lookup layer {layer.name!r} is {type(layer).__name__}, saved {entry['class']}"
+            )
+        current = [v.decode("utf-8") if isinstance(v, bytes) else v for v in layer.get_vocabulary()]
+        if current != entry["vocabulary"]:
+            special = _special_tokens(layer)
+            layer.set_vocabulary([v for v in entry["vocabulary"] if v not in special])
+
+
+def _special_tokens(layer: Any) -> set[str]:
+    # get_vocabulary() includes the padding ("") and OOV ("[UNK]") entries that set_vocabulary adds itself
+    cfg = layer.get_config()
+    return {str(cfg.get("oov_token", "[UNK]")), "" if cfg.get("mask_token") is None else str(cfg["mask_token"]), ""}
+
+
+@dataclass
+class TrainedModel:
+    """A trained two-tower model loaded from its directory.
+
+    Attributes:
+        config: the training configuration.
+        item_vocab: catalog items (``num_oov=0``; row ``i`` of ``item_embeddings`` is ``item_vocab.ids[i]``).
+        user_vocab: training users with hashed OOV buckets.
+        category_vocab: vocabulary of the categorical lookup, when the tower has one.
+        query_tower: numpy forward of the query tower (the serving path).
+        item_ids: ``item_vocab.ids`` as a list.
+        item_embeddings: ``[n, d]`` catalog embeddings at the end of training.
+        user_histories: ``user_id -> [item_id…]`` most recent first (train + val interactions).
+        train_items: ``user_id -> [item_id…]`` training interactions (the evaluation mask).
+        popularity: ``item_id -> count`` in training interactions.
+        warm_items: items seen in training.
+        model_dir: where it was loaded from.
+    """
+
+    config: RecfuseConfig
+    item_vocab: IdVocab
+    user_vocab: IdVocab
+    category_vocab: IdVocab | None
+    query_tower: NumpyQueryTower
+    item_ids: list[str]
+    item_embeddings: FloatArray
+    user_histories: dict[str, list[str]]
+    train_items: dict[str, list[str]]
+    popularity: dict[str, int]
+    warm_items: frozenset[str]
+    model_dir: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    _candidate_tower: Any = None
+    _tf_query_tower: QueryTower | None = None
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> TrainedModel:
+        """Load ``model_dir`` (raises :class:`ArtifactError` naming the file when something is wrong)."""
+        d = Path(model_dir)
+        info = _read_json(d / "model.json")
+        if info.get("format") != MODEL_FORMAT:
+            raise ArtifactError(f"{d / 'model.json'}: format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
+        missing = [f for f in info.get("files", []) if not (d / f).exists()]
+        if missing:
+            raise ArtifactError(f"model directory {str(d)!r} is incomplete: missing {missing[:5]}")
+        cfg = RecfuseConfig.from_dict(_read_json(d / "config.json"))
+        item_vocab = IdVocab.load(d / "vocab_items.json")
+        user_vocab = IdVocab.load(d / "vocab_users.json")
+        cat_path = d / "vocab_categories.json"
+        category_vocab = IdVocab.load(cat_path) if cat_path.exists() else None
+        qt = NumpyQueryTower.load(d / "query_tower")
+        emb = pq.read_table(d / "item_embeddings.parquet")
+        ids = [str(x) for x in emb.column("item_id").to_pylist()]
+        matrix = np.asarray(emb.column("vector").combine_chunks().flatten().to_numpy(), np.float32)
+        matrix = matrix.reshape(len(ids), -1) if ids else matrix.reshape(0, qt.dim)
+        if ids != list(item_vocab.ids):
+            raise ArtifactError(f"{d / 'item_embeddings.parquet'}: item ids differ from vocab_items.json")
+        if matrix.shape[1] != qt.dim:
+            raise ArtifactError(
+                f"{d / 'item_embeddings.parquet'}: vectors have dim {matrix.shape[1]}, query tower has {qt.dim}"
+            )
+        pop = pq.read_table(d / "popularity.parquet").to_pandas()
+        return cls(
+            config=cfg,
+            item_vocab=item_vocab,
+            user_vocab=user_vocab,
+            category_vocab=category_vocab,
+            query_tower=qt,
+            item_ids=ids,
+            item_embeddings=matrix,
+            user_histories=_read_lists(d / "user_history.parquet"),
+            train_items=_read_lists(d / "train_items.parquet"),
+            popularity={str(k): int(v) for k, v in zip(pop["item_id"], pop["count"], strict=True)},
+            warm_items=frozenset(_read_json(d / "warm_items.json")),
+            model_dir=d,
+            info=info,
+        )
+
+    # --- query side (numpy) -------------------------------------------------------------------
+    def user_indices(self, user_ids: Sequence[str | None]) -> np.ndarray:
+        """``[b]`` user rows; unknown or anonymous (``None``) users get their hashed OOV bucket."""
+        out = np.empty(len(user_ids), np.int64)
+        for i, u in enumerate(user_ids):
+            out[i] = self.user_vocab.lookup_one("" if u is None else u)
+        return np.maximum(out, 0)
+
+    def query_embeddings(
+        self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]], item_matrix: FloatArray | None = None
+    ) -> FloatArray:
+        """``[b, d]`` query vectors for users (``None`` = anonymous) with the given histories.
+
+        Histories are used as given (most recent first, unknown items skipped); pass
+        ``self.user_histories[u]`` for a known user's stored history.
+        """
+        if len(user_ids) != len(histories):
+            raise ValueError(f"`user_ids` ({len(user_ids)}) and `histories` ({len(histories)}) must have equal length")
+        hist, pos = history_arrays(histories, self.item_vocab, self.config.data.max_history)
+        matrix = self.item_embeddings if item_matrix is None else item_matrix
+        return self.query_tower.encode(matrix, self.user_indices(user_ids), hist, pos)
+
+    # --- TF side (lazy) -----------------------------------------------------------------------
+    @property
+    def candidate_tower(self) -> Any:
+        """The TF candidate tower with restored weights (built on first use)."""
+        if self._candidate_tower is None:
+            self._build_tf()
+        return self._candidate_tower
+
+    def _build_tf(self) -> None:
+        from recfuse.data.item_features import build_item_features
+        from recfuse.models.candidate_tower import build_candidate_tower
+
+        d = self.model_dir
+        adapt = pq.read_table(d / "adapt_items.parquet").to_pandas()
+        candidate = build_candidate_tower(self.config, adapt, self.item_vocab)
+        restore_lookup_vocabularies(candidate, _read_json(d / "lookup_vocabularies.json"), str(d))
+        query = build_query_tower(self.config, self.user_vocab.size)
+        query.build_for(self.query_tower.dim)
+        # one forward creates the candidate tower's variables before the checkpoint is read
+        probe = build_item_features(adapt.iloc[:1], self.config, d, self.item_vocab, warm_items=set())
+        candidate(probe, training=False)
+        status = tf.train.Checkpoint(query_tower=query, candidate_tower=candidate).read(str(d / "weights" / "ckpt"))
+        status.assert_existing_objects_matched()
+        self._candidate_tower, self._tf_query_tower = candidate, query
+
+    def embed_items(self, items_df: pd.DataFrame, images_dir: str | Path, batch_size: int = 512) -> FloatArray:
+        """``[n, d]`` candidate-tower embeddings of catalog rows (new items embed from content alone).
+
+        Items seen in training keep their item-id embedding; other items (cold or new) are embedded
+        from their content with the id masked, as in training.
+        """
+        from recfuse.data.item_features import build_item_features
+
+        tower = self.candidate_tower
+        ids = [str(x) for x in items_df["item_id"]]
+        # new ids get rows past the trained vocabulary; their id is masked (not warm) and clipped
+        vocab = IdVocab.build([*self.item_vocab.ids, *ids], num_oov=0)
+        out = []
+        for start in range(0, len(items_df), batch_size):
+            chunk = items_df.iloc[start : start + batch_size]
+            feats = build_item_features(chunk, self.config, images_dir, vocab, warm_items=set(self.warm_items))
+            feats = {k: _clip_ids(k, v, len(self.item_vocab)) for k, v in feats.items()}
+            out.append(tower(feats, training=False).numpy())
+        if not out:
+            return np.zeros((0, self.query_tower.dim), np.float32)
+        return np.concatenate(out, axis=0).astype(np.float32)
+
+    def export_query_savedmodel(self, path: str | Path) -> Path:
+        """Write the query tower as a TF SavedModel with the item matrix baked in.
+
+        Signature ``serving_default``: inputs ``user_idx`` int64 ``[b]``, ``hist_idx`` int64 ``[b, L]``
+        (``-1`` padding, most recent first), ``hist_pos`` float32 ``[b, L]``; output ``query`` float32
+        ``[b, d]`` — equal to :meth:`NumpyQueryTower.encode` with ``item_embeddings``.
+        """
+        if self._tf_query_tower is None:
+            self._build_tf()
+        module = _QueryModule(self._tf_query_tower, self.item_embeddings)  # type: ignore[arg-type]
+        p = Path(path)
+        tf.saved_model.save(module, str(p), signatures={"serving_default": module.serve})
+        return p
+
+
+class _QueryModule(tf.Module):
+    def __init__(self, tower: QueryTower, item_matrix: np.ndarray) -> None:
+        super().__init__()
+        self.tower = tower
+        self.item_matrix = tf.Variable(item_matrix, trainable=False, name="item_matrix")
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.int64, name="user_idx"),
+            tf.TensorSpec([None, None], tf.int64, name="hist_idx"),
+            tf.TensorSpec([None, None], tf.float32, name="hist_pos"),
+        ]
+    )
+    def serve(self, user_idx: tf.Tensor, hist_idx: tf.Tensor, hist_pos: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"query": self.tower(self.item_matrix, user_idx, hist_idx, hist_pos)}
+
+
+def _clip_ids(key: str, value: np.ndarray, n_known: int) -> np.ndarray:
+    if key == "item_idx":
+        return np.where(value < n_known, value, 0).astype(value.dtype)
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"cannot read {str(path)!r}: {err}") from None
+
+
+def _read_lists(path: Path) -> dict[str, list[str]]:
+    t = pq.read_table(path)
+    return {
+        str(u): [str(x) for x in items]
+        for u, items in zip(t.column("user_id").to_pylist(), t.column("items").to_pylist(), strict=True)
+    }

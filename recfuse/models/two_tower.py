@@ -1,0 +1,138 @@
+"""The two-tower retrieval model: towers compute, the model owns the loss (TFRS ``models/base.py``).
+
+Candidate features are NOT streamed through the input pipeline: the model holds an in-memory item
+feature table (the arrays of :func:`recfuse.data.item_features.build_item_features`, one row per
+catalog item, images decoded once) and gathers the rows of each batch by ``item_idx``. A training
+example is therefore only a handful of integers (user, history, positive item), so variants on raw
+images and on cached feature vectors share the same fast pipeline.
+
+The query tower reads the user's history through a non-trainable memory bank ``E`` of candidate-tower
+item embeddings (refreshed by :class:`recfuse.training.memory.MemoryBankRefresh`).
+
+Loss (:class:`tfrs.tasks.Retrieval`): in-batch softmax with temperature, logQ correction with each
+candidate's expected count in the batch's candidate pool (``B·p(i)`` from training item
+frequencies plus ``M/N`` for ``M`` uniformly sampled mixed negatives), accidental-hit removal by
+item index, plus the candidate tower's own ``add_loss`` terms (contrastive alignment), which
+``tfrs.models.Model.train_step`` adds as regularisation losses.
+
+Example:
+    >>> model = TwoTowerModel(query_tower, candidate_tower, item_table, item_prob, temperature=0.1)  # doctest: +SKIP
+    >>> model.compile(tf.keras.optimizers.Adam(3e-3)); model.fit(ds)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from recfuse.models.query_tower import QueryTower
+
+EXAMPLE_KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
+
+
+class TwoTowerModel(tfrs.models.Model):
+    """Query tower + candidate tower + ``tfrs.tasks.Retrieval``.
+
+    Args:
+        query_tower: the :class:`QueryTower`.
+        candidate_tower: a Keras model ``call(features: dict, training) -> [b, d]``.
+        item_table: per-item feature arrays ``{name: [num_items, ...]}`` (row = item index).
+        item_prob: ``[num_items]`` sampling probability of each item as a positive (training
+            frequency); used for logQ correction.
+        temperature: softmax temperature.
+        logq_correction: subtract ``log q`` from the logits.
+        remove_accidental_hits: ignore in-batch negatives equal to the positive item.
+        mixed_negatives: number of uniformly sampled catalog items appended as extra negatives.
+        seed: seed of the mixed-negative sampler.
+    """
+
+    def __init__(
+        self,
+        query_tower: QueryTower,
+        candidate_tower: tf.keras.Model,
+        item_table: Mapping[str, np.ndarray],
+        item_prob: np.ndarray,
+        temperature: float = 0.1,
+        logq_correction: bool = True,
+        remove_accidental_hits: bool = True,
+        mixed_negatives: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.query_tower = query_tower
+        self.candidate_tower = candidate_tower
+        self.num_items = int(len(item_prob))
+        # Constants, not variables: they are inputs, rebuilt from the catalog, never checkpointed.
+        self._table = {k: tf.constant(v) for k, v in item_table.items()}
+        self._item_prob = tf.constant(np.asarray(item_prob, np.float32))
+        self.memory_bank = tf.Variable(tf.zeros((self.num_items, query_tower.dim)), trainable=False, name="memory_bank")
+        self.logq_correction = bool(logq_correction)
+        self.mixed_negatives = int(mixed_negatives)
+        self._rng = tf.random.Generator.from_seed(seed)
+        self.task = tfrs.tasks.Retrieval(
+            temperature=temperature, remove_accidental_hits=remove_accidental_hits, name="retrieval"
+        )
+
+    def item_features(self, item_idx: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Candidate-tower features of the given item rows (``[b]`` -> ``{name: [b, ...]}``)."""
+        return {k: tf.gather(v, item_idx) for k, v in self._table.items()}
+
+    def candidate_embeddings(self, item_idx: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """``[b, d]`` candidate-tower embeddings of the given item rows."""
+        return self.candidate_tower(self.item_features(item_idx), training=training)
+
+    def query_embeddings(self, features: Mapping[str, tf.Tensor], item_matrix: tf.Tensor | None = None) -> tf.Tensor:
+        """``[b, d]`` query vectors; the history is read from ``item_matrix`` (default: memory bank)."""
+        return self.query_tower(
+            self.memory_bank if item_matrix is None else item_matrix,
+            features["user_idx"],
+            features["hist_idx"],
+            features["hist_pos"],
+        )
+
+    def all_item_embeddings(self, batch_size: int = 1024) -> np.ndarray:
+        """``[num_items, d]`` candidate embeddings of the whole catalog (inference mode)."""
+        out = []
+        for start in range(0, self.num_items, batch_size):
+            idx = tf.range(start, min(start + batch_size, self.num_items), dtype=tf.int64)
+            out.append(self._embed_rows(idx).numpy())
+        return np.concatenate(out, axis=0).astype(np.float32)
+
+    @tf.function(reduce_retracing=True)
+    def _embed_rows(self, idx: tf.Tensor) -> tf.Tensor:
+        return self.candidate_embeddings(idx, training=False)
+
+    def refresh_memory_bank(self, batch_size: int = 1024) -> np.ndarray:
+        """Recompute the memory bank from the current candidate tower; returns the matrix."""
+        matrix = self.all_item_embeddings(batch_size)
+        self.memory_bank.assign(matrix)
+        return matrix
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        item_idx = tf.cast(features["item_idx"], tf.int64)
+        query = self.query_embeddings(features)
+        cand_idx = item_idx
+        batch = tf.cast(tf.shape(item_idx)[0], tf.float32)
+        if self.mixed_negatives > 0:
+            extra = self._rng.uniform((self.mixed_negatives,), 0, self.num_items, dtype=tf.int64)
+            cand_idx = tf.concat([item_idx, extra], axis=0)
+        candidates = self.candidate_embeddings(cand_idx, training=training)
+        prob = None
+        if self.logq_correction:
+            # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N)
+            prob = batch * tf.gather(self._item_prob, cand_idx) + float(self.mixed_negatives) / float(self.num_items)
+        return self.task(
+            query,
+            candidates,
+            candidate_sampling_probability=prob,
+            candidate_ids=cand_idx,
+            compute_metrics=False,
+            compute_batch_metrics=False,
+        )
+
+    def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised as a whole
+        raise NotImplementedError("TwoTowerModel is saved as a tf.train.Checkpoint of its towers")

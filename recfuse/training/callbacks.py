@@ -1,0 +1,139 @@
+"""Keras callbacks of the trainer: memory-bank refresh, validation + early stopping + checkpoints.
+
+Order matters and is fixed by :func:`recfuse.training.trainer.train`: :class:`MemoryBankRefresh`
+recomputes the bank at the start of training, every ``memory_refresh_steps`` steps and at each epoch
+end; :class:`ValidateAndCheckpoint` then scores the held-out users against that fresh item matrix
+(the serving setup), keeps the best weights, saves a resumable checkpoint and the train state, and
+stops training after ``patience`` evaluations without improvement.
+
+Example:
+    >>> callbacks = [MemoryBankRefresh(model, 0), ValidateAndCheckpoint(...)]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from recfuse.models.two_tower import TwoTowerModel
+
+logger = logging.getLogger(__name__)
+
+
+class MemoryBankRefresh(tf.keras.callbacks.Callback):
+    """Refresh ``model.memory_bank`` from the candidate tower (train begin, every N steps, epoch end)."""
+
+    def __init__(self, two_tower: TwoTowerModel, every_steps: int = 0) -> None:
+        super().__init__()
+        self.two_tower = two_tower
+        self.every_steps = int(every_steps)
+        self._steps = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.two_tower.refresh_memory_bank()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._steps += 1
+        if self.every_steps > 0 and self._steps % self.every_steps == 0:
+            self.two_tower.refresh_memory_bank()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.two_tower.refresh_memory_bank()
+
+
+class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
+    """Validation Recall@K, best-weights tracking, early stopping and a resumable checkpoint per epoch.
+
+    Args:
+        evaluate: ``() -> float`` validation Recall@K of the current weights (``None``: no validation).
+        manager: checkpoint manager of the full training state (model + optimizer + epoch).
+        epoch_var: ``tf.Variable`` holding the number of completed epochs (saved in the checkpoint).
+        best_ckpt: ``tf.train.Checkpoint`` of the towers, written to ``best_prefix`` on improvement.
+        state_path: JSON train state (epoch, best metric, best epoch, wait, history, stopped).
+        state: the state restored from a previous run (or a fresh one).
+        patience: evaluations without improvement before stopping (0 disables early stopping).
+        every: evaluate every this many epochs.
+        writer: TensorBoard summary writer for the validation metric.
+        metric_name: e.g. ``val_recall@10``.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[], float] | None,
+        manager: tf.train.CheckpointManager,
+        epoch_var: tf.Variable,
+        best_ckpt: tf.train.Checkpoint,
+        best_prefix: Path,
+        state_path: Path,
+        state: dict[str, Any],
+        patience: int,
+        every: int,
+        writer: Any,
+        metric_name: str,
+    ) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.manager = manager
+        self.epoch_var = epoch_var
+        self.best_ckpt = best_ckpt
+        self.best_prefix = best_prefix
+        self.state_path = state_path
+        self.state = state
+        self.patience = int(patience)
+        self.every = max(1, int(every))
+        self.writer = writer
+        self.metric_name = metric_name
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan))}
+        if self.evaluate is not None and ((epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")):
+            metric = float(self.evaluate())
+            record[self.metric_name] = metric
+            logs[self.metric_name] = metric
+            with self.writer.as_default():
+                tf.summary.scalar(self.metric_name, metric, step=epoch + 1)
+            best = self.state.get("best_metric")
+            if best is None or metric > best:
+                self.state.update(best_metric=metric, best_epoch=epoch + 1, wait=0)
+                self.best_ckpt.write(str(self.best_prefix))
+            else:
+                self.state["wait"] = int(self.state.get("wait", 0)) + 1
+                if self.patience > 0 and self.state["wait"] >= self.patience:
+                    logger.info(
+                        "early stopping at epoch %d: %s did not improve on %.4f (epoch %d) for %d evaluations",
+                        epoch + 1,
+                        self.metric_name,
+                        best,
+                        self.state["best_epoch"],
+                        self.state["wait"],
+                    )
+                    self.state["stopped"] = True
+                    self.model.stop_training = True
+        else:
+            # no validation: the last epoch is the best one
+            self.best_ckpt.write(str(self.best_prefix))
+            self.state.update(best_epoch=epoch + 1)
+        logger.info("epoch %d: %s", epoch + 1, record)
+        self.state.setdefault("history", []).append(record)
+        self.state["epoch"] = epoch + 1
+        self.epoch_var.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+        write_json_atomic(self.state_path, self.state)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` via a temp file, fsync and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

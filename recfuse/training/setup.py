@@ -1,0 +1,63 @@
+"""Assemble a :class:`TwoTowerModel` for a config and catalog (feature table, towers, item priors).
+
+Example:
+    >>> built = build_model(cfg, items, images_dir, item_vocab, user_vocab, warm, item_prob)  # doctest: +SKIP
+    >>> built.model.compute_loss(batch)                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Set
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recfuse.config import RecfuseConfig
+from recfuse.data.item_features import build_item_features
+from recfuse.data.vocab import IdVocab
+from recfuse.models.candidate_tower import build_candidate_tower
+from recfuse.models.query_tower import build_query_tower
+from recfuse.models.two_tower import TwoTowerModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuiltModel:
+    """The model and what it was built from (needed to write the model directory)."""
+
+    model: TwoTowerModel
+    item_vocab: IdVocab
+    user_vocab: IdVocab
+    items: pd.DataFrame
+    warm_items: frozenset[str]
+
+
+def build_model(
+    cfg: RecfuseConfig,
+    items: pd.DataFrame,
+    images_dir: str | Path,
+    item_vocab: IdVocab,
+    user_vocab: IdVocab,
+    warm_items: Set[str],
+    item_prob: np.ndarray,
+) -> BuiltModel:
+    """Feature table over the whole catalog (images decoded once) + candidate and query towers."""
+    table = build_item_features(items, cfg, images_dir, item_vocab, warm_items=set(warm_items))
+    candidate = build_candidate_tower(cfg, items, item_vocab)
+    query = build_query_tower(cfg, user_vocab.size)
+    model = TwoTowerModel(
+        query,
+        candidate,
+        table,
+        item_prob,
+        temperature=cfg.model.temperature,
+        logq_correction=cfg.model.logq_correction,
+        remove_accidental_hits=cfg.model.remove_accidental_hits,
+        mixed_negatives=cfg.model.mixed_negatives,
+        seed=cfg.train.seed,
+    )
+    return BuiltModel(model, item_vocab, user_vocab, items, frozenset(warm_items))

@@ -1,0 +1,118 @@
+"""TwoTowerModel: retrieval loss paths (logQ, accidental hits, mixed negatives), add_loss, memory bank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.slow
+
+from recfuse.models.query_tower import QueryTower  # noqa: E402
+from recfuse.models.two_tower import TwoTowerModel  # noqa: E402
+
+
+class _IdTower(tf.keras.Model):
+    """Minimal candidate tower over the feature dict (item-id embedding), with an add_loss term."""
+
+    def __init__(self, n: int, d: int, extra_loss: float = 0.0) -> None:
+        super().__init__()
+        self.emb = tf.keras.layers.Embedding(n, d)
+        self.extra_loss = extra_loss
+
+    def call(self, features, training=False):
+        x = self.emb(features["item_idx"]) + 0.0 * features["feat"][:, :1]
+        if training and self.extra_loss:
+            self.add_loss(tf.constant(self.extra_loss))
+        return tf.math.l2_normalize(x, axis=1)
+
+
+def _model(n_items: int = 20, d: int = 8, **kw) -> TwoTowerModel:
+    tf.keras.utils.set_random_seed(0)
+    table = {
+        "item_idx": np.arange(n_items, dtype=np.int64),
+        "feat": np.random.default_rng(0).normal(size=(n_items, 3)).astype(np.float32),
+    }
+    prob = np.linspace(1.0, 2.0, n_items) / np.linspace(1.0, 2.0, n_items).sum()
+    extra = kw.pop("extra_loss", 0.0)
+    model = TwoTowerModel(QueryTower(d, user_rows=10, hidden=(16,)), _IdTower(n_items, d, extra), table, prob, **kw)
+    model.compute_loss(_batch([0, 1]))  # build every variable
+    model.refresh_memory_bank()
+    return model
+
+
+def _pair(a: dict, b: dict) -> tuple[TwoTowerModel, TwoTowerModel]:
+    first, second = _model(**a), _model(**b)
+    second.set_weights(first.get_weights())
+    return first, second
+
+
+def _batch(item_idx: list[int]) -> dict[str, tf.Tensor]:
+    b = len(item_idx)
+    hist = np.full((b, 3), -1, np.int64)
+    hist[:, 0] = (np.asarray(item_idx) + 1) % 20
+    return {
+        "user_idx": tf.constant(np.arange(b) % 10, tf.int64),
+        "hist_idx": tf.constant(hist),
+        "hist_pos": tf.constant(np.tile(np.arange(3, dtype=np.float32), (b, 1))),
+        "item_idx": tf.constant(item_idx, tf.int64),
+    }
+
+
+def test_loss_decreases_when_fitting_a_learnable_pattern() -> None:
+    model = _model(temperature=0.2)
+    model.refresh_memory_bank()
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 20, size=512)
+    data = _batch(items.tolist())
+    ds = tf.data.Dataset.from_tensor_slices({k: v.numpy() for k, v in data.items()}).batch(64)
+    model.compile(tf.keras.optimizers.Adam(0.05))
+    first = float(model.compute_loss(data))
+    hist = model.fit(ds, epochs=6, verbose=0)
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    assert float(model.compute_loss(data)) < first
+
+
+def test_logq_correction_changes_the_loss() -> None:
+    on, off = _pair({"logq_correction": True}, {"logq_correction": False})
+    batch = _batch([0, 5, 9, 19])
+    assert not np.isclose(float(on.compute_loss(batch)), float(off.compute_loss(batch)))
+
+
+def test_accidental_hits_are_removed() -> None:
+    remove, keep = _pair({"remove_accidental_hits": True}, {"remove_accidental_hits": False})
+    dup = _batch([3, 3, 7, 8])  # item 3 twice: a false negative for both rows when kept
+    assert float(remove.compute_loss(dup)) < float(keep.compute_loss(dup))
+    unique = _batch([1, 2, 7, 8])
+    np.testing.assert_allclose(float(remove.compute_loss(unique)), float(keep.compute_loss(unique)), rtol=1e-6)
+
+
+def test_mixed_negatives_add_candidates_and_raise_the_loss() -> None:
+    batch = _batch([0, 1, 2, 3])
+    # more negatives in the softmax denominator -> loss can only grow (logQ off to compare raw softmax)
+    base_nolq, mixed_nolq = _pair({"logq_correction": False}, {"logq_correction": False, "mixed_negatives": 16})
+    _, mixed = _pair({}, {"mixed_negatives": 16})
+    assert float(mixed_nolq.compute_loss(batch)) > float(base_nolq.compute_loss(batch))
+    assert np.isfinite(float(mixed.compute_loss(batch)))
+
+
+def test_candidate_tower_add_loss_is_part_of_the_training_loss() -> None:
+    plain, extra = _pair({}, {"extra_loss": 5.0})
+    data = _batch([0, 1, 2, 3])
+    ds = tf.data.Dataset.from_tensor_slices({k: v.numpy() for k, v in data.items()}).batch(4)
+    for m in (plain, extra):
+        m.compile(tf.keras.optimizers.SGD(0.0))
+    lp = plain.evaluate(ds, verbose=0, return_dict=True)
+    hp = plain.fit(ds, epochs=1, verbose=0).history
+    he = extra.fit(ds, epochs=1, verbose=0).history
+    assert he["total_loss"][0] == pytest.approx(hp["total_loss"][0] + 5.0, rel=1e-5)
+    assert "loss" in lp
+
+
+def test_memory_bank_refresh_holds_the_candidate_embeddings() -> None:
+    model = _model()
+    matrix = model.refresh_memory_bank(batch_size=7)
+    assert matrix.shape == (20, 8)
+    np.testing.assert_allclose(model.memory_bank.numpy(), matrix)
+    direct = model.candidate_embeddings(tf.range(20, dtype=tf.int64)).numpy()
+    np.testing.assert_allclose(matrix, direct, atol=1e-6)
