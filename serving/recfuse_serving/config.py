@@ -1,0 +1,225 @@
+"""Server configuration (``server.toml``): frozen dataclasses, validated on construction, CLI flags win.
+
+Sections: top-level network/limits keys, ``[ab]`` (variant routing), ``[exposures]``, ``[tls]``, ``[auth]``.
+Unknown keys are errors, so a typo never silently becomes a default.
+
+Example ``server.toml``::
+
+    host = "127.0.0.1"
+    port = 50051
+    metrics_port = 9095
+    max_k = 200
+    max_concurrency = 32
+
+    [ab]
+    salt = "exp-2026-11"
+    shares = { attention = 0.9, concat = 0.1 }
+    default_variant = "attention"
+
+    [exposures]
+    directory = "runs/exposures"
+
+    [auth]
+    tokens = ["s3cret"]
+
+Example:
+    >>> ServerConfig.from_dict({"max_k": 50, "ab": {"shares": {"a": 1.0}}}).ab.shares
+    {'a': 1.0}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recfuse.errors import ConfigError
+from recfuse.variants import validate_shares
+
+
+@dataclass(frozen=True)
+class ABConfig:
+    """Online A/B routing.
+
+    Attributes:
+        salt: experiment salt for :func:`recfuse.variants.assign_variant` (new salt = new experiment).
+        shares: variant -> traffic share; empty means "all traffic to ``default_variant``" (or the only
+            variant loaded).
+        default_variant: variant for anonymous requests, SimilarItems without a variant, and when ``shares``
+            is empty; "" = the first of ``shares`` or the first variant loaded (alphabetical).
+    """
+
+    salt: str = "recfuse"
+    shares: Mapping[str, float] = field(default_factory=dict)
+    default_variant: str = ""
+
+    def __post_init__(self) -> None:
+        if self.shares:
+            object.__setattr__(self, "shares", validate_shares(self.shares))
+            if self.default_variant and self.default_variant not in self.shares:
+                raise ConfigError(
+                    f"`ab.default_variant` {self.default_variant!r} is not in `ab.shares` {list(self.shares)}; "
+                    "add it to the shares or pick one of them"
+                )
+
+
+@dataclass(frozen=True)
+class ExposureConfig:
+    """Exposure logging (one row per served Recommend). ``directory`` "" disables it."""
+
+    directory: str = ""
+    rotate_rows: int = 10_000
+    rotate_seconds: float = 60.0
+    queue_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Server TLS: PEM files. Both empty = plaintext (fine on 127.0.0.1, not beyond)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError(
+                f"`tls.cert_file` and `tls.key_file` must be set together, got cert={self.cert_file!r} "
+                f"key={self.key_file!r}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Bearer-token auth. No tokens = auth off. Health and reflection stay open (load balancers and
+    ``grpcurl list`` probe without credentials; they reveal no data)."""
+
+    tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        tokens = tuple(self.tokens)
+        for i, t in enumerate(tokens):
+            if not isinstance(t, str) or len(t) < 8:
+                raise ConfigError(f"`auth.tokens[{i}]` must be a string of at least 8 characters, got {t!r}")
+        object.__setattr__(self, "tokens", tokens)
+
+
+_POSITIVE_INT = (
+    "max_k",
+    "default_k",
+    "max_history",
+    "max_id_length",
+    "max_exclusions",
+    "max_categories",
+    "max_batch",
+    "max_concurrency",
+    "max_message_bytes",
+    "workers",
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``recfuse-serve`` needs besides the bundles directory.
+
+    Attributes:
+        host: bind address (127.0.0.1 by default: expose deliberately).
+        port: gRPC port (0 = pick a free one).
+        metrics_port: Prometheus port on 127.0.0.1 (0 = pick one, -1 = no metrics endpoint).
+        max_k / default_k: bounds of ``k`` (``k=0`` in a request means ``default_k``).
+        max_history, max_id_length, max_exclusions, max_categories, max_batch: request size limits.
+        max_concurrency: RPCs handled at once; more wait up to ``queue_timeout_s`` then get RESOURCE_EXHAUSTED.
+        queue_timeout_s: how long an RPC may wait for a slot.
+        rate_limit_qps: global token-bucket rate (0 = off); over it -> RESOURCE_EXHAUSTED.
+        max_message_bytes: gRPC send/receive message size cap.
+        reload_interval_s: poll ``CURRENT`` files this often (0 = only on SIGHUP / Reload RPC).
+        grace_s: how long in-flight calls may drain on SIGTERM.
+        workers: server processes sharing the port via SO_REUSEPORT (``recfuse-serve --workers``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = -1
+    max_k: int = 1000
+    default_k: int = 10
+    max_history: int = 1000
+    max_id_length: int = 256
+    max_exclusions: int = 1000
+    max_categories: int = 100
+    max_batch: int = 256
+    max_concurrency: int = 64
+    queue_timeout_s: float = 0.05
+    rate_limit_qps: float = 0.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    reload_interval_s: float = 5.0
+    grace_s: float = 10.0
+    workers: int = 1
+    ab: ABConfig = field(default_factory=ABConfig)
+    exposures: ExposureConfig = field(default_factory=ExposureConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_INT:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be a positive integer, got {value!r}")
+        if self.default_k > self.max_k:
+            raise ConfigError(f"`default_k` ({self.default_k}) must be <= `max_k` ({self.max_k})")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"`port` must be in [0, 65535], got {self.port!r}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"`metrics_port` must be in [-1, 65535] (-1 = off), got {self.metrics_port!r}")
+        for name in ("queue_timeout_s", "rate_limit_qps", "reload_interval_s", "grace_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerConfig:
+        """Build from parsed TOML; unknown keys raise :class:`ConfigError` naming them."""
+        sections = {"ab": ABConfig, "exposures": ExposureConfig, "tls": TLSConfig, "auth": AuthConfig}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"unknown server config key {key!r}; known keys: {sorted(known)}")
+            if key in sections:
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"`{key}` must be a table ([{key}]), got {value!r}")
+                sub = sections[key]
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                unknown = set(value) - sub_known
+                if unknown:
+                    raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{key}]; known keys: {sorted(sub_known)}")
+                if key == "auth" and "tokens" in value:
+                    value = {**value, "tokens": tuple(value["tokens"])}
+                kwargs[key] = sub(**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ServerConfig:
+        """Read ``server.toml``.
+
+        Raises:
+            ConfigError: missing/unreadable file, invalid TOML, unknown keys or invalid values.
+        """
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"server config {str(p)!r} does not exist; pass --config PATH to a server.toml") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"server config {str(p)!r} is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+    def with_overrides(self, **overrides: Any) -> ServerConfig:
+        """A copy with the non-``None`` overrides applied (CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})

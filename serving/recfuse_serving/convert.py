@@ -1,0 +1,83 @@
+"""Proto messages <-> recfuse.inference dataclasses (no logic beyond field mapping).
+
+Example:
+    >>> q = to_query(pb.RecommendRequest(user_id="u1", k=0), default_k=10)
+    >>> q.k, q.user_id
+    (10, 'u1')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from recfuse_api.v1 import recommender_pb2 as pb
+
+from recfuse.inference import BundleInfo, Recommendation, RecommendQuery
+from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR
+
+_FALLBACKS = {FALLBACK_NONE: pb.FALLBACK_NONE, FALLBACK_POPULAR: pb.FALLBACK_POPULAR}
+
+
+def to_query(request: pb.RecommendRequest, default_k: int) -> RecommendQuery:
+    """A library query from a ``RecommendRequest`` (``k=0`` means ``default_k``; "" user = anonymous)."""
+    return RecommendQuery(
+        user_id=request.user_id or None,
+        history=list(request.history),
+        k=int(request.k) or default_k,
+        exclude_item_ids=list(request.exclude_item_ids),
+        exclude_seen=bool(request.exclude_seen),
+        include_categories=list(request.include_categories),
+        exclude_categories=list(request.exclude_categories),
+    )
+
+
+def to_response(
+    rec: Recommendation,
+    request_id: str,
+    total_ms: float,
+    title_of: Callable[[str], str] | None = None,
+) -> pb.RecommendResponse:
+    """A ``RecommendResponse`` from a library answer (titles added when ``title_of`` is given)."""
+    items = [
+        pb.ScoredItem(item_id=it.item_id, score=it.score, title=title_of(it.item_id))
+        if title_of is not None
+        else pb.ScoredItem(item_id=it.item_id, score=it.score)
+        for it in rec.items
+    ]
+    return pb.RecommendResponse(
+        items=items,
+        variant=rec.variant,
+        model_version=rec.model_version,
+        fallback=_FALLBACKS.get(rec.fallback, pb.FALLBACK_OTHER),
+        fallback_reason=rec.fallback,
+        timing=pb.Timing(query_ms=rec.query_ms, search_ms=rec.search_ms, total_ms=total_ms),
+        request_id=request_id,
+    )
+
+
+def to_similar_response(
+    rec: Recommendation, request_id: str, total_ms: float, title_of: Callable[[str], str] | None = None
+) -> pb.SimilarItemsResponse:
+    """A ``SimilarItemsResponse`` from a library answer."""
+    full = to_response(rec, request_id, total_ms, title_of)
+    return pb.SimilarItemsResponse(
+        items=full.items,
+        variant=full.variant,
+        model_version=full.model_version,
+        timing=full.timing,
+        request_id=request_id,
+    )
+
+
+def to_variant_info(info: BundleInfo, share: float) -> pb.VariantInfo:
+    """``VariantInfo`` of one loaded bundle and its configured traffic share."""
+    return pb.VariantInfo(
+        variant=info.variant,
+        model_version=info.version,
+        index_type=info.index_factory,
+        item_count=info.item_count,
+        dim=info.dim,
+        ann_recall=info.ann_recall or 0.0,
+        created_at=info.created_at,
+        traffic_share=share,
+    )

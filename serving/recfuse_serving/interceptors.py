@@ -1,0 +1,207 @@
+"""Server interceptors: observability (request ids, JSON access log, metrics), bearer auth, limits.
+
+Order (outermost first, as passed to ``grpc.server``): :class:`ObservabilityInterceptor` sees every
+call, including ones the others reject; :class:`AuthInterceptor` rejects before any work;
+:class:`LimitInterceptor` bounds concurrency and rate. All three wrap unary-unary methods only: the
+health service (``Watch`` streams) and reflection (bidirectional) pass through untouched and stay
+open without a token, so load balancers and ``grpcurl list`` work; they reveal no data.
+
+Example:
+    >>> interceptors = [ObservabilityInterceptor(ServingMetrics()), AuthInterceptor(("s3cret-token",))]
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from recfuse.errors import ResourceExhaustedError
+from recfuse_serving.logs import REQUEST_ID
+from recfuse_serving.metrics import ServingMetrics
+from recfuse_serving.status import UnauthenticatedError, abort_with
+
+logger = logging.getLogger(__name__)
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID = 128
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _wrap_unary(handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behavior], Behavior]) -> Any:
+    if handler is None or handler.request_streaming or handler.response_streaming or handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        wrap(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _metadata(details: grpc.HandlerCallDetails, key: str) -> str:
+    for k, v in details.invocation_metadata or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("utf-8", "replace")
+    return ""
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Request id (request field > ``x-request-id`` header > new uuid), metrics and a JSON access log line.
+
+    The id is put in :data:`recfuse_serving.logs.REQUEST_ID` for the handler and returned as the
+    ``x-request-id`` trailing metadata. The answering variant is read from the response's ``variant``.
+    """
+
+    def __init__(self, metrics: ServingMetrics, access_log: bool = True) -> None:
+        self.metrics = metrics
+        self.access_log = access_log
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        rpc = method.rsplit("/", 1)[-1]
+        header_id = _metadata(handler_call_details, REQUEST_ID_HEADER)
+
+        def wrap(behavior: Behavior) -> Behavior:
+            def observed(request: Any, context: grpc.ServicerContext) -> Any:
+                request_id = (getattr(request, "request_id", "") or header_id)[:MAX_REQUEST_ID] or uuid.uuid4().hex
+                token = REQUEST_ID.set(request_id)
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+                self.metrics.inflight.inc()
+                start = time.perf_counter()
+                code, variant = "OK", ""
+                try:
+                    response = behavior(request, context)
+                    variant = getattr(response, "variant", "")
+                    return response
+                except BaseException:
+                    status = context.code() if hasattr(context, "code") else None
+                    code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
+                    raise
+                finally:
+                    elapsed = time.perf_counter() - start
+                    self.metrics.inflight.dec()
+                    self.metrics.observe(rpc, code, variant, elapsed)
+                    if self.access_log:
+                        logger.info(
+                            "%s %s",
+                            rpc,
+                            code,
+                            extra={"rpc": rpc, "code": code, "ms": round(elapsed * 1000, 3), "variant": variant},
+                        )
+                    REQUEST_ID.reset(token)
+
+            return observed
+
+        return _wrap_unary(handler, wrap)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer-token auth: ``authorization: Bearer <token>`` must match one of ``tokens`` (constant-time)."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        if not tokens:
+            raise ValueError("`tokens` must hold at least one token; leave the interceptor out to disable auth")
+        self._tokens = [t.encode() for t in tokens]
+
+    def _ok(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        given = token.strip().encode()
+        return any(hmac.compare_digest(given, t) for t in self._tokens)
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        header = _metadata(handler_call_details, "authorization")
+        if self._ok(header):
+            return handler
+        reason = "missing `authorization` metadata" if not header else "wrong bearer token"
+
+        def wrap(_behavior: Behavior) -> Behavior:
+            def reject(_request: Any, context: grpc.ServicerContext) -> Any:
+                abort_with(
+                    context,
+                    UnauthenticatedError(f"{reason}; send `authorization: Bearer <token>` with a configured token"),
+                )
+
+            return reject
+
+        return _wrap_unary(handler, wrap)
+
+
+class TokenBucket:
+    """Thread-safe token bucket: ``rate`` tokens/s, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError(f"`rate` must be > 0 tokens/s, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(1.0, rate))
+        self._tokens = self.burst
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+
+class LimitInterceptor(grpc.ServerInterceptor):
+    """At most ``max_concurrency`` RPCs in handlers; an RPC waits ``queue_timeout_s`` for a slot, then gets
+    RESOURCE_EXHAUSTED. With ``rate_qps`` > 0 a global token bucket also answers RESOURCE_EXHAUSTED."""
+
+    def __init__(self, max_concurrency: int, queue_timeout_s: float = 0.05, rate_qps: float = 0.0) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"`max_concurrency` must be >= 1, got {max_concurrency!r}")
+        self.max_concurrency = max_concurrency
+        self.queue_timeout_s = queue_timeout_s
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._bucket = TokenBucket(rate_qps) if rate_qps > 0 else None
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+
+        def wrap(behavior: Behavior) -> Behavior:
+            def limited(request: Any, context: grpc.ServicerContext) -> Any:
+                if self._bucket is not None and not self._bucket.take():
+                    abort_with(
+                        context,
+                        ResourceExhaustedError(
+                            f"rate limit of {self._bucket.rate:g} requests/s exceeded; retry later with backoff"
+                        ),
+                    )
+                if not self._slots.acquire(timeout=self.queue_timeout_s):
+                    abort_with(
+                        context,
+                        ResourceExhaustedError(
+                            f"server busy: all {self.max_concurrency} request slots in use "
+                            f"(waited {self.queue_timeout_s * 1000:.0f} ms); retry with backoff"
+                        ),
+                    )
+                try:
+                    return behavior(request, context)
+                finally:
+                    self._slots.release()
+
+            return limited
+
+        return _wrap_unary(handler, wrap)

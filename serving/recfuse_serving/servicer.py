@@ -1,0 +1,183 @@
+"""The Recommender gRPC servicer: route, call the library, convert; errors go through ONE wrapper.
+
+Every RPC method is ``return self._call(context, <handler>, request)``: :meth:`RecommenderServicer._call`
+checks the deadline first, runs the handler and maps any exception through
+:func:`recfuse_serving.status.abort_with` — no handler aborts on its own.
+
+Example:
+    >>> servicer = RecommenderServicer(registry, config, exposures=None)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from recfuse_api.v1 import recommender_pb2 as pb
+from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
+
+from recfuse.errors import InvalidRequestError
+from recfuse.inference import Recommendation, RecommendQuery
+from recfuse.variants import Exposure, ExposureLogger
+from recfuse_serving import convert
+from recfuse_serving.config import ServerConfig
+from recfuse_serving.logs import REQUEST_ID
+from recfuse_serving.registry import VariantRegistry
+from recfuse_serving.status import DeadlineExceededError, abort_with
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+# Below this much time left there is no point starting: the answer would arrive after the deadline.
+MIN_TIME_LEFT_S = 0.0005
+SERVER_VERSION = "recfuse-serving/0.1.0"
+
+
+def _time_left(context: grpc.ServicerContext) -> float | None:
+    try:
+        return float(context.time_remaining())
+    except (TypeError, AttributeError):  # no deadline set
+        return None
+
+
+def _check_deadline(context: grpc.ServicerContext, what: str) -> None:
+    left = _time_left(context)
+    if left is not None and left < MIN_TIME_LEFT_S:
+        raise DeadlineExceededError(
+            f"deadline exceeded {what} ({left * 1000:.2f} ms left); give the call a longer deadline"
+        )
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    """Adapter from ``recfuse_api.v1.Recommender`` to :class:`recfuse.inference.Recommender` per variant.
+
+    Args:
+        registry: loaded variants and routing.
+        config: limits (``default_k``, ``max_batch``).
+        exposures: where each served Recommend is logged (None: not logged).
+        reload: the admin reload action (the server passes ``registry.reload`` via its watcher).
+    """
+
+    def __init__(
+        self,
+        registry: VariantRegistry,
+        config: ServerConfig,
+        exposures: ExposureLogger | None = None,
+        reload: Callable[[], Any] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.exposures = exposures
+        self._reload = reload or registry.reload
+
+    # ---------------------------------------------------------------- the one error wrapper
+    def _call(self, context: grpc.ServicerContext, handler: Callable[[Req, str], Resp], request: Req) -> Resp:
+        request_id = REQUEST_ID.get() or getattr(request, "request_id", "")
+        try:
+            _check_deadline(context, "before the request started")
+            return handler(request, request_id)
+        except Exception as exc:
+            abort_with(context, exc, request_id)
+
+    # ---------------------------------------------------------------- RPCs
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        return self._call(context, self._recommend, request)
+
+    def RecommendBatch(
+        self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendBatchResponse:
+        return self._call(context, self._recommend_batch, request)
+
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
+        return self._call(context, self._similar, request)
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
+        return self._call(context, self._info, request)
+
+    def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:
+        return self._call(context, self._reload_rpc, request)
+
+    # ---------------------------------------------------------------- handlers
+    def _recommend(self, request: pb.RecommendRequest, request_id: str) -> pb.RecommendResponse:
+        start = time.perf_counter()
+        variant = self.registry.route(request.user_id, request.variant)
+        rec = self.registry.get(variant)
+        answer = rec.recommend_batch([convert.to_query(request, self.config.default_k)])[0]
+        self._log_exposure(request_id, request.user_id, answer)
+        return convert.to_response(answer, request_id, (time.perf_counter() - start) * 1e3, rec.item_title)
+
+    def _recommend_batch(self, request: pb.RecommendBatchRequest, request_id: str) -> pb.RecommendBatchResponse:
+        start = time.perf_counter()
+        n = len(request.requests)
+        if n > self.config.max_batch:
+            raise InvalidRequestError(
+                f"`requests` has {n} entries; at most {self.config.max_batch} per RecommendBatch are allowed"
+            )
+        # One library batch (one forward + one search) per variant, answers put back in request order.
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(request.requests):
+            try:
+                groups.setdefault(self.registry.route(r.user_id, r.variant), []).append(i)
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"`requests[{i}]`: {exc}") from None
+        answers: list[tuple[Recommendation, Callable[[str], str]] | None] = [None] * n
+        for variant, rows in groups.items():
+            rec = self.registry.get(variant)
+            queries: list[RecommendQuery] = [convert.to_query(request.requests[i], self.config.default_k) for i in rows]
+            for i, answer in zip(rows, rec.recommend_batch(queries)):
+                answers[i] = (answer, rec.item_title)
+        total_ms = (time.perf_counter() - start) * 1e3
+        out = pb.RecommendBatchResponse()
+        for i, slot in enumerate(answers):
+            assert slot is not None  # every index is in exactly one group
+            answer, title_of = slot
+            sub = request.requests[i]
+            sub_id = sub.request_id or f"{request_id}-{i}"
+            self._log_exposure(sub_id, sub.user_id, answer)
+            out.responses.append(convert.to_response(answer, sub_id, total_ms, title_of))
+        return out
+
+    def _similar(self, request: pb.SimilarItemsRequest, request_id: str) -> pb.SimilarItemsResponse:
+        start = time.perf_counter()
+        variant = self.registry.route("", request.variant)
+        rec = self.registry.get(variant)
+        answer = rec.similar_items(
+            request.item_id,
+            k=int(request.k) or self.config.default_k,
+            exclude_item_ids=list(request.exclude_item_ids),
+            include_categories=list(request.include_categories),
+            exclude_categories=list(request.exclude_categories),
+        )
+        return convert.to_similar_response(answer, request_id, (time.perf_counter() - start) * 1e3, rec.item_title)
+
+    def _info(self, request: pb.InfoRequest, request_id: str) -> pb.InfoResponse:
+        recs = self.registry.recommenders
+        default = self.registry.default_variant() if (recs or self.registry.ab.shares) else ""
+        return pb.InfoResponse(
+            variants=[convert.to_variant_info(recs[v].info(), self.registry.share_of(v)) for v in sorted(recs)],
+            default_variant=default,
+            server_version=SERVER_VERSION,
+            ab_salt=self.registry.ab.salt if self.registry.ab.shares else "",
+        )
+
+    def _reload_rpc(self, request: pb.ReloadRequest, request_id: str) -> pb.ReloadResponse:
+        result = self._reload()
+        return pb.ReloadResponse(reloaded=result.reloaded, rejected=result.rejected)
+
+    def _log_exposure(self, request_id: str, user_id: str, answer: Recommendation) -> None:
+        if self.exposures is None:
+            return
+        self.exposures.log(
+            Exposure(
+                request_id=request_id,
+                user_id=user_id,
+                variant=answer.variant,
+                item_ids=[it.item_id for it in answer.items],
+                scores=[it.score for it in answer.items],
+            )
+        )
