@@ -1,1 +1,13 @@
-"""recfuse.inference."""
+"""recfuse.inference: the TensorFlow-free Recommender over a bundle (numpy query tower + faiss).
+
+Example:
+    >>> from recfuse.inference import Recommender
+    >>> rec = Recommender.from_bundle("bundles/attention")   # doctest: +SKIP
+    >>> rec.recommend(user_id="u1", k=10).item_ids            # doctest: +SKIP
+"""
+
+from recfuse.inference.limits import Limits
+from recfuse.inference.recommender import Recommender
+from recfuse.inference.types import BundleInfo, Recommendation, RecommendQuery, ScoredItem
+
+__all__ = ["BundleInfo", "Limits", "Recommendation", "RecommendQuery", "Recommender", "ScoredItem"]

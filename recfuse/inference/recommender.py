@@ -1,0 +1,335 @@
+"""Recommender: a bundle → ranked items for a user, a history or an item (numpy + faiss, no TensorFlow).
+
+Request path, per batch of queries:
+
+1. validate every field (:class:`~recfuse.inference.limits.Limits`);
+2. resolve ids to item rows: the request history (unknown ids skipped and counted) is merged in
+   front of a known user's stored history (duplicates keep their most recent position) and cut to
+   the model's ``max_history``;
+3. one numpy query-tower forward for all queries that have a user signal (a history, or a known
+   user when the tower has a user embedding) — the rest get the ``"popular"`` fallback;
+4. one batched index search with per-query exclusions (explicit ids, seen items with
+   ``exclude_seen``, excluded categories) and allow-lists (included categories), returning exactly
+   ``k`` items whenever that many candidates pass the filters.
+
+Everything is precomputed at load and never mutated, so one instance serves concurrent threads.
+
+Example:
+    >>> rec = Recommender.from_bundle("bundles/attention")              # doctest: +SKIP
+    >>> r = rec.recommend(user_id="u42", k=5, exclude_seen=True)        # doctest: +SKIP
+    >>> r.fallback, len(r.items)                                         # doctest: +SKIP
+    ('', 5)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recfuse.bundle import LoadedBundle, load_bundle
+from recfuse.errors import InvalidRequestError, NotFoundError
+from recfuse.inference.catalog import CatalogTables
+from recfuse.inference.limits import Limits
+from recfuse.inference.types import (
+    FALLBACK_NONE,
+    FALLBACK_POPULAR,
+    BundleInfo,
+    Recommendation,
+    RecommendQuery,
+    ScoredItem,
+)
+from recfuse.types import FloatArray, Int64Array
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One validated query resolved to rows."""
+
+    k: int
+    user_idx: int
+    hist: Int64Array  # rows, most recent first, <= max_history
+    use_model: bool
+    exclude: Int64Array  # rows never to return
+    allow: Int64Array | None  # rows allowed (None: all)
+    skipped_history: int
+    skipped_exclusions: int
+
+
+class Recommender:
+    """Ranked recommendations from one loaded bundle.
+
+    Args:
+        bundle: a :class:`~recfuse.bundle.LoadedBundle` or a path accepted by ``load_bundle``.
+        limits: request limits (``max_k`` etc.).
+
+    Example:
+        >>> rec = Recommender.from_bundle("bundles", variant="attention")   # doctest: +SKIP
+        >>> rec.recommend(history=["i3", "i9"], k=3).item_ids                # doctest: +SKIP
+        ['i4', 'i8', 'i2']
+    """
+
+    def __init__(self, bundle: LoadedBundle | str | Path, limits: Limits | None = None) -> None:
+        self.bundle = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
+        self.limits = limits or Limits()
+        self._tables = CatalogTables.from_bundle(self.bundle)
+        self._tower = self.bundle.query_tower
+        self._vectors = self.bundle.item_vectors
+        self._index = self.bundle.index
+        self._max_history = int(self.bundle.manifest.get("max_history", 20))
+        m = self.bundle.manifest
+        self._info = BundleInfo(
+            variant=self.bundle.variant,
+            version=self.bundle.version,
+            model_version=self.bundle.model_version,
+            created_at=str(m["created_at"]),
+            item_count=int(m["item_count"]),
+            user_count=len(self.bundle.user_vocab),
+            dim=self.bundle.dim,
+            metric=str(m["metric"]),
+            index_factory=str(m["index_factory"]),
+            ann_recall=None if m["ann_recall"] is None else float(m["ann_recall"]),
+            format_version=int(m["format_version"]),
+            recfuse_version=str(m["recfuse_version"]),
+            path=str(self.bundle.path),
+            max_k=self.limits.max_k,
+            category_count=len(self._tables.category_rows),
+        )
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, variant: str | None = None, limits: Limits | None = None, verify: bool = True
+    ) -> Recommender:
+        """Load (and verify) a bundle and build a Recommender over it."""
+        return cls(load_bundle(path, variant=variant, verify=verify), limits)
+
+    # ------------------------------------------------------------------ public API
+    def info(self) -> BundleInfo:
+        return self._info
+
+    @property
+    def variant(self) -> str:
+        return self.bundle.variant
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def item_title(self, item_id: str) -> str:
+        """Title of a catalog item. Raises NotFoundError for an unknown id."""
+        return self._tables.titles[self._row(item_id, "item_id")]
+
+    def has_item(self, item_id: str) -> bool:
+        return item_id in self._tables.row_of
+
+    def recommend(
+        self,
+        user_id: str | None = None,
+        history: Sequence[str] = (),
+        k: int = 10,
+        exclude_item_ids: Sequence[str] = (),
+        exclude_seen: bool = False,
+        include_categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+    ) -> Recommendation:
+        """Top-``k`` items for a user and/or a request-time history.
+
+        Args:
+            user_id: known user (stored history + embedding), unknown user, or None/"" (anonymous).
+            history: item ids, most recent first; unknown ids are skipped and counted.
+            k: number of items (``1..limits.max_k``).
+            exclude_item_ids: never returned.
+            exclude_seen: also exclude the stored history and the request history.
+            include_categories: only items in one of these categories.
+            exclude_categories: never items in these categories.
+
+        Returns:
+            :class:`Recommendation`; ``fallback="popular"`` when there is no user signal.
+
+        Raises:
+            InvalidRequestError: a field breaks a limit (message names it).
+        """
+        q = RecommendQuery(user_id, history, k, exclude_item_ids, exclude_seen, include_categories, exclude_categories)
+        return self.recommend_batch([q])[0]
+
+    def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
+        """Answer many queries with one query-tower forward and one batched search.
+
+        ``query_ms``/``search_ms`` of each answer are the times of the whole batch.
+        """
+        if len(queries) > self.limits.max_batch:
+            raise InvalidRequestError(f"batch has {len(queries)} queries; at most {self.limits.max_batch} are allowed")
+        plans = [self._plan(self.limits.check(q)) for q in queries]
+        model_pos = [i for i, p in enumerate(plans) if p.use_model]
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        results: list[tuple[Int64Array, FloatArray]] = [empty] * len(plans)
+        t0 = time.perf_counter()
+        qvec = self._encode([plans[i] for i in model_pos]) if model_pos else None
+        t1 = time.perf_counter()
+        if qvec is not None:
+            for i, res in zip(model_pos, self._search(qvec, [plans[i] for i in model_pos])):
+                results[i] = res
+        for i, p in enumerate(plans):
+            if not p.use_model:
+                results[i] = self._popular(p)
+        t2 = time.perf_counter()
+        query_ms, search_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        out = []
+        for p, (rows, scores) in zip(plans, results):
+            out.append(
+                Recommendation(
+                    items=[ScoredItem(str(self._tables.item_ids[r]), float(s)) for r, s in zip(rows, scores)],
+                    fallback=FALLBACK_NONE if p.use_model else FALLBACK_POPULAR,
+                    model_version=self.bundle.version,
+                    variant=self.bundle.variant,
+                    query_ms=query_ms,
+                    search_ms=search_ms,
+                    skipped_history=p.skipped_history,
+                    skipped_exclusions=p.skipped_exclusions,
+                )
+            )
+        return out
+
+    def similar_items(
+        self,
+        item_id: str,
+        k: int = 10,
+        exclude_item_ids: Sequence[str] = (),
+        include_categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+    ) -> Recommendation:
+        """Nearest neighbours of an item's embedding, the item itself excluded.
+
+        Raises:
+            InvalidRequestError: bad ``k``/lists; NotFoundError: unknown ``item_id``.
+        """
+        self.limits.check_ids("item_id", [item_id], 1)
+        q = self.limits.check(
+            RecommendQuery(
+                k=k,
+                exclude_item_ids=exclude_item_ids,
+                include_categories=include_categories,
+                exclude_categories=exclude_categories,
+            )
+        )
+        row = self._row(item_id, "item_id")
+        base = self._plan(q)
+        plan = _Plan(
+            k=base.k,
+            user_idx=0,
+            hist=base.hist,
+            use_model=True,
+            exclude=np.union1d(base.exclude, [row]).astype(np.int64),
+            allow=base.allow,
+            skipped_history=0,
+            skipped_exclusions=base.skipped_exclusions,
+        )
+        t0 = time.perf_counter()
+        rows, scores = self._search(self._vectors[row : row + 1], [plan])[0]
+        search_ms = (time.perf_counter() - t0) * 1e3
+        return Recommendation(
+            items=[ScoredItem(str(self._tables.item_ids[r]), float(s)) for r, s in zip(rows, scores)],
+            fallback=FALLBACK_NONE,
+            model_version=self.bundle.version,
+            variant=self.bundle.variant,
+            query_ms=0.0,
+            search_ms=search_ms,
+            skipped_exclusions=base.skipped_exclusions,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _row(self, item_id: str, field: str) -> int:
+        row = self._tables.row_of.get(item_id)
+        if row is None:
+            raise NotFoundError(
+                f"`{field}` {item_id!r} is not in bundle {self.bundle.variant}/{self.bundle.version} "
+                f"({self._tables.n} items)"
+            )
+        return row
+
+    def _plan(self, q: RecommendQuery) -> _Plan:
+        t = self._tables
+        req_rows, skipped = t.rows_of(q.history)
+        stored = t.user_rows.get(q.user_id, np.zeros(0, np.int64)) if q.user_id is not None else np.zeros(0, np.int64)
+        merged = np.concatenate([req_rows, stored]) if len(stored) else req_rows
+        if len(merged):
+            _, first = np.unique(merged, return_index=True)
+            merged = merged[np.sort(first)]
+        hist = merged[: self._max_history]
+        known_user = q.user_id is not None and q.user_id in self.bundle.user_vocab
+        use_model = len(hist) > 0 or (known_user and self._tower.user_embedding is not None)
+        user_idx = self.bundle.user_vocab.lookup_one(q.user_id) if q.user_id is not None else 0
+        excl_rows, skipped_excl = t.rows_of(q.exclude_item_ids)
+        parts = [excl_rows]
+        if q.exclude_seen:
+            parts.append(merged)
+        allow: Int64Array | None = None
+        excl_cats = t.rows_in_categories(q.exclude_categories) if q.exclude_categories else None
+        if q.include_categories:
+            allow = t.rows_in_categories(q.include_categories)
+            if excl_cats is not None:
+                allow = np.setdiff1d(allow, excl_cats, assume_unique=True)
+        elif excl_cats is not None:
+            parts.append(excl_cats)
+        exclude = np.unique(np.concatenate(parts)) if any(len(p) for p in parts) else np.zeros(0, np.int64)
+        if allow is not None and len(exclude):
+            allow = np.setdiff1d(allow, exclude, assume_unique=True)
+            exclude = np.zeros(0, np.int64)
+        if skipped:
+            logger.debug("request history: %d unknown item id(s) skipped", skipped)
+        return _Plan(
+            k=q.k,
+            user_idx=max(int(user_idx), 0),
+            hist=hist,
+            use_model=bool(use_model),
+            exclude=exclude.astype(np.int64),
+            allow=allow,
+            skipped_history=skipped,
+            skipped_exclusions=skipped_excl,
+        )
+
+    def _encode(self, plans: Sequence[_Plan]) -> FloatArray:
+        b, length = len(plans), self._max_history
+        hist = np.full((b, length), -1, dtype=np.int64)
+        for r, p in enumerate(plans):
+            hist[r, : len(p.hist)] = p.hist
+        user_idx = np.fromiter((p.user_idx for p in plans), dtype=np.int64, count=b)
+        return self._tower.encode(self._vectors, user_idx, hist)
+
+    def _search(self, queries: FloatArray, plans: Sequence[_Plan]) -> list[tuple[Int64Array, FloatArray]]:
+        """One batched index search with per-query exclusions and allow-lists (``None``: unrestricted)."""
+        k = min(max(p.k for p in plans), self._tables.n)
+        # Lists, not arrays: ItemIndex tests emptiness with `not ids` (ambiguous for numpy arrays).
+        excl = [p.exclude.tolist() for p in plans]
+        allow = [None if p.allow is None else p.allow.tolist() for p in plans]
+        ids, scores = self._index.search(
+            queries,
+            k,
+            exclude=excl if any(len(e) for e in excl) else None,
+            allow=allow if any(a is not None for a in allow) else None,
+        )
+        out = []
+        for j, p in enumerate(plans):
+            keep = ids[j] >= 0
+            out.append((ids[j][keep][: p.k], scores[j][keep][: p.k]))
+        return out
+
+    def _popular(self, p: _Plan) -> tuple[Int64Array, FloatArray]:
+        """Popularity order with the same filters as the model path."""
+        t = self._tables
+        if p.allow is None:
+            # At most len(exclude) of the first k + len(exclude) popular rows can be excluded.
+            cand = t.popular_rows[: p.k + len(p.exclude)]
+            rows = cand[~np.isin(cand, p.exclude)][: p.k] if len(p.exclude) else cand
+        else:
+            allowed = np.setdiff1d(p.allow, p.exclude, assume_unique=True) if len(p.exclude) else p.allow
+            rank = t.popular_rank[allowed]
+            take = np.argsort(rank, kind="stable")[: p.k]
+            rows = allowed[take]
+        return rows.astype(np.int64), t.popular_counts[rows]

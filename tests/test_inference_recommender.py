@@ -1,0 +1,183 @@
+"""Recommender over real factory bundles: model path vs brute force, fallbacks, filters, batch, threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_factory import item_category, make_bundle
+
+from recfuse.errors import NotFoundError
+from recfuse.inference import Recommender, RecommendQuery
+from recfuse.ranking import masked_topk
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    root = tmp_path_factory.mktemp("bundles")
+    return Recommender.from_bundle(make_bundle(root, n_items=400, dim=16, n_users=60, seed=7))
+
+
+def _rows(rec: Recommender, ids: list[str]) -> list[int]:
+    return [rec.bundle.item_ids.index(i) for i in ids]
+
+
+def _expected(rec: Recommender, user: str | None, history: list[str], k: int, exclude: list[int]) -> list[str]:
+    """Brute force: the numpy tower by hand + full ranking with recfuse.ranking.masked_topk."""
+    b = rec.bundle
+    stored = []
+    if user is not None:
+        hist = dict(zip(b.user_history["user_id"], b.user_history["items"]))
+        stored = list(hist.get(user, []))
+    merged: list[str] = []
+    for i in [h for h in history if h in b.item_ids] + stored:
+        if i not in merged:
+            merged.append(i)
+    rows = np.full((1, 20), -1, np.int64)
+    rows[0, : len(merged[:20])] = _rows(rec, merged[:20])
+    user_idx = np.array([b.user_vocab.lookup_one(user) if user else 0])
+    q = b.query_tower.encode(b.item_vectors, user_idx, rows)
+    idx, _ = masked_topk(q, b.item_vectors, k, exclude=[np.array(exclude, np.int64)])
+    return [b.item_ids[i] for i in idx[0]]
+
+
+def test_known_user_matches_brute_force_and_its_taste(rec: Recommender) -> None:
+    r = rec.recommend(user_id="u3", k=10)
+    assert r.fallback == "" and len(r.items) == 10 and r.variant == "attention"
+    assert r.model_version == rec.bundle.version and r.query_ms > 0 and r.search_ms > 0
+    assert r.item_ids == _expected(rec, "u3", [], 10, [])
+    scores = [it.score for it in r.items]
+    assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)
+    hist = dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))["u3"]
+    liked = item_category(int(hist[0][1:]))
+    assert sum(item_category(int(i[1:])) == liked for i in r.item_ids) >= 8
+
+
+def test_exclude_seen_and_explicit_exclusions(rec: Recommender) -> None:
+    hist = list(dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))["u3"])
+    plain = rec.recommend(user_id="u3", k=30)
+    assert set(hist) & set(plain.item_ids)  # the stored history would otherwise be recommended
+    drop = plain.item_ids[:3]
+    r = rec.recommend(user_id="u3", k=30, exclude_seen=True, exclude_item_ids=[*drop, "nope"])
+    assert len(r.items) == 30 and r.skipped_exclusions == 1
+    assert not set(r.item_ids) & (set(hist) | set(drop))
+    assert r.item_ids == _expected(rec, "u3", [], 30, _rows(rec, hist + drop))
+
+
+def test_request_history_merged_in_front_unknown_ids_counted(rec: Recommender) -> None:
+    r = rec.recommend(user_id="u3", history=["i5", "ghost", "i13", "ghost2"], k=10)
+    assert r.skipped_history == 2 and r.fallback == ""
+    assert r.item_ids == _expected(rec, "u3", ["i5", "i13"], 10, [])
+    anon = rec.recommend(history=["i5", "i13", "i21"], k=10, exclude_seen=True)
+    assert anon.fallback == "" and not {"i5", "i13", "i21"} & set(anon.item_ids)
+    assert sum(item_category(int(i[1:])) == "c5" for i in anon.item_ids) >= 8  # i5, i13, i21 are all c5
+
+
+def test_unknown_user_without_history_gets_popular_with_filters(rec: Recommender) -> None:
+    pop = rec.bundle.popularity
+    for user in (None, "", "stranger"):
+        r = rec.recommend(user_id=user, k=5)
+        assert r.fallback == "popular"
+        assert r.item_ids == pop["item_id"].tolist()[:5]
+        assert [it.score for it in r.items] == [float(c) for c in pop["count"].tolist()[:5]]
+    top = pop["item_id"].tolist()
+    r = rec.recommend(k=5, exclude_item_ids=top[:2])
+    assert r.item_ids == top[2:7]
+    r = rec.recommend(k=5, include_categories=["c2"])
+    assert r.fallback == "popular" and all(item_category(int(i[1:])) == "c2" for i in r.item_ids) and len(r.items) == 5
+    assert r.item_ids == [i for i in top if item_category(int(i[1:])) == "c2"][:5]
+    r = rec.recommend(k=400, exclude_categories=["c0"])
+    assert len(r.items) == 350 and not any(item_category(int(i[1:])) == "c0" for i in r.item_ids)
+
+
+def test_known_user_without_user_embedding_or_history_falls_back(tmp_path: Path) -> None:
+    r = Recommender.from_bundle(make_bundle(tmp_path, n_items=50, dim=4, user_embedding=False))
+    assert r.recommend(user_id="u1", k=3).fallback == ""  # has a stored history
+    assert r.recommend(user_id="zzz", k=3).fallback == "popular"
+
+
+def test_category_filters_exactly_k_and_short_when_too_few(rec: Recommender) -> None:
+    r = rec.recommend(user_id="u3", k=20, include_categories=["c1", "c2"], exclude_categories=["t0"])
+    assert len(r.items) == 20
+    for iid in r.item_ids:
+        cats = rec.bundle.items["categories"].iloc[int(iid[1:])]
+        assert {"c1", "c2"} & set(cats) and "t0" not in cats
+    n_c1 = sum("c1" in c for c in rec.bundle.items["categories"])
+    r = rec.recommend(user_id="u3", k=200, include_categories=["c1"])
+    assert len(r.items) == n_c1 == 50
+    assert rec.recommend(user_id="u3", k=5, include_categories=["no-such-category"]).items == []
+    r = rec.recommend(user_id="u3", k=5, exclude_categories=["c0", "c1", "c2", "c3", "c4", "c5", "c6"])
+    assert len(r.items) == 5 and all(item_category(int(i[1:])) == "c7" for i in r.item_ids)
+
+
+def test_similar_items_nearest_neighbours_without_itself(rec: Recommender) -> None:
+    r = rec.similar_items("i10", k=5)
+    b = rec.bundle
+    idx, _ = masked_topk(b.item_vectors[10:11], b.item_vectors, 5, exclude=[np.array([10])])
+    assert r.item_ids == [b.item_ids[i] for i in idx[0]] and "i10" not in r.item_ids
+    r = rec.similar_items("i10", k=5, include_categories=["c3"], exclude_item_ids=["i3"])
+    assert len(r.items) == 5 and all(item_category(int(i[1:])) == "c3" for i in r.item_ids) and "i3" not in r.item_ids
+    with pytest.raises(NotFoundError, match=r"`item_id` 'ghost' is not in bundle attention/.* \(400 items\)"):
+        rec.similar_items("ghost")
+
+
+def test_batch_equals_single_calls(rec: Recommender) -> None:
+    queries = [
+        RecommendQuery(user_id="u1", k=7),
+        RecommendQuery(k=4),  # popular
+        RecommendQuery(history=["i9", "i17"], k=5, include_categories=["c1"]),
+        RecommendQuery(user_id="u2", k=6, exclude_seen=True, exclude_categories=["c0"]),
+        RecommendQuery(user_id="stranger", history=["ghost"], k=3),  # popular, 1 skipped
+    ]
+    batch = rec.recommend_batch(queries)
+    for q, got in zip(queries, batch):
+        single = rec.recommend(
+            q.user_id, q.history, q.k, q.exclude_item_ids, q.exclude_seen, q.include_categories, q.exclude_categories
+        )
+        assert got.item_ids == single.item_ids and got.fallback == single.fallback
+        np.testing.assert_allclose([i.score for i in got.items], [i.score for i in single.items], rtol=1e-5)
+    assert [r.fallback for r in batch] == ["", "popular", "", "", "popular"] and batch[4].skipped_history == 1
+    assert len(batch[0].items) == 7 and len(batch[2].items) == 5
+    assert rec.recommend_batch([]) == []
+
+
+def test_concurrent_reads_give_serial_results(rec: Recommender) -> None:
+    users = [f"u{i}" for i in range(12)]
+    expected = {u: rec.recommend(user_id=u, k=8, exclude_seen=True).item_ids for u in users}
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            u = users[int(rng.integers(len(users)))]
+            got = rec.recommend(user_id=u, k=8, exclude_seen=True).item_ids
+            if got != expected[u]:
+                errors.append(f"{u}: {got} != {expected[u]}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+
+
+def test_info_and_titles(rec: Recommender) -> None:
+    info = rec.info()
+    assert (info.variant, info.item_count, info.user_count, info.dim, info.metric) == ("attention", 400, 60, 16, "ip")
+    assert info.version == rec.version and info.index_factory and info.ann_recall == pytest.approx(1.0)
+    assert info.format_version == 1 and info.category_count == 12 and info.max_k == 1000
+    assert rec.item_title("i12") == "Item 12 (c4)"
+    with pytest.raises(NotFoundError, match=r"`item_id` 'i9999' is not in bundle"):
+        rec.item_title("i9999")
+
+
+def test_hnsw_bundle_exact_k_with_filters(tmp_path: Path) -> None:
+    rec = Recommender.from_bundle(make_bundle(tmp_path, n_items=3000, dim=16, factory="HNSW32", n_users=50))
+    assert "HNSW" in rec.info().index_factory
+    r = rec.recommend(user_id="u1", k=50, exclude_seen=True, include_categories=["t1"], exclude_categories=["c0"])
+    assert len(r.items) == 50
+    cats = rec.bundle.items["categories"]
+    assert all("t1" in cats.iloc[int(i[1:])] and "c0" not in cats.iloc[int(i[1:])] for i in r.item_ids)
