@@ -79,14 +79,14 @@ def generate(out_root: Path) -> list[Path]:
     return sorted(set(written))
 
 
-def check() -> int:
-    """Regenerate into a temp dir and compare with the checked-in stubs; 0 when identical."""
+def check(out_root: Path = OUT_ROOT) -> int:
+    """Regenerate into a temp dir and compare with the stubs under ``out_root``; 0 when identical."""
     with tempfile.TemporaryDirectory(prefix="recfuse-protos-") as tmp:
         fresh = generate(Path(tmp))
         stale = [
-            str(Path("serving") / rel)
+            str(out_root / rel)
             for rel in fresh
-            if not (OUT_ROOT / rel).is_file() or not filecmp.cmp(Path(tmp) / rel, OUT_ROOT / rel, shallow=False)
+            if not (out_root / rel).is_file() or not filecmp.cmp(Path(tmp) / rel, out_root / rel, shallow=False)
         ]
     if stale:
         sys.stderr.write(

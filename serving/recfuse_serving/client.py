@@ -1,0 +1,285 @@
+"""Python client for the recfuse service: plain dataclasses out, deadlines on every call, retries on UNAVAILABLE.
+
+Imports neither TensorFlow nor the library's heavy modules (only grpc and the generated stubs).
+
+Example:
+    >>> with RecfuseClient("127.0.0.1:50051") as client:                  # doctest: +SKIP
+    ...     recs = client.recommend(user_id="u42", k=5, exclude_seen=True)
+    ...     [(it.item_id, it.title) for it in recs.items]
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from recfuse_api.v1 import recommender_pb2 as pb
+from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+_FALLBACK_NAMES = {pb.FALLBACK_NONE: "", pb.FALLBACK_POPULAR: "popular"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One returned item (``title`` is "" when the bundle has none)."""
+
+    item_id: str
+    score: float
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A Recommend/SimilarItems answer.
+
+    Attributes:
+        items: best first. variant / model_version: who answered. fallback: "" (model) or e.g. "popular".
+        query_ms / search_ms / total_ms: server-side timings. request_id: the id the server logged.
+    """
+
+    items: list[Item]
+    variant: str
+    model_version: str
+    fallback: str
+    query_ms: float
+    search_ms: float
+    total_ms: float
+    request_id: str
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [it.item_id for it in self.items]
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    variant: str
+    model_version: str
+    index_type: str
+    item_count: int
+    dim: int
+    ann_recall: float
+    created_at: str
+    traffic_share: float
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    variants: list[VariantInfo]
+    default_variant: str
+    server_version: str
+    ab_salt: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query of :meth:`RecfuseClient.recommend_batch` (same fields as :meth:`RecfuseClient.recommend`)."""
+
+    user_id: str = ""
+    history: Sequence[str] = ()
+    k: int = 0
+    exclude_item_ids: Sequence[str] = ()
+    exclude_seen: bool = False
+    include_categories: Sequence[str] = ()
+    exclude_categories: Sequence[str] = ()
+    variant: str = ""
+    request_id: str = ""
+
+    def to_proto(self) -> pb.RecommendRequest:
+        return pb.RecommendRequest(
+            user_id=self.user_id,
+            history=list(self.history),
+            k=self.k,
+            exclude_item_ids=list(self.exclude_item_ids),
+            exclude_seen=self.exclude_seen,
+            include_categories=list(self.include_categories),
+            exclude_categories=list(self.exclude_categories),
+            variant=self.variant,
+            request_id=self.request_id,
+        )
+
+
+def _items(msg: Any) -> list[Item]:
+    return [Item(it.item_id, float(it.score), it.title if it.HasField("title") else "") for it in msg.items]
+
+
+def _recs(msg: pb.RecommendResponse) -> Recommendations:
+    return Recommendations(
+        items=_items(msg),
+        variant=msg.variant,
+        model_version=msg.model_version,
+        fallback=msg.fallback_reason or _FALLBACK_NAMES.get(msg.fallback, "other"),
+        query_ms=msg.timing.query_ms,
+        search_ms=msg.timing.search_ms,
+        total_ms=msg.timing.total_ms,
+        request_id=msg.request_id,
+    )
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter for retryable codes (UNAVAILABLE)."""
+
+    attempts: int = 4
+    initial_s: float = 0.05
+    max_s: float = 1.0
+    codes: frozenset[grpc.StatusCode] = field(default_factory=lambda: RETRYABLE)
+
+
+class RecfuseClient:
+    """Blocking client of ``recfuse_api.v1.Recommender``.
+
+    Args:
+        target: ``host:port``.
+        token: bearer token sent as ``authorization: Bearer <token>`` (None: none).
+        root_cert: PEM file (or bytes) of the CA/server certificate; given -> TLS channel.
+        timeout: default deadline per call in seconds (each retry gets its own).
+        retry: backoff policy for UNAVAILABLE (server starting, restarting, or no bundle yet).
+        server_name: TLS name override (tests with a cert for "localhost" while dialing 127.0.0.1).
+
+    Raises (from calls):
+        grpc.RpcError: the final status after retries (``.code()``, ``.details()``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        root_cert: str | Path | bytes | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        if root_cert is not None:
+            pem = root_cert if isinstance(root_cert, bytes) else Path(root_cert).read_bytes()
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(pem), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+
+    # ---------------------------------------------------------------- plumbing
+    def _invoke(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        delay = self.retry.initial_s
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() not in self.retry.codes or attempt == self.retry.attempts:  # type: ignore[attr-defined]
+                    raise
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, self.retry.max_s)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecfuseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- RPCs
+    def recommend(
+        self,
+        user_id: str = "",
+        history: Sequence[str] = (),
+        k: int = 0,
+        exclude_item_ids: Sequence[str] = (),
+        exclude_seen: bool = False,
+        include_categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        variant: str = "",
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> Recommendations:
+        """Top-k items for a user and/or history (``k=0``: the server default)."""
+        q = Query(
+            user_id,
+            history,
+            k,
+            exclude_item_ids,
+            exclude_seen,
+            include_categories,
+            exclude_categories,
+            variant,
+            request_id,
+        )
+        return _recs(self._invoke(self._stub.Recommend, q.to_proto(), timeout))
+
+    def recommend_batch(self, queries: Sequence[Query], timeout: float | None = None) -> list[Recommendations]:
+        """Many queries in one call; answers in the same order."""
+        request = pb.RecommendBatchRequest(requests=[q.to_proto() for q in queries])
+        response = self._invoke(self._stub.RecommendBatch, request, timeout)
+        return [_recs(r) for r in response.responses]
+
+    def similar_items(
+        self,
+        item_id: str,
+        k: int = 0,
+        exclude_item_ids: Sequence[str] = (),
+        include_categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        variant: str = "",
+        timeout: float | None = None,
+    ) -> Recommendations:
+        """Items nearest to ``item_id`` (NOT_FOUND when the item is unknown)."""
+        request = pb.SimilarItemsRequest(
+            item_id=item_id,
+            k=k,
+            exclude_item_ids=list(exclude_item_ids),
+            include_categories=list(include_categories),
+            exclude_categories=list(exclude_categories),
+            variant=variant,
+        )
+        msg = self._invoke(self._stub.SimilarItems, request, timeout)
+        return Recommendations(
+            _items(msg),
+            msg.variant,
+            msg.model_version,
+            "",
+            0.0,
+            msg.timing.search_ms,
+            msg.timing.total_ms,
+            msg.request_id,
+        )
+
+    def info(self, timeout: float | None = None) -> ServerInfo:
+        """Variants, versions, index types and sizes being served."""
+        msg = self._invoke(self._stub.Info, pb.InfoRequest(), timeout)
+        return ServerInfo(
+            variants=[
+                VariantInfo(
+                    v.variant,
+                    v.model_version,
+                    v.index_type,
+                    v.item_count,
+                    v.dim,
+                    v.ann_recall,
+                    v.created_at,
+                    v.traffic_share,
+                )
+                for v in msg.variants
+            ],
+            default_variant=msg.default_variant,
+            server_version=msg.server_version,
+            ab_salt=msg.ab_salt,
+        )
+
+    def reload(self, timeout: float | None = None) -> tuple[list[str], list[str]]:
+        """Ask the server to reload bundles now; returns (reloaded, rejected)."""
+        msg = self._invoke(self._stub.Reload, pb.ReloadRequest(), timeout)
+        return list(msg.reloaded), list(msg.rejected)

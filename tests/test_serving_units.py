@@ -1,0 +1,135 @@
+"""Fast tests of the serving pieces that need no server: config, status table, conversion, logs, limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import grpc
+import pytest
+from recfuse_api.v1 import recommender_pb2 as pb
+from recfuse_serving import convert
+from recfuse_serving.config import ServerConfig
+from recfuse_serving.interceptors import AuthInterceptor, TokenBucket
+from recfuse_serving.logs import REQUEST_ID, JsonFormatter
+from recfuse_serving.metrics import ServingMetrics
+from recfuse_serving.status import DeadlineExceededError, UnauthenticatedError, UnavailableError, code_for
+
+from recfuse.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    RecfuseError,
+    ResourceExhaustedError,
+)
+from recfuse.inference import Recommendation, ScoredItem
+
+
+def test_config_from_toml_with_sections(tmp_path):
+    path = tmp_path / "server.toml"
+    path.write_text(
+        'port = 0\nmax_k = 50\n[ab]\nsalt = "exp1"\nshares = { attention = 0.9, concat = 0.1 }\n'
+        '[auth]\ntokens = ["0123456789"]\n'
+    )
+    cfg = ServerConfig.from_toml(path)
+    assert cfg.max_k == 50 and cfg.ab.shares == {"attention": 0.9, "concat": 0.1}
+    assert cfg.auth.tokens == ("0123456789",)
+    assert cfg.with_overrides(port=7, host=None).port == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"max_kk": 5}, "unknown server config key 'max_kk'"),
+        ({"max_k": 0}, r"`max_k` must be a positive integer, got 0"),
+        ({"default_k": 20, "max_k": 10}, r"`default_k` \(20\) must be <= `max_k` \(10\)"),
+        ({"port": 70000}, r"`port` must be in \[0, 65535\]"),
+        ({"ab": {"shares": {"a": 0.5}}}, "`shares` must sum to 1"),
+        ({"ab": {"shares": {"a": 1.0}, "default_variant": "b"}}, "`ab.default_variant` 'b' is not in"),
+        ({"ab": {"salty": "x"}}, r"unknown key\(s\) \['salty'\] in \[ab\]"),
+        ({"tls": {"cert_file": "a.pem"}}, "must be set together"),
+        ({"auth": {"tokens": ["short"]}}, r"`auth.tokens\[0\]` must be a string of at least 8"),
+        ({"queue_timeout_s": -1}, "`queue_timeout_s` must be >= 0"),
+    ],
+)
+def test_config_errors_name_the_field(data, match):
+    with pytest.raises(ConfigError, match=match):
+        ServerConfig.from_dict(data)
+
+
+def test_config_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ServerConfig.from_toml(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = [")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        ServerConfig.from_toml(bad)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidRequestError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (ConfigError("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFoundError("x"), grpc.StatusCode.NOT_FOUND),
+        (ResourceExhaustedError("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (DeadlineExceededError("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (UnauthenticatedError("x"), grpc.StatusCode.UNAUTHENTICATED),
+        (UnavailableError("x"), grpc.StatusCode.UNAVAILABLE),
+        (ArtifactError("x"), grpc.StatusCode.UNAVAILABLE),
+        (RecfuseError("x"), grpc.StatusCode.INTERNAL),
+        (ZeroDivisionError("x"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_status_table(error, code):
+    assert code_for(error) is code
+
+
+def test_convert_query_defaults_and_response():
+    q = convert.to_query(pb.RecommendRequest(user_id="", history=["i1"], k=0, exclude_seen=True), default_k=7)
+    assert (q.user_id, list(q.history), q.k, q.exclude_seen) == (None, ["i1"], 7, True)
+    rec = Recommendation([ScoredItem("i2", 0.5)], "popular", "v1", "attention", 0.1, 0.2)
+    msg = convert.to_response(rec, "r1", 1.5, {"i2": "Two"}.__getitem__)
+    assert msg.fallback == pb.FALLBACK_POPULAR and msg.fallback_reason == "popular"
+    assert [(i.item_id, i.title) for i in msg.items] == [("i2", "Two")]
+    assert (msg.timing.query_ms, msg.timing.search_ms, msg.timing.total_ms) == pytest.approx((0.1, 0.2, 1.5))
+    other = convert.to_response(Recommendation([], "cold", "v1", "a", 0, 0), "r2", 0.0)
+    assert other.fallback == pb.FALLBACK_OTHER and other.fallback_reason == "cold"
+
+
+def test_json_log_lines_carry_request_id():
+    token = REQUEST_ID.set("req-42")
+    try:
+        rec = logging.LogRecord("recfuse_serving.x", logging.INFO, __file__, 1, "%s done", ("Recommend",), None)
+        rec.code = "OK"
+        line = json.loads(JsonFormatter().format(rec))
+    finally:
+        REQUEST_ID.reset(token)
+    assert line["msg"] == "Recommend done" and line["request_id"] == "req-42" and line["code"] == "OK"
+
+
+def test_token_bucket_refills():
+    bucket = TokenBucket(rate=50.0, burst=2)
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    time.sleep(0.05)
+    assert bucket.take()
+    with pytest.raises(ValueError, match="`rate` must be > 0"):
+        TokenBucket(0)
+
+
+def test_auth_interceptor_needs_tokens():
+    with pytest.raises(ValueError, match="`tokens` must hold at least one token"):
+        AuthInterceptor(())
+
+
+def test_metrics_render_versions_and_errors():
+    m = ServingMetrics()
+    m.observe("Recommend", "INVALID_ARGUMENT", "", 0.001)
+    m.set_bundle("attention", "v1")
+    m.set_bundle("attention", "v2")
+    text = m.render().decode()
+    assert 'recfuse_errors_total{code="INVALID_ARGUMENT",rpc="Recommend"} 1.0' in text
+    assert 'recfuse_bundle_info{variant="attention",version="v1"} 0.0' in text
+    assert 'recfuse_bundle_info{variant="attention",version="v2"} 1.0' in text
