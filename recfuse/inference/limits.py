@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from recfuse.errors import InvalidRequestError
+from recfuse.errors import ConfigError, InvalidRequestError
 from recfuse.inference.types import RecommendQuery
 
 
@@ -43,7 +43,7 @@ class Limits:
         for name in ("max_k", "max_history", "max_id_length", "max_exclusions", "max_categories", "max_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise InvalidRequestError(f"`limits.{name}` must be a positive integer, got {value!r}")
+                raise ConfigError(f"`limits.{name}` must be a positive integer, got {value!r}")
 
     def check_k(self, k: object) -> int:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
