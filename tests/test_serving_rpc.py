@@ -1,0 +1,259 @@
+"""A real server on 127.0.0.1:0 over real factory bundles: every RPC, every error code, health, reflection,
+metrics, request ids, A/B routing with exposures."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from recfuse_api.v1 import recommender_pb2 as pb
+from recfuse_serving.client import Query, RecfuseClient
+from recfuse_serving.config import ABConfig, ExposureConfig
+from recfuse_serving.metrics import ServingMetrics
+from serving_support import N_ITEMS, make_root, running, stub
+
+from recfuse.variants import Exposure, ExposureLogger, assign_variant, read_exposures
+
+pytestmark = pytest.mark.slow
+
+SHARES = {"attention": 0.5, "concat": 0.5}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("bundles"), ("attention", "concat"))
+
+
+@pytest.fixture(scope="module")
+def served(root, tmp_path_factory):
+    exposures = tmp_path_factory.mktemp("exposures")
+    with running(
+        root,
+        metrics_port=0,
+        max_k=50,
+        max_batch=8,
+        reload_interval_s=0,
+        ab=ABConfig(salt="exp1", shares=SHARES, default_variant="attention"),
+        exposures=ExposureConfig(directory=str(exposures), rotate_seconds=0.2),
+    ) as (server, channel):
+        yield server, channel, exposures
+
+
+def test_recommend_known_user_history_and_popular_fallback(served):
+    _, channel, _ = served
+    s = stub(channel)
+    r = s.Recommend(pb.RecommendRequest(user_id="u1", k=5, request_id="req-1"), timeout=5)
+    assert len(r.items) == 5 and r.fallback == pb.FALLBACK_NONE and r.request_id == "req-1"
+    assert r.variant == assign_variant("u1", "exp1", SHARES)
+    assert r.model_version and r.timing.total_ms >= r.timing.search_ms > 0
+    assert all(it.HasField("title") and it.title for it in r.items)
+    scores = [it.score for it in r.items]
+    assert scores == sorted(scores, reverse=True)
+    # History from category c3 (items i3, i11, ...) -> recommendations mostly from c3 (factory semantics).
+    hist = [f"i{3 + 8 * j}" for j in range(5)]
+    r = s.Recommend(pb.RecommendRequest(history=hist, k=10, exclude_seen=True), timeout=5)
+    assert not set(hist) & {it.item_id for it in r.items}
+    assert sum(int(it.item_id[1:]) % 8 == 3 for it in r.items) >= 7
+    assert r.variant == "attention"  # anonymous -> default variant
+    anon = s.Recommend(pb.RecommendRequest(user_id="stranger-no-history", k=4, variant="concat"), timeout=5)
+    assert anon.fallback == pb.FALLBACK_POPULAR and anon.fallback_reason == "popular" and anon.variant == "concat"
+    assert len(anon.items) == 4
+
+
+def test_recommend_filters_and_default_k(served):
+    _, channel, _ = served
+    s = stub(channel)
+    r = s.Recommend(pb.RecommendRequest(user_id="u2", include_categories=["c5"]), timeout=5)
+    assert len(r.items) == 10  # k=0 -> default_k
+    assert all(int(it.item_id[1:]) % 8 == 5 for it in r.items)
+    excluded = [it.item_id for it in r.items[:3]]
+    r2 = s.Recommend(pb.RecommendRequest(user_id="u2", include_categories=["c5"], exclude_item_ids=excluded), timeout=5)
+    assert not set(excluded) & {it.item_id for it in r2.items}
+
+
+def test_recommend_batch_keeps_order_and_routes_per_user(served):
+    _, channel, _ = served
+    users = [f"u{i}" for i in range(6)]
+    reqs = [pb.RecommendRequest(user_id=u, k=3) for u in users] + [pb.RecommendRequest(history=["i1"], k=2)]
+    resp = stub(channel).RecommendBatch(pb.RecommendBatchRequest(requests=reqs), timeout=5)
+    assert len(resp.responses) == 7
+    for u, r in zip(users, resp.responses):
+        assert r.variant == assign_variant(u, "exp1", SHARES) and len(r.items) == 3
+    assert len(resp.responses[-1].items) == 2 and resp.responses[-1].variant == "attention"
+    assert len({r.request_id for r in resp.responses}) == 7
+
+
+def test_similar_items_and_info(served):
+    _, channel, _ = served
+    s = stub(channel)
+    r = s.SimilarItems(pb.SimilarItemsRequest(item_id="i6", k=5), timeout=5)
+    ids = [it.item_id for it in r.items]
+    assert len(ids) == 5 and "i6" not in ids
+    assert sum(int(i[1:]) % 8 == 6 for i in ids) >= 4
+    info = s.Info(pb.InfoRequest(), timeout=5)
+    assert [v.variant for v in info.variants] == ["attention", "concat"]
+    assert info.default_variant == "attention" and info.ab_salt == "exp1"
+    for v in info.variants:
+        assert v.item_count == N_ITEMS and v.dim == 16 and v.index_type == "Flat" and v.traffic_share == 0.5
+        assert v.model_version and v.created_at.endswith("Z") and v.ann_recall == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (pb.RecommendRequest(user_id="u1", k=51), r"`k` must be in \[1, 50\], got 51"),
+        (pb.RecommendRequest(user_id="x" * 300), r"`user_id` is 300 characters long"),
+        (pb.RecommendRequest(history=["i1"] * 1001), r"`history` has 1001 entries; at most 1000"),
+        (pb.RecommendRequest(history=["i1", ""]), r"`history\[1\]` is an empty string"),
+        (pb.RecommendRequest(user_id="u1", exclude_item_ids=["i1"] * 1001), "`exclude_item_ids` has 1001 entries"),
+        (pb.RecommendRequest(user_id="u1", variant="nope"), r"`variant` 'nope' is not served here"),
+        (pb.RecommendRequest(user_id="u1", include_categories=["c"] * 101), "`include_categories` has 101"),
+    ],
+)
+def test_invalid_argument_names_the_field(served, request_, match):
+    _, channel, _ = served
+    with pytest.raises(grpc.RpcError) as info:
+        stub(channel).Recommend(request_, timeout=5)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(match, info.value.details()), info.value.details()
+
+
+def test_batch_and_similar_errors(served):
+    _, channel, _ = served
+    s = stub(channel)
+    with pytest.raises(grpc.RpcError, match=r"`requests` has 9 entries; at most 8") as e:
+        s.RecommendBatch(pb.RecommendBatchRequest(requests=[pb.RecommendRequest(user_id="u1")] * 9), timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError, match=r"`requests\[1\]`: `variant` 'zzz' is not served") as e:
+        s.RecommendBatch(
+            pb.RecommendBatchRequest(requests=[pb.RecommendRequest(), pb.RecommendRequest(variant="zzz")]), timeout=5
+        )
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError, match=r"`item_id` 'nope' is not in bundle attention/") as e:
+        s.SimilarItems(pb.SimilarItemsRequest(item_id="nope"), timeout=5)
+    assert e.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_deadline_exceeded(served):
+    _, channel, _ = served
+    with pytest.raises(grpc.RpcError) as e:
+        stub(channel).RecommendBatch(
+            pb.RecommendBatchRequest(requests=[pb.RecommendRequest(user_id=f"u{i}", k=50) for i in range(8)]),
+            timeout=1e-6,
+        )
+    assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_request_id_in_trailing_metadata_and_generated(served):
+    _, channel, _ = served
+    resp, call = stub(channel).Recommend.with_call(
+        pb.RecommendRequest(user_id="u1", k=1), metadata=(("x-request-id", "hdr-7"),), timeout=5
+    )
+    assert resp.request_id == "hdr-7" and ("x-request-id", "hdr-7") in call.trailing_metadata()
+    resp = stub(channel).Recommend(pb.RecommendRequest(user_id="u1", k=1), timeout=5)
+    assert len(resp.request_id) == 32
+
+
+def test_health_serving_and_reflection_lists_services(served):
+    _, channel, _ = served
+    h = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "recfuse_api.v1.Recommender"):
+        assert h.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == 1  # SERVING
+    r = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = list(r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {"recfuse_api.v1.Recommender", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_exposures_written_per_variant_and_metrics_scraped(served):
+    server, _, exposures = served
+    client = RecfuseClient(f"127.0.0.1:{server.port}")
+    users = [f"user-{i}" for i in range(40)]
+    queries = [Query(user_id=u, k=3, request_id=f"ab-{u}") for u in users]
+    answers = [a for i in range(0, 40, 8) for a in client.recommend_batch(queries[i : i + 8])]
+    client.close()
+    server.exposures.flush()
+    table = read_exposures(exposures).to_pandas()
+    rows = table[table.request_id.str.startswith("ab-")].set_index("request_id")
+    assert len(rows) == 40
+    for u, a in zip(users, answers):
+        row = rows.loc[f"ab-{u}"]
+        assert row.user_id == u and row.variant == a.variant == assign_variant(u, "exp1", SHARES)
+        assert list(row.item_ids) == a.item_ids and len(row.scores) == 3
+    assert set(Counter(rows.variant)) == {"attention", "concat"}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'recfuse_requests_total{code="OK",rpc="RecommendBatch"}' in text
+    assert 'recfuse_errors_total{code="INVALID_ARGUMENT",rpc="Recommend"}' in text
+    assert 'recfuse_request_latency_seconds_bucket{le="0.001",rpc="Recommend",variant="attention"}' in text
+    assert 'recfuse_bundle_info{variant="concat",version=' in text
+    assert "recfuse_exposures_dropped_total 0.0" in text and "recfuse_exposures_written_total" in text
+
+
+def test_unavailable_then_serving_after_publish(root, tmp_path):
+    empty = tmp_path / "bundles"
+    empty.mkdir()
+    with running(empty, ready=False, reload_interval_s=0) as (server, channel):
+        h = health_pb2_grpc.HealthStub(channel)
+        assert h.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 2  # NOT_SERVING
+        with pytest.raises(grpc.RpcError, match="no bundle is loaded yet") as e:
+            stub(channel).Recommend(pb.RecommendRequest(user_id="u1"), timeout=5)
+        assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+        make_root(empty, ("attention",))
+        reloaded = stub(channel).Reload(pb.ReloadRequest(), timeout=30).reloaded
+        assert len(reloaded) == 1 and reloaded[0].startswith("attention:")
+        assert h.Check(health_pb2.HealthCheckRequest(service="recfuse_api.v1.Recommender"), timeout=5).status == 1
+        assert len(stub(channel).Recommend(pb.RecommendRequest(user_id="u1", k=2), timeout=5).items) == 2
+
+
+def test_rate_limit_resource_exhausted(root):
+    with running(root, rate_limit_qps=0.5, reload_interval_s=0) as (_, channel):
+        s = stub(channel)
+        s.Info(pb.InfoRequest(), timeout=5)  # takes the one token
+        with pytest.raises(grpc.RpcError, match=r"rate limit of 0.5 requests/s exceeded") as e:
+            s.Info(pb.InfoRequest(), timeout=5)
+        assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_concurrency_limit_resource_exhausted(root):
+    """One slot, held by a RecommendBatch that takes a while; a second call finds no slot."""
+    with running(root, max_concurrency=1, queue_timeout_s=0.0, max_batch=256, reload_interval_s=0) as (_, channel):
+        s = stub(channel)
+        big = pb.RecommendBatchRequest(
+            requests=[pb.RecommendRequest(user_id=f"u{i % 50}", k=50, exclude_seen=True) for i in range(256)]
+        )
+        codes: list[grpc.StatusCode] = []
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    s.RecommendBatch(big, timeout=10)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while not codes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert codes and set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_exposure_drops_are_counted(tmp_path):
+    m = ServingMetrics()
+    log = ExposureLogger(tmp_path, queue_size=1, rotate_seconds=60)
+    m.track_exposures(log.stats)
+    log.close()
+    assert not log.log(Exposure("r", "u", "a", ["i"], [1.0]))
+    assert "recfuse_exposures_dropped_total 1.0" in m.render().decode()
