@@ -102,6 +102,10 @@ class ModalityConfig:
     max_tokens: int = 64
     char_ngrams: int = 2
     embedding_dim: int = 64
+    encoder_layers: int = 1
+    encoder_heads: int = 2
+    # raw-image CNN: output channels of each conv block (the last one is the feature width)
+    cnn_filters: tuple[int, ...] = (16, 32, 64)
 
     def __post_init__(self) -> None:
         sec = f"modalities.{self.name or '?'}"
@@ -127,6 +131,13 @@ class ModalityConfig:
             raise ConfigError(f"`{sec}.dim` must be the width of column {self.columns[0]!r} (> 0), got {self.dim}")
         _check_range(sec, "image_size", self.image_size, 16, 1024)
         _check_range(sec, "max_tokens", self.max_tokens, 1, 4096)
+        _check_range(sec, "vocab_size", self.vocab_size, 3, 10_000_000)
+        _check_range(sec, "char_ngrams", self.char_ngrams, 1, 8)
+        _check_range(sec, "embedding_dim", self.embedding_dim, 1, 65536)
+        _check_range(sec, "encoder_layers", self.encoder_layers, 1, 24)
+        _check_range(sec, "encoder_heads", self.encoder_heads, 1, 64)
+        if not self.cnn_filters or min(self.cnn_filters) < 1:
+            raise ConfigError(f"`{sec}.cnn_filters` must be a non-empty list of positive ints, got {self.cnn_filters}")
 
     @property
     def column(self) -> str:
@@ -161,6 +172,8 @@ class ModelConfig:
     fusion: str = "attention"
     alignment: str = "mlp"
     normalize: bool = True
+    # L2-normalise each aligned modality token before fusion (keeps modalities on one scale)
+    normalize_tokens: bool = True
     weighted_lambda: float = 0.5
     learn_lambda: bool = True
     attention_heads: int = 2

@@ -1,0 +1,193 @@
+"""Image branch encoders: a small trainable CNN and ``tf.keras.applications`` backbones.
+
+Both take ``[b, S, S, 3]`` pixels in ``[0, 1]`` (float32, or uint8 0–255) and return a pooled
+``[b, F]`` feature vector; the alignment layer then projects it into the shared space. Backbones are
+built with ``weights=<local file path>`` or ``None`` and never download anything.
+
+Example:
+    >>> cnn = ImageCNN(filters=(8, 16))
+    >>> cnn(tf.zeros([2, 32, 32, 3])).shape
+    TensorShape([2, 16])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from recfuse.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def to_unit_pixels(images: tf.Tensor) -> tf.Tensor:
+    """Float32 pixels in ``[0, 1]`` from float (assumed already in [0, 1]) or uint8 input."""
+    if images.dtype == tf.uint8:
+        return tf.cast(images, tf.float32) / 255.0
+    return tf.cast(images, tf.float32)
+
+
+@tf.keras.utils.register_keras_serializable(package="recfuse")
+class ImageCNN(tf.keras.layers.Layer):
+    """Few Conv2D + BatchNorm + ReLU blocks with 2x2 max-pooling, then global average pooling.
+
+    Args:
+        filters: output channels of each conv block (its last entry is the output width ``F``).
+
+    Call:
+        images ``[b, S, S, 3]`` -> ``[b, filters[-1]]``.
+    """
+
+    def __init__(self, filters: tuple[int, ...] | list[int] = (16, 32, 64), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters = tuple(int(f) for f in filters)
+        if not self.filters or min(self.filters) < 1:
+            raise ValueError(f"`filters` must be a non-empty list of positive ints, got {list(filters)}")
+        self.convs = [
+            tf.keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")
+            for i, f in enumerate(self.filters)
+        ]
+        self.norms = [tf.keras.layers.BatchNormalization(name=f"bn{i}") for i in range(len(self.filters))]
+        self.pool = tf.keras.layers.MaxPooling2D(2, padding="same")
+        self.gap = tf.keras.layers.GlobalAveragePooling2D()
+
+    @property
+    def output_dim(self) -> int:
+        return self.filters[-1]
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = to_unit_pixels(images)
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = tf.nn.relu(norm(conv(x), training=training))
+            if i < len(self.convs) - 1:
+                x = self.pool(x)
+        return self.gap(x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "filters": list(self.filters)}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one ``tf.keras.applications`` model and feed it ``[0, 255]`` RGB pixels."""
+
+    builder: Callable[..., tf.keras.Model]
+    preprocess: Callable[[tf.Tensor], tf.Tensor] | None
+    extra: tuple[tuple[str, Any], ...] = ()
+
+
+def _specs() -> dict[str, BackboneSpec]:
+    apps = tf.keras.applications
+    return {
+        # MobileNetV3 and EfficientNet rescale/normalise internally (they expect 0..255).
+        "mobilenet_v3_small": BackboneSpec(apps.MobileNetV3Small, None, (("include_preprocessing", True),)),
+        "mobilenet_v3_large": BackboneSpec(apps.MobileNetV3Large, None, (("include_preprocessing", True),)),
+        "efficientnet_b0": BackboneSpec(apps.EfficientNetB0, None),
+        "resnet50": BackboneSpec(apps.ResNet50, apps.resnet50.preprocess_input),
+    }
+
+
+BACKBONE_NAMES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "resnet50")
+
+
+def canonical_backbone(name: str) -> str:
+    """Registry key of a backbone name (``MobileNetV3Small``, ``mobilenet-v3-small`` -> ``mobilenet_v3_small``)."""
+    squashed = name.lower().replace("_", "").replace("-", "")
+    for key in BACKBONE_NAMES:
+        if key.replace("_", "") == squashed:
+            return key
+    raise ConfigError(f"unknown image backbone {name!r}; choose one of {list(BACKBONE_NAMES)}")
+
+
+def check_weights_path(weights: str) -> str | None:
+    """``None`` for random init (``""``), else an existing local file; never a download keyword."""
+    if not weights:
+        return None
+    if weights == "imagenet":
+        raise ConfigError(
+            "backbone weights 'imagenet' would download from the internet; download the .h5 file once and pass "
+            "its local path (`backbone_weights` / --weights)"
+        )
+    if not Path(weights).is_file():
+        raise ConfigError(f"backbone weights file {weights!r} does not exist; pass the path of a local .h5 file")
+    return weights
+
+
+def build_backbone(name: str, image_size: int, weights: str = "") -> tf.keras.Model:
+    """A headless, globally average-pooled application model ``[b, S, S, 3] (0..255) -> [b, F]``.
+
+    Args:
+        name: backbone name (see :data:`BACKBONE_NAMES`).
+        image_size: input side ``S``.
+        weights: local weights file path (a headless model's weights), or ``""`` for random init.
+
+    Raises:
+        ConfigError: unknown name, missing weights file, or weights that do not fit the model.
+    """
+    key = canonical_backbone(name)
+    spec = _specs()[key]
+    path = check_weights_path(weights)
+    try:
+        return spec.builder(
+            input_shape=(image_size, image_size, 3), include_top=False, weights=path, pooling="avg", **dict(spec.extra)
+        )
+    except (ValueError, OSError) as err:
+        raise ConfigError(
+            f"cannot build backbone {key!r} (image_size={image_size}, weights={weights!r}): {err}"
+        ) from None
+
+
+@tf.keras.utils.register_keras_serializable(package="recfuse")
+class BackboneEncoder(tf.keras.layers.Layer):
+    """A frozen or trainable ``tf.keras.applications`` backbone, global average pooled.
+
+    Args:
+        backbone: backbone name (see :data:`BACKBONE_NAMES`).
+        image_size: input side ``S``.
+        weights: local weights file (``""`` = random init).
+        trainable_backbone: fine-tune the backbone (else it runs in inference mode, BN frozen).
+
+    Call:
+        images ``[b, S, S, 3]`` in ``[0, 1]`` -> ``[b, F]``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3_small",
+        image_size: int = 64,
+        weights: str = "",
+        trainable_backbone: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.backbone = canonical_backbone(backbone)
+        self.image_size = int(image_size)
+        self.weights_path = str(weights or "")
+        self.trainable_backbone = bool(trainable_backbone)
+        self.model = build_backbone(self.backbone, self.image_size, self.weights_path)
+        self.model.trainable = self.trainable_backbone
+        self._preprocess = _specs()[self.backbone].preprocess
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.model.output_shape[-1])
+
+    def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        x = to_unit_pixels(images) * 255.0
+        if self._preprocess is not None:
+            x = self._preprocess(x)
+        return self.model(x, training=training if self.trainable_backbone else False)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "backbone": self.backbone,
+            "image_size": self.image_size,
+            "weights": self.weights_path,
+            "trainable_backbone": self.trainable_backbone,
+        }
