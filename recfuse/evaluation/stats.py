@@ -43,6 +43,68 @@ def _paired(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return y - x
 
 
+def _resample_counts(rng: np.random.Generator, n: int, size: int) -> npt.NDArray[np.float64]:
+    """``[size, n]`` bootstrap multiplicities: each row counts how often each unit was drawn."""
+    idx = rng.integers(0, n, size=(size, n)) + (np.arange(size, dtype=np.int64) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+
+
+def bootstrap_means(d: npt.ArrayLike, n_boot: int = 10_000, seed: int = 0) -> npt.NDArray[np.float64]:
+    """Bootstrap distribution of the mean of each column.
+
+    Args:
+        d: ``[n]`` or ``[n, m]`` values per unit (m metrics resampled with the same draws).
+        n_boot: replicates.
+        seed: RNG seed.
+
+    Returns:
+        ``[n_boot]`` or ``[n_boot, m]`` replicate means.
+    """
+    x = np.asarray(d, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    n = len(flat)
+    if n < 2:
+        raise ValueError(f"bootstrap needs at least 2 users, got {n}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, flat.shape[1]), dtype=np.float64)
+    block = max(1, _BLOCK_ELEMS // n)
+    for start in range(0, n_boot, block):
+        stop = min(start + block, n_boot)
+        out[start:stop] = _resample_counts(rng, n, stop - start) @ flat / n
+    return out.reshape(n_boot) if x.ndim == 1 else out
+
+
+def sign_flip_pvalues(d: npt.ArrayLike, n_perm: int = 10_000, seed: int = 0) -> npt.NDArray[np.float64]:
+    """Two-sided sign-flip p-values of mean 0 for each column of ``d`` (``[n]`` or ``[n, m]``).
+
+    Each column's p = (1 + #{|mean(s·d)| ≥ |mean(d)|}) / (1 + n_perm), with the same sign draws for
+    every column (so several metrics of one comparison cost one pass).
+    """
+    x = np.asarray(d, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    n = len(flat)
+    observed = np.abs(flat.mean(axis=0))
+    tol = 1e-12 * np.maximum(1.0, np.abs(flat).max(axis=0, initial=0.0))
+    rng = np.random.default_rng(seed)
+    extreme = np.zeros(flat.shape[1], dtype=np.int64)
+    block = max(1, _BLOCK_ELEMS // n)
+    for start in range(0, n_perm, block):
+        size = min(block, n_perm - start)
+        signs = (rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1).astype(np.float64)
+        stats = np.abs(signs @ flat) / n  # [size, m]
+        extreme += (stats >= observed - tol).sum(axis=0)
+    p = np.asarray((1.0 + extreme) / (1.0 + n_perm), dtype=np.float64)
+    return p.reshape(()) if x.ndim == 1 else p
+
+
+def percentile_ci(replicates: npt.ArrayLike, alpha: float = 0.05) -> tuple[npt.NDArray[np.float64], ...]:
+    """``(lo, hi)`` percentile interval of bootstrap replicates (per column)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
+    lo, hi = np.quantile(np.asarray(replicates, dtype=np.float64), [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi
+
+
 def paired_bootstrap_ci(
     a: npt.ArrayLike, b: npt.ArrayLike, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -61,34 +123,13 @@ def paired_bootstrap_ci(
     d = _paired(a, b)
     if not 0 < alpha < 1:
         raise ValueError(f"`alpha` must be in (0, 1), got {alpha}")
-    n = len(d)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot, dtype=np.float64)
-    block = max(1, _BLOCK_ELEMS // n)
-    p = np.full(n, 1.0 / n)
-    for start in range(0, n_boot, block):
-        stop = min(start + block, n_boot)
-        counts = rng.multinomial(n, p, size=stop - start)  # [block, n] resample counts
-        means[start:stop] = counts @ d / n
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    lo, hi = percentile_ci(bootstrap_means(d, n_boot, seed), alpha)
     return float(d.mean()), float(lo), float(hi)
 
 
 def paired_permutation_test(a: npt.ArrayLike, b: npt.ArrayLike, n_perm: int = 10_000, seed: int = 0) -> float:
     """Two-sided paired sign-flip test of ``mean(b − a) == 0``; returns the p-value."""
-    d = _paired(a, b)
-    n = len(d)
-    observed = abs(d.mean())
-    rng = np.random.default_rng(seed)
-    extreme = 0
-    block = max(1, _BLOCK_ELEMS // n)
-    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
-    for start in range(0, n_perm, block):
-        size = min(block, n_perm - start)
-        signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
-        stats = np.abs(signs @ d) / n
-        extreme += int((stats >= observed - tol).sum())
-    return (1 + extreme) / (1 + n_perm)
+    return float(sign_flip_pvalues(_paired(a, b), n_perm, seed))
 
 
 def _betacf(a: float, b: float, x: float) -> float:
