@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 StepHook = Callable[[str], None]
 
+# Training work dirs of a model directory that a bundle does not need (resume state, logs).
+MODEL_COPY_IGNORE = ("checkpoints", "tensorboard", ".*")
+
 
 def _noop(step: str) -> None:
     del step
@@ -182,7 +185,7 @@ def _write_files(tmp: Path, c: BundleContents, hook: StepHook) -> None:
     (tmp / mf.CONFIG).write_text(json.dumps(dict(c.config), indent=2, sort_keys=True), encoding="utf-8")
     hook(f"wrote:{mf.CONFIG}")
     if c.model_dir is not None:
-        shutil.copytree(c.model_dir, tmp / mf.MODEL_DIR)
+        shutil.copytree(c.model_dir, tmp / mf.MODEL_DIR, ignore=shutil.ignore_patterns(*MODEL_COPY_IGNORE))
         hook(f"wrote:{mf.MODEL_DIR}")
     if c.query_savedmodel_dir is not None:
         shutil.copytree(c.query_savedmodel_dir, tmp / mf.SAVEDMODEL_DIR)

@@ -1,14 +1,141 @@
-"""`recfuse` bundle commands."""
+"""`recfuse export`, `recfuse add-items`, `recfuse recommend`, `recfuse bundle-info`.
+
+Handlers import their heavy modules lazily: ``recommend`` and ``bundle-info`` never import
+TensorFlow (numpy query tower + faiss); ``export`` and ``add-items`` need the trained model.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from recfuse.errors import InvalidRequestError
 
 
 def register(sub: Any) -> None:
     """Add this group's commands to the `recfuse` parser."""
-    del sub
+    p = sub.add_parser("export", help="export a trained model directory as a new bundle version")
+    p.add_argument("--model", required=True, help="training output directory (recfuse train --out)")
+    p.add_argument("--out", required=True, help="bundles root; the bundle goes to OUT/<variant>/<version>")
+    p.add_argument("--factory", default=None, help="faiss factory string (default: the model config's index.factory)")
+    p.add_argument("--keep-versions", type=int, default=None, help="delete all but the newest N versions")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("add-items", help="embed new catalog items and publish them as a new bundle version")
+    p.add_argument("--bundle", required=True, help="ROOT/<variant> (or a version directory) of an exported bundle")
+    p.add_argument("--catalog", required=True, help="new items (Parquet/CSV/JSONL with the catalog columns)")
+    p.add_argument("--images-dir", default=None, help="base of relative image paths (default: catalog's directory)")
+    p.add_argument(
+        "--on-existing", choices=("skip", "error"), default="skip", help="items already in the bundle: skip or fail"
+    )
+    p.set_defaults(handler=_add_items)
+
+    p = sub.add_parser("recommend", help="recommend from a bundle locally (no server)")
+    p.add_argument("--bundle", required=True, help="bundles root, ROOT/<variant> or a version directory")
+    p.add_argument("--variant", default=None, help="variant of a root holding several")
+    p.add_argument("--user", default=None, help="user id (stored history + user embedding when known)")
+    p.add_argument("--history", default="", help="comma-separated item ids, most recent first")
+    p.add_argument("--similar-to", default=None, help="item id: nearest neighbours instead of user recommendations")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--exclude", default="", help="comma-separated item ids never to return")
+    p.add_argument("--exclude-seen", action="store_true", help="drop items in the user's (and request) history")
+    p.add_argument("--category", action="append", default=[], help="only items in this category (repeatable)")
+    p.add_argument("--exclude-category", action="append", default=[], help="never items in this category")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(handler=_recommend)
+
+    p = sub.add_parser("bundle-info", help="verify a bundle and print its manifest summary")
+    p.add_argument("--bundle", required=True, help="bundles root, ROOT/<variant> or a version directory")
+    p.add_argument("--variant", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_bundle_info)
 
 
-_ = argparse
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _export(args: argparse.Namespace) -> int:
+    from recfuse.bundle.export import export_model
+
+    path = export_model(args.model, args.out, factory=args.factory, keep_versions=args.keep_versions)
+    print(f"exported bundle {path}")
+    return 0
+
+
+def _add_items(args: argparse.Namespace) -> int:
+    from recfuse.bundle.incremental import add_items
+
+    result = add_items(args.bundle, args.catalog, images_dir=args.images_dir, on_existing=args.on_existing)
+    print(
+        f"added {result.added} item(s), skipped {result.skipped_existing} already present, "
+        f"rejected {result.rejected}; published {result.path}"
+    )
+    for item_id, reason in result.rejects[:20]:
+        print(f"  rejected {item_id}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from recfuse.inference import Recommender
+
+    rec = Recommender.from_bundle(args.bundle, variant=args.variant)
+    filters = {"include_categories": args.category, "exclude_categories": args.exclude_category}
+    if args.similar_to is not None:
+        if args.user or args.history:
+            raise InvalidRequestError("`--similar-to` cannot be combined with `--user`/`--history`; pass one of them")
+        result = rec.similar_items(args.similar_to, k=args.k, exclude_item_ids=_split(args.exclude), **filters)
+    else:
+        result = rec.recommend(
+            user_id=args.user,
+            history=_split(args.history),
+            k=args.k,
+            exclude_item_ids=_split(args.exclude),
+            exclude_seen=args.exclude_seen,
+            **filters,
+        )
+    rows = [
+        {"rank": i + 1, "item_id": it.item_id, "title": rec.item_title(it.item_id), "score": it.score}
+        for i, it in enumerate(result.items)
+    ]
+    if args.json:
+        out = {
+            "items": rows,
+            "fallback": result.fallback,
+            "variant": result.variant,
+            "model_version": result.model_version,
+            "query_ms": result.query_ms,
+            "search_ms": result.search_ms,
+            "skipped_history": result.skipped_history,
+            "skipped_exclusions": result.skipped_exclusions,
+        }
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    print(
+        f"bundle {result.variant}/{result.model_version}  fallback: {result.fallback or 'none (model)'}  "
+        f"query {result.query_ms:.2f} ms  search {result.search_ms:.2f} ms"
+    )
+    if result.skipped_history:
+        print(f"skipped {result.skipped_history} unknown history item id(s)")
+    width = max([len(it.item_id) for it in result.items] + [7])
+    print(f"{'rank':>4}  {'item_id':<{width}}  {'score':>10}  title")
+    for r in rows:
+        print(f"{r['rank']:>4}  {r['item_id']:<{width}}  {r['score']:>10.4f}  {r['title']}")
+    return 0
+
+
+def _bundle_info(args: argparse.Namespace) -> int:
+    from recfuse.inference import Recommender
+
+    info = Recommender.from_bundle(args.bundle, variant=args.variant).info()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(info)))
+        return 0
+    for key, value in dataclasses.asdict(info).items():
+        print(f"{key:>16}: {value}")
+    print(f"{'verified':>16}: sha256 of every file in {Path(info.path).name} matches the manifest")
+    return 0

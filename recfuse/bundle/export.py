@@ -1,0 +1,155 @@
+"""Export a trained model directory as a bundle version (the one TensorFlow-using module of recfuse.bundle).
+
+``export_model`` loads :class:`recfuse.models.trained.TrainedModel`, writes the query tower as a TF
+SavedModel (signature below) next to its numpy export, copies the model directory (without its
+``checkpoints/`` and ``tensorboard/`` work dirs) to ``model/`` so ``recfuse embed`` and
+``recfuse add-items`` can embed new items later, and publishes everything with
+:func:`recfuse.bundle.write_bundle`.
+
+Query SavedModel (``query_tower_savedmodel/``), signature ``serving_default``:
+
+* inputs ``user_idx`` int64 ``[b]`` (``vocab_users.json`` index, OOV buckets included),
+  ``hist_idx`` int64 ``[b, L]`` (item rows, ``-1`` padding, most recent first),
+  ``hist_pos`` float32 ``[b, L]`` (``0..L-1``);
+* output ``query`` float32 ``[b, d]``, equal to ``NumpyQueryTower.encode`` over the item matrix of
+  the export (the training catalog). Serving uses the numpy forward, whose item matrix also holds
+  items added later.
+
+Item metadata (title, categories) comes from ``catalog`` when given, else from the model
+directory's ``adapt_items.parquet`` (the training catalog's text/category columns).
+
+Example:
+    >>> export_model("runs/model", "bundles")      # doctest: +SKIP
+    PosixPath('bundles/attention/20261128T031500.123456Z-1a2b3c')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from recfuse.bundle.contents import BundleContents
+from recfuse.bundle.writer import write_bundle
+from recfuse.config import IndexConfig, RecfuseConfig
+from recfuse.data.readers import read_table
+from recfuse.data.vocab import IdVocab, id_str
+from recfuse.errors import ArtifactError
+from recfuse.models.trained import TrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+def export_model(
+    model_dir: str | Path,
+    root: str | Path,
+    index_cfg: IndexConfig | None = None,
+    *,
+    factory: str | None = None,
+    catalog: str | Path | pd.DataFrame | None = None,
+    version: str | None = None,
+    keep_versions: int | None = None,
+    savedmodel: bool = True,
+) -> Path:
+    """Publish a trained model as ``root/<variant>/<version>``.
+
+    Args:
+        model_dir: training output directory (``recfuse train --out``).
+        root: bundles root.
+        index_cfg: FAISS config (default: the model config's ``index`` section).
+        factory: overrides ``index_cfg.factory`` (``Flat``, ``HNSW32``, ``IVF256,PQ16``, ``auto``).
+        catalog: items table (path or frame) for titles/categories; default: the model's adapt items.
+        version: version name (default: time-based).
+        keep_versions: prune older versions after publishing.
+        savedmodel: also write the TF SavedModel of the query tower.
+
+    Returns:
+        The published version directory.
+
+    Raises:
+        ArtifactError: unreadable model directory or invalid contents.
+    """
+    model = TrainedModel.load(model_dir)
+    cfg = index_cfg or model.config.index
+    if factory:
+        cfg = dataclasses.replace(cfg, factory=factory)
+    contents = contents_from_model(model, cfg, catalog)
+    with tempfile.TemporaryDirectory(prefix="recfuse-export-") as td:
+        if savedmodel:
+            contents.query_savedmodel_dir = model.export_query_savedmodel(Path(td) / "query_tower_savedmodel")
+        contents.model_dir = model.model_dir  # copied without its work dirs (see writer.MODEL_COPY_IGNORE)
+        path = write_bundle(root, contents, cfg, version=version, keep_versions=keep_versions)
+    logger.info("exported %s as %s", model_dir, path)
+    return path
+
+
+def contents_from_model(
+    model: TrainedModel, index_cfg: IndexConfig, catalog: str | Path | pd.DataFrame | None = None
+) -> BundleContents:
+    """The :class:`BundleContents` of a trained model (no SavedModel, no model copy)."""
+    items = _metadata(model, catalog)
+    return BundleContents(
+        variant=model.config.variant,
+        model_version=model_version_of(model.model_dir),
+        item_ids=list(model.item_ids),
+        item_vectors=model.item_embeddings,
+        items=items,
+        query_tower=model.query_tower,
+        user_vocab=model.user_vocab,
+        category_vocab=model.category_vocab or IdVocab((), num_oov=1),
+        popularity=model.popularity,
+        user_history=model.user_histories,
+        config=model.config.to_dict(),
+        index_config=index_cfg,
+    )
+
+
+def model_version_of(model_dir: Path) -> str:
+    """``<dir name>-<12 hex of sha256(model.json + weights index)>``: stable for one trained model."""
+    h = hashlib.sha256()
+    for rel in ("model.json", "weights/ckpt.index"):
+        p = model_dir / rel
+        if p.is_file():
+            h.update(p.read_bytes())
+    return f"{model_dir.name}-{h.hexdigest()[:12]}"
+
+
+def category_column(cfg: RecfuseConfig) -> str:
+    """Catalog column of the categorical modality (``categories`` if none is configured)."""
+    for m in cfg.modalities:
+        if m.kind == "categorical":
+            return m.column
+    return "categories"
+
+
+def metadata_frame(items: pd.DataFrame, cfg: RecfuseConfig) -> pd.DataFrame:
+    """``item_id, title, categories`` from catalog rows (missing columns: empty values)."""
+    cat_col = category_column(cfg)
+    n = len(items)
+    return pd.DataFrame(
+        {
+            "item_id": [id_str(x) for x in items["item_id"]],
+            "title": items["title"].fillna("").astype(str).tolist() if "title" in items.columns else [""] * n,
+            "categories": items[cat_col].tolist() if cat_col in items.columns else [[]] * n,
+        }
+    )
+
+
+def _metadata(model: TrainedModel, catalog: str | Path | pd.DataFrame | None) -> pd.DataFrame:
+    if catalog is None:
+        path = model.model_dir / "adapt_items.parquet"
+        if not path.is_file():
+            raise ArtifactError(f"{str(path)!r} is missing; pass `catalog` to take titles/categories from the catalog")
+        frame = pd.read_parquet(path)
+    else:
+        frame = catalog if isinstance(catalog, pd.DataFrame) else read_table(catalog)
+    meta = metadata_frame(frame, model.config)
+    known = set(model.item_ids)
+    extra = int((~meta["item_id"].isin(known)).sum())
+    if extra:
+        logger.warning("catalog has %d item(s) the model did not embed; their metadata is not exported", extra)
+    return meta[meta["item_id"].isin(known)].drop_duplicates("item_id")
