@@ -1,11 +1,10 @@
 """Load a trained model directory: towers rebuilt from config + vocabularies, weights restored.
 
 The directory is written by :func:`recfuse.training.model_dir.write_model_dir` (layout documented
-there). Loading never re-derives state from a different catalog: the candidate tower is rebuilt by
-adapting on the stored ``adapt_items.parquet`` (the training catalog's text/category/vector
-columns), then every lookup layer (TextVectorization, StringLookup…) gets the exact vocabulary saved
-in ``lookup_vocabularies.json`` and the weights come from the TF checkpoint — so embedding new items
-later gives the same token ids as in training.
+there). Loading never re-derives state from a catalog: the candidate tower is rebuilt from the config
+and the text/category vocabularies saved at training time (``candidate_vocabularies.json``), and the
+weights come from the TF checkpoint — so embedding new items later gives the same token ids as in
+training.
 
 Example:
     >>> m = TrainedModel.load("runs/model")                               # doctest: +SKIP
@@ -38,56 +37,6 @@ from recfuse.types import FloatArray
 logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "recfuse.model/1"
-_LOOKUP_CLASSES = ("TextVectorization", "StringLookup", "IntegerLookup")
-
-
-def adapt_frame(items: pd.DataFrame, cfg: RecfuseConfig) -> pd.DataFrame:
-    """Catalog columns the candidate tower adapts on (image bytes dropped, paths kept)."""
-    cols = ["item_id"]
-    for m in cfg.modalities:
-        cols += [c for c in m.columns if c in items.columns and c not in cols]
-    df = items[cols].copy()
-    for m in cfg.modalities:
-        if m.kind == "image" and m.source != "vector" and m.column in df.columns:
-            df[m.column] = [v if isinstance(v, str) else None for v in df[m.column]]
-    return df
-
-
-def _lookup_layers(tower: tf.keras.Model) -> list[tf.keras.layers.Layer]:
-    return [m for m in tower.submodules if type(m).__name__ in _LOOKUP_CLASSES and hasattr(m, "get_vocabulary")]
-
-
-def lookup_vocabularies(tower: tf.keras.Model) -> list[dict[str, Any]]:
-    """``[{"name", "class", "vocabulary"}]`` of every lookup layer of ``tower`` (deterministic order)."""
-    out = []
-    for layer in _lookup_layers(tower):
-        vocab = [v.decode("utf-8") if isinstance(v, bytes) else v for v in layer.get_vocabulary()]
-        out.append({"name": layer.name, "class": type(layer).__name__, "vocabulary": vocab})
-    return out
-
-
-def restore_lookup_vocabularies(tower: tf.keras.Model, saved: list[dict[str, Any]], source: str) -> None:
-    """Set the saved vocabularies on ``tower``'s lookup layers (matched by order, class and name)."""
-    layers = _lookup_layers(tower)
-    if len(layers) != len(saved):
-        raise ArtifactError(
-            f"{source}: {len(saved)} saved lookup vocabularies but the tower has {len(layers)} lookup layers"
-        )
-    for layer, entry in zip(layers, saved, strict=True):
-        if type(layer).__name__ != entry["class"]:
-            raise ArtifactError(
-                f"{source}: lookup layer {layer.name!r} is {type(layer).__name__}, saved {entry['class']}"
-            )
-        current = [v.decode("utf-8") if isinstance(v, bytes) else v for v in layer.get_vocabulary()]
-        if current != entry["vocabulary"]:
-            special = _special_tokens(layer)
-            layer.set_vocabulary([v for v in entry["vocabulary"] if v not in special])
-
-
-def _special_tokens(layer: Any) -> set[str]:
-    # get_vocabulary() includes the padding ("") and OOV ("[UNK]") entries that set_vocabulary adds itself
-    cfg = layer.get_config()
-    return {str(cfg.get("oov_token", "[UNK]")), "" if cfg.get("mask_token") is None else str(cfg["mask_token"]), ""}
 
 
 @dataclass
@@ -199,18 +148,13 @@ class TrainedModel:
         return self._candidate_tower
 
     def _build_tf(self) -> None:
-        from recfuse.data.item_features import build_item_features
         from recfuse.models.candidate_tower import build_candidate_tower
 
         d = self.model_dir
-        adapt = pq.read_table(d / "adapt_items.parquet").to_pandas()
-        candidate = build_candidate_tower(self.config, adapt, self.item_vocab)
-        restore_lookup_vocabularies(candidate, _read_json(d / "lookup_vocabularies.json"), str(d))
+        vocabularies = _read_json(d / "candidate_vocabularies.json")
+        candidate = build_candidate_tower(self.config, None, self.item_vocab, vocabularies=vocabularies)
         query = build_query_tower(self.config, self.user_vocab.size)
         query.build_for(self.query_tower.dim)
-        # one forward creates the candidate tower's variables before the checkpoint is read
-        probe = build_item_features(adapt.iloc[:1], self.config, d, self.item_vocab, warm_items=set())
-        candidate(probe, training=False)
         status = tf.train.Checkpoint(query_tower=query, candidate_tower=candidate).read(str(d / "weights" / "ckpt"))
         status.assert_existing_objects_matched()
         self._candidate_tower, self._tf_query_tower = candidate, query
@@ -271,7 +215,7 @@ class _QueryModule(tf.Module):
 
 def _clip_ids(key: str, value: np.ndarray, n_known: int) -> np.ndarray:
     if key == "item_idx":
-        return np.where(value < n_known, value, 0).astype(value.dtype)
+        return np.where((value >= 0) & (value < n_known), value, 0).astype(value.dtype)
     return value
 
 

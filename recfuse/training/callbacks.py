@@ -23,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 
 from recfuse.models.two_tower import TwoTowerModel
+from recfuse.training.tb_logging import log_scalar
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,7 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
             metric = float(self.evaluate())
             record[self.metric_name] = metric
             logs[self.metric_name] = metric
-            with self.writer.as_default():
-                tf.summary.scalar(self.metric_name, metric, step=epoch + 1)
+            log_scalar(self.writer, self.metric_name, metric, epoch + 1)
             best = self.state.get("best_metric")
             if best is None or metric > best:
                 self.state.update(best_metric=metric, best_epoch=epoch + 1, wait=0)

@@ -6,8 +6,8 @@ Layout of ``out_dir`` (read by :class:`recfuse.models.trained.TrainedModel`)::
     config.json                cfg.to_dict()
     vocab_items.json           IdVocab (num_oov=0; row i of every item matrix = catalog item i)
     vocab_users.json           IdVocab with cfg.model.user_oov_buckets hashed OOV rows
-    lookup_vocabularies.json   vocabularies of the candidate tower's lookup layers (TextVectorization…)
-    adapt_items.parquet        catalog columns the candidate tower adapts on (no image bytes)
+    candidate_vocabularies.json  text-token / category vocabularies of the candidate tower
+    vocab_categories.json      IdVocab of the first categorical modality's values (when there is one)
     weights/ckpt.*             tf.train.Checkpoint of query_tower + candidate_tower (no pickle)
     query_tower.npz/.json      NumpyQueryTower export
     item_embeddings.parquet    item_id, vector (catalog at the end of training)
@@ -40,7 +40,8 @@ import tensorflow as tf
 
 from recfuse import __version__
 from recfuse.config import RecfuseConfig
-from recfuse.models.trained import MODEL_FORMAT, adapt_frame, lookup_vocabularies
+from recfuse.data.vocab import IdVocab
+from recfuse.models.trained import MODEL_FORMAT
 from recfuse.models.two_tower import TwoTowerModel
 from recfuse.training.examples import user_histories
 from recfuse.training.setup import BuiltModel
@@ -67,8 +68,11 @@ def write_model_dir(
     _json(tmp / "config.json", cfg.to_dict())
     item_vocab.save(tmp / "vocab_items.json")
     user_vocab.save(tmp / "vocab_users.json")
-    _json(tmp / "lookup_vocabularies.json", lookup_vocabularies(model.candidate_tower))
-    _parquet(tmp / "adapt_items.parquet", adapt_frame(built.items, cfg))
+    vocabularies = dict(model.candidate_tower.vocabularies)
+    _json(tmp / "candidate_vocabularies.json", vocabularies)
+    categorical = [m.name for m in cfg.modalities if m.kind == "categorical" and m.name in vocabularies]
+    if categorical:
+        IdVocab.build(vocabularies[categorical[0]], num_oov=1).save(tmp / "vocab_categories.json")
     tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower).write(
         str(tmp / "weights" / "ckpt")
     )

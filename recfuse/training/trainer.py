@@ -40,6 +40,7 @@ from recfuse.training.examples import build_examples
 from recfuse.training.model_dir import write_model_dir
 from recfuse.training.pipeline import make_dataset
 from recfuse.training.setup import build_model
+from recfuse.training.tb_logging import ScalarLogger
 from recfuse.training.validation import build_val_queries, recall_at_k
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
                 writer,
                 metric_name,
             ),
-            tf.keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+            ScalarLogger(out / "tensorboard"),
         ]
         t_fit = time.perf_counter()
         model.fit(

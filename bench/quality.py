@@ -1,0 +1,188 @@
+"""Quality bars on the shipped sample (prints tables; no asserts).
+
+1. Held-out test split (``data.split`` of the config, default per-user random 8:1:1): Recall@10 and
+   NDCG@10 by full ranking over the catalog, each user's train+val items masked, the query built
+   from the user's train+val history — for the ``attention`` model with every modality, the same
+   model restricted to image-only and text-only (modality subsets; everything else unchanged),
+   and a popularity baseline. Bars: attention >= 1.2x image-only and text-only, >= 2x popularity.
+2. ``cold_start`` split: items never seen in training; the content model ranks only the cold
+   items for each test user; Recall@10 vs the expectation of a random ranking (10 / #cold items).
+   Bar: >= 5x random.
+
+Same hyper-parameters for every variant (the config's), nothing tuned to the sample.
+
+Usage:
+    python bench/quality.py [--config data_samples/recfuse.toml] [--epochs 10] [--out runs/bench_quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+import recfuse  # noqa: E402,F401
+from recfuse.config import RecfuseConfig  # noqa: E402
+from recfuse.ranking import masked_topk  # noqa: E402
+
+K = 10
+
+
+def _metrics(top: np.ndarray, relevant: list[np.ndarray]) -> tuple[float, float]:
+    recalls, ndcgs = [], []
+    disc = 1.0 / np.log2(np.arange(2, K + 2))
+    for r, rel in enumerate(relevant):
+        hits = np.isin(top[r, :K], rel)
+        recalls.append(hits.sum() / len(rel))
+        ideal = disc[: min(len(rel), K)].sum()
+        ndcgs.append(float((hits * disc[: hits.shape[0]]).sum() / ideal))
+    return float(np.mean(recalls)), float(np.mean(ndcgs))
+
+
+def _queries(split, item_vocab, candidates: set[str] | None = None):
+    """Per test user: relevant test items (optionally restricted) and train+val items to mask."""
+    import pandas as pd
+
+    seen = pd.concat([split.train, split.val], ignore_index=True)
+    seen_by_user = seen.groupby("user_id")["item_id"].apply(list).to_dict()
+    users, relevant, exclude = [], [], []
+    for user, group in split.test.groupby("user_id", sort=True):
+        ids = [i for i in group["item_id"].astype(str) if candidates is None or i in candidates]
+        idx = item_vocab.lookup(ids)
+        idx = np.unique(idx[idx >= 0])
+        if len(idx) == 0:
+            continue
+        users.append(str(user))
+        relevant.append(idx)
+        ex = item_vocab.lookup(seen_by_user.get(user, []))
+        exclude.append(np.unique(ex[ex >= 0]))
+    return users, relevant, exclude
+
+
+def _train(cfg: RecfuseConfig, ds, split, out: Path):
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training.trainer import train
+
+    t0 = time.perf_counter()
+    result = train(cfg, ds, split, out, progress=False)
+    model = TrainedModel.load(result.model_dir)
+    return model, result, time.perf_counter() - t0
+
+
+def _eval_model(model, split, candidates: set[str] | None = None) -> tuple[float, float, int]:
+    users, relevant, exclude = _queries(split, model.item_vocab, candidates)
+    q = model.query_embeddings(users, [model.user_histories.get(u, []) for u in users])
+    items = model.item_embeddings
+    if candidates is not None:
+        # rank only the candidate items: mask every other item too
+        allowed = np.zeros(len(model.item_ids), bool)
+        allowed[model.item_vocab.lookup(sorted(candidates))] = True
+        others = np.flatnonzero(~allowed)
+        exclude = [np.union1d(e, others) for e in exclude]
+    top, _ = masked_topk(q, items, K, exclude=exclude)
+    rec, ndcg = _metrics(top, relevant)
+    return rec, ndcg, len(users)
+
+
+def _popularity(model, split) -> tuple[float, float]:
+    users, relevant, exclude = _queries(split, model.item_vocab)
+    counts = np.array([model.popularity.get(i, 0) for i in model.item_ids], np.float32)
+    scores = np.tile(counts[None, :], (len(users), 1))
+    top = _rank_scores(scores, exclude)
+    return _metrics(top, relevant)
+
+
+def _rank_scores(scores: np.ndarray, exclude: list[np.ndarray]) -> np.ndarray:
+    s = scores.copy()
+    for r, ex in enumerate(exclude):
+        s[r, ex] = -np.inf
+    return np.argsort(-s, axis=1, kind="stable")[:, :K]
+
+
+def _subset(cfg: RecfuseConfig, kinds: tuple[str, ...], variant: str) -> RecfuseConfig:
+    mods = tuple(m for m in cfg.modalities if m.kind in kinds)
+    return dataclasses.replace(cfg, modalities=mods, variant=variant)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="data_samples/recfuse.toml")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    ap.add_argument("--out", default="runs/bench_quality")
+    ap.add_argument("--skip-cold", action="store_true")
+    args = ap.parse_args(argv)
+
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.validate import load_dataset
+
+    cfg = RecfuseConfig.from_toml(args.config)
+    if args.epochs:
+        cfg = cfg.with_overrides({"train.epochs": args.epochs})
+    cfg = cfg.with_overrides({"model.fusion": "attention"})
+    out = Path(args.out)
+    ds = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(ds.interactions, cfg.data.split, cfg.data.split_seed)
+    print(f"sample: {len(ds.items)} items, {ds.interactions['user_id'].nunique()} users, "
+          f"{len(split.train)}/{len(split.val)}/{len(split.test)} train/val/test ({cfg.data.split} split)")  # fmt: skip
+    print(f"config: dim={cfg.model.dim} epochs={cfg.train.epochs} batch={cfg.train.batch_size} "
+          f"lr={cfg.train.learning_rate} temperature={cfg.model.temperature}")  # fmt: skip
+
+    variants = {
+        "attention (all modalities)": cfg,
+        "image-only": _subset(cfg, ("image",), "image_only"),
+        "text-only": _subset(cfg, ("text",), "text_only"),
+    }
+    rows = []
+    results: dict[str, float] = {}
+    ref_model = None
+    for name, vcfg in variants.items():
+        model, res, secs = _train(vcfg, ds, split, out / vcfg.variant)
+        rec, ndcg, n = _eval_model(model, split)
+        results[name] = rec
+        rows.append((name, rec, ndcg, n, res.best_epoch, secs))
+        ref_model = ref_model or model
+        print(f"  trained {name}: val recall {res.best_metric:.4f} (best epoch {res.best_epoch}), {secs:.0f}s",
+              flush=True)  # fmt: skip
+    pop_rec, pop_ndcg = _popularity(ref_model, split)
+    results["popularity"] = pop_rec
+    rows.append(("popularity", pop_rec, pop_ndcg, rows[0][3], 0, 0.0))
+
+    print("\n## Held-out test split: full ranking over the catalog, train+val items masked\n")
+    print("| model | Recall@10 | NDCG@10 | users | best epoch | train s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rec, ndcg, n, be, secs in rows:
+        print(f"| {name} | {rec:.4f} | {ndcg:.4f} | {n} | {be} | {secs:.0f} |")
+    att = results["attention (all modalities)"]
+    print("\n| bar | ratio | goal | met |")
+    print("|---|---:|---:|---|")
+    for other, goal in (("image-only", 1.2), ("text-only", 1.2), ("popularity", 2.0)):
+        ratio = att / results[other] if results[other] > 0 else float("inf")
+        print(f"| attention / {other} | {ratio:.2f}x | >= {goal}x | {'yes' if ratio >= goal else 'NO'} |")
+
+    if not args.skip_cold:
+        cold_split = split_interactions(ds.interactions, "cold_start", cfg.data.split_seed,
+                                        cold_item_fraction=cfg.data.cold_item_fraction)  # fmt: skip
+        ccfg = dataclasses.replace(cfg, variant="cold_start")
+        model, res, secs = _train(ccfg, ds, cold_split, out / "cold_start")
+        cold = {str(i) for i in cold_split.cold_items} & set(model.item_ids)
+        rec, ndcg, n = _eval_model(model, cold_split, candidates=cold)
+        rand = min(K, len(cold)) / max(len(cold), 1)
+        print("\n## Cold-start split: test users rank the cold items (never seen in training) from content\n")
+        print("| model | Recall@10 | NDCG@10 | users | cold items | random Recall@10 | ratio | goal | met |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        ratio = rec / rand if rand > 0 else float("inf")
+        print(f"| attention, content only | {rec:.4f} | {ndcg:.4f} | {n} | {len(cold)} | {rand:.4f} | {ratio:.1f}x "
+              f"| >= 5x | {'yes' if ratio >= 5 else 'NO'} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

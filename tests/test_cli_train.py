@@ -1,0 +1,79 @@
+"""`recfuse train` through the real CLI entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recfuse.cli.main import main
+from recfuse.cli.train_cmds import parse_overrides
+from recfuse.errors import ConfigError
+
+
+def test_overrides_are_parsed_as_toml_values() -> None:
+    got = parse_overrides(["model.dim=32", 'model.fusion="max"', "model.fusion=gated", "model.query_hidden=[8, 4]",
+                           "model.normalize=false", "train.learning_rate=1e-3"])  # fmt: skip
+    assert got == {"model.dim": 32, "model.fusion": "gated", "model.query_hidden": [8, 4], "model.normalize": False,
+                   "train.learning_rate": 0.001}  # fmt: skip
+    with pytest.raises(ConfigError, match="KEY=VALUE.*'model.dim'"):
+        parse_overrides(["model.dim"])
+
+
+def _write_config(root: Path) -> Path:
+    cfg = root / "cfg.toml"
+    cfg.write_text(
+        f"""
+[data]
+items = "{root / "items.parquet"}"
+interactions = "{root / "interactions.parquet"}"
+max_history = 5
+
+[[modalities]]
+name = "text"
+kind = "text"
+columns = ["title", "description"]
+vocab_size = 300
+max_tokens = 12
+embedding_dim = 8
+
+[model]
+dim = 8
+query_hidden = [16]
+fusion_hidden = [16]
+
+[train]
+epochs = 1
+batch_size = 128
+""",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+@pytest.mark.slow
+def test_train_command_prints_progress_recall_and_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recfuse.data.synthetic import generate
+
+    generate(tmp_path, n_items=120, n_users=60, seed=2)
+    cfg = _write_config(tmp_path)
+    out = tmp_path / "model"
+    code = main(["train", "--config", str(cfg), "--out", str(out), "--epochs", "2", "--set", "model.fusion=gated",
+                 "--no-progress"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "epoch 1:" in text and "epoch 2:" in text and "val_recall@10=" in text
+    assert "val Recall@10:" in text and f"model directory: {out.resolve()}" in text
+    assert '"fusion": "gated"' in (out / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_train_command_rejects_bad_config_with_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recfuse.data.synthetic import generate
+
+    generate(tmp_path, n_items=60, n_users=30, seed=2)
+    cfg = _write_config(tmp_path)
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "model.fusion=nope"])
+    assert code == 2
+    assert "model.fusion" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

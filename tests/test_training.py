@@ -1,0 +1,226 @@
+"""Trainer end to end on a tiny generated dataset: loss, model dir, load, resume, early stopping, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from recfuse.config import RecfuseConfig  # noqa: E402
+from recfuse.errors import ConfigError, DataError, SchemaError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(data_dir: Path, **train: object) -> RecfuseConfig:
+    raw = {
+        "data": {
+            "items": str(data_dir / "items.parquet"),
+            "interactions": str(data_dir / "interactions.parquet"),
+            "max_history": 8,
+        },
+        "modalities": [
+            {"name": "image", "kind": "image", "source": "raw", "image_size": 16},
+            {"name": "text", "kind": "text", "columns": ["title", "description"], "vocab_size": 500, "max_tokens": 16,
+             "embedding_dim": 16},
+            {"name": "audio", "kind": "vector", "columns": ["audio_vec"], "dim": 8},
+        ],
+        "model": {"dim": 16, "fusion": "attention", "query_hidden": [32], "fusion_hidden": [32]},
+        "train": {"epochs": 2, "batch_size": 128, "learning_rate": 0.01, "seed": 3, **train},
+    }  # fmt: skip
+    return RecfuseConfig.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory):
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.synthetic import generate
+    from recfuse.data.validate import load_dataset
+
+    root = tmp_path_factory.mktemp("syn")
+    generate(root, n_items=150, n_users=80, seed=1)
+    cfg = _cfg(root)
+    ds = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(ds.interactions, "random", 42)
+    return root, cfg, ds, split
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory: pytest.TempPathFactory):
+    from recfuse.training.trainer import train
+
+    _root, cfg, ds, split = data
+    out = tmp_path_factory.mktemp("run") / "model"
+    result = train(cfg, ds, split, out, progress=False)
+    return cfg, ds, split, out, result
+
+
+def test_training_lowers_the_loss_and_writes_the_model_dir(trained) -> None:
+    cfg, ds, split, out, result = trained
+    assert result.model_dir == out.resolve()
+    assert result.epochs_run == 2 and len(result.history) == 2
+    assert result.history[1]["loss"] < result.history[0]["loss"]
+    assert result.best_metric is not None and 0.0 <= result.best_metric <= 1.0
+    for name in ("model.json", "config.json", "vocab_items.json", "vocab_users.json", "query_tower.npz",
+                 "item_embeddings.parquet", "user_history.parquet", "popularity.parquet", "train_items.parquet",
+                 "history.json", "train_state.json", "candidate_vocabularies.json", "weights/ckpt.index"):  # fmt: skip
+        assert (out / name).exists(), name
+    assert (out / "checkpoints").is_dir() and any((out / "tensorboard").rglob("events.*"))
+    assert RecfuseConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+    assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
+
+
+def test_trained_model_loads_with_identical_embeddings_and_queries(trained, tmp_path: Path) -> None:
+    from recfuse.models.trained import TrainedModel
+
+    cfg, ds, split, out, _result = trained
+    m = TrainedModel.load(out)
+    assert m.config == cfg
+    assert m.item_ids == [str(x) for x in ds.items["item_id"]]
+    assert m.item_embeddings.shape == (len(ds.items), 16)
+    np.testing.assert_allclose(np.linalg.norm(m.item_embeddings, axis=1), 1.0, atol=1e-4)
+    # candidate tower rebuilt from the dir reproduces the stored catalog embeddings
+    again = m.embed_items(ds.items, ds.images_dir)
+    assert np.max(np.abs(again - m.item_embeddings)) <= 1e-5
+    users = sorted(m.user_histories)[:5]
+    hists = [m.user_histories[u] for u in users]
+    q = m.query_embeddings([*users, None], [*hists, hists[0][:2]])
+    assert q.shape == (6, 16) and np.all(np.isfinite(q))
+    # TF query tower (through the SavedModel with its documented signature) == numpy forward
+    from recfuse.models.history import history_arrays
+
+    path = m.export_query_savedmodel(tmp_path / "qsm")
+    loaded = tf.saved_model.load(str(path))
+    hist, pos = history_arrays([*hists, hists[0][:2]], m.item_vocab, cfg.data.max_history)
+    uidx = m.user_indices([*users, None])
+    got = loaded.signatures["serving_default"](user_idx=tf.constant(uidx), hist_idx=tf.constant(hist),
+                                               hist_pos=tf.constant(pos))["query"].numpy()  # fmt: skip
+    assert np.max(np.abs(got - q)) <= 1e-5
+    # a second load gives the same numbers
+    m2 = TrainedModel.load(out)
+    np.testing.assert_array_equal(m2.item_embeddings, m.item_embeddings)
+    np.testing.assert_array_equal(m2.query_embeddings(users, hists), q[:5])
+
+
+def test_resume_continues_from_the_saved_epoch(trained) -> None:
+    from recfuse.training.trainer import train
+
+    cfg, ds, split, out, first = trained
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
+    result = train(more, ds, split, out, progress=False)
+    assert result.epochs_run == 3
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.history[:2] == first.history  # epochs 1-2 were restored, not retrained
+    assert np.isfinite(result.examples_per_second)
+    # re-running a finished run trains nothing and rewrites the same model
+    again = train(more, ds, split, out, progress=False)
+    assert again.epochs_run == 3 and np.isnan(again.examples_per_second)
+
+
+def test_early_stopping_keeps_the_best_epoch(data, tmp_path: Path) -> None:
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training import trainer
+
+    _root, cfg, ds, split = data
+    # scripted validation metric: improves to epoch 2, then falls for `patience` evaluations
+    scores = iter([0.2, 0.5, 0.1, 0.05, 0.3, 0.3])
+    calls: list[int] = []
+
+    def scripted(q: np.ndarray, items: np.ndarray, vq: object, k: int) -> float:
+        calls.append(k)
+        return next(scores)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, "recall_at_k", scripted)
+    try:
+        run = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=6, early_stopping_patience=2))
+        result = trainer.train(run, ds, split, tmp_path / "m", progress=False)
+    finally:
+        mp.undo()
+    assert result.epochs_run == 4 and len(calls) == 4  # 0.1 and 0.05 did not beat 0.5: stop after epoch 4
+    assert result.best_epoch == 2 and result.best_metric == pytest.approx(0.5)
+    state = json.loads((tmp_path / "m" / "train_state.json").read_text())
+    assert state["stopped"] is True
+    # the kept weights are the best epoch's (checkpoints/best), not the last epoch's (ckpt-4)
+    from recfuse.models.query_tower import build_query_tower
+
+    m = TrainedModel.load(tmp_path / "m")
+    kept = m.query_tower.to_arrays()
+
+    def arrays_of(prefix: Path, nested: bool) -> dict[str, np.ndarray]:
+        ref = build_query_tower(run, m.user_vocab.size)
+        ref.build_for(16)
+        root = (
+            tf.train.Checkpoint(model=tf.train.Checkpoint(query_tower=ref))
+            if nested
+            else tf.train.Checkpoint(query_tower=ref)
+        )
+        root.read(str(prefix)).expect_partial()
+        return ref.export_arrays()
+
+    best = arrays_of(tmp_path / "m" / "checkpoints" / "best" / "ckpt", nested=False)
+    last = arrays_of(tmp_path / "m" / "checkpoints" / "ckpt-4", nested=True)
+    for name, arr in best.items():
+        np.testing.assert_array_equal(arr, kept[name])
+    assert any(not np.array_equal(last[n], kept[n]) for n in kept)
+    # resuming a run that stopped early does not train again
+    again = trainer.train(run, ds, split, tmp_path / "m", progress=False)
+    assert again.epochs_run == 4
+
+
+# --- bad input: stops before training, naming the field -------------------------------------------------
+
+
+def _run(cfg: RecfuseConfig, ds, split, tmp_path: Path):
+    from recfuse.training.trainer import train
+
+    return train(cfg, ds, split, tmp_path / "bad", progress=False)
+
+
+def test_unknown_fusion_is_rejected(data) -> None:
+    _root, cfg, _ds, _split = data
+    with pytest.raises(ConfigError, match=r"model\.fusion.*'nope'"):
+        cfg.with_overrides({"model.fusion": "nope"})
+
+
+def test_modality_without_column_is_rejected(data, tmp_path: Path) -> None:
+    _root, cfg, ds, split = data
+    raw = cfg.to_dict()
+    raw["modalities"].append({"name": "brand", "kind": "vector", "columns": ["brand_vec"], "dim": 4})
+    with pytest.raises(SchemaError, match=r"modality 'brand'.*'brand_vec'"):
+        _run(RecfuseConfig.from_dict(raw), ds, split, tmp_path)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_wrong_vector_width_is_rejected(data, tmp_path: Path) -> None:
+    _root, cfg, ds, split = data
+    raw = cfg.to_dict()
+    raw["modalities"][2]["dim"] = 5
+    with pytest.raises(SchemaError, match=r"'audio_vec'.*width 5.*got width 8"):
+        _run(RecfuseConfig.from_dict(raw), ds, split, tmp_path)
+
+
+def test_nan_in_vector_column_is_rejected(data, tmp_path: Path) -> None:
+    _root, cfg, ds, split = data
+    items = ds.items.copy()
+    vec = list(items["audio_vec"].iloc[3])
+    vec[2] = float("nan")
+    items["audio_vec"] = [vec if i == 3 else v for i, v in enumerate(items["audio_vec"])]
+    bad = dataclasses.replace(ds, items=items)
+    with pytest.raises(SchemaError, match=r"'audio_vec'.*NaN.*" + str(items["item_id"].iloc[3])):
+        _run(cfg, bad, split, tmp_path)
+
+
+def test_empty_training_split_is_rejected(data, tmp_path: Path) -> None:
+    _root, cfg, ds, split = data
+    empty = dataclasses.replace(split, train=split.train.iloc[:0])
+    with pytest.raises(DataError, match="training split is empty"):
+        _run(cfg, ds, empty, tmp_path)
+    assert isinstance(split.train, pd.DataFrame)
