@@ -83,8 +83,10 @@ def _pairs(df: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.intp]]:
     return pairs, pair_no
 
 
-def _assign(pairs: pd.DataFrame, order_key: np.ndarray) -> tuple[np.ndarray, int]:
+def _assign(pairs: pd.DataFrame, order_key: np.ndarray, leave_one_out: bool) -> tuple[np.ndarray, int]:
     """Part per pair (0 train, 1 val, 2 test) from a within-user order (lowest key -> test).
+
+    Val and test get one pair each (``leave_one_out``) or ``max(1, round(0.1 n))`` each.
 
     Returns:
         ``(part [n_pairs] int8, users kept in train only)``.
@@ -97,7 +99,8 @@ def _assign(pairs: pd.DataFrame, order_key: np.ndarray) -> tuple[np.ndarray, int
     group_start = np.repeat(starts, sizes)
     group_size = np.repeat(sizes, sizes)
     rank = np.arange(len(order)) - group_start
-    n_hold = np.where(group_size >= MIN_PAIRS_TO_SPLIT, np.maximum(1, np.rint(0.1 * group_size)), 0).astype(np.int64)
+    per_part = np.ones(len(order)) if leave_one_out else np.maximum(1, np.rint(0.1 * group_size))
+    n_hold = np.where(group_size >= MIN_PAIRS_TO_SPLIT, per_part, 0).astype(np.int64)
     part_sorted = np.where(rank < n_hold, 2, np.where(rank < 2 * n_hold, 1, 0)).astype(np.int8)
     part = np.empty(len(order), dtype=np.int8)
     part[order] = part_sorted
@@ -146,7 +149,7 @@ def split_interactions(
         key[by_recency] = np.arange(len(pairs), dtype=np.float64)
     else:
         key = rng.random(len(pairs))
-    part, train_only = _assign(pairs, key)
+    part, train_only = _assign(pairs, key, leave_one_out=kind == "temporal")
     row_part[~is_cold] = part[pair_no]
     row_part[is_cold] = 2
     split = Split(
