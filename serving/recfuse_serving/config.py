@@ -140,6 +140,8 @@ class ServerConfig:
         max_message_bytes: gRPC send/receive message size cap.
         reload_interval_s: poll ``CURRENT`` files this often (0 = only on SIGHUP / Reload RPC).
         grace_s: how long in-flight calls may drain on SIGTERM.
+        shutdown_delay_s: on SIGTERM, keep answering this long after health goes NOT_SERVING (load
+            balancers notice; calls already on the wire are not cancelled), then stop accepting.
         workers: server processes sharing the port via SO_REUSEPORT (``recfuse-serve --workers``).
     """
 
@@ -159,6 +161,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval_s: float = 5.0
     grace_s: float = 10.0
+    shutdown_delay_s: float = 0.5
     workers: int = 1
     ab: ABConfig = field(default_factory=ABConfig)
     exposures: ExposureConfig = field(default_factory=ExposureConfig)
@@ -176,7 +179,7 @@ class ServerConfig:
             raise ConfigError(f"`port` must be in [0, 65535], got {self.port!r}")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"`metrics_port` must be in [-1, 65535] (-1 = off), got {self.metrics_port!r}")
-        for name in ("queue_timeout_s", "rate_limit_qps", "reload_interval_s", "grace_s"):
+        for name in ("queue_timeout_s", "rate_limit_qps", "reload_interval_s", "grace_s", "shutdown_delay_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
 

@@ -160,13 +160,17 @@ class RecfuseServer:
         """Reload bundles now (synchronously); returns the :class:`ReloadResult`."""
         return self.registry.reload()
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, drain in-flight calls for ``grace`` s, flush exposures (idempotent)."""
+    def stop(self, grace: float | None = None, drain_delay_s: float = 0.0) -> None:
+        """Graceful stop (idempotent): health NOT_SERVING, keep answering for ``drain_delay_s`` (so load
+        balancers and calls already on the wire find their way in), stop accepting, drain in-flight calls
+        for ``grace`` s, flush exposures."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.config.grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
+        if drain_delay_s > 0:
+            time.sleep(drain_delay_s)
         self.watcher.stop()
         self.grpc_server.stop(grace).wait(grace + 5.0)
         self._pool.shutdown(wait=False)
@@ -212,7 +216,12 @@ def _run_one(config: ServerConfig, args: argparse.Namespace, reuse_port: bool) -
     done = threading.Event()
 
     def on_term(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d: graceful shutdown (grace %.1f s)", signum, config.grace_s)
+        logger.info(
+            "signal %d: graceful shutdown (NOT_SERVING, %.1f s drain delay, %.1f s grace)",
+            signum,
+            config.shutdown_delay_s,
+            config.grace_s,
+        )
         done.set()
 
     signal.signal(signal.SIGTERM, on_term)
@@ -225,7 +234,7 @@ def _run_one(config: ServerConfig, args: argparse.Namespace, reuse_port: bool) -
         os.replace(tmp, args.port_file)
     while not done.wait(0.5):
         pass
-    server.stop()
+    server.stop(drain_delay_s=config.shutdown_delay_s)
     return 0
 
 
