@@ -45,9 +45,14 @@ logger = logging.getLogger(__name__)
 class RankingModel(Protocol):
     """What evaluation needs from a trained model (``recfuse.models.trained.TrainedModel`` fits)."""
 
-    item_ids: Sequence[str]
-    item_embeddings: FloatArray
-    user_histories: Mapping[str, Sequence[str]]
+    @property
+    def item_ids(self) -> Sequence[str]: ...
+
+    @property
+    def item_embeddings(self) -> FloatArray: ...
+
+    @property
+    def user_histories(self) -> Mapping[str, Sequence[str]]: ...
 
     def query_embeddings(self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]]) -> FloatArray: ...
 
@@ -55,10 +60,17 @@ class RankingModel(Protocol):
 class SplitLike(Protocol):
     """What evaluation needs from a split (``recfuse.data.splits.Split`` fits)."""
 
-    train: pd.DataFrame
-    val: pd.DataFrame
-    test: pd.DataFrame
-    cold_items: frozenset[str]
+    @property
+    def train(self) -> pd.DataFrame: ...
+
+    @property
+    def val(self) -> pd.DataFrame: ...
+
+    @property
+    def test(self) -> pd.DataFrame: ...
+
+    @property
+    def cold_items(self) -> frozenset[str]: ...
 
 
 def ranked_topk(

@@ -1,0 +1,251 @@
+"""The ``exp.toml`` of ``recfuse experiment``: a base recfuse config, experiment settings, variants.
+
+Layout::
+
+    [experiment]
+    name = "fusion"              # output folder name (default: the file's stem)
+    base = "recfuse.toml"        # optional base config, relative to this file; inline tables below override it
+    control = "attention"        # one of the variants
+    seeds = [1, 2, 3]            # train.seed of each run; the split seed (data.split_seed) stays fixed
+    metric = "recall@10"         # primary metric: verdicts, Holm family, ablation bars
+    ks = [10, 20, 50]
+    alpha = 0.05
+    n_boot = 2000                # bootstrap replicates (CIs)
+    n_perm = 5000                # sign-flip permutations (p-values)
+
+    [model]                      # any recfuse config table (data, model, train, modalities …)
+    dim = 32
+
+    [[variants]]
+    name = "attention"           # the control may have no overrides
+    [[variants]]
+    name = "concat"
+    overrides = { "model.fusion" = "concat", "model.contrastive_weight" = 0.0 }
+    [[variants]]
+    name = "text-only"
+    modalities = ["text"]        # keep only these modalities of the base config (ablation)
+
+Variants may not override ``data.*``: every variant must see the same split.
+
+Example:
+    >>> spec = load_experiment("data_samples/experiment.toml")  # doctest: +SKIP
+    >>> [v.name for v in spec.variants], spec.control  # doctest: +SKIP
+    (['attention', 'concat'], 'attention')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recfuse.config import RecfuseConfig
+from recfuse.errors import ConfigError
+
+PER_USER_METRICS = ("recall", "ndcg", "hit", "precision", "mrr", "novelty")
+AGGREGATE_METRICS = ("coverage", "gini")
+LOWER_IS_BETTER = ("gini",)
+_METRIC_RE = re.compile(r"^([a-z]+)@(\d+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_EXPERIMENT_KEYS = {"name", "base", "control", "seeds", "metric", "ks", "alpha", "n_boot", "n_perm"}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One arm of the experiment.
+
+    Attributes:
+        name: short name (letters, digits, ``_ . -``), used in paths and tables.
+        overrides: dotted config overrides (``{"model.fusion": "concat"}``).
+        modalities: names of the base modalities to keep (empty: keep all).
+    """
+
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    modalities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A validated experiment.
+
+    Attributes:
+        name: experiment name (default output folder ``runs/experiments/<name>``).
+        base: base recfuse config.
+        variants: arms in file order; ``control`` is one of them.
+        control: the baseline variant name.
+        seeds: training seeds (each variant trained once per seed).
+        metric: primary metric ``name@k`` (per-user metric; k in ``ks``).
+        ks: cut-offs evaluated.
+        alpha: significance level (family-wise, Holm).
+        n_boot: bootstrap replicates. n_perm: permutations.
+    """
+
+    name: str
+    base: RecfuseConfig
+    variants: tuple[VariantSpec, ...]
+    control: str
+    seeds: tuple[int, ...]
+    metric: str = "recall@10"
+    ks: tuple[int, ...] = (10, 20, 50)
+    alpha: float = 0.05
+    n_boot: int = 2000
+    n_perm: int = 5000
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.variants]
+        if len(names) < 2:
+            raise ConfigError(f"`variants` needs at least 2 entries (a control and a challenger), got {names}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"`variants[].name` must be unique, got duplicates {dupes}")
+        if self.control not in names:
+            raise ConfigError(f"`experiment.control` {self.control!r} is not a variant; choose one of {names}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            seeds = list(self.seeds)
+            raise ConfigError(f"`experiment.seeds` must be a non-empty list of distinct integers, got {seeds}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"`experiment.ks` must be positive integers, got {list(self.ks)}")
+        m = _METRIC_RE.match(self.metric)
+        if not m or m.group(1) not in PER_USER_METRICS or int(m.group(2)) not in self.ks:
+            raise ConfigError(
+                f"`experiment.metric` must be NAME@K with NAME in {list(PER_USER_METRICS)} and K in ks "
+                f"{list(self.ks)}, got {self.metric!r}"
+            )
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"`experiment.alpha` must be in (0, 1), got {self.alpha}")
+        if self.n_boot < 100 or self.n_perm < 100:
+            raise ConfigError(f"`experiment.n_boot` and `n_perm` must be >= 100, got {self.n_boot}, {self.n_perm}")
+
+    def variant(self, name: str) -> VariantSpec:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ConfigError(f"no variant named {name!r}; variants: {[v.name for v in self.variants]}")
+
+    def run_config(self, variant: VariantSpec, seed: int) -> RecfuseConfig:
+        """The full recfuse config of one run (base + variant overrides + modality subset + seed)."""
+        cfg = self.base
+        if variant.modalities:
+            known = [m.name for m in cfg.modalities]
+            unknown = [n for n in variant.modalities if n not in known]
+            if unknown:
+                raise ConfigError(f"variant {variant.name!r}: `modalities` {unknown} not in the base config {known}")
+            raw = cfg.to_dict()
+            raw["modalities"] = [m for m in raw["modalities"] if m["name"] in variant.modalities]
+            cfg = RecfuseConfig.from_dict(raw)
+        try:
+            return cfg.with_overrides({**dict(variant.overrides), "train.seed": seed, "variant": variant.name})
+        except ConfigError as err:
+            raise ConfigError(f"variant {variant.name!r}: {err}") from None
+
+    def fingerprint(self, variant: VariantSpec, seed: int) -> str:
+        """Hash of everything that determines one run's numbers (config, seed, ks)."""
+        blob = json.dumps({"config": self.run_config(variant, seed).to_dict(), "ks": list(self.ks)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def higher_is_better(metric: str) -> bool:
+    """``gini@k`` (popularity bias) is better when lower; every other metric when higher."""
+    return metric.split("@", 1)[0] not in LOWER_IS_BETTER
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _variant(raw: Any, i: int) -> VariantSpec:
+    where = f"variants[{i}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"`{where}` must be a table with a `name`, got {raw!r}")
+    unknown = sorted(set(raw) - {"name", "overrides", "modalities"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in `{where}`; known: ['modalities', 'name', 'overrides']")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"`{where}.name` must be letters/digits/_.- (used in paths), got {name!r}")
+    overrides = raw.get("overrides", {})
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"`{where}.overrides` must be a table of dotted keys, got {overrides!r}")
+    data_keys = sorted(k for k in overrides if str(k).split(".")[0] in ("data", "variant"))
+    if data_keys:
+        raise ConfigError(
+            f"`{where}.overrides` may not change {data_keys}: every variant must train on the same split; "
+            "put data settings in the base config"
+        )
+    mods = raw.get("modalities", [])
+    if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods) or (mods == [] and "modalities" in raw):
+        raise ConfigError(f"`{where}.modalities` must be a non-empty list of modality names, got {mods!r}")
+    return VariantSpec(name, dict(overrides), tuple(mods))
+
+
+def parse_experiment(raw: Mapping[str, Any], base_dir: Path, default_name: str = "experiment") -> ExperimentSpec:
+    """Build an :class:`ExperimentSpec` from a parsed exp.toml (``base`` resolved against ``base_dir``)."""
+    raw = dict(raw)
+    exp = raw.pop("experiment", None)
+    if not isinstance(exp, Mapping):
+        raise ConfigError("exp.toml needs an [experiment] table with at least `control` and `seeds`")
+    unknown = sorted(set(exp) - _EXPERIMENT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in `experiment`; known keys: {sorted(_EXPERIMENT_KEYS)}")
+    variants_raw = raw.pop("variants", None)
+    if not isinstance(variants_raw, list):
+        raise ConfigError("exp.toml needs [[variants]] tables (each with a `name`), got none")
+    base_raw: dict[str, Any] = {}
+    if "base" in exp:
+        base_path = (base_dir / str(exp["base"])).resolve()
+        try:
+            base_raw = tomllib.loads(base_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            msg = f"`experiment.base` {str(base_path)!r} does not exist; give a path relative to exp.toml"
+            raise ConfigError(msg) from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"`experiment.base` {str(base_path)!r} is not valid TOML: {err}") from None
+    base = RecfuseConfig.from_dict(_merge(base_raw, raw))
+    try:
+        seeds = tuple(int(s) for s in exp.get("seeds", ()))
+        ks = tuple(int(k) for k in exp.get("ks", (10, 20, 50)))
+    except (TypeError, ValueError):
+        raise ConfigError(f"`experiment.seeds` and `experiment.ks` must be lists of integers, got {exp!r}") from None
+    return ExperimentSpec(
+        name=str(exp.get("name", default_name)),
+        base=base,
+        variants=tuple(_variant(v, i) for i, v in enumerate(variants_raw)),
+        control=str(exp.get("control", "")),
+        seeds=seeds,
+        metric=str(exp.get("metric", "recall@10")),
+        ks=ks,
+        alpha=float(exp.get("alpha", 0.05)),
+        n_boot=int(exp.get("n_boot", 2000)),
+        n_perm=int(exp.get("n_perm", 5000)),
+    )
+
+
+def load_experiment(path: str | Path) -> ExperimentSpec:
+    """Read and validate an exp.toml.
+
+    Raises:
+        ConfigError: missing file, invalid TOML, or any invalid field (the message names it).
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file {str(p)!r} does not exist; pass --config path/to/exp.toml") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"experiment file {str(p)!r} is not valid TOML: {err}") from None
+    spec = parse_experiment(raw, p.parent, default_name=p.stem)
+    for v in spec.variants:  # fail before any training when an override is wrong
+        spec.run_config(v, spec.seeds[0])
+    return spec

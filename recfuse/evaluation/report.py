@@ -1,0 +1,241 @@
+"""Experiment outputs: ``results.json`` (every per-seed figure), ``report.md`` (readable at a glance), PNG plots.
+
+Plots are drawn with matplotlib's object API (:class:`matplotlib.figure.Figure`, Agg canvas), so no
+global pyplot state or display is involved; every file is written atomically.
+
+- ``plots/curves_<segment>.png`` — metric@K curves (primary metric and NDCG) per variant with the
+  bootstrap CI over users as a band.
+- ``plots/ablation.png`` — the primary metric per variant (label: its modality subset) with CI error
+  bars and one dot per seed.
+
+Example:
+    >>> results, report, plots = write_report(out, spec, records, runs, analysis, split.summary())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from recfuse.evaluation.compare import ExperimentAnalysis, MetricComparison
+from recfuse.evaluation.experiment_config import ExperimentSpec
+from recfuse.evaluation.result import EvalResult, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+RESULTS_FORMAT = "recfuse.experiment-results/1"
+_SEGMENT_TITLES = {"all": "all test items", "warm": "warm items", "cold": "cold-start items"}
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _p(x: float) -> str:
+    return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
+
+
+def _modalities(spec: ExperimentSpec, name: str) -> str:
+    v = spec.variant(name)
+    return "+".join(v.modalities) if v.modalities else "all"
+
+
+def _changes(spec: ExperimentSpec, name: str) -> str:
+    v = spec.variant(name)
+    parts = [f"{k}={val}" for k, val in v.overrides.items()]
+    if v.modalities:
+        parts.append("modalities=" + "+".join(v.modalities))
+    return ", ".join(parts) or "(base config)"
+
+
+def results_dict(
+    spec: ExperimentSpec,
+    records: Sequence[Any],
+    runs: Mapping[str, Mapping[int, EvalResult]],
+    analysis: ExperimentAnalysis,
+    split_summary: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The JSON document: settings, every run's per-seed means and counts, summaries, comparisons."""
+    run_rows = []
+    for r in records:
+        res = runs[r.variant][r.seed]
+        run_rows.append(
+            {
+                "variant": r.variant,
+                "seed": r.seed,
+                "fingerprint": r.fingerprint,
+                "train": r.train,
+                "means": {seg: res.means(seg) for seg in res.segments},
+                "users": {seg: len(s.users) for seg, s in res.segments.items()},
+                "skipped_users": {seg: s.skipped_users for seg, s in res.segments.items()},
+                "counts": res.counts,
+            }
+        )
+    return {
+        "format": RESULTS_FORMAT,
+        "name": spec.name,
+        "control": spec.control,
+        "metric": spec.metric,
+        "ks": list(spec.ks),
+        "alpha": spec.alpha,
+        "seeds": list(spec.seeds),
+        "n_boot": spec.n_boot,
+        "n_perm": spec.n_perm,
+        "variants": [{"name": v.name, "overrides": dict(v.overrides), "modalities": list(v.modalities)}
+                     for v in spec.variants],  # fmt: skip
+        "split": dict(split_summary),
+        "runs": run_rows,
+        "analysis": analysis.to_dict(),
+    }
+
+
+def _delta_cell(c: MetricComparison) -> str:
+    return f"{c.delta:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
+
+
+def render_markdown(spec: ExperimentSpec, records: Sequence[Any], analysis: ExperimentAnalysis,
+                    split_summary: Mapping[str, Any], plots: Sequence[Path]) -> str:  # fmt: skip
+    """``report.md`` text."""
+    k = spec.metric.split("@")[1]
+    conf = round(100 * (1 - spec.alpha))
+    names = [v.name for v in spec.variants]
+    lines = [
+        f"# Experiment `{spec.name}`",
+        "",
+        f"Control **{spec.control}** · seeds {list(spec.seeds)} · primary metric **{spec.metric}** · "
+        f"α = {spec.alpha} (Holm-adjusted over {len(names) - 1} challenger(s)) · "
+        f"split `{split_summary.get('kind', '?')}` (seed {split_summary.get('seed', '?')}: "
+        f"{split_summary.get('train', '?')} train / {split_summary.get('val', '?')} val / "
+        f"{split_summary.get('test', '?')} test interactions) · users evaluated: "
+        + ", ".join(f"{seg} {n}" for seg, n in analysis.users.items()),
+        "",
+        f"## Verdict on {spec.metric} (all test items)",
+        "",
+        f"| variant | changes | {spec.metric} (mean ± seed sd) | Δ vs {spec.control} [{conf}% CI] "
+        "| p | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        s = analysis.summary(name, spec.metric)
+        if name == spec.control:
+            lines.append(f"| **{name}** (control) | {_changes(spec, name)} | {_fmt(s.mean)} ± {_fmt(s.seed_sd)} "
+                         "| – | – | – | – |")  # fmt: skip
+            continue
+        c = analysis.comparison(name, spec.metric)
+        lines.append(
+            f"| {name} | {_changes(spec, name)} | {_fmt(s.mean)} ± {_fmt(s.seed_sd)} | {_delta_cell(c)} | "
+            f"{_p(c.p_value)} | {_p(c.p_holm)} | **{c.verdict}** |"
+        )
+    lines += [
+        "",
+        "p: paired sign-flip permutation test over users (per-user metrics averaged over seeds); "
+        "CI: paired bootstrap over users; 'within seed noise': |Δ| is smaller than the seed-to-seed "
+        "standard deviation of the metric.",
+    ]
+    for segment in analysis.users:
+        metrics = [m for m in ("recall", "ndcg", "hit", "precision", "mrr", "novelty", "coverage", "gini")
+                   if any(s.metric == f"{m}@{k}" and s.segment == segment for s in analysis.summaries)]  # fmt: skip
+        if not metrics:
+            continue
+        lines += ["", f"## Metrics@{k} — {_SEGMENT_TITLES.get(segment, segment)} ({analysis.users[segment]} users)", ""]
+        lines.append("| variant | " + " | ".join(f"{m}@{k}" for m in metrics) + " |")
+        lines.append("|---|" + "---|" * len(metrics))
+        for name in names:
+            cells = []
+            for m in metrics:
+                s = analysis.summary(name, f"{m}@{k}", segment)
+                cell = f"{_fmt(s.mean)} ± {_fmt(s.seed_sd)}"
+                if name != spec.control and not m.startswith(("coverage", "gini")):
+                    c = analysis.comparison(name, f"{m}@{k}", segment)
+                    mark = {"better": " ▲", "worse": " ▼"}.get(c.verdict, "")
+                    cell += f" ({c.delta:+.4f}{mark})"
+                cells.append(cell)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", f"Comparisons vs {spec.control} ({segment}):", ""]
+        lines.append(f"| variant | metric | Δ [{conf}% CI] | p | p (t-test) | p (Holm) | seed spread | verdict |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        primary_name = spec.metric.split("@")[0]
+        for c in analysis.comparisons:
+            if c.segment == segment and (c.metric.endswith(f"@{k}") or c.metric.split("@")[0] == primary_name):
+                lines.append(
+                    f"| {c.variant} | {c.metric} | {_delta_cell(c)} | {_p(c.p_value)} | {_p(c.p_ttest)} | "
+                    f"{_p(c.p_holm)} | {_fmt(c.seed_spread)} | {c.verdict} |"
+                )
+    lines += ["", "## Runs", "",
+        "| variant | seed | epochs | best val | train s | eval s |", "|---|---|---|---|---|---|"]
+    for r in records:
+        t = r.train
+        best = t.get("best_val_metric")
+        lines.append(
+            f"| {r.variant} | {r.seed} | {t.get('epochs_run', '–')} | {_fmt(best) if best is not None else '–'} | "
+            f"{t.get('train_seconds', '–')} | {t.get('eval_seconds', '–')} |"
+        )
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += ["",
+        "Every per-seed figure is in `results.json`; per-user metrics in `runs/<variant>/seed-<s>/eval.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curves(spec: ExperimentSpec, analysis: ExperimentAnalysis, segment: str, path: Path) -> Path:
+    """Metric@K curves with CI bands per variant for one segment."""
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys([spec.metric.split("@")[0], "ndcg"]))
+    fig = Figure(figsize=(5 * len(names), 4))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, metric in zip(axes, names):
+        for v in spec.variants:
+            pts = [(k, analysis.summary(v.name, f"{metric}@{k}", segment)) for k in spec.ks]
+            ks = [p[0] for p in pts]
+            ax.plot(ks, [p[1].mean for p in pts], marker="o", label=v.name)
+            ax.fill_between(ks, [p[1].lo for p in pts], [p[1].hi for p in pts], alpha=0.2)
+        ax.set_xlabel("K")
+        ax.set_ylabel(f"{metric}@K")
+        ax.set_title(f"{metric}@K — {_SEGMENT_TITLES.get(segment, segment)}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_ablation(spec: ExperimentSpec, analysis: ExperimentAnalysis, path: Path) -> Path:
+    """Primary metric per variant (labelled by modality subset) with CI bars and per-seed dots."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5, 1.6 * len(spec.variants)), 4))
+    ax = fig.subplots()
+    for i, v in enumerate(spec.variants):
+        s = analysis.summary(v.name, spec.metric)
+        color = "tab:gray" if v.name == spec.control else "tab:blue"
+        ax.bar(i, s.mean, color=color, yerr=[[s.mean - s.lo], [s.hi - s.mean]], capsize=4)
+        seeds = list(s.per_seed.values())
+        ax.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(spec.variants)))
+    ax.set_xticklabels([f"{v.name}\n[{_modalities(spec, v.name)}]" for v in spec.variants], fontsize=8)
+    ax.set_ylabel(spec.metric)
+    ax.set_title(f"{spec.metric} by variant / modality subset (bars: CI over users, dots: seeds)")
+    return _save(fig, path)
+
+
+def write_report(
+    out_dir: Path,
+    spec: ExperimentSpec,
+    records: Sequence[Any],
+    runs: Mapping[str, Mapping[int, EvalResult]],
+    analysis: ExperimentAnalysis,
+    split_summary: Mapping[str, Any],
+) -> tuple[Path, Path, list[Path]]:
+    """Write results.json, plots/*.png and report.md; returns their paths."""
+    results = atomic_write_json(out_dir / "results.json", results_dict(spec, records, runs, analysis, split_summary))
+    plots = [plot_curves(spec, analysis, seg, out_dir / "plots" / f"curves_{seg}.png") for seg in analysis.users
+             if analysis.users[seg] >= 2]  # fmt: skip
+    plots.append(plot_ablation(spec, analysis, out_dir / "plots" / "ablation.png"))
+    report = atomic_write_text(out_dir / "report.md", render_markdown(spec, records, analysis, split_summary, plots))
+    return results, report, plots
