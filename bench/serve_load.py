@@ -1,0 +1,285 @@
+"""Load benchmark of the gRPC service: echo ceiling vs real Recommend over 100k / 1M-item HNSW bundles.
+
+One run, one machine, loopback only. Every server is its own process (``recfuse-serve`` for the real
+service; an echo server built from the same pieces — ``grpc.server`` + thread pool + the same
+interceptors and options, answering Recommend with an empty response — for the ceiling). Load comes
+from 1 or 4 client processes (each one channel, one call at a time, for ``--duration`` seconds after a
+warm-up), so clients never share the server's GIL. Reported: QPS, p50/p99 latency (client side, ms)
+and QPS/p99 relative to the echo ceiling with the same number of clients and server processes.
+
+Bundles are random-but-structured (tests/bundle_factory.py: real NumpyQueryTower, 64-d unit vectors,
+HNSW32 index), built once and cached under ``runs/bench/`` (1M items: several minutes).
+
+Usage:
+    python bench/serve_load.py --quick            # 100k only
+    python bench/serve_load.py                    # 100k and 1M
+    python bench/serve_load.py --workers 1 2      # also SO_REUSEPORT multi-process servers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = Path(sys.executable).parent / "recfuse-serve"
+DIM = 64
+N_USERS = 20_000
+
+
+# ------------------------------------------------------------------------------------ bundles
+def ensure_bundle(out: Path, n_items: int, ef_search: int) -> Path:
+    """Build (once) a random HNSW32 bundle of ``n_items`` under ``out``; returns the bundles root."""
+    from recfuse.bundle.publish import list_variants
+
+    if list_variants(out):
+        return out
+    sys.path.insert(0, str(ROOT / "tests"))
+    from bundle_factory import make_bundle
+
+    from recfuse.config import IndexConfig
+
+    t0 = time.perf_counter()
+    print(f"building {n_items:,}-item HNSW32 bundle in {out} (cached for later runs) ...", flush=True)
+    cfg = IndexConfig(factory="HNSW32", ef_search=ef_search, ef_construction=40, recall_queries=200, threads=0)
+    make_bundle(out, n_items=n_items, dim=DIM, n_users=N_USERS, index_cfg=cfg)
+    print(f"  built in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------ echo server
+def serve_echo(port: int, reuse_port: bool) -> int:
+    """The ceiling: same gRPC stack (thread pool, interceptors, options), handler does nothing."""
+    import threading
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from recfuse_api.v1 import recommender_pb2 as pb
+    from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
+    from recfuse_serving.config import ServerConfig
+    from recfuse_serving.interceptors import LimitInterceptor, ObservabilityInterceptor
+    from recfuse_serving.metrics import ServingMetrics
+    from recfuse_serving.server import grpc_options
+
+    class Echo(pb_grpc.RecommenderServicer):
+        def Recommend(self, request, context):  # noqa: N802 (gRPC method name)
+            return pb.RecommendResponse(request_id=request.request_id)
+
+    cfg = ServerConfig(port=port)
+    interceptors = [ObservabilityInterceptor(ServingMetrics()), LimitInterceptor(cfg.max_concurrency)]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(cfg.max_concurrency + 4),
+        interceptors=interceptors,
+        options=grpc_options(cfg, reuse_port),
+    )
+    pb_grpc.add_RecommenderServicer_to_server(Echo(), server)
+    h = health.HealthServicer()
+    h.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(h, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    server.stop(1).wait()
+    return 0
+
+
+# ------------------------------------------------------------------------------------ client
+def run_client(port: int, seconds: float, seed: int, out: str) -> int:
+    """One client: one channel, sequential Recommend calls for ``seconds``; latencies (ms) to ``out``."""
+    import grpc
+    import numpy as np
+    from recfuse_api.v1 import recommender_pb2 as pb
+    from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
+
+    rng = np.random.default_rng(seed)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.RecommenderStub(channel)
+    users = [f"u{j}" for j in rng.integers(0, N_USERS, 4096)]
+    for u in users[:100]:  # warm-up
+        stub.Recommend(pb.RecommendRequest(user_id=u, k=10), timeout=10)
+    lat = []
+    end = time.perf_counter() + seconds
+    i = 0
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= end:
+            break
+        stub.Recommend(pb.RecommendRequest(user_id=users[i % len(users)], k=10), timeout=10)
+        lat.append((time.perf_counter() - t0) * 1e3)
+        i += 1
+    np.save(out, np.asarray(lat, np.float64))
+    channel.close()
+    return 0
+
+
+# ------------------------------------------------------------------------------------ driver
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"server on port {port} not SERVING after {timeout:.0f} s")
+    finally:
+        channel.close()
+
+
+def start_server(kind: str, bundles: Path | None, workers: int, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    if kind == "echo":
+        cmd = [sys.executable, __file__, "--serve-echo", str(port)]
+        if workers > 1:
+            procs = [subprocess.Popen([*cmd, "--reuse-port"], env=env) for _ in range(workers)]
+            return _Group(procs), port  # type: ignore[return-value]
+    else:
+        cmd = [str(SERVE), "--bundles", str(bundles), "--port", str(port), "--log-level", "WARNING"]
+        cmd += ["--workers", str(workers), "--config", _bench_config()]
+    return subprocess.Popen(cmd, env=env), port
+
+
+class _Group:
+    """Several echo processes on one SO_REUSEPORT port, handled like one Popen."""
+
+    def __init__(self, procs: list[subprocess.Popen]) -> None:
+        self.procs = procs
+
+    def poll(self) -> int | None:
+        codes = [p.poll() for p in self.procs]
+        return None if any(c is None for c in codes) else max(c or 0 for c in codes)
+
+    def send_signal(self, sig: int) -> None:
+        for p in self.procs:
+            p.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        return max(p.wait(timeout) for p in self.procs)
+
+
+def _bench_config() -> str:
+    path = Path(tempfile.gettempdir()) / "recfuse-bench-server.toml"
+    path.write_text("reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\n")
+    return str(path)
+
+
+def load(port: int, clients: int, seconds: float, env: dict[str, str]) -> dict[str, float]:
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [str(Path(tmp) / f"c{i}.npy") for i in range(clients)]
+        procs = [
+            subprocess.Popen([sys.executable, __file__, "--client", str(port), str(seconds), str(i), outs[i]], env=env)
+            for i in range(clients)
+        ]
+        codes = [p.wait(seconds + 120) for p in procs]
+        if any(codes):
+            raise SystemExit(f"client failed: exit codes {codes}")
+        lat = np.concatenate([np.load(o) for o in outs])
+    return {
+        "qps": len(lat) / seconds,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "n": float(len(lat)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="100k-item bundle only")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of load per measurement")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes (SO_REUSEPORT)")
+    p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--blas-default", action="store_true", help="also run 100k with numpy's default BLAS threads")
+    p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_echo is not None:
+        return serve_echo(args.serve_echo, args.reuse_port)
+    if args.client:
+        port, seconds, seed, out = args.client
+        return run_client(int(port), float(seconds), int(seed), out)
+
+    out = Path(args.out)
+    sizes = {"100k": 100_000} if args.quick else {"100k": 100_000, "1M": 1_000_000}
+    bundles = {
+        name: ensure_bundle(out / f"hnsw-{name}-d{DIM}-ef{args.ef_search}", n, args.ef_search)
+        for name, n in sizes.items()
+    }
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    targets: list[tuple[str, str, Path | None, dict[str, str]]] = [("echo", "echo", None, env)]
+    targets += [(f"Recommend {name}", "real", path, env) for name, path in bundles.items()]
+    if args.blas_default:
+        blas = {k: v for k, v in env.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+        targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas))
+
+    rows = []
+    ceiling: dict[tuple[int, int], dict[str, float]] = {}
+    for workers in args.workers:
+        for label, kind, path, server_env in targets:
+            proc, port = start_server(kind, path, workers, server_env)
+            try:
+                wait_serving(port, proc)
+                for clients in args.clients:
+                    r = load(port, clients, args.duration, env)
+                    if kind == "echo":
+                        ceiling[(workers, clients)] = r
+                    base = ceiling.get((workers, clients))
+                    ratio = r["qps"] / base["qps"] if base else float("nan")
+                    rows.append((label, workers, clients, r["qps"], r["p50"], r["p99"], ratio))
+                    print(
+                        f"{label:42s} procs={workers} clients={clients} qps={r['qps']:8.0f} "
+                        f"p50={r['p50']:6.2f} ms p99={r['p99']:6.2f} ms  x echo {ratio:.2f}",
+                        flush=True,
+                    )
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+
+    print()
+    print(
+        f"machine: {os.cpu_count()} cores, load average at end {os.getloadavg()[0]:.1f}; {args.duration:g} s per cell"
+    )
+    print("| target | server procs | clients | QPS | p50 ms | p99 ms | QPS / echo |")
+    print("|---|---|---|---|---|---|---|")
+    for label, workers, clients, qps, p50, p99, ratio in rows:
+        print(f"| {label} | {workers} | {clients} | {qps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio:.2f} |")
+    (out / "serve_load.json").write_text(
+        json.dumps(
+            [dict(zip(("target", "procs", "clients", "qps", "p50_ms", "p99_ms", "x_echo"), r)) for r in rows], indent=1
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
