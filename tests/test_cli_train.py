@@ -51,12 +51,20 @@ batch_size = 128
     return cfg
 
 
-@pytest.mark.slow
-def test_train_command_prints_progress_recall_and_model_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recfuse.data.synthetic import generate
 
-    generate(tmp_path, n_items=120, n_users=60, seed=2)
-    cfg = _write_config(tmp_path)
+    root = tmp_path_factory.mktemp("cli_data")
+    generate(root, n_items=120, n_users=60, seed=2)
+    return _write_config(root)
+
+
+@pytest.mark.slow
+def test_train_command_prints_progress_recall_and_model_dir(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = config_path
     out = tmp_path / "model"
     code = main(["train", "--config", str(cfg), "--out", str(out), "--epochs", "2", "--set", "model.fusion=gated",
                  "--no-progress"])  # fmt: skip
@@ -68,11 +76,10 @@ def test_train_command_prints_progress_recall_and_model_dir(tmp_path: Path, caps
 
 
 @pytest.mark.slow
-def test_train_command_rejects_bad_config_with_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from recfuse.data.synthetic import generate
-
-    generate(tmp_path, n_items=60, n_users=30, seed=2)
-    cfg = _write_config(tmp_path)
+def test_train_command_rejects_bad_config_with_exit_code(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = config_path
     code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "model.fusion=nope"])
     assert code == 2
     assert "model.fusion" in capsys.readouterr().err
