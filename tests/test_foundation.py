@@ -17,7 +17,7 @@ from recfuse.ranking import masked_topk
 
 
 def test_keras2_switch_is_set_by_importing_recfuse() -> None:
-    code = "import recfuse, os; from recfuse._keras import require_keras2; require_keras2(); print('ok')"
+    code = "import recfuse, os; from recfuse._tfcheck import require_keras2; require_keras2(); print('ok')"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -29,7 +29,7 @@ def test_keras3_fails_fast_naming_the_fix() -> None:
         "import tensorflow as tf\n"
         "tf.keras.layers.Dense  # resolves the lazy tf.keras to Keras 3 before recfuse sets the switch\n"
         "import recfuse\n"
-        "from recfuse._keras import require_keras2\n"
+        "from recfuse._tfcheck import require_keras2\n"
         "require_keras2()\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
