@@ -131,3 +131,11 @@ def test_bad_contents(tmp_path: Path) -> None:
     garbage.write_bytes(b"not parquet at all")
     with pytest.raises(SchemaError, match=r"garbage\.parquet' is not a readable Parquet file"):
         read_table(garbage)
+
+
+def test_streaming_a_mixed_type_column_is_a_schema_error(tmp_path: Path) -> None:
+    p = tmp_path / "mixed.jsonl"
+    p.write_text('{"item_id": 1}\n{"item_id": "a"}\n', encoding="utf-8")
+    assert read_table(p)["item_id"].tolist() == [1, "a"]
+    with pytest.raises(SchemaError, match=r"mixed\.jsonl': a column mixes value types and cannot be streamed"):
+        list(iter_record_batches(p))

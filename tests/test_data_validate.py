@@ -287,3 +287,15 @@ def test_load_image_errors_name_item_and_path(tmp_path: Path) -> None:
         load_image(None, tmp_path, 8, item_id="i7")
     with pytest.raises(SchemaError, match=r"item 'i6': image '<2 encoded bytes>' does not decode"):
         load_image(b"xx", tmp_path, 8, item_id="i6")
+
+
+def test_custom_text_columns_drive_has_text(tmp_path: Path) -> None:
+    items = {"item_id": ["a", "b", "c"], "title": ["", "", "t"], "name": ["x", " ", None]}
+    inter = {"user_id": ["u"], "item_id": ["a"], "timestamp": [1]}
+    mods = [ModalityConfig(name="words", kind="text", columns=("name",))]
+    ds = load_dataset(_write(tmp_path, items, inter), mods)
+    assert ds.items["name"].tolist() == ["x", " ", ""]
+    assert ds.items["has_words"].tolist() == [True, False, False]
+    assert ds.items["has_text"].tolist() == [True, False, False]
+    with pytest.raises(SchemaError, match=r"missing column 'name' \(declared by modality 'words'\)"):
+        load_dataset(_write(tmp_path, {"item_id": ["a"], "title": ["t"]}, inter), mods)

@@ -233,5 +233,10 @@ def iter_record_batches(
         yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns is not None else None)
         return
     df = READERS[suffix](p, columns=columns)
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise SchemaError(
+            f"{str(p)!r}: a column mixes value types and cannot be streamed ({err}); give each column one type"
+        ) from None
     yield from table.to_batches(max_chunksize=batch_size)

@@ -206,19 +206,18 @@ def _normalise_items(
     ]
     df["image"] = pd.Series(images, dtype=object)
     df["has_image"] = np.array([v is not None for v in images], dtype=bool)
+    non_empty = {
+        name: np.array([bool(str(v).strip()) for v in df[name].tolist()], dtype=bool)
+        for name in {c for m in modalities if m.kind == "text" and m.source == "tokens" for c in m.columns}
+        | {"title", "description"}
+    }
     text_cols = sorted({c for m in modalities if m.kind == "text" and m.source == "tokens" for c in m.columns})
-    text_cols = text_cols or ["title", "description"]
-    has_text = np.zeros(len(df), dtype=bool)
-    for name in text_cols:
-        has_text |= np.array([bool(str(v).strip()) for v in df[name].tolist()], dtype=bool)
-    df["has_text"] = has_text
+    df["has_text"] = np.logical_or.reduce([non_empty[c] for c in text_cols or ["title", "description"]])
     for m in modalities:
         if m.kind == "image" and m.source != "vector":
             df[f"has_{m.name}"] = df["has_image"] if m.column == "image" else df[m.column].notna()
         elif m.kind == "text" and m.source == "tokens":
-            df[f"has_{m.name}"] = np.array(
-                [any(bool(str(df[c].iloc[i]).strip()) for c in m.columns) for i in range(len(df))], dtype=bool
-            )
+            df[f"has_{m.name}"] = np.logical_or.reduce([non_empty[c] for c in m.columns])
         elif m.kind == "categorical":
             df[f"has_{m.name}"] = np.array([len(v) > 0 for v in df[m.column].tolist()], dtype=bool)
     return df
