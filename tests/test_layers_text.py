@@ -1,0 +1,100 @@
+"""Tokeniser (word tokens + CJK n-grams) and the text / category encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recfuse.data.text_tokens import build_vocabulary, tokenize, tokenize_fields
+from recfuse.layers.categorical import CategoryEncoder
+from recfuse.layers.text import MaskedMeanPooling, TextEncoder, TransformerBlock
+
+
+def test_tokenize_words_are_lowercased_and_split_on_non_alphanumerics() -> None:
+    assert tokenize("Red Running-Shoes, size 42!") == "red running shoes size 42"
+    assert tokenize("snake_case") == "snake case"
+    assert tokenize("") == "" and tokenize(None) == ""
+
+
+def test_tokenize_chinese_gives_unigrams_and_bigrams() -> None:
+    assert tokenize("无线耳机").split() == ["无", "线", "耳", "机", "无线", "线耳", "耳机"]
+
+
+def test_tokenize_mixed_japanese_latin_and_fullwidth() -> None:
+    toks = tokenize("ソニー ＷＨ-1000XM5 ヘッドホン").split()
+    assert "ソニ" in toks and "ニー" in toks and "ヘッ" in toks
+    assert "wh" in toks and "1000xm5" in toks  # full-width letters are NFKC-normalised
+
+
+def test_tokenize_char_ngrams_option() -> None:
+    assert tokenize("耳机", char_ngrams=1) == "耳 机"
+    assert tokenize("无线耳", char_ngrams=3).split() == ["无", "线", "耳", "无线", "线耳", "无线耳"]
+    with pytest.raises(ValueError, match="char_ngrams"):
+        tokenize("x", char_ngrams=0)
+
+
+def test_tokenize_fields_joins_in_order() -> None:
+    assert tokenize_fields(["Blue Hat", None, "", "毛帽"]) == "blue hat 毛 帽 毛帽"
+
+
+def test_build_vocabulary_is_frequency_then_alphabetical() -> None:
+    assert build_vocabulary(["b a", "a c", "c b a"], 10) == ["a", "b", "c"]
+    assert build_vocabulary(["z y", "y"], 1) == ["y"]
+    assert build_vocabulary(["", ""], 5) == []
+
+
+def test_text_encoder_mean_equals_hand_computed_masked_mean() -> None:
+    enc = TextEncoder(vocabulary=["red", "shoe", "hat"], max_tokens=5, embedding_dim=4)
+    out = enc(tf.constant(["red shoe", "", "hat unknownword"])).numpy()
+    table = enc.embed.get_weights()[0]  # rows: 0 pad, 1 OOV, 2 red, 3 shoe, 4 hat
+    np.testing.assert_allclose(out[0], table[[2, 3]].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(out[1], np.zeros(4), atol=0)
+    np.testing.assert_allclose(out[2], table[[4, 1]].mean(0), rtol=1e-6)
+    assert enc.token_ids(tf.constant(["red red red red red red"])).shape == (1, 5)
+
+
+def test_chinese_title_embeds_with_in_vocabulary_bigrams() -> None:
+    titles = ["无线耳机 降噪", "蓝牙耳机", "机械键盘"]
+    vocab = build_vocabulary([tokenize(t) for t in titles], 100)
+    assert "耳机" in vocab
+    enc = TextEncoder(vocabulary=vocab, max_tokens=16, embedding_dim=8, encoder="transformer")
+    ids = enc.token_ids(tf.constant([tokenize("无线耳机")])).numpy()[0]
+    assert (ids[ids > 0] >= 2).all() and (ids > 0).sum() == 7  # every token known, none OOV
+    out = enc(tf.constant([tokenize("无线耳机"), tokenize("机械键盘")])).numpy()
+    assert np.abs(out).sum(axis=1).min() > 0 and not np.allclose(out[0], out[1])
+
+
+def test_transformer_output_ignores_padding_positions_values() -> None:
+    block = TransformerBlock(dim=8, num_heads=2)
+    x = tf.random.normal([2, 5, 8], seed=1)
+    mask = tf.constant([[True, True, True, False, False], [True] * 5])
+    y1 = block(x, mask=mask).numpy()
+    x2 = tf.concat([x[:, :3], 100.0 + tf.random.normal([2, 2, 8], seed=2)], axis=1)
+    y2 = block(x2, mask=mask).numpy()
+    np.testing.assert_allclose(y1[0, :3], y2[0, :3], atol=1e-5)
+
+
+def test_masked_mean_pooling_all_masked_row_is_zero() -> None:
+    x = tf.ones([2, 3, 2])
+    out = MaskedMeanPooling()(x, mask=tf.constant([[0, 0, 0], [1, 0, 1]])).numpy()
+    np.testing.assert_array_equal(out, [[0, 0], [1, 1]])
+
+
+def test_text_encoder_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="encoder"):
+        TextEncoder(vocabulary=["a"], encoder="lstm")
+    with pytest.raises(ValueError, match="vocabulary"):
+        TextEncoder(vocabulary=["a b"])
+
+
+def test_category_encoder_mean_of_known_categories() -> None:
+    enc = CategoryEncoder(vocabulary=["shoes", "red"], embedding_dim=3)
+    out = enc(tf.constant(["shoes|red", "", "red|nope"])).numpy()
+    table = enc.embed.get_weights()[0]  # 0 pad, 1 OOV, 2 shoes, 3 red
+    np.testing.assert_allclose(out[0], table[[2, 3]].mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(out[1], np.zeros(3))
+    np.testing.assert_allclose(out[2], table[[3, 1]].mean(0), rtol=1e-6)
+    assert enc(tf.constant(["", ""])).shape == (2, 3)  # a batch without any category still works
+    with pytest.raises(ValueError, match="vocabulary"):
+        CategoryEncoder(vocabulary=["a|b"])
