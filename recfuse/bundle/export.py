@@ -16,7 +16,8 @@ Query SavedModel (``query_tower_savedmodel/``), signature ``serving_default``:
   items added later.
 
 Item metadata (title, categories) comes from ``catalog`` when given, else from the model
-directory's ``adapt_items.parquet`` (the training catalog's text/category columns).
+directory's ``adapt_items.parquet`` when it has one, else from the training config's
+``data.items`` file; without any of them titles are empty (logged).
 
 Example:
     >>> export_model("runs/model", "bundles")      # doctest: +SKIP
@@ -62,7 +63,7 @@ def export_model(
         root: bundles root.
         index_cfg: FAISS config (default: the model config's ``index`` section).
         factory: overrides ``index_cfg.factory`` (``Flat``, ``HNSW32``, ``IVF256,PQ16``, ``auto``).
-        catalog: items table (path or frame) for titles/categories; default: the model's adapt items.
+        catalog: items table (path or frame) for titles/categories; default: see the module docstring.
         version: version name (default: time-based).
         keep_versions: prune older versions after publishing.
         savedmodel: also write the TF SavedModel of the query tower.
@@ -140,13 +141,22 @@ def metadata_frame(items: pd.DataFrame, cfg: RecfuseConfig) -> pd.DataFrame:
 
 
 def _metadata(model: TrainedModel, catalog: str | Path | pd.DataFrame | None) -> pd.DataFrame:
+    """Titles/categories: ``catalog``, else the model's ``adapt_items.parquet``, else its config's items file."""
     if catalog is None:
-        path = model.model_dir / "adapt_items.parquet"
-        if not path.is_file():
-            raise ArtifactError(f"{str(path)!r} is missing; pass `catalog` to take titles/categories from the catalog")
-        frame = pd.read_parquet(path)
-    else:
-        frame = catalog if isinstance(catalog, pd.DataFrame) else read_table(catalog)
+        for candidate in (model.model_dir / "adapt_items.parquet", Path(model.config.data.items)):
+            if candidate.is_file():
+                catalog = candidate
+                break
+    if catalog is None:
+        logger.warning(
+            "no catalog found for titles/categories (config data.items=%r); exporting empty metadata — "
+            "pass `catalog` (--catalog) to include them",
+            model.config.data.items,
+        )
+        return pd.DataFrame({"item_id": list(model.item_ids), "title": "", "categories": [[]] * len(model.item_ids)})
+    frame = catalog if isinstance(catalog, pd.DataFrame) else read_table(catalog)
+    if "item_id" not in frame.columns:
+        raise ArtifactError(f"catalog {str(catalog)[:80]!r} has no `item_id` column; columns: {list(frame.columns)}")
     meta = metadata_frame(frame, model.config)
     known = set(model.item_ids)
     extra = int((~meta["item_id"].isin(known)).sum())

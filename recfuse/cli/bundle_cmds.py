@@ -22,6 +22,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="training output directory (recfuse train --out)")
     p.add_argument("--out", required=True, help="bundles root; the bundle goes to OUT/<variant>/<version>")
     p.add_argument("--factory", default=None, help="faiss factory string (default: the model config's index.factory)")
+    p.add_argument(
+        "--catalog", default=None, help="items file for titles/categories (default: the config's data.items)"
+    )
     p.add_argument("--keep-versions", type=int, default=None, help="delete all but the newest N versions")
     p.set_defaults(handler=_export)
 
@@ -62,7 +65,9 @@ def _split(value: str) -> list[str]:
 def _export(args: argparse.Namespace) -> int:
     from recfuse.bundle.export import export_model
 
-    path = export_model(args.model, args.out, factory=args.factory, keep_versions=args.keep_versions)
+    path = export_model(
+        args.model, args.out, factory=args.factory, catalog=args.catalog, keep_versions=args.keep_versions
+    )
     print(f"exported bundle {path}")
     return 0
 

@@ -1,0 +1,182 @@
+"""Export a really trained model, serve it, add new items without retraining (slow: trains a tiny model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from recfuse.bundle import list_versions, load_bundle  # noqa: E402
+from recfuse.bundle.export import export_model  # noqa: E402
+from recfuse.bundle.incremental import add_items  # noqa: E402
+from recfuse.cli.main import main  # noqa: E402
+from recfuse.config import RecfuseConfig  # noqa: E402
+from recfuse.errors import ArtifactError, DataError  # noqa: E402
+from recfuse.inference import Recommender  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(data_dir: Path) -> RecfuseConfig:
+    raw = {
+        "data": {
+            "items": str(data_dir / "items.parquet"),
+            "interactions": str(data_dir / "interactions.parquet"),
+            "max_history": 8,
+        },
+        "modalities": [
+            {"name": "image", "kind": "image", "source": "raw", "image_size": 16},
+            {"name": "text", "kind": "text", "columns": ["title", "description"], "vocab_size": 500,
+             "max_tokens": 16, "embedding_dim": 16},
+            {"name": "categories", "kind": "categorical"},
+        ],
+        "model": {"dim": 16, "fusion": "attention", "query_hidden": [32], "fusion_hidden": [32]},
+        "train": {"epochs": 1, "batch_size": 128, "learning_rate": 0.01, "seed": 3},
+        "index": {"factory": "Flat", "recall_queries": 50},
+    }  # fmt: skip
+    return RecfuseConfig.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.DataFrame]:
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.synthetic import generate
+    from recfuse.data.validate import load_dataset
+    from recfuse.training.trainer import train
+
+    data_dir = tmp_path_factory.mktemp("syn")
+    generate(data_dir, n_items=120, n_users=60, seed=1)
+    cfg = _cfg(data_dir)
+    ds = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(ds.interactions, "random", 42)
+    out = tmp_path_factory.mktemp("run") / "model"
+    train(cfg, ds, split, out, progress=False)
+    return data_dir, out, pd.read_parquet(data_dir / "items.parquet")
+
+
+@pytest.fixture(scope="module")
+def exported(trained: tuple[Path, Path, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _data, model_dir, _items = trained
+    return export_model(model_dir, tmp_path_factory.mktemp("bundles"))
+
+
+def test_export_layout_and_manifest(exported: Path, trained: tuple[Path, Path, pd.DataFrame]) -> None:
+    _data, model_dir, items = trained
+    b = load_bundle(exported)
+    m = b.manifest
+    assert exported.parent.name == "attention" and m["variant"] == "attention"
+    assert m["embedding_dim"] == 16 and m["item_count"] == len(items) and m["index_factory"] == "Flat"
+    assert m["ann_recall"] == pytest.approx(1.0) and m["has_model"] and m["has_query_savedmodel"]
+    assert m["model_version"].startswith("model-") and m["training_config"]["model"]["fusion"] == "attention"
+    assert (exported / "query_tower_savedmodel" / "saved_model.pb").is_file()
+    assert (exported / "model" / "model.json").is_file()
+    assert not (exported / "model" / "checkpoints").exists() and not (exported / "model" / "tensorboard").exists()
+    assert any(k.startswith("model/weights/") for k in m["files"])  # the model copy is checksummed too
+    titles = dict(zip(items["item_id"].astype(str), items["title"]))
+    first = b.item_ids[0]
+    assert b.items["title"].iloc[0] == titles[first]
+    assert list(b.items["categories"].iloc[0]) == list(
+        items.set_index(items["item_id"].astype(str)).loc[first, "categories"]
+    )
+
+
+def test_numpy_query_forward_matches_the_savedmodel(exported: Path) -> None:
+    b = load_bundle(exported)
+    sig = tf.saved_model.load(str(exported / "query_tower_savedmodel")).signatures["serving_default"]
+    rng = np.random.default_rng(0)
+    bsz, length = 6, 8
+    hist = rng.integers(0, len(b.item_ids), (bsz, length)).astype(np.int64)
+    hist[1, 3:] = -1
+    hist[2, :] = -1  # empty history
+    pos = np.broadcast_to(np.arange(length, dtype=np.float32), (bsz, length)).copy()
+    users = np.array([b.user_vocab.lookup_one(u) for u in ["u1", "u2", "nobody", "u3", "u4", "u5"]])
+    tf_q = sig(user_idx=tf.constant(users), hist_idx=tf.constant(hist), hist_pos=tf.constant(pos))["query"].numpy()
+    np_q = b.query_tower.encode(b.item_vectors, users, hist, pos)
+    assert np.abs(tf_q - np_q).max() <= 1e-5
+
+
+def test_recommender_over_the_exported_bundle(exported: Path) -> None:
+    rec = Recommender.from_bundle(exported.parent)
+    user = load_bundle(exported).user_history["user_id"].iloc[0]
+    r = rec.recommend(user_id=user, k=10, exclude_seen=True)
+    assert r.fallback == "" and len(r.items) == 10 and r.model_version == exported.name
+    assert rec.recommend(k=3).fallback == "popular"
+
+
+def _new_items(items: pd.DataFrame, data_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Copies (under new ids) of catalog items never seen in training: embedded from content alone,
+    exactly like their originals, so each copy must be its original's nearest neighbour."""
+    cold = items[items["is_new"]].head(4)
+    new = cold.copy()
+    new["item_id"] = [f"new-{i}" for i in cold["item_id"].astype(str)]
+    new["image"] = [str(data_dir / p) if isinstance(p, str) else p for p in cold["image"]]
+    return new, [str(i) for i in cold["item_id"]]
+
+
+def test_add_items_makes_new_items_recommendable(
+    exported: Path, trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    data_dir, _model_dir, items = trained
+    new, originals = _new_items(items, data_dir)
+    broken = new.iloc[:1].copy()
+    broken["item_id"] = ["broken-image"]
+    broken["image"] = [str(tmp_path / "missing.png")]
+    catalog = pd.concat([new, broken, items.iloc[:2]], ignore_index=True)  # 4 new, 1 bad, 2 existing
+    catalog.to_parquet(tmp_path / "new.parquet")
+    before = load_bundle(exported)
+
+    result = add_items(exported.parent, tmp_path / "new.parquet")
+    assert (result.added, result.skipped_existing, result.rejected) == (4, 2, 1)
+    assert result.rejects[0][0] == "broken-image" and "image" in result.rejects[0][1]
+    after = load_bundle(result.path.parent)
+    assert after.path == result.path and after.manifest["parent_version"] == before.version
+    assert after.model_version == before.model_version and after.index.ntotal == len(before.item_ids) + 4
+    assert after.item_ids[: len(before.item_ids)] == before.item_ids  # old rows keep their ids
+    np.testing.assert_array_equal(after.item_vectors[: len(before.item_ids)], before.item_vectors)
+
+    rec = Recommender.from_bundle(result.path.parent)
+    for orig in originals:
+        assert f"new-{orig}" in rec.similar_items(orig, k=3).item_ids
+        assert rec.item_title(f"new-{orig}") == rec.item_title(orig)
+    # A history made of a new item carries the same meaning as one made of its original.
+    via_new = rec.recommend(history=[f"new-{originals[0]}"], k=10, exclude_item_ids=[originals[0]])
+    via_old = rec.recommend(history=[originals[0]], k=10, exclude_item_ids=[f"new-{originals[0]}"])
+    assert via_new.fallback == "" and len(set(via_new.item_ids) & set(via_old.item_ids)) >= 8
+
+
+def test_add_items_errors(exported: Path, trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path) -> None:
+    from bundle_factory import make_bundle
+
+    _data, _model_dir, items = trained
+    with pytest.raises(DataError, match=r"2 catalog item id\(s\) are already in bundle .*on_existing='skip'"):
+        add_items(exported, items.iloc[:2], on_existing="error")
+    with pytest.raises(DataError, match=r"has no `item_id` column"):
+        add_items(exported, items.drop(columns=["item_id"]))
+    with pytest.raises(DataError, match=r"`on_existing` must be 'skip' or 'error', got 'merge'"):
+        add_items(exported, items, on_existing="merge")
+    bare = make_bundle(tmp_path, n_items=20, dim=4)
+    with pytest.raises(ArtifactError, match=r"has no model/ directory.*re-export it"):
+        add_items(bare, items.iloc[:2])
+    nothing = add_items(exported, items.iloc[:3])
+    assert (nothing.added, nothing.skipped_existing, nothing.path) == (0, 3, load_bundle(exported).path)
+
+
+def test_cli_export_and_add_items(
+    trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir, model_dir, items = trained
+    root = tmp_path / "bundles"
+    assert main(["export", "--model", str(model_dir), "--out", str(root), "--factory", "HNSW16"]) == 0
+    assert "exported bundle" in capsys.readouterr().out
+    assert "HNSW" in load_bundle(root).manifest["index_factory"]
+    new, _ = _new_items(items, data_dir)
+    new.iloc[:2].to_parquet(tmp_path / "n.parquet")
+    assert main(["add-items", "--bundle", str(root / "attention"), "--catalog", str(tmp_path / "n.parquet")]) == 0
+    assert "added 2 item(s), skipped 0 already present, rejected 0" in capsys.readouterr().out
+    assert len(list_versions(root / "attention")) == 2
+    assert main(["export", "--model", str(tmp_path / "nope"), "--out", str(root)]) == 5
+    assert "error:" in capsys.readouterr().err
