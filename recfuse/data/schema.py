@@ -129,7 +129,7 @@ def _fast_ok(kind: str, series: pd.Series) -> bool:
         return not pd.api.types.is_bool_dtype(dtype)
     if kind in ("timestamp", "number") and pd.api.types.is_float_dtype(dtype):
         return True
-    return kind == "str" and isinstance(dtype, pd.StringDtype)
+    return kind in ("str", "id") and isinstance(dtype, pd.StringDtype)
 
 
 def check_columns(df: pd.DataFrame, specs: Sequence[ColumnSpec], table: str, path: str) -> None:

@@ -69,6 +69,9 @@ def _null(v: object) -> bool:
 
 def ids_to_str(series: pd.Series) -> pd.Series:
     """Canonical string ids (``7`` and ``7.0`` -> ``"7"``); nulls stay ``None``."""
+    if isinstance(series.dtype, pd.StringDtype) or pd.api.types.is_integer_dtype(series.dtype):
+        text = series.astype(object) if isinstance(series.dtype, pd.StringDtype) else series.astype(str).astype(object)
+        return text.where(series.notna(), None)
     return pd.Series([None if _null(v) else id_str(v) for v in series.tolist()], index=series.index, dtype=object)
 
 
@@ -296,7 +299,7 @@ def validate_interactions(
     df["weight"] = np.where(bad_weight, 0.0, weight)
     report = TableReport("interactions", path, max_problems=max_problems)
     if "event" in df.columns:
-        df["event"] = pd.Series(["" if _null(v) else str(v) for v in df["event"].tolist()], dtype=object)
+        df["event"] = df["event"].astype(object).where(df["event"].notna(), "").astype(str).astype(object)
     kept = _finish(df, bad, report, on_bad_rows, Path(quarantine_dir) / "rejected_interactions.parquet")
     if "event" not in kept.columns:
         kept["event"] = pd.Series([""] * len(kept), dtype=object)
