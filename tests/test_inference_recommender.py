@@ -181,3 +181,14 @@ def test_hnsw_bundle_exact_k_with_filters(tmp_path: Path) -> None:
     assert len(r.items) == 50
     cats = rec.bundle.items["categories"]
     assert all("t1" in cats.iloc[int(i[1:])] and "c0" not in cats.iloc[int(i[1:])] for i in r.item_ids)
+
+
+def test_search_threads_set_for_single_requests(tmp_path: Path) -> None:
+    import faiss
+
+    path = make_bundle(tmp_path, n_items=30, dim=4)
+    faiss.omp_set_num_threads(2)
+    Recommender.from_bundle(path, search_threads=None)
+    assert faiss.omp_get_max_threads() == 2
+    Recommender.from_bundle(path)
+    assert faiss.omp_get_max_threads() == 1

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from recfuse.bundle import LoadedBundle, load_bundle
@@ -68,6 +69,10 @@ class Recommender:
     Args:
         bundle: a :class:`~recfuse.bundle.LoadedBundle` or a path accepted by ``load_bundle``.
         limits: request limits (``max_k`` etc.).
+        search_threads: faiss OpenMP threads to set (process-wide). 1, the default, is right for
+            single requests: with more, every small search pays thread wake-ups, which on a busy
+            2-core machine cost ~15 ms at p50 (bench/recommend_bench.py). ``None`` leaves it alone
+            (e.g. for large offline batches).
 
     Example:
         >>> rec = Recommender.from_bundle("bundles", variant="attention")   # doctest: +SKIP
@@ -75,7 +80,11 @@ class Recommender:
         ['i4', 'i8', 'i2']
     """
 
-    def __init__(self, bundle: LoadedBundle | str | Path, limits: Limits | None = None) -> None:
+    def __init__(
+        self, bundle: LoadedBundle | str | Path, limits: Limits | None = None, search_threads: int | None = 1
+    ) -> None:
+        if search_threads is not None:
+            faiss.omp_set_num_threads(int(search_threads))
         self.bundle = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
         self.limits = limits or Limits()
         self._tables = CatalogTables.from_bundle(self.bundle)
@@ -104,10 +113,15 @@ class Recommender:
 
     @classmethod
     def from_bundle(
-        cls, path: str | Path, variant: str | None = None, limits: Limits | None = None, verify: bool = True
+        cls,
+        path: str | Path,
+        variant: str | None = None,
+        limits: Limits | None = None,
+        verify: bool = True,
+        search_threads: int | None = 1,
     ) -> Recommender:
         """Load (and verify) a bundle and build a Recommender over it."""
-        return cls(load_bundle(path, variant=variant, verify=verify), limits)
+        return cls(load_bundle(path, variant=variant, verify=verify), limits, search_threads)
 
     # ------------------------------------------------------------------ public API
     def info(self) -> BundleInfo:

@@ -1,0 +1,288 @@
+"""Recommender.recommend latency (batch 1) split into query tower and search; query-tower engines compared.
+
+Usage::
+
+    OPENBLAS_NUM_THREADS=1 python bench/recommend_bench.py            # 100k items, d=64, Flat + HNSW32
+    python bench/recommend_bench.py --quick                           # 20k items
+    python bench/recommend_bench.py --bundle bundles/attention        # also a real exported bundle
+
+Part 1 builds (once, cached under ``runs/bench/``) random-but-structured bundles whose query tower is
+a real ``recfuse.models.query_tower.QueryTower`` exported to numpy, and times ``Recommender.recommend``
+per request kind: p50/p99 of the whole call, and of its ``query_ms`` / ``search_ms`` parts.
+
+Part 2 runs the same query tower, batch 1, four ways — the numpy forward (the serving path), a
+``tf.function`` with an input signature, the TF SavedModel ``serving_default`` signature (what
+``recfuse export`` writes) and the eager Keras layer — checks they agree to 1e-5 and prints
+p50/p99 and the ratio to numpy. Prints tables; asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # bundle_factory: the same random bundles the tests use
+
+import numpy as np  # noqa: E402
+
+import recfuse  # noqa: E402,F401  (Keras 2 switch before TensorFlow)
+from recfuse.bundle import load_bundle, write_bundle  # noqa: E402
+from recfuse.config import IndexConfig  # noqa: E402
+from recfuse.inference import Recommender  # noqa: E402
+
+
+def pct(samples: list[float]) -> tuple[float, float]:
+    a = np.asarray(samples)
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def time_calls(fn: Callable[[int], object], n: int, warmup: int = 20) -> list[float]:
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def tf_query_tower(dim: int, user_rows: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    from recfuse.models.query_tower import QueryTower
+
+    tf.keras.utils.set_random_seed(seed)
+    tower = QueryTower(dim=dim, user_rows=user_rows, hidden=(128,))
+    tower.build_for(dim)
+    return tower
+
+
+def build_bundle(root: Path, n_items: int, dim: int, factory: str) -> Path:
+    from bundle_factory import make_contents
+
+    variant = f"bench-{n_items}-{dim}-{factory.replace(',', '_')}"
+    vdir = root / variant
+    if (vdir / "CURRENT").is_file():
+        return vdir
+    contents = make_contents(
+        n_items=n_items,
+        dim=dim,
+        variant=variant,
+        n_users=min(20_000, n_items // 5),
+        n_categories=50,
+        index_cfg=IndexConfig(factory=factory, recall_queries=200, ef_search=128),
+    )
+    tower = tf_query_tower(dim, contents.user_vocab.size)
+    contents.query_tower = tower.to_numpy()
+    t0 = time.perf_counter()
+    write_bundle(root, contents)
+    print(f"  built {variant} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return vdir
+
+
+def bench_recommender(path: Path, n: int) -> list[tuple[str, ...]]:
+    t0 = time.perf_counter()
+    rec = Recommender.from_bundle(path)
+    load_s = time.perf_counter() - t0
+    info = rec.info()
+    users = rec.bundle.user_history["user_id"].tolist()
+    items = rec.bundle.item_ids
+    rng = np.random.default_rng(0)
+    uq = [users[i] for i in rng.integers(0, len(users), n + 50)]
+    hq = [[items[j] for j in rng.integers(0, len(items), 5)] for _ in range(n + 50)]
+    cats = sorted(rec._tables.category_rows)  # noqa: SLF001  (bench only: pick a real category)
+    kinds: dict[str, Callable[[int], object]] = {
+        "known user": lambda i: rec.recommend(user_id=uq[i], k=10),
+        "known user, exclude_seen": lambda i: rec.recommend(user_id=uq[i], k=10, exclude_seen=True),
+        "anonymous, 5-item history": lambda i: rec.recommend(history=hq[i], k=10),
+        "user + category filter": lambda i: rec.recommend(user_id=uq[i], k=10, include_categories=[cats[i % 3]]),
+        "popular fallback": lambda i: rec.recommend(k=10),
+    }
+    rows = []
+    for name, fn in kinds.items():
+        parts: list[tuple[float, float]] = []
+
+        def call(i: int, fn: Callable[[int], object] = fn, parts: list[tuple[float, float]] = parts) -> None:
+            r = fn(i)
+            parts.append((r.query_ms, r.search_ms))  # type: ignore[attr-defined]
+
+        total = time_calls(call, n)
+        q = [p[0] for p in parts[-n:]]
+        s = [p[1] for p in parts[-n:]]
+        t50, t99 = pct(total)
+        q50, q99 = pct(q)
+        s50, s99 = pct(s)
+        rows.append(
+            (
+                f"{info.item_count // 1000}k {info.index_factory}",
+                name,
+                f"{t50:.3f}",
+                f"{t99:.3f}",
+                f"{q50:.3f}",
+                f"{q99:.3f}",
+                f"{s50:.3f}",
+                f"{s99:.3f}",
+                f"{q50 / t50:.0%}" if t50 else "-",
+            )
+        )
+    print(f"  {info.index_factory}: load+verify {load_s:.2f} s, ANN recall@10 {info.ann_recall}")
+    return rows
+
+
+def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) -> list[tuple[str, ...]]:
+    import tensorflow as tf
+
+    from recfuse.models.query_tower import QueryTower
+
+    b = load_bundle(path, verify=False)
+    np_tower = b.query_tower
+    dim, length = b.dim, int(b.manifest.get("max_history", 20))
+    user_rows = 0 if np_tower.user_embedding is None else int(np_tower.user_embedding.shape[0])
+    rng = np.random.default_rng(1)
+    n_in = n + 50
+    users = rng.integers(0, max(user_rows, 1), (n_in, 1)).astype(np.int64)
+    hist = rng.integers(0, len(b.item_ids), (n_in, 1, length)).astype(np.int64)
+    hist[:, :, 12:] = -1
+    pos = np.broadcast_to(np.arange(length, dtype=np.float32), (1, length)).copy()
+
+    if savedmodel_dir is None:
+        tower = QueryTower(
+            dim=dim,
+            user_rows=user_rows,
+            user_dim=0 if np_tower.user_embedding is None else int(np_tower.user_embedding.shape[1]),
+            attention_hidden=int(np_tower.attn_w.shape[1]),
+            hidden=tuple(int(w.shape[1]) for w, _ in np_tower.mlp[:-1]),
+            normalize=np_tower.normalize,
+        )
+        tower.build_for(dim)
+        _load_arrays(tower, np_tower)
+
+        class Module(tf.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.tower = tower
+                self.item_matrix = tf.Variable(b.item_vectors, trainable=False)
+
+            @tf.function(
+                input_signature=[
+                    tf.TensorSpec([None], tf.int64, name="user_idx"),
+                    tf.TensorSpec([None, None], tf.int64, name="hist_idx"),
+                    tf.TensorSpec([None, None], tf.float32, name="hist_pos"),
+                ]
+            )
+            def serve(self, user_idx: tf.Tensor, hist_idx: tf.Tensor, hist_pos: tf.Tensor) -> dict[str, tf.Tensor]:
+                return {"query": self.tower(self.item_matrix, user_idx, hist_idx, hist_pos)}
+
+        module = Module()
+        tmp = Path(tempfile.mkdtemp(prefix="recbench-sm-"))
+        tf.saved_model.save(module, str(tmp / "sm"), signatures={"serving_default": module.serve})
+        savedmodel_dir = tmp / "sm"
+        compiled = module.serve
+        eager_matrix = module.item_matrix
+
+        def eager(i: int) -> np.ndarray:
+            return tower(eager_matrix, users[i], hist[i], pos).numpy()
+    else:
+        compiled, eager = None, None  # a real bundle: its SavedModel is the only TF artefact to compare
+    sig = tf.saved_model.load(str(savedmodel_dir)).signatures["serving_default"]
+
+    engines: dict[str, Callable[[int], np.ndarray]] = {
+        "numpy forward (serving path)": lambda i: np_tower.encode(b.item_vectors, users[i], hist[i], pos),
+        "TF SavedModel signature": lambda i: sig(
+            user_idx=tf.constant(users[i]), hist_idx=tf.constant(hist[i]), hist_pos=tf.constant(pos)
+        )["query"].numpy(),
+    }
+    if compiled is not None:
+        engines["tf.function (input signature)"] = lambda i: compiled(
+            tf.constant(users[i]), tf.constant(hist[i]), tf.constant(pos)
+        )["query"].numpy()
+    if eager is not None:
+        engines["Keras layer, eager"] = eager
+    ref = np.concatenate([engines["numpy forward (serving path)"](i) for i in range(20)])
+    rows = []
+    base = None
+    for name, fn in engines.items():
+        got = np.concatenate([fn(i) for i in range(20)])
+        diff = float(np.abs(got - ref).max())
+        p50, p99 = pct(time_calls(fn, n))
+        base = base or p50
+        ok = "yes" if diff <= 1e-5 else "NO"
+        rows.append((name, f"{p50:.3f}", f"{p99:.3f}", f"{p50 / base:.1f}x", f"{diff:.1e}", ok))
+    return rows
+
+
+def _load_arrays(tower, np_tower) -> None:  # type: ignore[no-untyped-def]
+    """Copy numpy tower weights into a built TF QueryTower (the inverse of ``QueryTower.export_arrays``)."""
+    arrays = np_tower.to_arrays()
+    tower.attn.kernel.assign(arrays["attn_w"])
+    tower.attn.bias.assign(arrays["attn_b"])
+    tower.attn_v.assign(arrays["attn_v"])
+    tower.recency.assign(arrays["recency"].reshape(1))
+    for i, layer in enumerate(tower.mlp):
+        layer.kernel.assign(arrays[f"mlp_{i}_w"])
+        layer.bias.assign(arrays[f"mlp_{i}_b"])
+    if tower.user_embedding is not None:
+        tower.user_embedding.embeddings.assign(arrays["user_embedding"])
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="20k items, fewer calls")
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--factories", default="Flat,HNSW32")
+    ap.add_argument("--bundle", default=None, help="also benchmark this (real, exported) bundle")
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "bench" / "bundles"))
+    args = ap.parse_args()
+    n_items = 20_000 if args.quick else args.items
+    calls = min(args.calls, 300) if args.quick else args.calls
+    cache = Path(args.cache)
+    print(f"recommend bench: {n_items} items, d={args.dim}, {calls} calls per row, OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS')}")  # fmt: skip
+    paths = [build_bundle(cache, n_items, args.dim, f) for f in args.factories.split(",")]
+    rows = []
+    for p in paths:
+        rows += bench_recommender(p, calls)
+    real = Path(args.bundle) if args.bundle else None
+    if real is not None:
+        rows += bench_recommender(real, calls)
+    print("\nRecommender.recommend, batch 1, k=10 (ms; query = query tower, search = index + filters)")
+    print(
+        table(
+            ("bundle", "request", "total p50", "total p99", "query p50", "query p99", "search p50", "search p99",
+             "query share"),
+            rows,
+        )
+    )  # fmt: skip
+    print("\nQuery tower, batch 1, history of 12 (ms), random bundle, vs the numpy forward")
+    hdr = ("engine", "p50", "p99", "p50 vs numpy", "max abs diff", "<= 1e-5")
+    print(table(hdr, bench_query_engines(paths[0], calls)))
+    if real is not None:
+        sm = load_bundle(real, verify=False).path / "query_tower_savedmodel"
+        if sm.is_dir():
+            print(f"\nQuery tower of the real bundle {real} (its exported SavedModel vs numpy)")
+            print(table(hdr, bench_query_engines(real, calls, savedmodel_dir=sm)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
