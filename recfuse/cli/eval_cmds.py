@@ -1,14 +1,120 @@
-"""`recfuse` eval commands."""
+"""`recfuse experiment` (offline variant comparison) and `recfuse ab analyze` (online A/B logs).
+
+Example:
+    $ recfuse experiment --config data_samples/experiment.toml --out runs/experiments/fusion
+    $ recfuse ab analyze --exposures runs/exposures --feedback clicks.parquet --shares attention=0.9,concat=0.1
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
     """Add this group's commands to the `recfuse` parser."""
-    del sub
+    p = sub.add_parser(
+        "experiment",
+        help="train + evaluate variants x seeds on one split and compare them with a control",
+        description="Run an offline experiment from exp.toml: every variant is trained with every seed on the "
+        "same split, evaluated with full ranking, and compared with the control (paired bootstrap CI, "
+        "permutation p-value, Holm correction, seed spread). Writes report.md, results.json and plots/. "
+        "Re-running resumes: finished runs are reused.",
+    )
+    p.add_argument("--config", required=True, help="experiment TOML (see data_samples/experiment.toml)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/experiments/<experiment.name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_experiment)
+
+    ab = sub.add_parser("ab", help="online A/B test tools", description="Online A/B test tools.")
+    ab_sub = ab.add_subparsers(dest="ab_command", metavar="COMMAND")
+    ab_sub.required = True
+    a = ab_sub.add_parser(
+        "analyze",
+        help="per-variant CTR / hit-rate with CIs from exposure logs + click feedback, with an SRM check",
+        description="Join click feedback to the service's exposure logs; report CTR and hit-rate per variant "
+        "with confidence intervals, differences vs the control with CI and p-value, and a sample-ratio-"
+        "mismatch chi-square check against the configured shares.",
+    )
+    a.add_argument("--exposures", required=True, help="directory of exposures-*.parquet files")
+    a.add_argument("--feedback", required=True, help="clicks file (.parquet/.csv/.jsonl): item_id + request_id "
+                   "and/or user_id + ts")  # fmt: skip
+    a.add_argument("--shares", default=None, help="configured traffic shares, e.g. attention=0.9,concat=0.1 "
+                   "(enables the SRM check)")  # fmt: skip
+    a.add_argument("--control", default=None, help="control variant (default: first of --shares)")
+    a.add_argument("--window", type=float, default=3600.0, help="seconds after an exposure a click still counts "
+                   "when matched by user (default 3600)")  # fmt: skip
+    a.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default 0.05)")
+    a.add_argument("--out", default=None, help="also write the report as JSON to this path")
+    a.add_argument("--strict", action="store_true", help="exit with code 1 on a sample-ratio mismatch")
+    a.set_defaults(handler=_ab_analyze)
 
 
-_ = argparse
+def _experiment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from recfuse.evaluation.experiment import run_experiment
+    from recfuse.evaluation.experiment_config import load_experiment
+
+    spec = load_experiment(args.config)
+    out = Path(args.out) if args.out else Path("runs") / "experiments" / spec.name
+    total = len(spec.variants) * len(spec.seeds)
+    print(
+        f"experiment {spec.name!r}: {len(spec.variants)} variants x {len(spec.seeds)} seeds = {total} runs "
+        f"(control {spec.control!r}, metric {spec.metric}) -> {out}",
+        flush=True,
+    )
+    bar = tqdm(total=total, unit="run", disable=args.no_progress, file=sys.stderr)
+
+    def progress(message: str, done: int, _total: int) -> None:
+        bar.set_description(message)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        outcome = run_experiment(spec, out, progress=progress)
+    finally:
+        bar.close()
+    cached = sum(r.status == "cached" for r in outcome.runs)
+    if cached:
+        print(f"{cached} of {total} runs reused from a previous call")
+    a = outcome.analysis
+    print(f"\n{spec.metric} vs {spec.control} (all test items, {a.users.get('all', 0)} users):")
+    s = a.summary(spec.control, spec.metric)
+    print(f"  {spec.control:<20} {s.mean:.4f} ± {s.seed_sd:.4f}  (control)")
+    for v in spec.variants:
+        if v.name == spec.control:
+            continue
+        s = a.summary(v.name, spec.metric)
+        c = a.comparison(v.name, spec.metric)
+        print(
+            f"  {v.name:<20} {s.mean:.4f} ± {s.seed_sd:.4f}  Δ {c.delta:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]  "
+            f"p={c.p_value:.3g} p_holm={c.p_holm:.3g}  {c.verdict}"
+        )
+    print(f"\nreport:  {outcome.report_path}\nresults: {outcome.results_path}\nplots:   {outcome.out_dir / 'plots'}")
+    return 0
+
+
+def _ab_analyze(args: argparse.Namespace) -> int:
+    from recfuse.data.readers import read_table
+    from recfuse.evaluation.ab_analysis import analyze, format_report, read_exposure_frame, srm_banner
+    from recfuse.evaluation.result import atomic_write_json
+    from recfuse.variants import parse_shares
+
+    shares = parse_shares(args.shares) if args.shares else None
+    exposures = read_exposure_frame(args.exposures)
+    feedback = read_table(args.feedback)
+    report = analyze(exposures, feedback, shares=shares, control=args.control, window_s=args.window,
+                     alpha=args.alpha)  # fmt: skip
+    banner = srm_banner(report)
+    if banner:
+        print(banner, file=sys.stderr)
+    print(format_report(report, banner=not banner))
+    if args.out:
+        atomic_write_json(args.out, report.to_dict())
+        print(f"report JSON: {args.out}")
+    if args.strict and report.srm is not None and report.srm.mismatch:
+        return 1
+    return 0

@@ -319,19 +319,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def format_report(report: ABReport) -> str:
-    """Plain-text tables for the terminal; an SRM failure is the first thing printed."""
-    lines: list[str] = []
-    if report.srm is not None and report.srm.mismatch:
-        bar = "!" * 78
-        lines += [
+def srm_banner(report: ABReport) -> str:
+    """The loud multi-line SRM warning ("" when the check passed or was skipped)."""
+    if report.srm is None or not report.srm.mismatch:
+        return ""
+    bar = "!" * 78
+    expected = {k: round(v, 1) for k, v in report.srm.expected.items()}
+    return "\n".join(
+        [
             bar,
             f"!!! SAMPLE RATIO MISMATCH (chi2={report.srm.chi2:.1f}, df={report.srm.df}, p={report.srm.p_value:.2g})",
-            f"!!! users observed {report.srm.observed} vs expected "
-            f"{ {k: round(v, 1) for k, v in report.srm.expected.items()} }",
+            f"!!! users observed {report.srm.observed} vs expected {expected}",
             "!!! assignment or exposure logging is broken: the comparison below is NOT trustworthy",
             bar,
         ]
+    )
+
+
+def format_report(report: ABReport, banner: bool = True) -> str:
+    """Plain-text tables for the terminal; an SRM failure is the first thing printed (``banner``)."""
+    lines: list[str] = []
+    if banner and srm_banner(report):
+        lines.append(srm_banner(report))
     conf = round(100 * (1 - report.alpha))
     lines.append(
         f"{'variant':<16}{'users':>8}{'requests':>10}{'shown':>10}{'clicks':>8}  "

@@ -32,6 +32,11 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _pm(spec: ExperimentSpec, mean: float, sd: float) -> str:
+    """``mean ± seed sd`` (no ± with a single seed: the spread is unknown, not zero)."""
+    return f"{_fmt(mean)} ± {_fmt(sd)}" if len(spec.seeds) > 1 else _fmt(mean)
+
+
 def _p(x: float) -> str:
     return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
 
@@ -119,19 +124,21 @@ def render_markdown(spec: ExperimentSpec, records: Sequence[Any], analysis: Expe
     for name in names:
         s = analysis.summary(name, spec.metric)
         if name == spec.control:
-            lines.append(f"| **{name}** (control) | {_changes(spec, name)} | {_fmt(s.mean)} ± {_fmt(s.seed_sd)} "
+            lines.append(f"| **{name}** (control) | {_changes(spec, name)} | {_pm(spec, s.mean, s.seed_sd)} "
                          "| – | – | – | – |")  # fmt: skip
             continue
         c = analysis.comparison(name, spec.metric)
         lines.append(
-            f"| {name} | {_changes(spec, name)} | {_fmt(s.mean)} ± {_fmt(s.seed_sd)} | {_delta_cell(c)} | "
+            f"| {name} | {_changes(spec, name)} | {_pm(spec, s.mean, s.seed_sd)} | {_delta_cell(c)} | "
             f"{_p(c.p_value)} | {_p(c.p_holm)} | **{c.verdict}** |"
         )
     lines += [
         "",
         "p: paired sign-flip permutation test over users (per-user metrics averaged over seeds); "
         "CI: paired bootstrap over users; 'within seed noise': |Δ| is smaller than the seed-to-seed "
-        "standard deviation of the metric.",
+        "standard deviation of the metric."
+        + (" With a single seed the seed spread is unknown: train more seeds before trusting small Δ."
+           if len(spec.seeds) < 2 else ""),
     ]
     for segment in analysis.users:
         metrics = [m for m in ("recall", "ndcg", "hit", "precision", "mrr", "novelty", "coverage", "gini")
@@ -145,7 +152,7 @@ def render_markdown(spec: ExperimentSpec, records: Sequence[Any], analysis: Expe
             cells = []
             for m in metrics:
                 s = analysis.summary(name, f"{m}@{k}", segment)
-                cell = f"{_fmt(s.mean)} ± {_fmt(s.seed_sd)}"
+                cell = _pm(spec, s.mean, s.seed_sd)
                 if name != spec.control and not m.startswith(("coverage", "gini")):
                     c = analysis.comparison(name, f"{m}@{k}", segment)
                     mark = {"better": " ▲", "worse": " ▼"}.get(c.verdict, "")
@@ -160,7 +167,7 @@ def render_markdown(spec: ExperimentSpec, records: Sequence[Any], analysis: Expe
             if c.segment == segment and (c.metric.endswith(f"@{k}") or c.metric.split("@")[0] == primary_name):
                 lines.append(
                     f"| {c.variant} | {c.metric} | {_delta_cell(c)} | {_p(c.p_value)} | {_p(c.p_ttest)} | "
-                    f"{_p(c.p_holm)} | {_fmt(c.seed_spread)} | {c.verdict} |"
+                    f"{_p(c.p_holm)} | {_fmt(c.seed_spread) if len(spec.seeds) > 1 else '–'} | {c.verdict} |"
                 )
     lines += ["", "## Runs", "",
         "| variant | seed | epochs | best val | train s | eval s |", "|---|---|---|---|---|---|"]

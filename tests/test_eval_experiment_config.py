@@ -1,0 +1,106 @@
+"""exp.toml parsing: the shipped example, run configs, fingerprints, and every error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recfuse.errors import ConfigError
+from recfuse.evaluation.experiment_config import higher_is_better, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HEAD = """
+[experiment]
+control = "a"
+seeds = [1, 2]
+ks = [5, 10]
+metric = "ndcg@5"
+[model]
+dim = 16
+"""
+VARIANTS = """
+[[variants]]
+name = "a"
+[[variants]]
+name = "b"
+overrides = { "model.fusion" = "concat" }
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "exp.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_example_parses() -> None:
+    spec = load_experiment(ROOT / "data_samples" / "experiment.toml")
+    assert spec.control == "attention" and len(spec.variants) >= 2 and len(spec.seeds) >= 2
+    assert spec.base.data.items == "data_samples/items.parquet"  # from the base file
+    assert spec.base.model.dim == 32  # inline table overrides the base
+    text_only = spec.run_config(spec.variant("text-only"), 7)
+    assert [m.name for m in text_only.modalities] == ["text", "categories"]
+    assert text_only.train.seed == 7 and text_only.variant == "text-only"
+
+
+def test_run_config_and_fingerprint(tmp_path: Path) -> None:
+    spec = load_experiment(_write(tmp_path, HEAD + VARIANTS))
+    a, b = spec.variant("a"), spec.variant("b")
+    cfg = spec.run_config(b, 2)
+    assert (cfg.model.fusion, cfg.model.dim, cfg.train.seed, cfg.variant) == ("concat", 16, 2, "b")
+    assert spec.base.data.split_seed == cfg.data.split_seed
+    assert spec.fingerprint(a, 1) == spec.fingerprint(a, 1)
+    assert len({spec.fingerprint(a, 1), spec.fingerprint(a, 2), spec.fingerprint(b, 1)}) == 3
+    assert spec.name == "exp" and spec.metric == "ndcg@5" and spec.ks == (5, 10)
+
+
+def test_metric_direction() -> None:
+    assert higher_is_better("recall@10") and not higher_is_better("gini@10")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (VARIANTS, r"needs an \[experiment\] table"),
+        (HEAD, r"needs \[\[variants\]\] tables"),
+        (HEAD.replace('control = "a"', 'control = "z"') + VARIANTS, r"`experiment.control` 'z' is not a variant"),
+        (HEAD.replace("seeds = [1, 2]", "seeds = []") + VARIANTS, "`experiment.seeds` must be a non-empty list"),
+        (HEAD.replace("seeds = [1, 2]", "seeds = [1, 1]") + VARIANTS, "distinct integers"),
+        (HEAD.replace('"ndcg@5"', '"ndcg@7"') + VARIANTS, r"`experiment.metric` must be NAME@K .* got 'ndcg@7'"),
+        (HEAD.replace('"ndcg@5"', '"gini@5"') + VARIANTS, r"`experiment.metric` must be NAME@K"),
+        (HEAD + "seed = 3\n" + VARIANTS, r"unknown key\(s\) \['seed'\] in `model`"),
+        (HEAD.replace("[model]", "colour = 1\n[model]") + VARIANTS, r"unknown key\(s\) \['colour'\] in `experiment`"),
+        (HEAD + VARIANTS.replace('name = "b"', 'name = "a"'), r"must be unique, got duplicates \['a'\]"),
+        (HEAD + VARIANTS.replace('name = "b"', 'name = "b/c"'), r"`variants\[1\].name` must be letters"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\noverrides = { "data.split_seed" = 3 }\n',
+         r"may not change \['data.split_seed'\]: every variant must train on the same split"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\noverrides = { "model.fusoin" = "max" }\n',
+         r"variant 'c': override 'model.fusoin': unknown key 'fusoin'"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\noverrides = { "model.fusion" = "best" }\n',
+         r"variant 'c': `model.fusion` must be one of"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\nmodalities = ["smell"]\n',
+         r"variant 'c': `modalities` \['smell'\] not in the base config"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\nmodalities = []\n', "must be a non-empty list of modality"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\ncolour = 1\n',
+         r"unknown key\(s\) \['colour'\] in `variants\[2\]`"),
+        (HEAD.replace("[experiment]", '[experiment]\nbase = "nope.toml"') + VARIANTS,
+         "`experiment.base` .* does not exist"),
+        (HEAD.replace("[experiment]", "[experiment]\nalpha = 1.5") + VARIANTS,
+         r"`experiment.alpha` must be in \(0, 1\)"),
+        (HEAD.replace("[experiment]", "[experiment]\nn_boot = 5") + VARIANTS, "must be >= 100"),
+        (HEAD.replace("ks = [5, 10]", 'ks = ["x"]') + VARIANTS, "must be lists of integers"),
+        (HEAD + '[[variants]]\nname = "a"\n', "at least 2 entries"),
+    ],
+)
+def test_invalid_experiments_raise_naming_the_field(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_experiment(_write(tmp_path, text))
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="experiment file .* does not exist"):
+        load_experiment(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_experiment(_write(tmp_path, "[experiment"))
