@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics
+from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics_from_pairs, relevant_pairs
 from recfuse.evaluation.result import EvalResult, SegmentResult
 from recfuse.ranking import masked_topk
 from recfuse.types import FloatArray, Int64Array
@@ -138,8 +138,16 @@ def evaluate_embeddings(
         )
     order = np.argsort(np.asarray(user_ids, dtype=object).astype(str), kind="stable")
     users = [str(user_ids[i]) for i in order]
-    tests = [np.unique(np.asarray(test_items[i], dtype=np.int64).reshape(-1)) for i in order]
-    masks = [np.setdiff1d(np.asarray(train_items[i], dtype=np.int64).reshape(-1), t) for i, t in zip(order, tests)]
+    # (user_row, item) pairs, vectorised: one key per pair, no Python loop over users' arrays.
+    t_users, t_items = relevant_pairs([test_items[i] for i in order])
+    m_users, m_items = relevant_pairs([train_items[i] for i in order])
+    width = n_items + 1
+    t_keys = np.unique(t_users * width + t_items)
+    t_users, t_items = t_keys // width, t_keys % width
+    keep = ~np.isin(m_users * width + m_items, t_keys)  # a test item stays rankable even if seen before
+    m_users, m_items = m_users[keep], m_items[keep]
+    bounds = np.searchsorted(m_users, np.arange(1, n_users))
+    masks = np.split(m_items, bounds)
     top = ranked_topk(np.asarray(queries, dtype=np.float32)[order], item_vectors, ks[-1], masks, block_size)
 
     segment_masks: dict[str, npt.NDArray[np.bool_] | None] = {"all": None}
@@ -151,17 +159,24 @@ def evaluate_embeddings(
         segment_masks["cold"] = cold
     segments: dict[str, SegmentResult] = {}
     for name, seg in segment_masks.items():
-        rel = tests if seg is None else [t[seg[t]] for t in tests]
-        keep = np.array([len(r) > 0 for r in rel], dtype=bool)
-        rows = np.flatnonzero(keep)
-        per_user = per_user_metrics(top[rows], [rel[i] for i in rows], ks, item_counts) if len(rows) else {}
+        sel = np.ones(len(t_items), dtype=bool) if seg is None else seg[t_items]
+        n_rel = np.bincount(t_users[sel], minlength=n_users)
+        rows = np.flatnonzero(n_rel > 0)
+        new_row = np.full(n_users, -1, dtype=np.int64)
+        new_row[rows] = np.arange(len(rows))
+        per_user = (
+            per_user_metrics_from_pairs(top[rows], new_row[t_users[sel]], t_items[sel], ks, item_counts)
+            if len(rows)
+            else {}
+        )
+        skipped = n_users - len(rows)
         segments[name] = SegmentResult(
             users=[users[i] for i in rows],
             per_user=per_user,
             aggregate=aggregate_metrics(top[rows], n_items, ks) if len(rows) else {},
-            skipped_users=int((~keep).sum()),
+            skipped_users=int(skipped),
         )
-        logger.info("segment %s: %d users evaluated, %d without test items skipped", name, len(rows), (~keep).sum())
+        logger.info("segment %s: %d users evaluated, %d without test items skipped", name, len(rows), skipped)
     return EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
 
 

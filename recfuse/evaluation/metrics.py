@@ -46,6 +46,37 @@ def _check_k(hits: BoolMatrix, k: int) -> None:
         raise ValueError(f"`k` must be in [1, {hits.shape[1]}] (the ranked list length), got {k}")
 
 
+def relevant_pairs(relevant: Sequence[npt.ArrayLike]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Flatten per-user relevant item arrays into ``(user_rows, items)`` pairs (duplicates kept)."""
+    arrays = [np.asarray(r, dtype=np.int64).reshape(-1) for r in relevant]
+    lengths = np.fromiter((len(r) for r in arrays), dtype=np.int64, count=len(arrays))
+    users = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
+    items = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+    return users, items
+
+
+def hits_from_pairs(
+    topk: npt.ArrayLike, rel_users: npt.ArrayLike, rel_items: npt.ArrayLike
+) -> tuple[BoolMatrix, npt.NDArray[np.int64]]:
+    """Hit matrix ``[u, K]`` and distinct relevant items per user ``[u]`` from ``(user_row, item)`` pairs.
+
+    Vectorised: (user, item) pairs become one int64 key each and membership is one sorted search,
+    so cost does not grow with a Python loop over users.
+    """
+    top = np.asarray(topk, dtype=np.int64)
+    if top.ndim != 2:
+        raise ValueError(f"`topk` must be rank 2 [users, K], got shape {top.shape}")
+    ru = np.asarray(rel_users, dtype=np.int64).reshape(-1)
+    ri = np.asarray(rel_items, dtype=np.int64).reshape(-1)
+    width = int(max(top.max(initial=0), ri.max(initial=0))) + 2
+    keys = np.unique(ru * width + ri)
+    n_rel = np.bincount(keys // width, minlength=top.shape[0]).astype(np.int64)
+    top_keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * width + top
+    pos = np.searchsorted(keys, top_keys)
+    found = keys[np.minimum(pos, max(len(keys) - 1, 0))] == top_keys if len(keys) else np.zeros(top.shape, bool)
+    return np.asarray(found & (top >= 0), dtype=bool), n_rel
+
+
 def hit_matrix(topk: npt.ArrayLike, relevant: Sequence[npt.ArrayLike]) -> BoolMatrix:
     """Which ranked items are relevant.
 
@@ -61,15 +92,7 @@ def hit_matrix(topk: npt.ArrayLike, relevant: Sequence[npt.ArrayLike]) -> BoolMa
         raise ValueError(f"`topk` must be rank 2 [users, K], got shape {top.shape}")
     if len(relevant) != top.shape[0]:
         raise ValueError(f"`relevant` must have one entry per user ({top.shape[0]}), got {len(relevant)}")
-    rel = [np.unique(np.asarray(r, dtype=np.int64).reshape(-1)) for r in relevant]
-    # Encode (user, item) pairs as one int64 key and test membership with one sorted search.
-    width = int(max(top.max(initial=0), max((int(r.max(initial=0)) for r in rel), default=0))) + 2
-    users = np.repeat(np.arange(len(rel), dtype=np.int64), [len(r) for r in rel])
-    items = np.concatenate(rel) if rel else np.empty(0, np.int64)
-    rel_keys = np.sort(users * width + items)
-    top_keys = np.arange(top.shape[0], dtype=np.int64)[:, None] * width + top
-    found = np.isin(top_keys, rel_keys)
-    return np.asarray(found & (top >= 0), dtype=bool)
+    return hits_from_pairs(top, *relevant_pairs(relevant))[0]
 
 
 def recall_at_k(hits: BoolMatrix, n_relevant: npt.ArrayLike, k: int) -> F64:
@@ -185,8 +208,21 @@ def per_user_metrics(
         ``{"recall@10": [u], "ndcg@10": [u], "hit@10": [u], "precision@10": [u], "mrr@10": [u],
         "novelty@10": [u], ...}`` float64 arrays in user order.
     """
-    hits = hit_matrix(topk, relevant)
-    n_rel = np.array([len(np.unique(np.asarray(r))) for r in relevant], dtype=np.int64)
+    top = np.asarray(topk, dtype=np.int64)
+    if len(relevant) != len(top):
+        raise ValueError(f"`relevant` must have one entry per user ({len(top)}), got {len(relevant)}")
+    return per_user_metrics_from_pairs(top, *relevant_pairs(relevant), ks=ks, item_counts=item_counts)
+
+
+def per_user_metrics_from_pairs(
+    topk: npt.ArrayLike,
+    rel_users: npt.ArrayLike,
+    rel_items: npt.ArrayLike,
+    ks: Sequence[int],
+    item_counts: npt.ArrayLike | None = None,
+) -> dict[str, F64]:
+    """:func:`per_user_metrics` with relevant items given as ``(user_row, item)`` pairs."""
+    hits, n_rel = hits_from_pairs(topk, rel_users, rel_items)
     out: dict[str, F64] = {}
     for k in ks:
         out[f"recall@{k}"] = recall_at_k(hits, n_rel, k)
