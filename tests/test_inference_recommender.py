@@ -192,3 +192,13 @@ def test_search_threads_set_for_single_requests(tmp_path: Path) -> None:
     assert faiss.omp_get_max_threads() == 2
     Recommender.from_bundle(path)
     assert faiss.omp_get_max_threads() == 1
+
+
+def test_small_allow_lists_ranked_exactly_same_as_index_path(rec: Recommender) -> None:
+    via_index = Recommender(rec.bundle, exact_filter_max=0)  # every filter through ItemIndex.search
+    assert rec._exact_filters and via_index._exact_filter_max == 0  # noqa: SLF001
+    for user, cats, excl in [("u3", ["c1"], []), ("u7", ["c2", "t3"], ["t0"]), ("u9", ["t1"], ["c1"])]:
+        a = rec.recommend(user_id=user, k=15, include_categories=cats, exclude_categories=excl, exclude_seen=True)
+        b = via_index.recommend(user_id=user, k=15, include_categories=cats, exclude_categories=excl, exclude_seen=True)
+        assert a.item_ids == b.item_ids and len(a.items) == 15
+        np.testing.assert_allclose([i.score for i in a.items], [i.score for i in b.items], rtol=1e-5, atol=1e-6)
