@@ -301,6 +301,9 @@ class Recommender:
         elif excl_cats is not None:
             parts.append(excl_cats)
         exclude = np.unique(np.concatenate(parts)) if any(len(p) for p in parts) else np.zeros(0, np.int64)
+        if allow is None and len(exclude) > t.n // 2:
+            # Mostly excluded (e.g. broad excluded categories): the complement is the smaller filter.
+            allow = np.setdiff1d(np.arange(t.n, dtype=np.int64), exclude, assume_unique=True)
         if allow is not None and len(exclude):
             allow = np.setdiff1d(allow, exclude, assume_unique=True)
             exclude = np.zeros(0, np.int64)
