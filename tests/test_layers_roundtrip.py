@@ -28,33 +28,41 @@ def _run_fusion(layer: tf.keras.layers.Layer) -> tf.Tensor:
 
 
 CASES: list[tuple[str, Callable[[], tf.keras.layers.Layer], Callable[[Any], tf.Tensor]]] = [
-    ("cnn", lambda: ImageCNN(filters=(4, 8), name="cnn"), lambda l: l(np.full((2, 32, 32, 3), 0.3, np.float32))),
+    (
+        "cnn",
+        lambda: ImageCNN(filters=(4, 8), name="cnn"),
+        lambda layer: layer(np.full((2, 32, 32, 3), 0.3, np.float32)),
+    ),
     (
         "backbone",
         lambda: BackboneEncoder("mobilenet_v3_small", image_size=32, weights="", trainable_backbone=True),
-        lambda l: l(np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)),
+        lambda layer: layer(np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)),
     ),
     (
         "text_mean",
         lambda: TextEncoder(["a", "b", "无线"], max_tokens=4, embedding_dim=6),
-        lambda l: l(tf.constant(["a b", "无线 zz", ""])),
+        lambda layer: layer(tf.constant(["a b", "无线 zz", ""])),
     ),
     (
         "text_transformer",
         lambda: TextEncoder(["a", "b"], max_tokens=5, embedding_dim=8, encoder="transformer", num_layers=2),
-        lambda l: l(tf.constant(["a b a", "b"])),
+        lambda layer: layer(tf.constant(["a b a", "b"])),
     ),
     (
         "transformer_block",
         lambda: TransformerBlock(8, num_heads=2, ff_dim=12, dropout=0.1),
-        lambda l: l(TOKENS, mask=tf.constant(MASK > 0)),
+        lambda layer: layer(TOKENS, mask=tf.constant(MASK > 0)),
     ),
-    ("masked_mean", lambda: MaskedMeanPooling(), lambda l: l(TOKENS, mask=tf.constant(MASK))),
-    ("category", lambda: CategoryEncoder(["x", "y"], embedding_dim=5), lambda l: l(tf.constant(["x|y", "", "q"]))),
-    ("proj_linear", lambda: ModalityProjection(4, "linear", normalize=True), lambda l: l(TOKENS[:, 0])),
-    ("proj_mlp", lambda: ModalityProjection(4, "mlp", hidden=7), lambda l: l(TOKENS[:, 0])),
-    ("proj_scale", lambda: ModalityProjection(4, "scale", seed=3), lambda l: l(TOKENS[:, 0])),
-    ("dropout", lambda: ModalityDropout([0.2, 0.3, 0.4], seed=1), lambda l: l(MASK)),
+    ("masked_mean", lambda: MaskedMeanPooling(), lambda layer: layer(TOKENS, mask=tf.constant(MASK))),
+    (
+        "category",
+        lambda: CategoryEncoder(["x", "y"], embedding_dim=5),
+        lambda layer: layer(tf.constant(["x|y", "", "q"])),
+    ),
+    ("proj_linear", lambda: ModalityProjection(4, "linear", normalize=True), lambda layer: layer(TOKENS[:, 0])),
+    ("proj_mlp", lambda: ModalityProjection(4, "mlp", hidden=7), lambda layer: layer(TOKENS[:, 0])),
+    ("proj_scale", lambda: ModalityProjection(4, "scale", seed=3), lambda layer: layer(TOKENS[:, 0])),
+    ("dropout", lambda: ModalityDropout([0.2, 0.3, 0.4], seed=1), lambda layer: layer(MASK)),
     ("concat", lambda: ConcatFusion(8, 3, hidden=(16, 8)), _run_fusion),
     ("weighted", lambda: WeightedFusion(8, primary_index=1, weighted_lambda=0.2, learn_lambda=True), _run_fusion),
     ("max", lambda: MaxFusion(8), _run_fusion),

@@ -117,6 +117,9 @@ class WeightedFusion(Fusion):
         self.primary_index = int(primary_index)
         self.weighted_lambda = float(weighted_lambda)
         self.learn_lambda = bool(learn_lambda)
+
+    def build(self, input_shape: Any) -> None:
+        # created in build (not __init__) so the variable is scoped under the layer's name
         p = min(max(self.weighted_lambda, 1e-4), 1 - 1e-4)
         self.lambda_logit = self.add_weight(
             name="lambda_logit",
@@ -124,6 +127,7 @@ class WeightedFusion(Fusion):
             initializer=tf.keras.initializers.Constant(math.log(p / (1 - p))),
             trainable=self.learn_lambda,
         )
+        super().build(input_shape)
 
     @property
     def lam(self) -> tf.Tensor:
@@ -214,9 +218,6 @@ class AttentionFusion(Fusion):
         self.num_heads = int(num_heads)
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
-        self.query = self.add_weight(
-            name="query", shape=(1, 1, self.dim), initializer=tf.keras.initializers.RandomNormal(stddev=0.1)
-        )
         self.attn = tf.keras.layers.MultiHeadAttention(
             num_heads=self.num_heads, key_dim=max(1, self.dim // self.num_heads), dropout=self.dropout, name="mha"
         )
@@ -224,8 +225,16 @@ class AttentionFusion(Fusion):
         self.norm2 = tf.keras.layers.LayerNormalization(name="norm2")
         self.ffn = _mlp(self.hidden, self.dim, "ffn")
 
+    def build(self, input_shape: Any) -> None:
+        self.query = self.add_weight(
+            name="query", shape=(1, 1, self.dim), initializer=tf.keras.initializers.RandomNormal(stddev=0.1)
+        )
+        super().build(input_shape)
+
     def attention_scores(self, tokens: tf.Tensor, mask: tf.Tensor, context: tf.Tensor | None = None) -> tf.Tensor:
         """``[b, heads, 1, M]`` attention weights (exactly 0 on masked tokens)."""
+        if not self.built:
+            self.build(tf.TensorShape(tokens.shape))
         _, scores = self._attend(tf.cast(tokens, tf.float32), tf.cast(mask, tf.float32), False, context)
         return scores
 

@@ -1,0 +1,99 @@
+"""Image branch: small CNN, application backbones from a local weights file (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from recfuse.config import RecfuseConfig
+from recfuse.data.item_features import build_item_features
+from recfuse.data.vocab import IdVocab
+from recfuse.errors import ConfigError
+from recfuse.layers.image import BackboneEncoder, ImageCNN, build_backbone, canonical_backbone
+from recfuse.models.candidate_tower import build_candidate_tower
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tf.keras.Model]:
+    """A tiny headless MobileNetV3Small (random init) saved to .h5, standing in for downloaded weights."""
+    model = tf.keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), include_top=False, weights=None, pooling="avg"
+    )
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v3_small_notop.h5"
+    model.save_weights(str(path))
+    return path, model
+
+
+def test_cnn_output_width_and_uint8_input() -> None:
+    cnn = ImageCNN(filters=(4, 8, 6))
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    out = cnn(x).numpy()
+    assert out.shape == (2, 6) and cnn.output_dim == 6
+    np.testing.assert_allclose(cnn(x.astype(np.float32) / 255.0).numpy(), out, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="filters"):
+        ImageCNN(filters=())
+
+
+def test_backbone_loads_a_local_weights_file(weights_file: tuple[Path, tf.keras.Model]) -> None:
+    path, reference = weights_file
+    enc = BackboneEncoder("MobileNetV3Small", image_size=32, weights=str(path))
+    assert enc.backbone == "mobilenet_v3_small" and enc.output_dim == 576
+    for a, b in zip(enc.model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(enc(x).numpy(), reference(x * 255.0, training=False).numpy(), rtol=1e-5, atol=1e-6)
+    assert enc.trainable_weights == []  # frozen by default
+
+
+def test_trainable_backbone_exposes_weights(weights_file: tuple[Path, tf.keras.Model]) -> None:
+    enc = BackboneEncoder("mobilenet_v3_small", image_size=32, weights=str(weights_file[0]), trainable_backbone=True)
+    assert len(enc.trainable_weights) > 10
+
+
+def test_backbone_errors_never_download(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="would download.*local path"):
+        build_backbone("mobilenet_v3_small", 32, "imagenet")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_backbone("resnet50", 32, str(tmp_path / "nope.h5"))
+    with pytest.raises(ConfigError, match=r"unknown image backbone 'vgg16'.*mobilenet_v3_small"):
+        canonical_backbone("vgg16")
+    assert canonical_backbone("EfficientNet-B0") == "efficientnet_b0"
+
+
+@pytest.mark.slow  # builds EfficientNetB0
+def test_backbone_weights_for_another_model_is_a_config_error(weights_file: tuple[Path, tf.keras.Model]) -> None:
+    with pytest.raises(ConfigError, match="cannot build backbone 'efficientnet_b0'"):
+        build_backbone("efficientnet_b0", 32, str(weights_file[0]))
+
+
+def test_tower_with_backbone_source(weights_file: tuple[Path, tf.keras.Model], tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype("uint8")).save(tmp_path / f"{i}.png")
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "image": ["0.png", "1.png", "2.png"]})
+    cfg = RecfuseConfig.from_dict(
+        {
+            "model": {"dim": 8, "fusion": "attention", "fusion_hidden": [8]},
+            "modalities": [
+                {
+                    "name": "image",
+                    "kind": "image",
+                    "source": "backbone",
+                    "image_size": 32,
+                    "backbone_weights": str(weights_file[0]),
+                }
+            ],
+        }
+    )
+    vocab = IdVocab.build(items["item_id"], 0)
+    tower = build_candidate_tower(cfg, items, vocab)
+    table = build_item_features(items, cfg, tmp_path, vocab)
+    out = tower({k: tf.constant(v) for k, v in table.items()}).numpy()
+    assert out.shape == (3, 8)
+    backbone_vars = {id(v) for v in tower.encoders["image"].model.weights}
+    assert not backbone_vars & {id(v) for v in tower.trainable_variables}  # frozen inside the tower
