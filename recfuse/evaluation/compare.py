@@ -169,33 +169,44 @@ def compare_runs(
         metrics = sorted(set.intersection(*(set(r.segment(segment).per_user) for r in all_runs)))
         aggregates = sorted(set.intersection(*(set(r.segment(segment).aggregate) for r in all_runs)))
         averaged: dict[str, np.ndarray] = {}
+        seed_means: dict[str, dict[int, np.ndarray]] = {}
         for variant, by_seed in runs.items():
-            values, per_seed = _seed_averaged(by_seed, segment, common, metrics)
-            averaged[variant] = values
-            lo, hi = percentile_ci(bootstrap_means(values, n_boot, seed), alpha)
+            averaged[variant], seed_means[variant] = _seed_averaged(by_seed, segment, common, metrics)
+        challengers = [v for v in runs if v != control]
+        names = list(runs)
+        diffs = [averaged[v] - averaged[control] for v in challengers]
+        # One resampling pass per segment: every variant's values and every challenger's differences
+        # share the same bootstrap draws (and the same sign flips), as columns of one matrix.
+        boot = bootstrap_means(np.concatenate([averaged[v] for v in names] + diffs, axis=1), n_boot, seed)
+        lo_all, hi_all = percentile_ci(boot, alpha)
+        p_all = np.atleast_1d(sign_flip_pvalues(np.concatenate(diffs, axis=1), n_perm, seed)) if diffs else np.empty(0)
+        n_m = len(metrics)
+        for i, variant in enumerate(names):
             for j, m in enumerate(metrics):
-                seeds_m = {s: float(v[j]) for s, v in per_seed.items()}
+                seeds_m = {s: float(v[j]) for s, v in seed_means[variant].items()}
                 analysis.summaries.append(
                     MetricSummary(
                         variant, segment, m, float(np.mean(list(seeds_m.values()))),
-                        seed_spread(list(seeds_m.values())), float(lo[j]), float(hi[j]), seeds_m,
+                        seed_spread(list(seeds_m.values())), float(lo_all[i * n_m + j]), float(hi_all[i * n_m + j]),
+                        seeds_m,
                     )
                 )  # fmt: skip
             for m in aggregates:
-                seeds_a = {s: float(r.segment(segment).aggregate[m]) for s, r in by_seed.items()}
+                seeds_a = {s: float(r.segment(segment).aggregate[m]) for s, r in runs[variant].items()}
                 vals = list(seeds_a.values())
                 analysis.summaries.append(
                     MetricSummary(variant, segment, m, float(np.mean(vals)), seed_spread(vals), np.nan, np.nan, seeds_a)
                 )
-        challengers = [v for v in runs if v != control]
         raw: dict[tuple[str, str], tuple[float, float, float, float, float]] = {}
-        for variant in challengers:
-            d = averaged[variant] - averaged[control]  # [u, m]
-            lo, hi = percentile_ci(bootstrap_means(d, n_boot, seed), alpha)
-            p_perm = np.atleast_1d(sign_flip_pvalues(d, n_perm, seed))
+        offset = len(names) * n_m
+        for i, (variant, d) in enumerate(zip(challengers, diffs)):
             for j, m in enumerate(metrics):
+                col = i * n_m + j
                 p_t = paired_t_test(averaged[control][:, j], averaged[variant][:, j])[2]
-                raw[(variant, m)] = (float(d[:, j].mean()), float(lo[j]), float(hi[j]), float(p_perm[j]), p_t)
+                raw[(variant, m)] = (
+                    float(d[:, j].mean()), float(lo_all[offset + col]), float(hi_all[offset + col]),
+                    float(p_all[col]), p_t,
+                )  # fmt: skip
         for m in metrics:
             adjusted = holm([raw[(v, m)][3] for v in challengers])
             for variant, p_adj in zip(challengers, adjusted):
