@@ -91,7 +91,7 @@ def build_bundle(root: Path, n_items: int, dim: int, factory: str) -> Path:
     return vdir
 
 
-def bench_recommender(path: Path, n: int) -> list[tuple[str, ...]]:
+def bench_recommender(path: Path, n: int, label: str = "") -> list[tuple[str, ...]]:
     t0 = time.perf_counter()
     rec = Recommender.from_bundle(path)
     load_s = time.perf_counter() - t0
@@ -125,7 +125,7 @@ def bench_recommender(path: Path, n: int) -> list[tuple[str, ...]]:
         s50, s99 = pct(s)
         rows.append(
             (
-                f"{info.item_count // 1000}k {info.index_factory}",
+                f"{info.item_count:,} {info.index_factory}{label}",
                 name,
                 f"{t50:.3f}",
                 f"{t99:.3f}",
@@ -264,7 +264,7 @@ def main() -> int:
         rows += bench_recommender(p, calls)
     real = Path(args.bundle) if args.bundle else None
     if real is not None:
-        rows += bench_recommender(real, calls)
+        rows += bench_recommender(real, calls, label=" (trained)")
     print("\nRecommender.recommend, batch 1, k=10 (ms; query = query tower, search = index + filters)")
     print(
         table(
