@@ -194,3 +194,17 @@ def test_bad_inputs(catalog) -> None:
         tower(feats)
     with pytest.raises(ConfigError, match="model.fusion"):
         RecfuseConfig.from_dict({"model": {"fusion": "sum"}})
+
+
+def test_prepared_integer_table_gives_identical_outputs(catalog) -> None:
+    tower, table = _setup(catalog, _cfg("attention"))
+    prepared = tower.prepare_features(table)
+    assert prepared["text"].dtype == np.int64 and prepared["text"].shape == (6, 8)
+    assert prepared["categories"].dtype == np.int64 and prepared["categories"].shape == (6, 1)
+    assert prepared["image"] is table["image"]
+    np.testing.assert_allclose(tower(_features(prepared)).numpy(), tower(_features(table)).numpy(), atol=1e-6)
+    rows = tf.constant([4, 1])  # gathered rows, as the two-tower model does per batch
+    gathered = {k: tf.gather(v, rows) for k, v in _features(prepared).items()}
+    np.testing.assert_allclose(tower(gathered).numpy(), tower(_features(table)).numpy()[[4, 1]], atol=1e-6)
+    again = tower.prepare_features(prepared)
+    np.testing.assert_array_equal(again["text"], prepared["text"])

@@ -33,7 +33,8 @@ class CategoryEncoder(tf.keras.layers.Layer):
         separator: separator of the joined category string.
 
     Call:
-        categories ``[b]`` string (``"a|b"``, ``""`` = none) -> ``[b, e]``.
+        categories ``[b]`` string (``"a|b"``, ``""`` = none), or ``[b, C]`` int ids from
+        :meth:`category_ids` -> ``[b, e]``.
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class CategoryEncoder(tf.keras.layers.Layer):
         return self.lookup(dense)
 
     def call(self, categories: tf.Tensor) -> tf.Tensor:
-        ids = self.category_ids(categories)
+        ids = self.category_ids(categories) if categories.dtype == tf.string else tf.cast(categories, tf.int64)
         return self.pool(self.embed(ids), mask=tf.not_equal(ids, 0))
 
     def get_config(self) -> dict[str, Any]:

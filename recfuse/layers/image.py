@@ -34,7 +34,7 @@ def to_unit_pixels(images: tf.Tensor) -> tf.Tensor:
 
 @tf.keras.utils.register_keras_serializable(package="recfuse")
 class ImageCNN(tf.keras.layers.Layer):
-    """Few Conv2D + BatchNorm + ReLU blocks with 2x2 max-pooling, then global average pooling.
+    """Few Conv2D + BatchNorm + ReLU blocks (stride-2 stem, 2x2 max-pooling between blocks), global average pooled.
 
     Args:
         filters: output channels of each conv block (its last entry is the output width ``F``).
@@ -49,7 +49,8 @@ class ImageCNN(tf.keras.layers.Layer):
         if not self.filters or min(self.filters) < 1:
             raise ValueError(f"`filters` must be a non-empty list of positive ints, got {list(filters)}")
         self.convs = [
-            tf.keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")
+            # stride-2 stem: the first block works at half resolution (4x fewer FLOPs on the widest map)
+            tf.keras.layers.Conv2D(f, 3, strides=2 if i == 0 else 1, padding="same", use_bias=False, name=f"conv{i}")
             for i, f in enumerate(self.filters)
         ]
         self.norms = [tf.keras.layers.BatchNormalization(name=f"bn{i}") for i in range(len(self.filters))]

@@ -102,7 +102,8 @@ class TextEncoder(tf.keras.layers.Layer):
         num_heads: attention heads (``transformer`` only).
 
     Call:
-        text ``[b]`` string (whitespace-joined tokens) -> ``[b, e]``; empty strings give zeros for ``mean``.
+        text ``[b]`` string (whitespace-joined tokens), or ``[b, L]`` int ids from :meth:`token_ids`
+        -> ``[b, e]``; empty strings give zeros for ``mean``.
     """
 
     def __init__(
@@ -156,7 +157,8 @@ class TextEncoder(tf.keras.layers.Layer):
         return self.vectorize(tf.reshape(text, [-1]))
 
     def call(self, text: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        ids = self.token_ids(text)
+        # strings are vectorised here; integer input is taken as precomputed token_ids (faster training)
+        ids = self.token_ids(text) if text.dtype == tf.string else tf.cast(text, tf.int64)
         mask = tf.not_equal(ids, 0)
         x = self.embed(ids)
         if self.blocks:
