@@ -7,7 +7,9 @@ For each segment (all / warm / cold) and per-user metric:
 2. Per user, the metric is averaged over a variant's seeds, so model noise from one seed does not
    masquerade as a user effect; Δ per user = variant − control.
 3. Mean Δ with a percentile paired bootstrap CI over users, a sign-flip permutation p-value (the
-   p-value used for verdicts) and a paired t-test p-value (reported alongside).
+   p-value used for verdicts) and a paired t-test p-value (reported alongside). All variants and
+   metrics of a segment share one set of bootstrap draws and one set of sign flips (columns of one
+   matrix), so a segment costs two matrix products, not one resampling loop per number.
 4. Holm step-down over the challengers of one (segment, metric) family.
 5. Seed spread = the larger of control's and variant's standard deviation, across seeds, of the
    metric's mean; the verdict is "within seed noise" when |Δ| is below it.
