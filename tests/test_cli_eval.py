@@ -84,6 +84,16 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     # per-run per-user metrics were saved as each run finished
     assert (out / "runs" / "concat" / "seed-2" / "eval.json").exists()
 
+    # `recfuse evaluate` on one run's model directory recomputes the same split and the same numbers
+    eval_json = tmp_path / "eval.json"
+    model_dir = out / "runs" / "concat" / "seed-1" / "model"
+    assert main(["evaluate", "--model", str(model_dir), "--ks", "10,20", "--out", str(eval_json)]) == 0
+    assert "[all] " in capsys.readouterr().out
+    from recfuse.evaluation.result import EvalResult
+
+    run = next(r for r in results["runs"] if (r["variant"], r["seed"]) == ("concat", 1))
+    assert EvalResult.load(eval_json).means("all") == run["means"]["all"]
+
     # second call: every run is reused and the numbers are identical
     assert main(["experiment", "--config", str(exp), "--out", str(out), "--no-progress"]) == 0
     assert "4 of 4 runs reused" in capsys.readouterr().out
@@ -99,6 +109,13 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     again = json.loads((out / "results.json").read_text())
     means = {(r["variant"], r["seed"]): r["means"] for r in again["runs"]}
     assert means == {(r["variant"], r["seed"]): r["means"] for r in results["runs"]}
+
+
+def test_evaluate_rejects_bad_ks_and_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--model", str(tmp_path), "--ks", "10,x"]) == 2
+    assert "--ks must be comma-separated integers" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "none")]) == 5
+    assert "model.json" in capsys.readouterr().err
 
 
 def test_experiment_with_a_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

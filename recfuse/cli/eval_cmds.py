@@ -28,6 +28,18 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_experiment)
 
+    e = sub.add_parser(
+        "evaluate",
+        help="full-ranking evaluation of a trained model directory on its test split",
+        description="Recompute the model's split from its stored config (same data, split kind and seed), rank the "
+        "whole catalog for every test user with seen items masked, and print Recall/NDCG/HitRate/Precision/MRR/"
+        "novelty/coverage/Gini per segment (all, warm, cold).",
+    )
+    e.add_argument("--model", required=True, help="model directory written by `recfuse train`")
+    e.add_argument("--ks", default="10,20,50", help="cut-offs, comma-separated (default 10,20,50)")
+    e.add_argument("--out", default=None, help="also write per-user metrics as JSON to this path")
+    e.set_defaults(handler=_evaluate)
+
     ab = sub.add_parser("ab", help="online A/B test tools", description="Online A/B test tools.")
     ab_sub = ab.add_subparsers(dest="ab_command", metavar="COMMAND")
     ab_sub.required = True
@@ -82,18 +94,59 @@ def _experiment(args: argparse.Namespace) -> int:
         print(f"{cached} of {total} runs reused from a previous call")
     a = outcome.analysis
     print(f"\n{spec.metric} vs {spec.control} (all test items, {a.users.get('all', 0)} users):")
+    def pm(mean: float, sd: float) -> str:
+        return f"{mean:.4f} ± {sd:.4f}" if len(spec.seeds) > 1 else f"{mean:.4f}"
+
     s = a.summary(spec.control, spec.metric)
-    print(f"  {spec.control:<20} {s.mean:.4f} ± {s.seed_sd:.4f}  (control)")
+    print(f"  {spec.control:<20} {pm(s.mean, s.seed_sd)}  (control)")
     for v in spec.variants:
         if v.name == spec.control:
             continue
         s = a.summary(v.name, spec.metric)
         c = a.comparison(v.name, spec.metric)
         print(
-            f"  {v.name:<20} {s.mean:.4f} ± {s.seed_sd:.4f}  Δ {c.delta:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]  "
+            f"  {v.name:<20} {pm(s.mean, s.seed_sd)}  Δ {c.delta:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]  "
             f"p={c.p_value:.3g} p_holm={c.p_holm:.3g}  {c.verdict}"
         )
     print(f"\nreport:  {outcome.report_path}\nresults: {outcome.results_path}\nplots:   {outcome.out_dir / 'plots'}")
+    return 0
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    from recfuse.errors import ConfigError
+
+    try:
+        ks = tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise ConfigError(f"--ks must be comma-separated integers, got {text!r}; e.g. 10,20,50") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--ks must be positive integers, got {text!r}")
+    return ks
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    ks = _parse_ks(args.ks)
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.validate import load_dataset
+    from recfuse.evaluation.fullrank import evaluate_model
+    from recfuse.models.trained import TrainedModel
+
+    model = TrainedModel.load(args.model)
+    data = model.config.data
+    dataset = load_dataset(data, model.config.modalities)
+    split = split_interactions(dataset.interactions, data.split, data.split_seed, data.cold_item_fraction)
+    result = evaluate_model(model, split, ks=ks)
+    names = [f"{m}@{k}" for k in result.ks for m in ("recall", "ndcg", "hit", "precision", "mrr")]
+    print(f"model {args.model}: {result.n_items} items, split {data.split} (seed {data.split_seed})")
+    for seg_name, seg in result.segments.items():
+        means = seg.means()
+        print(f"\n[{seg_name}] {len(seg.users)} users evaluated, {seg.skipped_users} without test items skipped")
+        for name in names + [f"{m}@{k}" for k in result.ks for m in ("novelty", "coverage", "gini")]:
+            if name in means:
+                print(f"  {name:<14} {means[name]:.4f}")
+    print("\ncounts: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+    if args.out:
+        print(f"per-user metrics: {result.save(args.out)}")
     return 0
 
 
