@@ -98,3 +98,13 @@ def test_category_encoder_mean_of_known_categories() -> None:
     assert enc(tf.constant(["", ""])).shape == (2, 3)  # a batch without any category still works
     with pytest.raises(ValueError, match="vocabulary"):
         CategoryEncoder(vocabulary=["a|b"])
+
+
+def test_transformer_row_output_does_not_depend_on_batch_padding() -> None:
+    enc = TextEncoder(["a", "b", "c"], max_tokens=8, embedding_dim=8, encoder="transformer")
+    alone = enc(tf.constant(["a b"])).numpy()[0]
+    with_long = enc(tf.constant(["a b", "c a b c a b c"])).numpy()[0]  # batch trimmed to 7 vs 2 positions
+    np.testing.assert_allclose(with_long, alone, atol=1e-5)
+    ids = enc.token_ids(tf.constant(["a b", ""]))
+    np.testing.assert_allclose(enc(ids).numpy()[0], alone, atol=1e-5)  # int ids in, same output
+    np.testing.assert_array_equal(enc(ids).numpy()[1], 0.0)  # empty text -> zeros
