@@ -1,0 +1,225 @@
+"""``ItemIndex``: a faiss index over catalog item vectors keyed by int64 catalog ids.
+
+numpy in, numpy out. Searches are batched; per-query exclusions and allow-lists return exactly ``k``
+results whenever at least ``k`` candidates pass the filter (see :mod:`recfuse.index.filtered`).
+Reads (``search``) may run concurrently from several threads; ``add`` must not overlap them.
+
+Example:
+    >>> import numpy as np
+    >>> from recfuse.config import IndexConfig
+    >>> from recfuse.index import build_index
+    >>> vecs = np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], dtype=np.float32)
+    >>> index = build_index(vecs, np.array([10, 11, 12, 13]), IndexConfig(recall_queries=0))
+    >>> index.search(vecs[:1], k=2, exclude=[{10}])[0].tolist()
+    [[11, 12]]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from recfuse.config import IndexConfig
+from recfuse.errors import ArtifactError, InvalidRequestError
+from recfuse.index.factory import apply_search_params, describe, metric_name, supports_selector
+from recfuse.index.filtered import Filter, filtered_search
+from recfuse.index.validate import check_ids, check_k, check_vectors
+from recfuse.types import FloatArray, Int64Array
+
+logger = logging.getLogger(__name__)
+
+IdSets = Sequence[Collection[int] | None]
+
+
+class ItemIndex:
+    """A built (or loaded) IDMap2-wrapped faiss index plus its metadata.
+
+    Attributes:
+        factory: faiss factory string of the wrapped index (``Flat``, ``HNSW32``, ``IVF1024,PQ32``).
+        metric: ``ip`` (scores: higher is better) or ``l2`` (scores: squared distance, lower is better).
+        recall: ANN Recall@10 vs exact search measured at build, or None (not measured / loaded).
+        config: the :class:`IndexConfig` in force (efSearch, nprobe, filter mode).
+    """
+
+    def __init__(self, index: faiss.Index, factory: str, cfg: IndexConfig, recall: float | None = None) -> None:
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ArtifactError(f"expected an IDMap2-wrapped faiss index, got {type(index).__name__}")
+        self._index = index
+        self.factory = factory
+        self.metric = metric_name(index.metric_type)
+        self.recall = recall
+        self.config = cfg
+        self._ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+        self._selector_ok = supports_selector(index)
+        if cfg.filter_mode == "selector" and not self._selector_ok:
+            logger.warning("index %s does not honour ID selectors; filtering by over-fetch and refill", factory)
+        self.filter_mode = "selector" if cfg.filter_mode != "refill" and self._selector_ok else "refill"
+        apply_search_params(index, cfg.ef_search, cfg.nprobe)
+        if cfg.threads > 0:
+            faiss.omp_set_num_threads(cfg.threads)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of indexed items."""
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Vector width ``d``."""
+        return int(self._index.d)
+
+    @property
+    def ids(self) -> Int64Array:
+        """Sorted ids of every indexed item ``[ntotal]`` (a copy)."""
+        return self._ids.copy()
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying ``faiss.IndexIDMap2`` (for benchmarks and expert use)."""
+        return self._index
+
+    def __contains__(self, item_id: object) -> bool:
+        if not isinstance(item_id, (int, np.integer)):
+            return False
+        pos = int(np.searchsorted(self._ids, item_id))
+        return pos < len(self._ids) and int(self._ids[pos]) == int(item_id)
+
+    def __repr__(self) -> str:
+        return f"ItemIndex(factory={self.factory!r}, metric={self.metric!r}, ntotal={self.ntotal}, dim={self.dim})"
+
+    # ----------------------------------------------------------------- search
+    def search(
+        self, queries: FloatArray, k: int, exclude: IdSets | None = None, allow: IdSets | None = None
+    ) -> tuple[Int64Array, FloatArray]:
+        """Top-``k`` items per query, optionally filtered per query.
+
+        Args:
+            queries: ``[b, d]`` float query vectors.
+            k: results per query (>= 1).
+            exclude: per-query collections of ids never to return (seen items, explicit exclusions);
+                ``len(exclude) == b``; ``None`` entries or empty sets mean no exclusion.
+            allow: per-query collections of the only ids that may be returned (e.g. a category
+                filter resolved to ids); ``None`` entries mean no restriction, an empty set allows nothing.
+
+        Returns:
+            ``(ids [b, k] int64, scores [b, k] float32)``, best first. Rows hold exactly ``k`` results
+            when at least ``k`` candidates pass the filter; missing slots have id -1 and score -inf
+            (``ip``) / +inf (``l2``).
+
+        Raises:
+            InvalidRequestError: bad query shape/dtype/NaN, ``k < 1``, or filter lists of the wrong length.
+        """
+        q = check_vectors(queries, "queries", dim=self.dim, error=InvalidRequestError)
+        k = check_k(k)
+        b = len(q)
+        for name, sets in (("exclude", exclude), ("allow", allow)):
+            if sets is not None and len(sets) != b:
+                raise InvalidRequestError(f"`{name}` must have one entry per query ({b}), got {len(sets)}")
+        pad = np.float32(-np.inf if self.metric == "ip" else np.inf)
+        filters = [self._filter(exclude, allow, i) for i in range(b)] if (exclude or allow) else [None] * b
+        plain = [i for i, f in enumerate(filters) if f is None]
+        if len(plain) == b:
+            scores, ids = self._index.search(q, k)
+            scores[ids < 0] = pad
+            return ids, scores
+        out_ids = np.full((b, k), -1, dtype=np.int64)
+        out_scores = np.full((b, k), pad, dtype=np.float32)
+        if plain:
+            scores, ids = self._index.search(q[plain], k)
+            scores[ids < 0] = pad
+            out_ids[plain], out_scores[plain] = ids, scores
+        for i, flt in enumerate(filters):
+            if flt is not None:
+                row_ids, row_scores = filtered_search(self._index, q[i : i + 1], k, flt, self.filter_mode, self.metric)
+                out_ids[i, : len(row_ids)] = row_ids
+                out_scores[i, : len(row_ids)] = row_scores
+        return out_ids, out_scores
+
+    def _present(self, ids: Collection[int]) -> Int64Array:
+        """Sorted unique ids from ``ids`` that are in the index."""
+        arr = np.unique(np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids)))
+        if not len(arr):
+            return arr
+        pos = np.searchsorted(self._ids, arr).clip(max=len(self._ids) - 1)
+        return arr[self._ids[pos] == arr]
+
+    def _filter(self, exclude: IdSets | None, allow: IdSets | None, i: int) -> Filter | None:
+        ex_raw = exclude[i] if exclude is not None else None
+        al_raw = allow[i] if allow is not None else None
+        if al_raw is None and not ex_raw:
+            return None
+        ex = self._present(ex_raw) if ex_raw else np.empty(0, np.int64)
+        if al_raw is None:
+            return Filter(exclude=ex, allow=None) if len(ex) else None
+        al = self._present(al_raw)
+        if len(ex):
+            al = al[~np.isin(al, ex)]
+        return Filter(exclude=ex, allow=al)
+
+    # ------------------------------------------------------------ add / io
+    def add(self, vectors: FloatArray, ids: Int64Array) -> None:
+        """Add new items ``vectors [n, d]`` with new, unique ``ids [n]`` (no retraining).
+
+        Raises:
+            SchemaError: wrong shape/dtype/NaN or ids that are duplicated or already indexed.
+        """
+        x = check_vectors(vectors, dim=self.dim)
+        new_ids = check_ids(ids, len(x), existing=self._ids)
+        if not len(x):
+            return
+        self._index.add_with_ids(x, new_ids)
+        self._ids = np.sort(np.concatenate([self._ids, new_ids]))
+        logger.info("added %d items to %s index (ntotal %d)", len(x), self.factory, self.ntotal)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index to ``path`` atomically (temp file + fsync + rename). Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            faiss.write_index(self._index, str(tmp))
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except (OSError, RuntimeError) as err:
+            tmp.unlink(missing_ok=True)
+            raise ArtifactError(f"could not write index file {str(path)!r}: {err}") from err
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, cfg: IndexConfig | None = None) -> ItemIndex:
+        """Read an index written by :meth:`save`; applies ``cfg``'s efSearch/nprobe/threads.
+
+        Raises:
+            ArtifactError: missing/corrupt file, not an IDMap2 index, or a metric other than ``cfg.metric``.
+        """
+        cfg = cfg or IndexConfig()
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"index file {str(path)!r} does not exist; build it with build_index(...).save(path)")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[-1][:200]
+            raise ArtifactError(f"index file {str(path)!r} is not a readable faiss index: {first}") from None
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ArtifactError(
+                f"index file {str(path)!r} holds a {type(index).__name__}, expected IDMap2; rebuild it with build_index"
+            )
+        metric = metric_name(index.metric_type)
+        if metric != cfg.metric:
+            raise ArtifactError(
+                f"index file {str(path)!r} uses metric {metric!r} but `index.metric` is {cfg.metric!r}; "
+                "rebuild the index or set index.metric to match"
+            )
+        return cls(index, describe(index), cfg)
