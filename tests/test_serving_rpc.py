@@ -221,6 +221,20 @@ def test_rate_limit_resource_exhausted(root):
         assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_per_connection_rate_limit(root):
+    with running(root, peer_rate_limit_qps=0.5, reload_interval_s=0) as (server, channel):
+        stub(channel).Info(pb.InfoRequest(), timeout=5)
+        with pytest.raises(grpc.RpcError, match=r"per-connection rate limit of 0.5 requests/s") as e:
+            stub(channel).Info(pb.InfoRequest(), timeout=5)
+        assert e.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        # a second connection (own subchannel pool, so not shared with `channel`) has its own budget
+        other = grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            assert stub(other).Info(pb.InfoRequest(), timeout=5).variants
+        finally:
+            other.close()
+
+
 def test_concurrency_limit_resource_exhausted(root):
     """One slot, held by a RecommendBatch that takes a while; a second call finds no slot."""
     with running(root, max_concurrency=1, queue_timeout_s=0.0, max_batch=256, reload_interval_s=0) as (_, channel):

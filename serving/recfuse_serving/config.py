@@ -137,6 +137,7 @@ class ServerConfig:
         max_concurrency: RPCs handled at once; more wait up to ``queue_timeout_s`` then get RESOURCE_EXHAUSTED.
         queue_timeout_s: how long an RPC may wait for a slot.
         rate_limit_qps: global token-bucket rate (0 = off); over it -> RESOURCE_EXHAUSTED.
+        peer_rate_limit_qps: the same per client connection (0 = off).
         max_message_bytes: gRPC send/receive message size cap.
         reload_interval_s: poll ``CURRENT`` files this often (0 = only on SIGHUP / Reload RPC).
         grace_s: how long in-flight calls may drain on SIGTERM.
@@ -158,6 +159,7 @@ class ServerConfig:
     max_concurrency: int = 64
     queue_timeout_s: float = 0.05
     rate_limit_qps: float = 0.0
+    peer_rate_limit_qps: float = 0.0
     max_message_bytes: int = 4 * 1024 * 1024
     reload_interval_s: float = 5.0
     grace_s: float = 10.0
@@ -179,7 +181,14 @@ class ServerConfig:
             raise ConfigError(f"`port` must be in [0, 65535], got {self.port!r}")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"`metrics_port` must be in [-1, 65535] (-1 = off), got {self.metrics_port!r}")
-        for name in ("queue_timeout_s", "rate_limit_qps", "reload_interval_s", "grace_s", "shutdown_delay_s"):
+        for name in (
+            "queue_timeout_s",
+            "rate_limit_qps",
+            "peer_rate_limit_qps",
+            "reload_interval_s",
+            "grace_s",
+            "shutdown_delay_s",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
 

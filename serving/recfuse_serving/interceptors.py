@@ -165,15 +165,32 @@ class TokenBucket:
 
 class LimitInterceptor(grpc.ServerInterceptor):
     """At most ``max_concurrency`` RPCs in handlers; an RPC waits ``queue_timeout_s`` for a slot, then gets
-    RESOURCE_EXHAUSTED. With ``rate_qps`` > 0 a global token bucket also answers RESOURCE_EXHAUSTED."""
+    RESOURCE_EXHAUSTED. With ``rate_qps`` > 0 a global token bucket, and with ``peer_rate_qps`` > 0 one
+    bucket per connection (``context.peer()``), also answer RESOURCE_EXHAUSTED."""
 
-    def __init__(self, max_concurrency: int, queue_timeout_s: float = 0.05, rate_qps: float = 0.0) -> None:
+    MAX_PEERS = 10_000  # bound the per-connection table; it is cleared when full (buckets refill anyway)
+
+    def __init__(
+        self, max_concurrency: int, queue_timeout_s: float = 0.05, rate_qps: float = 0.0, peer_rate_qps: float = 0.0
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"`max_concurrency` must be >= 1, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency
         self.queue_timeout_s = queue_timeout_s
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._bucket = TokenBucket(rate_qps) if rate_qps > 0 else None
+        self.peer_rate_qps = peer_rate_qps
+        self._peers: dict[str, TokenBucket] = {}
+        self._peers_lock = threading.Lock()
+
+    def _peer_ok(self, peer: str) -> bool:
+        with self._peers_lock:
+            bucket = self._peers.get(peer)
+            if bucket is None:
+                if len(self._peers) >= self.MAX_PEERS:
+                    self._peers.clear()
+                bucket = self._peers[peer] = TokenBucket(self.peer_rate_qps)
+        return bucket.take()
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
@@ -187,6 +204,14 @@ class LimitInterceptor(grpc.ServerInterceptor):
                         context,
                         ResourceExhaustedError(
                             f"rate limit of {self._bucket.rate:g} requests/s exceeded; retry later with backoff"
+                        ),
+                    )
+                if self.peer_rate_qps > 0 and not self._peer_ok(context.peer()):
+                    abort_with(
+                        context,
+                        ResourceExhaustedError(
+                            f"per-connection rate limit of {self.peer_rate_qps:g} requests/s exceeded; "
+                            "retry later with backoff"
                         ),
                     )
                 if not self._slots.acquire(timeout=self.queue_timeout_s):

@@ -97,7 +97,11 @@ class RecfuseServer:
         interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(self.metrics)]
         if config.auth.tokens:
             interceptors.append(AuthInterceptor(config.auth.tokens))
-        interceptors.append(LimitInterceptor(config.max_concurrency, config.queue_timeout_s, config.rate_limit_qps))
+        interceptors.append(
+            LimitInterceptor(
+                config.max_concurrency, config.queue_timeout_s, config.rate_limit_qps, config.peer_rate_limit_qps
+            )
+        )
         # A few threads beyond the limit so an over-limit call is answered RESOURCE_EXHAUSTED at once
         # instead of queueing invisibly in the executor.
         self._pool = futures.ThreadPoolExecutor(max_workers=config.max_concurrency + 4, thread_name_prefix="rpc")
