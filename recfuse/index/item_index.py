@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Collection, Sequence
@@ -179,9 +180,9 @@ class ItemIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index to ``path`` atomically (temp file + fsync + rename). Returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             faiss.write_index(self._index, str(tmp))
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -192,7 +193,8 @@ class ItemIndex:
             finally:
                 os.close(dir_fd)
         except (OSError, RuntimeError) as err:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise ArtifactError(f"could not write index file {str(path)!r}: {err}") from err
         return path
 
