@@ -1,1 +1,14 @@
-"""recfuse.embeddings."""
+"""recfuse.embeddings: stream a catalog through an encoder into Parquet shards (local loop or Ray Data)."""
+
+from recfuse.embeddings.encoder import Encoder, EncodeResult, EncoderFactory, HashProjectionEncoder
+from recfuse.embeddings.job import EmbedReport, Progress, run_embedding_job
+
+__all__ = [
+    "EmbedReport",
+    "EncodeResult",
+    "Encoder",
+    "EncoderFactory",
+    "HashProjectionEncoder",
+    "Progress",
+    "run_embedding_job",
+]
