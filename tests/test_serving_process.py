@@ -134,3 +134,28 @@ def test_client_retries_unavailable_until_a_bundle_is_published(tmp_path):
 def test_main_rejects_missing_bundles_dir(tmp_path):
     assert main(["--bundles", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert main(["--bundles", str(tmp_path), "--workers", "2", "--port", "0"]) == 2
+
+
+def test_workers_share_one_port_and_stop_on_sigterm(tmp_path):
+    import socket
+
+    root = make_root(tmp_path / "bundles")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen(
+        [SERVE, "--bundles", root, "--port", str(port), "--workers", "2", "--metrics-port", "-1"],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    try:
+        with RecfuseClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=60, initial_s=0.1, max_s=0.5)) as c:
+            assert len(c.recommend(user_id="u1", k=3).items) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert log.read_text().count(f"recfuse server listening on 127.0.0.1:{port}") == 2

@@ -101,8 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     _banner("5. start recfuse-serve on 127.0.0.1 and call it")
     port_file = work / "port"
     server = subprocess.Popen(
-        [_bin("recfuse-serve"), "--bundles", str(bundles), "--port", "0", "--port-file", str(port_file),
-         "--metrics-port", "-1", "--log-level", "WARNING"],
+        [
+            _bin("recfuse-serve"),
+            "--bundles",
+            str(bundles),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--metrics-port",
+            "-1",
+            "--log-level",
+            "WARNING",
+        ],
     )
     try:
         port = _wait_port(port_file, server)
@@ -111,17 +122,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server on 127.0.0.1:{port}: {info}")
             recent = interactions[interactions.user_id == user].sort_values("timestamp", ascending=False)
             print(f"\nuser {user} recently liked: {_latent(items, recent.item_id.head(6).tolist())}")
-            _show(f"Recommend(user={user}, k=8, exclude_seen)", client.recommend(user_id=user, k=8, exclude_seen=True),
-                  items)
+            _show(
+                f"Recommend(user={user}, k=8, exclude_seen)",
+                client.recommend(user_id=user, k=8, exclude_seen=True),
+                items,
+            )
 
             new_items = items.index[items.is_new].tolist()
             cold = new_items[0]
-            print(f"\ncold-start: item {cold} (style {items.loc[cold].latent_style}, topic "
-                  f"{items.loc[cold].latent_topic}) never appears in any interaction")
+            print(
+                f"\ncold-start: item {cold} (style {items.loc[cold].latent_style}, topic "
+                f"{items.loc[cold].latent_topic}) never appears in any interaction"
+            )
             _show(f"SimilarItems({cold}, k=6)", client.similar_items(cold, k=6), items)
             _show(f"Recommend(anonymous, history=[{cold}], k=6)", client.recommend(history=[cold], k=6), items)
-            _show("Recommend(unknown user, no history) -> popularity fallback",
-                  client.recommend(user_id="nobody-knows-me", k=5), items)
+            _show(
+                "Recommend(unknown user, no history) -> popularity fallback",
+                client.recommend(user_id="nobody-knows-me", k=5),
+                items,
+            )
 
             users = interactions.user_id.drop_duplicates().head(3).tolist()
             batch = client.recommend_batch([Query(user_id=u, k=3, exclude_seen=True) for u in users])

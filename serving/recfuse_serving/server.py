@@ -242,17 +242,33 @@ def _run_one(config: ServerConfig, args: argparse.Namespace, reuse_port: bool) -
     return 0
 
 
+def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` minus ``--flag VALUE`` / ``--flag=VALUE`` for each of ``flags``."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in flags)):
+            out.append(a)
+    return out
+
+
 def _run_workers(config: ServerConfig, args: argparse.Namespace, argv: list[str]) -> int:
     """Supervise N single-worker processes on one SO_REUSEPORT port; forward signals; exit 0 when all do."""
     if config.port == 0:
         raise ConfigError("`--workers` > 1 needs a fixed --port (each worker binds the same one with SO_REUSEPORT)")
+    base = _without_flags(argv, ("--workers", "--metrics-port"))
     children = []
     for i in range(config.workers):
-        child_argv = [a for a in argv if not a.startswith("--workers")]
-        child_argv += ["--workers", "1"]
+        child_argv = [*base, "--workers", "1"]
         env = dict(os.environ, RECFUSE_SERVE_REUSEPORT="1")
         if config.metrics_port > 0:
             child_argv += ["--metrics-port", str(config.metrics_port + i)]
+        elif config.metrics_port == 0:
+            child_argv += ["--metrics-port", "0"]
         children.append(subprocess.Popen([sys.executable, "-m", "recfuse_serving.server", *child_argv], env=env))
 
     def forward(signum: int, _frame: FrameType | None) -> None:
