@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m recfuse.demo --workdir runs/demo
+	$(PY) -m recfuse_serving.demo --workdir runs/demo
 
 lint: setup
 	$(VENV)/bin/ruff check recfuse serving/recfuse_serving tests bench proto data_samples
