@@ -67,7 +67,7 @@ def test_job_writes_shards_rejects_and_manifest(tmp_path: Path) -> None:
     assert table.schema.field("vector").type == pa.list_(pa.float32(), 16)
     enc = factory()
     want = [enc.encode(b) for b in pq.ParquetFile(catalog).iter_batches(batch_size=64)]
-    assert table.column("item_id").to_pylist() == [i for r in want for i in r.item_ids]
+    assert table.column("item_id").to_pylist() == [str(i) for r in want for i in r.item_ids]
     np.testing.assert_array_equal(np.stack(table.column("vector").to_numpy(zero_copy_only=False)),
                                   np.concatenate([r.vectors for r in want]))
     manifest = json.loads((out / "manifest.json").read_text())

@@ -27,9 +27,12 @@ from recfuse.types import FloatArray
 
 @dataclass
 class EncodeResult:
-    """Output of one batch: ``vectors[i]`` embeds ``item_ids[i]``; ``rejects`` are ``(item_id, reason)``."""
+    """Output of one batch: ``vectors[i]`` embeds ``item_ids[i]``; ``rejects`` are ``(item_id, reason)``.
 
-    item_ids: list[str]
+    ``item_ids`` may be a Python list or an Arrow string array (cheaper for large batches).
+    """
+
+    item_ids: list[str] | pa.Array
     vectors: FloatArray  # [n, d] float32
     rejects: list[tuple[str, str]] = field(default_factory=list)
 
@@ -61,19 +64,32 @@ class HashProjectionEncoder:
         self._token_table = rng.standard_normal((4096, dim)).astype(np.float32)
 
     def encode(self, batch: pa.RecordBatch) -> EncodeResult:
-        ids = [str(v) for v in batch.column("item_id").to_pylist()]
+        id_col = batch.column("item_id").cast(pa.string())
         rejects: list[tuple[str, str]] = []
         keep: list[int] = []
         rows: list[np.ndarray] = []
-        if self.vector_column:
+        col = batch.column(self.vector_column) if self.vector_column else None
+        if (
+            col is not None
+            and pa.types.is_fixed_size_list(col.type)
+            and col.type.list_size == self.in_dim
+            and col.null_count == 0
+        ):  # whole batch at once: one matmul, rows with NaN rejected
+            mat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), self.in_dim)
+            finite = np.isfinite(mat).all(axis=1)
+            keep = np.flatnonzero(finite).tolist()
+            rejects = [(str(id_col[i]), f"non-finite value in {self.vector_column!r}") for i in np.flatnonzero(~finite)]
+            out = mat[finite] @ self._proj
+        elif self.vector_column:
             for i, vec in enumerate(batch.column(self.vector_column).to_pylist()):
                 if vec is None or len(vec) != self.in_dim:
                     width = "null" if vec is None else len(vec)
-                    rejects.append((ids[i], f"wrong vector width in {self.vector_column!r}: {width} != {self.in_dim}"))
+                    reason = f"wrong vector width in {self.vector_column!r}: {width} != {self.in_dim}"
+                    rejects.append((str(id_col[i]), reason))
                     continue
                 arr = np.asarray(vec, dtype=np.float32)
                 if not np.isfinite(arr).all():
-                    rejects.append((ids[i], f"non-finite value in {self.vector_column!r}"))
+                    rejects.append((str(id_col[i]), f"non-finite value in {self.vector_column!r}"))
                     continue
                 keep.append(i)
                 rows.append(arr)
@@ -88,4 +104,5 @@ class HashProjectionEncoder:
             out = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out = (out / np.maximum(norms, 1e-12)).astype(np.float32)
-        return EncodeResult([ids[i] for i in keep], out, rejects)
+        kept = id_col if len(keep) == len(id_col) else id_col.take(pa.array(keep, type=pa.int64()))
+        return EncodeResult(kept, out, rejects)

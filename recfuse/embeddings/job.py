@@ -167,11 +167,12 @@ def encode_checked(encoder: object, batch: pa.RecordBatch) -> EncodeResult:
             f"of a {batch.num_rows}-row batch; every row must be embedded or rejected"
         )
     finite = np.isfinite(vecs).all(axis=1)
-    ids = list(res.item_ids)
+    ids = res.item_ids
     rejects = list(res.rejects)
     if not finite.all():
-        rejects += [(ids[i], "non-finite embedding") for i in np.flatnonzero(~finite)]
-        ids = [ids[i] for i in np.flatnonzero(finite)]
+        rows = np.flatnonzero(finite)
+        rejects += [(str(ids[i]), "non-finite embedding") for i in np.flatnonzero(~finite)]
+        ids = ids.take(pa.array(rows)) if isinstance(ids, pa.Array) else [ids[i] for i in rows]
         vecs = vecs[finite]
     return EncodeResult(ids, vecs, rejects)
 
@@ -198,16 +199,18 @@ def _run_local(
             logger.info("shard %s already complete; skipping", name)
             continue
         encoder = encoder or encoder_factory()
-        ids: list[str] = []
+        ids: list[pa.Array] = []
+        n_done = 0
         vecs: list[np.ndarray] = []
         rejects: list[tuple[str, str]] = []
         for batch in batches:
             res = encode_checked(encoder, batch)
-            ids += res.item_ids
+            ids.append(_as_arrow(res.item_ids))
+            n_done += len(res.item_ids)
             vecs.append(res.vectors)
             rejects += res.rejects
             if progress is not None:
-                done = report.rows - sum(b.num_rows for b in batches) + len(ids) + len(rejects)
+                done = report.rows - sum(b.num_rows for b in batches) + n_done + len(rejects)
                 elapsed = time.perf_counter() - start
                 progress(Progress(done, total, done / elapsed if elapsed > 0 else 0.0))
         dims.update(v.shape[1] for v in vecs if v.size)
@@ -215,9 +218,18 @@ def _run_local(
             raise DataError(f"encoder returned vectors of different widths {sorted(dims)}; it must use one d")
         matrix = np.concatenate(vecs) if vecs else np.zeros((0, max(dims or {1})), np.float32)
         atomic_write_table(out / "_rejects" / name, rejects_table(rejects))
-        atomic_write_table(out / name, embeddings_table(ids, matrix))  # commit point of the shard
+        id_arr = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+        atomic_write_table(out / name, embeddings_table(id_arr, matrix))  # commit point of the shard
     report.seconds = time.perf_counter() - start
     return finalize(out, report)
+
+
+def _as_arrow(ids: list[str] | pa.Array) -> pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        return ids.combine_chunks().cast(pa.string())
+    if isinstance(ids, pa.Array):
+        return ids.cast(pa.string())
+    return pa.array([str(i) for i in ids], type=pa.string())
 
 
 def finalize(out: Path, report: EmbedReport) -> EmbedReport:

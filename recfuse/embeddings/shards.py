@@ -20,12 +20,13 @@ def shard_name(i: int) -> str:
     return f"part-{i:05d}.parquet"
 
 
-def embeddings_table(item_ids: list[str], vectors: np.ndarray) -> pa.Table:
+def embeddings_table(item_ids: list[str] | pa.Array, vectors: np.ndarray) -> pa.Table:
     """``item_id`` string + ``vector`` fixed_size_list<float32>[d]."""
     d = int(vectors.shape[1])
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     vec = pa.FixedSizeListArray.from_arrays(flat, d)
-    return pa.table({"item_id": pa.array(item_ids, type=pa.string()), "vector": vec})
+    ids = item_ids if isinstance(item_ids, (pa.Array, pa.ChunkedArray)) else pa.array(item_ids, type=pa.string())
+    return pa.table({"item_id": ids, "vector": vec})
 
 
 def rejects_table(rejects: list[tuple[str, str]]) -> pa.Table:
