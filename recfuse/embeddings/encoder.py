@@ -8,7 +8,7 @@ Example:
     >>> import pyarrow as pa
     >>> enc = HashProjectionEncoder(dim=4)
     >>> res = enc.encode(pa.record_batch({"item_id": ["a", "b"], "title": ["red shoe", "blue hat"]}))
-    >>> res.vectors.shape, res.item_ids
+    >>> res.vectors.shape, res.item_ids.to_pylist()
     ((2, 4), ['a', 'b'])
 """
 
