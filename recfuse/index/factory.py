@@ -5,9 +5,9 @@ The factory string *is* the index type (faiss's own convention). ``auto`` picks 
 * ``n <= IndexConfig.exact_max_items``: ``Flat`` (exact search; fine up to ~50k items, ~1-3 ms/query).
 * ``n <= 2_000_000``: ``HNSW32`` (graph; ~0.3-1 ms/query at 1M, costs ~500 MB and ~5 min to build at 1M x 64-d).
 * above: ``IVF{nlist},PQ{m}`` with ``nlist = 4 * sqrt(n)`` rounded to a power of two (inverted lists of
-  ~sqrt(n)/4 vectors) and ``m`` the largest divisor of ``d`` not above ``d / 2`` (``d/2`` bytes per
-  vector, e.g. 32 bytes for 64-d: 8x smaller than float32, and recall@10 that still clears ~0.8 on
-  clustered embeddings with nprobe 32 (``d/4`` bytes loses too much recall on 64-d vectors).
+  ~sqrt(n)/4 vectors) and ``m`` the largest divisor of ``d`` not above ``d / 2`` (``m`` bytes per
+  vector with 8-bit codes, e.g. 32 bytes for 64-d: 8x smaller than float32). PQ loses recall; the
+  build-time recall check says by how much, and ``IndexConfig.factory`` can name anything else.
 
 Every index is wrapped in ``IDMap2`` so searches return the catalog's int64 ids.
 
