@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recfuse-installed
 EXTRAS ?= dev
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: setup demo test lint typecheck importlint protos unit bench clean

@@ -18,6 +18,7 @@ import filecmp
 import importlib.metadata
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -51,7 +52,11 @@ def generate(out_root: Path) -> list[Path]:
 
     include = Path(protoc.__file__).resolve().parent / "_proto"
     protos = _protos()
+    # protoc runs in a child process: in-process it shares the protobuf runtime with whatever the
+    # caller already imported (TensorFlow in a test run), and segfaulted there.
     args = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
@@ -60,8 +65,9 @@ def generate(out_root: Path) -> list[Path]:
         f"--grpc_python_out={out_root}",
         *[str(p.relative_to(PROTO_ROOT)) for p in protos],
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit(f"protoc failed: {' '.join(args)}")
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"protoc failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr}")
     header = _header()
     written: list[Path] = []
     for proto in protos:
