@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import ipaddress
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,32 +153,121 @@ def test_job_errors(tmp_path: Path) -> None:
 
 
 def test_ray_engine_without_ray_names_the_extra(tmp_path: Path) -> None:
-    try:
-        import ray  # noqa: F401
-
+    if importlib.util.find_spec("ray") is not None:  # not imported: the Ray tests set env vars before that
         pytest.skip("ray is installed")
-    except ImportError:
-        pass
     catalog = write_catalog(tmp_path / "items.parquet")
     with pytest.raises(ConfigError, match=r"needs Ray, which is not installed; run `pip install 'recfuse\[ray\]'`"):
         run_embedding_job(catalog, tmp_path / "o", factory, engine="ray")
 
 
+def _descendants(root: int) -> set[int]:
+    """Pids of every process below ``root`` (from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.update(kids)
+        todo += kids
+    return found
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state owned by one of ``pids`` (Linux /proc)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        inodes.update(link[8:-1] for link in links if link.startswith("socket:["))
+    found = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A = LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            raw = b"".join(bytes.fromhex(hex_ip[i : i + 8])[::-1] for i in range(0, len(hex_ip), 8))
+            found.append((socket.inet_ntop(family, raw), int(hex_port, 16)))
+    return found
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
 @pytest.mark.ray
+@pytest.mark.slow  # starts a local Ray session (~10 processes, 20-45 s on 2 busy cores)
 @pytest.mark.timeout(300)
-def test_ray_engine_matches_local_and_stays_on_loopback(tmp_path: Path) -> None:
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
+def test_ray_engine_matches_local_and_stays_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read by ray once, at import: without it Ray maps 127.0.0.1 to eth0's address and listens everywhere
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = pytest.importorskip("ray")
     catalog = write_catalog(tmp_path / "items.parquet")
-    local = run_embedding_job(catalog, tmp_path / "local", factory, batch_size=64, batches_per_shard=2)
+    # Ray workers import the factory by reference: it must live in an importable module, not this test file.
+    lib_factory = functools.partial(HashProjectionEncoder, dim=16, vector_column="vec", in_dim=W, seed=3)
+    local = run_embedding_job(catalog, tmp_path / "local", lib_factory, batch_size=64, batches_per_shard=2)
+    ray_pids: set[int] = set()
     try:
-        remote = run_embedding_job(catalog, tmp_path / "ray", factory, batch_size=64, batches_per_shard=2,
+        remote = run_embedding_job(catalog, tmp_path / "ray", lib_factory, batch_size=64, batches_per_shard=2,
                                    engine="ray")
         assert ray.util.get_node_ip_address() == "127.0.0.1"
+        (node,) = ray.nodes()
+        assert node["NodeManagerAddress"] == "127.0.0.1"
+        ray_pids = _descendants(os.getpid()) | {os.getpid()}
+        sockets = _listening(ray_pids)
+        # gcs, raylet, workers, agents: every listener is on loopback (the raylet's own port proves we saw Ray's)
+        assert node["NodeManagerPort"] in {port for _, port in sockets}
+        assert [s for s in sockets if not _is_loopback(s[0])] == []
     finally:
         ray.shutdown()
+    deadline = time.monotonic() + 30
+    while ray_pids & _descendants(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_pids & _descendants(os.getpid()) == set(), "Ray processes still running after ray.shutdown()"
     assert (remote.rows, remote.embedded, remote.rejects) == (local.rows, local.embedded, local.rejects)
+    assert remote.shards == local.shards
     for name in ("rejects.parquet",):
         assert pq.read_table(tmp_path / "ray" / name).equals(pq.read_table(tmp_path / "local" / name))
     a = pa.concat_tables([pq.read_table(tmp_path / "local" / s) for s in local.shards])
     b = pa.concat_tables([pq.read_table(tmp_path / "ray" / s) for s in remote.shards])
     assert a.equals(b)
+    for s in local.shards:  # shard by shard, byte for byte
+        assert (tmp_path / "ray" / s).read_bytes() == (tmp_path / "local" / s).read_bytes()
+
+
+REFUSE = """
+import sys
+import ray  # imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: a local session would listen on eth0 too
+from recfuse.embeddings import HashProjectionEncoder, run_embedding_job
+run_embedding_job(sys.argv[1], sys.argv[2], HashProjectionEncoder, engine="ray")
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_ray_engine_refuses_a_session_that_would_leave_loopback(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    catalog = write_catalog(tmp_path / "items.parquet")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    probe = "import ray; print(ray.util.get_node_ip_address())"
+    ip = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    if ip.stdout.strip() in ("127.0.0.1", "::1"):
+        pytest.skip("this host has no address but loopback")
+    proc = subprocess.run([sys.executable, "-c", REFUSE, str(catalog), str(tmp_path / "o")], env=env,
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 1
+    assert re.search(r"ConfigError: a local Ray session would bind to '.*' \(every interface\), not 127\.0\.0\.1: "
+                     r"`ray` was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set", proc.stderr)
+    assert not (tmp_path / "o" / "_SUCCESS").exists()

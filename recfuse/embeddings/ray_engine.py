@@ -6,6 +6,15 @@ caller points it at a cluster); two actors at ``num_cpus=0.5`` hold one model ea
 each deadlocks a 2-CPU local session). Results are written through the same shard writer as the
 local engine (same layout, rejects and manifest; shard boundaries are every
 ``batch_size * batches_per_shard`` rows in catalog order).
+
+Loopback only: Ray maps ``_node_ip_address="127.0.0.1"`` to the host's routable address and binds
+its servers to every interface unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set before ``ray`` is
+first imported. :func:`import_ray` sets it (unless the caller chose a value), and a local session is
+refused when ``ray`` was imported earlier without it.
+
+Batches: the catalog is re-blocked to exactly ``batch_size`` rows per block (``strict``
+repartition), so every actor call sees the same record batch as the local loop (identical
+embeddings, and no batch straddles a shard boundary).
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recfuse.embeddings.encoder import EncoderFactory
 from recfuse.embeddings.job import EmbedReport, Progress, encode_checked, finalize
@@ -30,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 def import_ray() -> Any:
     """``ray`` (with Ray Data) or :class:`ConfigError` naming the extra to install."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, at ray's import
     try:
         import ray
         import ray.data  # noqa: F401
@@ -42,19 +52,43 @@ def import_ray() -> Any:
 
 
 class _EncodeActor:
-    """Holds one encoder (model) per actor; returns embedded rows and rejects as one Arrow table."""
+    """Holds one encoder (model) per actor; returns one batch's embedded rows, then its rejects.
+
+    Output columns: ``item_id`` (string), ``reason`` (null for embedded rows) and ``vector``
+    (fixed_size_list<float32>[d], null for rejected rows).
+    """
 
     def __init__(self, encoder_factory: EncoderFactory) -> None:
         self.encoder = encoder_factory()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        batch = table.combine_chunks().to_batches()[0] if table.num_rows else pa.record_batch([], schema=table.schema)
+        table = table.combine_chunks()
+        batches = table.to_batches()
+        batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
         res = encode_checked(self.encoder, batch)
-        n_ok, d = len(res.item_ids), int(res.vectors.shape[1]) if res.vectors.ndim == 2 else 0
-        ids = list(res.item_ids) + [r[0] for r in res.rejects]
-        reasons = [""] * n_ok + [r[1] for r in res.rejects]
-        vecs = np.vstack([res.vectors.reshape(n_ok, d), np.zeros((len(res.rejects), d), np.float32)])
-        return pa.table({"item_id": ids, "reason": reasons, "vector": list(vecs.astype(np.float32))})
+        emb = embeddings_table(res.item_ids, res.vectors)
+        n_ok, n_rej = emb.num_rows, len(res.rejects)
+        vec_type = emb.schema.field("vector").type
+        return pa.table(
+            {
+                "item_id": pa.concat_arrays(
+                    [emb.column("item_id").combine_chunks(), pa.array([r[0] for r in res.rejects], pa.string())]
+                ),
+                "reason": pa.array([None] * n_ok + [r[1] for r in res.rejects], pa.string()),
+                "vector": pa.concat_arrays([emb.column("vector").combine_chunks(), pa.nulls(n_rej, vec_type)]),
+            }
+        )
+
+
+def _check_local_ray_binds_loopback(ray: Any) -> None:
+    """Refuse to start a local session that would listen on every interface (see the module doc)."""
+    ip = ray.util.get_node_ip_address()  # before init: the address a new local node would use
+    if ip not in ("127.0.0.1", "::1"):
+        raise ConfigError(
+            f"a local Ray session would bind to {ip!r} (every interface), not 127.0.0.1: `ray` was imported "
+            "before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; set it before importing ray, or call "
+            "ray.init(...) yourself before `--engine ray`"
+        )
 
 
 def run_ray(
@@ -67,20 +101,24 @@ def run_ray(
 ) -> EmbedReport:
     """Run the job on Ray Data; results stream back in order and are sharded like the local engine."""
     ray = import_ray()
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not ray.is_initialized():
+        _check_local_ray_binds_loopback(ray)
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.target_max_block_size = 8 * 1024 * 1024
     ctx.execution_options.preserve_order = True  # deterministic shard contents
     start = time.perf_counter()
-    ds = ray.data.read_parquet(str(catalog)).map_batches(
-        _EncodeActor,
-        fn_constructor_args=(encoder_factory,),
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        concurrency=2,
-        num_cpus=0.5,
+    ds = (
+        ray.data.read_parquet(str(catalog))
+        .repartition(target_num_rows_per_block=batch_size, strict=True)  # actor batches == local batches
+        .map_batches(
+            _EncodeActor,
+            fn_constructor_args=(encoder_factory,),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=2),
+            num_cpus=0.5,
+        )
     )
     report = EmbedReport(out_dir=out)
     rows_per_shard = batch_size * batches_per_shard
@@ -92,18 +130,11 @@ def run_ray(
         nonlocal shard
         name = shard_name(shard)
         report.shards.append(name)
-        table = pa.concat_tables(tables) if tables else pa.table({"item_id": [], "reason": [], "vector": []})
-        report.rows += table.num_rows
-        ok = np.asarray(table.column("reason").to_pylist()) == ""
-        ids = table.column("item_id").to_pylist()
-        vec_rows = table.column("vector").to_pylist()
-        vecs = np.asarray([v for v, keep in zip(vec_rows, ok) if keep], dtype=np.float32).reshape(int(ok.sum()), -1)
-        rej = [(i, r) for i, r, keep in zip(ids, table.column("reason").to_pylist(), ok) if not keep]
-        if not (out / name).exists():
-            atomic_write_table(out / "_rejects" / name, rejects_table(rej))
-            atomic_write_table(out / name, embeddings_table([i for i, k in zip(ids, ok) if k], vecs))
-        else:
+        if (out / name).exists():
+            report.rows += sum(t.num_rows for t in tables)
             report.skipped_shards += 1
+        else:
+            report.rows += _write_shard(out, name, tables)
         shard += 1
 
     for table in ds.iter_batches(batch_size=rows_per_shard, batch_format="pyarrow"):
@@ -121,3 +152,25 @@ def run_ray(
         flush(buf)
     report.seconds = time.perf_counter() - start
     return finalize(out, report)
+
+
+def _write_shard(out: Path, name: str, tables: list[pa.Table]) -> int:
+    """Split the actors' rows into the shard's embeddings and rejects, write both; returns the row count."""
+    table = pa.concat_tables(tables) if tables else _EMPTY
+    d = table.schema.field("vector").type.list_size
+    ok = pc.is_null(table.column("reason"))
+    emb, rej = table.filter(ok), table.filter(pc.invert(ok))
+    vecs = emb.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+    rejects = list(zip(rej.column("item_id").to_pylist(), rej.column("reason").to_pylist()))
+    atomic_write_table(out / "_rejects" / name, rejects_table(rejects))
+    atomic_write_table(out / name, embeddings_table(emb.column("item_id").combine_chunks(), vecs))
+    return table.num_rows
+
+
+_EMPTY = pa.table(  # an empty catalog: one empty shard of width 1, as the local engine writes
+    {
+        "item_id": pa.array([], pa.string()),
+        "reason": pa.array([], pa.string()),
+        "vector": pa.array([], pa.list_(pa.float32(), 1)),
+    }
+)
