@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from recfuse.bundle.fsio import iter_files, sha256_file
 from recfuse.errors import ArtifactError
+from recfuse.fsio import iter_files, sha256_file
 
 logger = logging.getLogger(__name__)
 

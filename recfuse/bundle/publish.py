@@ -29,8 +29,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from recfuse.bundle.fsio import fsync_dir, write_text_atomic
 from recfuse.errors import ArtifactError
+from recfuse.fsio import atomic_write_text, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def read_current(variant_dir: Path) -> str:
 
 def publish_current(variant_dir: Path, version: str) -> None:
     """Atomically point ``CURRENT`` at ``version`` (temp file + fsync + ``os.replace`` + dir fsync)."""
-    write_text_atomic(variant_dir / CURRENT, version + "\n")
+    atomic_write_text(variant_dir / CURRENT, version + "\n")
 
 
 def list_versions(variant_dir: Path) -> list[str]:

@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 from recfuse import __version__
 from recfuse.bundle import manifest as mf
 from recfuse.bundle.contents import BundleContents, check_name
-from recfuse.bundle.fsio import fsync_dir, fsync_tree
 from recfuse.bundle.publish import (
     TMP_PREFIX,
     clean_stale,
@@ -43,6 +42,7 @@ from recfuse.bundle.publish import (
 )
 from recfuse.config import IndexConfig
 from recfuse.errors import ArtifactError
+from recfuse.fsio import fsync_dir, fsync_tree
 from recfuse.index import ItemIndex, build_index
 
 logger = logging.getLogger(__name__)

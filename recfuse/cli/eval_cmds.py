@@ -153,7 +153,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _ab_analyze(args: argparse.Namespace) -> int:
     from recfuse.data.readers import read_table
     from recfuse.evaluation.ab_analysis import analyze, format_report, read_exposure_frame, srm_banner
-    from recfuse.evaluation.result import atomic_write_json
+    from recfuse.fsio import atomic_write_json
     from recfuse.variants import parse_shares
 
     shares = parse_shares(args.shares) if args.shares else None

@@ -51,9 +51,9 @@ def _features(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from recfuse.config import ModalityConfig, RecfuseConfig
-    from recfuse.data.quarantine import atomic_write_parquet
     from recfuse.data.readers import read_table
     from recfuse.errors import ConfigError, SchemaError
+    from recfuse.fsio import atomic_write_parquet
     from recfuse.layers.backbone_features import compute_backbone_features
     from recfuse.layers.image import BackboneEncoder
 
@@ -99,7 +99,7 @@ def _features(args: argparse.Namespace) -> int:
     column = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~res.present))
     if args.column in table.column_names:
         table = table.drop_columns([args.column])
-    atomic_write_parquet(table.append_column(args.column, column), out)
+    atomic_write_parquet(out, table.append_column(args.column, column))
     print(
         f"wrote {table.num_rows} items to {out} with column {args.column!r} ({dim} floats, backbone "
         f"{encoder.backbone}, image size {image_size}): {int(res.present.sum())} vectors, "

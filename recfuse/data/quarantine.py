@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from recfuse.fsio import atomic_write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +46,6 @@ def _to_table(frame: pd.DataFrame) -> pa.Table:
     return pa.table(arrays)
 
 
-def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` via a temp file in the same directory, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_rejected(frame: pd.DataFrame, rows: Sequence[int], reasons: Sequence[str], path: Path) -> Path:
     """Write rejected rows with their input position and reason.
 
@@ -78,6 +61,6 @@ def write_rejected(frame: pd.DataFrame, rows: Sequence[int], reasons: Sequence[s
     out = frame.reset_index(drop=True).copy()
     out["row"] = list(rows)
     out["reject_reason"] = list(reasons)
-    atomic_write_parquet(_to_table(out), path)
+    atomic_write_parquet(path, _to_table(out))
     logger.info("wrote %d rejected rows to %s", len(out), path)
     return path

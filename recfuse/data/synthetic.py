@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from recfuse.data.synthetic_media import N_STYLES, N_TOPICS, TOPIC_NAMES, draw_style_png, make_text, style_parts
 from recfuse.errors import ConfigError
+from recfuse.fsio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -78,20 +79,6 @@ class SyntheticInfo:
     @property
     def images_dir(self) -> Path:
         return self.out_dir / "images"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -209,8 +196,8 @@ def generate(out_dir: str | Path, n_items: int, n_users: int, seed: int) -> Synt
     try:
         items, meta = _make_items(rng, n_items, new_images)
         inter = _make_interactions(rng, n_users, meta)
-        _atomic_write_bytes(out / "items.parquet", _parquet_bytes(items))
-        _atomic_write_bytes(out / "interactions.parquet", _parquet_bytes(inter))
+        atomic_write_bytes(out / "items.parquet", _parquet_bytes(items))
+        atomic_write_bytes(out / "interactions.parquet", _parquet_bytes(inter))
         old = out / "images"
         trash = out / f".images.old.{os.getpid()}"
         if old.exists():
@@ -224,8 +211,8 @@ def generate(out_dir: str | Path, n_items: int, n_users: int, seed: int) -> Synt
         n_new_items=int(meta["is_new"].sum()), n_without_image=int((~meta["has_image"]).sum()),
         n_without_text=int((~meta["has_text"]).sum()), n_chinese=int(meta["chinese"].sum()),
     )  # fmt: skip
-    _atomic_write_bytes(out / "README.md", readme_text(info).encode("utf-8"))
-    _atomic_write_bytes(out / "recfuse.toml", config_text(out).encode("utf-8"))
+    atomic_write_bytes(out / "README.md", readme_text(info).encode("utf-8"))
+    atomic_write_bytes(out / "recfuse.toml", config_text(out).encode("utf-8"))
     logger.info("synthetic data: %d items, %d users, %d interactions in %s", n_items, n_users, info.n_interactions, out)
     return info
 

@@ -36,7 +36,8 @@ from typing import Any
 
 from recfuse.evaluation.compare import ExperimentAnalysis, compare_runs
 from recfuse.evaluation.experiment_config import ExperimentSpec, VariantSpec
-from recfuse.evaluation.result import EvalResult, atomic_write_json
+from recfuse.evaluation.result import EvalResult
+from recfuse.fsio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from recfuse.evaluation.compare import ExperimentAnalysis, MetricComparison
 from recfuse.evaluation.experiment_config import ExperimentSpec
-from recfuse.evaluation.result import EvalResult, atomic_write_bytes, atomic_write_json, atomic_write_text
+from recfuse.evaluation.result import EvalResult
+from recfuse.fsio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULTS_FORMAT = "recfuse.experiment-results/1"
 _SEGMENT_TITLES = {"all": "all test items", "warm": "warm items", "cold": "cold-start items"}

@@ -14,8 +14,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recfuse.errors import ArtifactError
+from recfuse.fsio import atomic_write_json
 
 FORMAT = "recfuse.eval/1"
 SEGMENTS = ("all", "warm", "cold")
@@ -132,30 +131,3 @@ class EvalResult:
             msg = f"evaluation result {str(path)!r} cannot be read ({err}); delete it to re-run"
             raise ArtifactError(msg) from None
         return cls.from_dict(raw)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, os.replace."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, os.replace."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """JSON version of :func:`atomic_write_text` (sorted keys; NaN stays ``NaN``, which Python reads back)."""
-    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n")

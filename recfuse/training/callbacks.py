@@ -12,16 +12,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from recfuse.fsio import atomic_write_json
 from recfuse.models.two_tower import TwoTowerModel
 from recfuse.training.tb_logging import log_scalar
 
@@ -126,14 +125,4 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         self.state["epoch"] = epoch + 1
         self.epoch_var.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
-        write_json_atomic(self.state_path, self.state)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` via a temp file, fsync and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+        atomic_write_json(self.state_path, self.state)
