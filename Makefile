@@ -1,10 +1,11 @@
 # The two README commands, `make demo` and `make test`, each set themselves up first:
 # create .venv if missing and install the project into it (a no-op when pyproject is unchanged).
+# The ray extra is installed too so the Ray engine's test runs for real (loopback only) in CI.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recfuse-installed
-EXTRAS ?= dev
+EXTRAS ?= dev,ray
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export OPENBLAS_NUM_THREADS ?= 1
 
