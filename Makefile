@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: setup demo test lint typecheck importlint protos unit bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
