@@ -7,6 +7,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 import tomllib
 from typing import Any
 
@@ -73,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
         f"{len(split.val)} val / {len(split.test)} test interactions -> {out}",
         flush=True,
     )
-    result = train(cfg, dataset, split, out, progress=not args.no_progress)
+    # Keras' carriage-return bar only helps on a terminal; logs and `make demo` get the per-epoch lines.
+    result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty())
     for rec in result.history:
         extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
         print(f"epoch {rec['epoch']}: {extras}")
