@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         port = _wait_port(port_file, server)
         with RecfuseClient(f"127.0.0.1:{port}", timeout=10.0) as client:
             info = client.info()
-            print(f"server on 127.0.0.1:{port}, default variant {info.default_variant!r}")
+            print(f"server on 127.0.0.1:{port}, default variant {info.default_variant or '(the only one loaded)'}")
             for v in info.variants:
                 print(f"  variant {v.variant}: model {v.model_version}, {v.item_count} items x {v.dim}-d, "
                       f"index {v.index_type}, ANN recall@10 {v.ann_recall:.3f}, share {v.traffic_share:.0%}")
