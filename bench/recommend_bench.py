@@ -144,6 +144,7 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
     import tensorflow as tf
 
     from recfuse.models.query_tower import QueryTower
+    from recfuse.models.trained import QueryServingModule
 
     b = load_bundle(path, verify=False)
     np_tower = b.query_tower
@@ -168,23 +169,7 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
         tower.build_for(dim)
         _load_arrays(tower, np_tower)
 
-        class Module(tf.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.tower = tower
-                self.item_matrix = tf.Variable(b.item_vectors, trainable=False)
-
-            @tf.function(
-                input_signature=[
-                    tf.TensorSpec([None], tf.int64, name="user_idx"),
-                    tf.TensorSpec([None, None], tf.int64, name="hist_idx"),
-                    tf.TensorSpec([None, None], tf.float32, name="hist_pos"),
-                ]
-            )
-            def serve(self, user_idx: tf.Tensor, hist_idx: tf.Tensor, hist_pos: tf.Tensor) -> dict[str, tf.Tensor]:
-                return {"query": self.tower(self.item_matrix, user_idx, hist_idx, hist_pos)}
-
-        module = Module()
+        module = QueryServingModule(tower, b.item_vectors)
         tmp = Path(tempfile.mkdtemp(prefix="recbench-sm-"))
         tf.saved_model.save(module, str(tmp / "sm"), signatures={"serving_default": module.serve})
         savedmodel_dir = tmp / "sm"

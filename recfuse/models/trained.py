@@ -190,13 +190,16 @@ class TrainedModel:
         """
         if self._tf_query_tower is None:
             self._build_tf()
-        module = _QueryModule(self._tf_query_tower, self.item_embeddings)  # type: ignore[arg-type]
+        module = QueryServingModule(self._tf_query_tower, self.item_embeddings)  # type: ignore[arg-type]
         p = Path(path)
         tf.saved_model.save(module, str(p), signatures={"serving_default": module.serve})
         return p
 
 
-class _QueryModule(tf.Module):
+class QueryServingModule(tf.Module):
+    """The exported query signature: ``serve(user_idx [b], hist_idx [b, L], hist_pos [b, L]) -> {"query": [b, d]}``
+    with the item matrix ``[num_items, d]`` baked in as a variable (also used by bench/recommend_bench.py)."""
+
     def __init__(self, tower: QueryTower, item_matrix: np.ndarray) -> None:
         super().__init__()
         self.tower = tower
