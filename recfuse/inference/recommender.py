@@ -44,10 +44,14 @@ from recfuse.inference.types import (
     RecommendQuery,
     ScoredItem,
 )
+from recfuse.models.query_numpy import QueryEncoder
 from recfuse.ranking import masked_topk
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)
+
+_EMPTY_ROWS = np.zeros(0, np.int64)
+_EMPTY_ROWS.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,12 @@ class Recommender:
         self._tables = CatalogTables.from_bundle(self.bundle)
         self._tower = self.bundle.query_tower
         self._vectors = self.bundle.item_vectors
+        # Per-item attention logits etc. computed once here (cold items of an incremental bundle are
+        # rows of this matrix, so they get theirs too); a request runs the short forward.
+        self._encoder = QueryEncoder(self._tower, self._vectors)
+        self._item_id_list: list[str] = [str(i) for i in self._tables.item_ids]
+        self._user_vocab = self.bundle.user_vocab
+        self._has_user_table = self._tower.user_embedding is not None
         self._index = self.bundle.index
         self._max_history = int(self.bundle.manifest.get("max_history", 20))
         self._exact_filter_max = int(exact_filter_max)
@@ -146,7 +156,8 @@ class Recommender:
 
     def item_title(self, item_id: str) -> str:
         """Title of a catalog item. Raises NotFoundError for an unknown id."""
-        return self._tables.titles[self._row(item_id, "item_id")]
+        row = self._tables.row_of.get(item_id)  # inlined _row: called once per returned item
+        return self._tables.titles[row] if row is not None else self._tables.titles[self._row(item_id, "item_id")]
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self._tables.row_of
@@ -207,7 +218,7 @@ class Recommender:
         for p, (rows, scores) in zip(plans, results):
             out.append(
                 Recommendation(
-                    items=[ScoredItem(str(self._tables.item_ids[r]), float(s)) for r, s in zip(rows, scores)],
+                    items=self._scored(rows, scores),
                     fallback=FALLBACK_NONE if p.use_model else FALLBACK_POPULAR,
                     model_version=self.bundle.version,
                     variant=self.bundle.variant,
@@ -257,7 +268,7 @@ class Recommender:
         rows, scores = self._search(self._vectors[row : row + 1], [plan])[0]
         search_ms = (time.perf_counter() - t0) * 1e3
         return Recommendation(
-            items=[ScoredItem(str(self._tables.item_ids[r]), float(s)) for r, s in zip(rows, scores)],
+            items=self._scored(rows, scores),
             fallback=FALLBACK_NONE,
             model_version=self.bundle.version,
             variant=self.bundle.variant,
@@ -276,37 +287,57 @@ class Recommender:
             )
         return row
 
+    def _scored(self, rows: Int64Array, scores: FloatArray) -> list[ScoredItem]:
+        ids = self._item_id_list
+        return [ScoredItem(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
+
     def _plan(self, q: RecommendQuery) -> _Plan:
         t = self._tables
-        req_rows, skipped = t.rows_of(q.history)
-        stored = t.user_rows.get(q.user_id, np.zeros(0, np.int64)) if q.user_id is not None else np.zeros(0, np.int64)
-        merged = np.concatenate([req_rows, stored]) if len(stored) else req_rows
-        if len(merged):
-            _, first = np.unique(merged, return_index=True)
-            merged = merged[np.sort(first)]
+        if q.history:
+            req_rows, skipped = t.rows_of(q.history)
+        else:
+            req_rows, skipped = _EMPTY_ROWS, 0
+        user_idx = -1
+        stored = _EMPTY_ROWS
+        if q.user_id is not None:
+            stored = t.user_rows.get(q.user_id, _EMPTY_ROWS)
+            user_idx = self._user_vocab.lookup_one(q.user_id)
+        if len(req_rows) and len(stored):
+            merged = np.concatenate([req_rows, stored])
+        else:
+            merged = req_rows if len(req_rows) else stored
+        if len(merged) > 1:
+            # Duplicates keep their first (most recent) position; dicts keep insertion order.
+            uniq = dict.fromkeys(merged.tolist())
+            if len(uniq) < len(merged):
+                merged = np.fromiter(uniq, dtype=np.int64, count=len(uniq))
         hist = merged[: self._max_history]
-        known_user = q.user_id is not None and q.user_id in self.bundle.user_vocab
-        use_model = len(hist) > 0 or (known_user and self._tower.user_embedding is not None)
-        user_idx = self.bundle.user_vocab.lookup_one(q.user_id) if q.user_id is not None else 0
-        excl_rows, skipped_excl = t.rows_of(q.exclude_item_ids)
-        parts = [excl_rows]
-        if q.exclude_seen:
-            parts.append(merged)
+        # Known users have indices past the OOV buckets; unknown ones hash into them (or get -1).
+        known_user = user_idx >= self._user_vocab.num_oov
+        use_model = len(hist) > 0 or (known_user and self._has_user_table)
+        skipped_excl = 0
         allow: Int64Array | None = None
-        excl_cats = t.rows_in_categories(q.exclude_categories) if q.exclude_categories else None
-        if q.include_categories:
-            allow = t.rows_in_categories(q.include_categories)
-            if excl_cats is not None:
-                allow = np.setdiff1d(allow, excl_cats, assume_unique=True)
-        elif excl_cats is not None:
-            parts.append(excl_cats)
-        exclude = np.unique(np.concatenate(parts)) if any(len(p) for p in parts) else np.zeros(0, np.int64)
-        if allow is None and len(exclude) > t.n // 2:
-            # Mostly excluded (e.g. broad excluded categories): the complement is the smaller filter.
-            allow = np.setdiff1d(np.arange(t.n, dtype=np.int64), exclude, assume_unique=True)
-        if allow is not None and len(exclude):
-            allow = np.setdiff1d(allow, exclude, assume_unique=True)
-            exclude = np.zeros(0, np.int64)
+        exclude = _EMPTY_ROWS
+        if q.exclude_item_ids or q.exclude_seen or q.include_categories or q.exclude_categories:
+            excl_rows, skipped_excl = t.rows_of(q.exclude_item_ids)
+            parts = [excl_rows]
+            if q.exclude_seen:
+                parts.append(merged)
+            excl_cats = t.rows_in_categories(q.exclude_categories) if q.exclude_categories else None
+            if q.include_categories:
+                allow = t.rows_in_categories(q.include_categories)
+                if excl_cats is not None:
+                    allow = np.setdiff1d(allow, excl_cats, assume_unique=True)
+            elif excl_cats is not None:
+                parts.append(excl_cats)
+            if any(len(p) for p in parts):
+                exclude = np.unique(np.concatenate(parts)).astype(np.int64)
+            if allow is None and len(exclude) > t.n // 2:
+                # Mostly excluded (e.g. broad excluded categories): the complement is the smaller filter.
+                allow = np.setdiff1d(np.arange(t.n, dtype=np.int64), exclude, assume_unique=True)
+            if allow is not None and len(exclude):
+                allow = np.setdiff1d(allow, exclude, assume_unique=True)
+                exclude = _EMPTY_ROWS
         if skipped:
             logger.debug("request history: %d unknown item id(s) skipped", skipped)
         return _Plan(
@@ -314,19 +345,14 @@ class Recommender:
             user_idx=max(int(user_idx), 0),
             hist=hist,
             use_model=bool(use_model),
-            exclude=exclude.astype(np.int64),
+            exclude=exclude,
             allow=allow,
             skipped_history=skipped,
             skipped_exclusions=skipped_excl,
         )
 
     def _encode(self, plans: Sequence[_Plan]) -> FloatArray:
-        b, length = len(plans), self._max_history
-        hist = np.full((b, length), -1, dtype=np.int64)
-        for r, p in enumerate(plans):
-            hist[r, : len(p.hist)] = p.hist
-        user_idx = np.fromiter((p.user_idx for p in plans), dtype=np.int64, count=b)
-        return self._tower.encode(self._vectors, user_idx, hist)
+        return self._encoder.encode_many([p.user_idx for p in plans], [p.hist for p in plans])
 
     def _search(self, queries: FloatArray, plans: Sequence[_Plan]) -> list[tuple[Int64Array, FloatArray]]:
         """Search with per-query exclusions and allow-lists (``None``: unrestricted).
@@ -355,7 +381,7 @@ class Recommender:
         excl = [plans[j].exclude.tolist() for j in rest]
         allow = [None if plans[j].allow is None else plans[j].allow.tolist() for j in rest]  # type: ignore[union-attr]
         ids, scores = self._index.search(
-            queries[rest],
+            queries if len(rest) == len(plans) else queries[rest],
             k,
             exclude=excl if any(len(e) for e in excl) else None,
             allow=allow if any(a is not None for a in allow) else None,

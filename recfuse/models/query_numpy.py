@@ -21,6 +21,7 @@ Array names (npz, loaded with ``allow_pickle=False``): ``attn_w [d,h]``, ``attn_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,12 +110,37 @@ class NumpyQueryTower:
             raise ArtifactError(f"query tower {str(meta)!r} has format {info.get('format')!r}, expected {FORMAT!r}")
         return cls.from_arrays(arrays, normalize=bool(info.get("normalize", True)))
 
+    def attention_logits(self, item_matrix: FloatArray, chunk: int = 65_536) -> FloatArray:
+        """Per-item attention logit ``v · tanh(E[i] W_a + b_a)`` of every row of ``item_matrix``.
+
+        The logit of a history item depends only on its embedding, so a server computes it once per
+        item matrix (one float per item) and passes it to :meth:`encode` as ``item_logits``; the
+        per-request forward is then a gather, a softmax, a weighted sum and the MLP. Rows appended
+        later (cold items) need only their own logits: ``np.concatenate([old, attention_logits(new)])``.
+
+        Args:
+            item_matrix: ``[num_items, d]`` item embeddings.
+            chunk: rows per block (bounds the ``[chunk, h]`` temporary).
+
+        Returns:
+            ``[num_items]`` float32 logits.
+        """
+        e = np.asarray(item_matrix, np.float32)
+        if e.ndim != 2 or e.shape[1] != self.attn_w.shape[0]:
+            raise ValueError(f"`item_matrix` must be [num_items, {self.attn_w.shape[0]}], got shape {tuple(e.shape)}")
+        out = np.empty(len(e), np.float32)
+        for start in range(0, len(e), chunk):
+            block = e[start : start + chunk]
+            out[start : start + len(block)] = np.tanh(block @ self.attn_w + self.attn_b) @ self.attn_v
+        return out
+
     def encode(
         self,
         item_matrix: FloatArray,
         user_idx: Int64Array,
         hist_idx: Int64Array,
         hist_pos: FloatArray | None = None,
+        item_logits: FloatArray | None = None,
     ) -> FloatArray:
         """Query embeddings.
 
@@ -123,24 +149,32 @@ class NumpyQueryTower:
             user_idx: ``[b]`` user vocabulary indices (OOV buckets allowed); ignored without a user table.
             hist_idx: ``[b, L]`` item indices, most recent first, ``-1`` for padding/unknown.
             hist_pos: ``[b, L]`` recency positions (default ``0..L-1``).
+            item_logits: ``[num_items]`` precomputed :meth:`attention_logits` of ``item_matrix`` (the
+                serving path); ``None`` computes the logits of the history items here.
 
         Returns:
             ``[b, d]`` float32 query vectors.
         """
         hist_idx = np.asarray(hist_idx, np.int64)
         b, length = hist_idx.shape
-        if hist_pos is None:
-            hist_pos = np.broadcast_to(np.arange(length, dtype=np.float32), (b, length))
         mask = hist_idx >= 0
-        h = item_matrix[np.where(mask, hist_idx, 0)]  # [b, L, d]
-        scores = np.tanh(h @ self.attn_w + self.attn_b) @ self.attn_v  # [b, L]
-        scores = scores + self.recency * np.log1p(np.asarray(hist_pos, np.float32))
+        safe = np.where(mask, hist_idx, 0)
+        h = item_matrix[safe]  # [b, L, d]
+        if item_logits is None:
+            scores = np.tanh(h @ self.attn_w + self.attn_b) @ self.attn_v  # [b, L]
+        else:
+            scores = item_logits[safe]
+        if hist_pos is None:
+            recency = np.log1p(np.arange(length, dtype=np.float32))  # broadcasts over the batch
+        else:
+            recency = np.log1p(np.asarray(hist_pos, np.float32))
+        scores = scores + self.recency * recency
         scores = np.where(mask, scores, -1e9)
         scores = scores - scores.max(axis=1, keepdims=True)
         weights = np.exp(scores) * mask
         denom = weights.sum(axis=1, keepdims=True)
         weights = weights / np.maximum(denom, 1e-12)
-        pooled = np.einsum("bl,bld->bd", weights, h)
+        pooled = np.matmul(weights[:, None, :], h)[:, 0, :]  # [b, d]
         has_hist = mask.any(axis=1, keepdims=True).astype(np.float32)
         parts = [pooled]
         if self.user_embedding is not None:
@@ -154,3 +188,92 @@ class NumpyQueryTower:
         if self.normalize:
             x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return x.astype(np.float32)
+
+
+class QueryEncoder:
+    """A :class:`NumpyQueryTower` bound to one item matrix, with everything request-independent precomputed.
+
+    Built once per loaded bundle: the per-item attention logits (:meth:`NumpyQueryTower.attention_logits`),
+    the recency term per position and the first MLP layer split into its history, user and
+    has-history blocks. :meth:`encode_one` then runs one query as a handful of small numpy calls (a
+    gather of the valid history rows, softmax, weighted sum, MLP) — no padding, no concatenation. It
+    computes what :meth:`NumpyQueryTower.encode` computes (tested equal to float32 rounding).
+
+    Args:
+        tower: the query tower.
+        item_matrix: ``[num_items, d]`` item embeddings the history rows index.
+        item_logits: precomputed logits of ``item_matrix`` (computed here when None).
+
+    Example:
+        >>> enc = QueryEncoder(tower, item_matrix)                       # doctest: +SKIP
+        >>> q = enc.encode_one(user_idx=3, hist=np.array([17, 4, 9]))   # doctest: +SKIP
+    """
+
+    def __init__(self, tower: NumpyQueryTower, item_matrix: FloatArray, item_logits: FloatArray | None = None) -> None:
+        self.tower = tower
+        self.item_matrix = item_matrix
+        self.item_logits = tower.attention_logits(item_matrix) if item_logits is None else item_logits
+        if self.item_logits.shape != (len(item_matrix),):
+            raise ValueError(
+                f"`item_logits` must be [{len(item_matrix)}] (one per item row), got shape {self.item_logits.shape}"
+            )
+        d = int(tower.attn_w.shape[0])
+        w0, b0 = tower.mlp[0]
+        du = 0 if tower.user_embedding is None else int(tower.user_embedding.shape[1])
+        self._d = d
+        self._w0_hist = np.ascontiguousarray(w0[:d])
+        self._w0_user = np.ascontiguousarray(w0[d : d + du]) if du else None
+        self._b0 = b0
+        self._b0_with_hist = (b0 + w0[d + du]).astype(np.float32)  # bias + the has_history=1 row
+        self._rest = tower.mlp[1:]
+        self._recency = np.float32(tower.recency) * np.log1p(np.arange(4096, dtype=np.float32))
+
+    def with_items(self, new_vectors: FloatArray) -> QueryEncoder:
+        """A new encoder over the item matrix with ``new_vectors`` appended (only their logits are computed)."""
+        new_vectors = np.asarray(new_vectors, np.float32)
+        return QueryEncoder(
+            self.tower,
+            np.concatenate([self.item_matrix, new_vectors]),
+            np.concatenate([self.item_logits, self.tower.attention_logits(new_vectors)]),
+        )
+
+    def encode_one(self, user_idx: int, hist: Int64Array) -> FloatArray:
+        """Query vector ``[d]`` of one user index and its history rows (most recent first, all valid)."""
+        n = len(hist)
+        if n:
+            if n > len(self._recency):
+                return self.encode_many([user_idx], [hist])[0]
+            s = self.item_logits[hist] + self._recency[:n]
+            s = np.exp(s - s.max())
+            pooled = (s @ self.item_matrix[hist]) / s.sum()
+            x = pooled @ self._w0_hist + self._b0_with_hist
+        else:
+            x = self._b0
+        if self._w0_user is not None:
+            x = x + self.tower.user_embedding[user_idx] @ self._w0_user  # type: ignore[index]
+        for w, bias in self._rest:
+            x = np.maximum(x, 0.0) @ w + bias
+        if self.tower.normalize:
+            x = x / max(float(np.sqrt(x @ x)), 1e-12)
+        return x.astype(np.float32, copy=False)
+
+    def encode_many(self, user_idx: Sequence[int], hists: Sequence[Int64Array]) -> FloatArray:
+        """Query vectors ``[b, d]``: one :meth:`encode_one` per query for small batches, else one padded forward."""
+        b = len(hists)
+        if b <= 4:
+            out = np.empty((b, self.tower.dim), np.float32)
+            for r in range(b):
+                if len(hists[r]) <= len(self._recency):
+                    out[r] = self.encode_one(int(user_idx[r]), hists[r])
+                    continue
+                return self._padded(user_idx, hists)
+            return out
+        return self._padded(user_idx, hists)
+
+    def _padded(self, user_idx: Sequence[int], hists: Sequence[Int64Array]) -> FloatArray:
+        length = max((len(h) for h in hists), default=0) or 1
+        hist = np.full((len(hists), length), -1, dtype=np.int64)
+        for r, h in enumerate(hists):
+            hist[r, : len(h)] = h
+        users = np.asarray(user_idx, dtype=np.int64)
+        return self.tower.encode(self.item_matrix, users, hist, item_logits=self.item_logits)
