@@ -38,21 +38,23 @@ def to_response(
     title_of: Callable[[str], str] | None = None,
 ) -> pb.RecommendResponse:
     """A ``RecommendResponse`` from a library answer (titles added when ``title_of`` is given)."""
-    items = [
-        pb.ScoredItem(item_id=it.item_id, score=it.score, title=title_of(it.item_id))
-        if title_of is not None
-        else pb.ScoredItem(item_id=it.item_id, score=it.score)
-        for it in rec.items
-    ]
-    return pb.RecommendResponse(
-        items=items,
+    out = pb.RecommendResponse(
         variant=rec.variant,
         model_version=rec.model_version,
         fallback=_FALLBACKS.get(rec.fallback, pb.FALLBACK_OTHER),
         fallback_reason=rec.fallback,
-        timing=pb.Timing(query_ms=rec.query_ms, search_ms=rec.search_ms, total_ms=total_ms),
         request_id=request_id,
     )
+    timing = out.timing
+    timing.query_ms, timing.search_ms, timing.total_ms = rec.query_ms, rec.search_ms, total_ms
+    add = out.items.add  # in-place adds: about half the cost of building ScoredItem messages and a list
+    if title_of is not None:
+        for it in rec.items:
+            add(item_id=it.item_id, score=it.score, title=title_of(it.item_id))
+    else:
+        for it in rec.items:
+            add(item_id=it.item_id, score=it.score)
+    return out
 
 
 def to_similar_response(

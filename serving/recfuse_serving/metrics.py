@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
@@ -51,6 +52,8 @@ class _ExposureCollector(Collector):
 class ServingMetrics:
     """The server's metrics (one instance per server; thread-safe, as prometheus_client is)."""
 
+    MAX_CACHED_LABELS = 4096  # label tuples whose children are cached (rpc x code x variant is small)
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -77,13 +80,26 @@ class ServingMetrics:
         self._lock = threading.Lock()
         self._versions: dict[str, str] = {}
         self._http: WSGIServer | None = None
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
     def observe(self, rpc: str, code: str, variant: str, seconds: float) -> None:
         """Record one finished RPC."""
-        self.requests.labels(rpc, code).inc()
-        if code != "OK":
-            self.errors.labels(rpc, code).inc()
-        self.latency.labels(rpc, variant or "-").observe(seconds)
+        # Labelled children cached per label tuple: ``labels()`` costs more than the update itself.
+        key = (rpc, code, variant)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(rpc, code),
+                self.errors.labels(rpc, code) if code != "OK" else None,
+                self.latency.labels(rpc, variant or "-"),
+            )
+            if len(self._children) < self.MAX_CACHED_LABELS:
+                self._children[key] = children
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def set_bundle(self, variant: str, version: str) -> None:
         """Mark ``version`` as serving ``variant`` (the previous version's series goes to 0)."""
