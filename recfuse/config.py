@@ -221,7 +221,17 @@ class TrainConfig:
     seed: int = 42
     eval_k: int = 10
     early_stopping_patience: int = 5
+    # early stopping never ends a run before this many epochs (validation recall can sit on a
+    # plateau while the towers reorganise; the best epoch is still the one kept)
+    min_epochs: int = 0
     eval_every_epochs: int = 1
+    # ``live``: history items go through the candidate tower in each step (gradient reaches item
+    # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
+    history_encoding: str = "live"
+    # with ``live``: the most history-only items run through the candidate tower per step (0 = all,
+    # i.e. up to batch_size x max_history); the rest read the memory bank. Bounds the step cost of
+    # expensive image towers on large catalogs.
+    live_history_items: int = 0
     memory_refresh_steps: int = 0
     out_dir: str = "runs/model"
     # share of examples whose user id is replaced by its hashed OOV bucket, so anonymous and new
@@ -235,6 +245,9 @@ class TrainConfig:
         _check_range("train", "eval_k", self.eval_k, 1, 10_000)
         _check_range("train", "user_dropout", self.user_dropout, 0.0, 1.0)
         _check_range("train", "memory_refresh_steps", self.memory_refresh_steps, 0, 10_000_000)
+        _check_range("train", "min_epochs", self.min_epochs, 0, self.epochs)
+        _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
+        _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ columns = ["title"]
         ({"train": {"epochs": 0}}, r"`train.epochs` must be in \[1, 100000\], got 0"),
         ({"model": {"item_id_embedding": False}, "modalities": []}, r"the item tower has no input"),
         ({"data": {"split": "weird"}}, r"`data.split` must be one of"),
+        ({"train": {"history_encoding": "stale"}}, r"`train.history_encoding` must be one of \[.live."),
+        ({"train": {"epochs": 5, "min_epochs": 9}}, r"`train.min_epochs` must be in \[0, 5\], got 9"),
     ],
 )
 def test_invalid_config_names_the_field(raw: dict, match: str) -> None:

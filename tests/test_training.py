@@ -224,3 +224,21 @@ def test_empty_training_split_is_rejected(data, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="training split is empty"):
         _run(cfg, ds, empty, tmp_path)
     assert isinstance(split.train, pd.DataFrame)
+
+
+def test_min_epochs_holds_off_early_stopping(data, tmp_path: Path) -> None:
+    from recfuse.training import trainer
+
+    _root, cfg, ds, split = data
+    scores = iter([0.2, 0.5, 0.1, 0.05, 0.3, 0.3])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
+    try:
+        train_cfg = dataclasses.replace(cfg.train, epochs=6, early_stopping_patience=2, min_epochs=5)
+        result = trainer.train(dataclasses.replace(cfg, train=train_cfg), ds, split, tmp_path / "m", progress=False)
+    finally:
+        mp.undo()
+    # patience alone would stop after epoch 4 (see above); min_epochs=5 runs epoch 5, which still
+    # does not beat epoch 2, so the run stops there and keeps epoch 2
+    assert result.epochs_run == 5 and result.best_epoch == 2
+    assert result.best_metric == pytest.approx(0.5)

@@ -116,3 +116,51 @@ def test_memory_bank_refresh_holds_the_candidate_embeddings() -> None:
     np.testing.assert_allclose(model.memory_bank.numpy(), matrix)
     direct = model.candidate_embeddings(tf.range(20, dtype=tf.int64)).numpy()
     np.testing.assert_allclose(matrix, direct, atol=1e-6)
+
+
+def test_live_history_equals_the_memory_bank_forward_in_inference_mode() -> None:
+    live, bank = _pair({"history_encoding": "live"}, {"history_encoding": "memory_bank"})
+    bank.refresh_memory_bank()
+    batch = _batch([0, 5, 9, 19, 5])
+    hist = batch["hist_idx"].numpy()
+    hist[1, 1], hist[2, 1], hist[2, 2] = 7, 0, 13  # repeats, a positive reused as history, padding elsewhere
+    batch["hist_idx"] = tf.constant(hist)
+    q_live, c_live = live._live_towers(batch, tf.cast(batch["item_idx"], tf.int64), training=False)
+    np.testing.assert_allclose(q_live.numpy(), bank.query_embeddings(batch).numpy(), atol=1e-6)
+    np.testing.assert_allclose(c_live.numpy(), bank.candidate_embeddings(batch["item_idx"]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(float(live.compute_loss(batch)), float(bank.compute_loss(batch)), rtol=1e-5)
+
+
+def test_live_history_sends_gradient_through_the_history_into_item_representations() -> None:
+    live, bank = _pair({"history_encoding": "live"}, {"history_encoding": "memory_bank"})
+    batch = _batch([0, 1, 2, 3])  # histories are items 1..4: item 4 is only ever a history item
+    emb_live, emb_bank = live.candidate_tower.emb.embeddings, bank.candidate_tower.emb.embeddings
+    with tf.GradientTape(persistent=True) as tape:
+        loss_live = live.compute_loss(batch, training=True)
+        loss_bank = bank.compute_loss(batch, training=True)
+    g_live = tf.convert_to_tensor(tape.gradient(loss_live, emb_live)).numpy()
+    g_bank = tf.convert_to_tensor(tape.gradient(loss_bank, emb_bank)).numpy()
+    assert np.abs(g_live[4]).sum() > 0  # reached through the history only
+    assert np.abs(g_bank[4]).sum() == 0  # the frozen bank carries no gradient
+    assert np.abs(g_live[:4]).sum() > 0 and np.abs(g_live[5:]).sum() == 0
+
+
+def test_unknown_history_encoding_is_rejected() -> None:
+    with pytest.raises(ValueError, match="history_encoding"):
+        _model(history_encoding="stale")
+
+
+def test_live_history_cap_encodes_a_bounded_random_subset_and_reads_the_rest_from_the_bank() -> None:
+    capped, bank = _pair({"live_history_items": 2}, {"history_encoding": "memory_bank"})
+    capped.refresh_memory_bank()
+    bank.refresh_memory_bank()
+    batch = _batch([0, 1])
+    batch["hist_idx"] = tf.constant([[5, 6, 7], [8, 9, -1]], tf.int64)  # five history-only items
+    q_capped, _ = capped._live_towers(batch, tf.constant([0, 1], tf.int64), training=False)
+    np.testing.assert_allclose(q_capped.numpy(), bank.query_embeddings(batch).numpy(), atol=1e-6)
+    emb = capped.candidate_tower.emb.embeddings
+    with tf.GradientTape() as tape:
+        loss = capped.compute_loss(batch, training=True)
+    grad = np.abs(tf.convert_to_tensor(tape.gradient(loss, emb)).numpy()).sum(axis=1)
+    assert grad[0] > 0 and grad[1] > 0  # candidates are always live
+    assert int((grad[[5, 6, 7, 8, 9]] > 0).sum()) == 2  # exactly `live_history_items` history items

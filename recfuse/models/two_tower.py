@@ -6,8 +6,20 @@ catalog item, images decoded once) and gathers the rows of each batch by ``item_
 example is therefore only a handful of integers (user, history, positive item), so variants on raw
 images and on cached feature vectors share the same fast pipeline.
 
-The query tower reads the user's history through a non-trainable memory bank ``E`` of candidate-tower
-item embeddings (refreshed by :class:`recfuse.training.memory.MemoryBankRefresh`).
+History encoding (``history_encoding``):
+
+* ``live`` (default): each training step runs the candidate tower once over the batch's unique items
+  (positives, mixed negatives and every history item) and the query tower pools the history from
+  those rows, so the retrieval loss back-propagates through the history into the item
+  representations (content branches and id embeddings alike). Without this, items are shaped only
+  as candidates and the history path is a fixed projection of stale vectors; models without a
+  user-id embedding (anonymous users, bare histories) then barely learn.
+* ``memory_bank``: the history is read from a non-trainable bank ``E`` of candidate-tower
+  embeddings refreshed by :class:`recfuse.training.callbacks.MemoryBankRefresh` (cheaper per step
+  on huge image towers; no gradient through the history).
+
+Evaluation and serving always read the history from the full item matrix (the memory bank after
+training, the bundle's embeddings when serving), which equals the live rows in inference mode.
 
 Loss (:class:`tfrs.tasks.Retrieval`): in-batch softmax with temperature, logQ correction with each
 candidate's expected count in the batch's candidate pool (``B·p(i)`` from training item
@@ -32,6 +44,7 @@ import tensorflow_recommenders as tfrs
 from recfuse.models.query_tower import QueryTower
 
 EXAMPLE_KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
+HISTORY_ENCODINGS = ("live", "memory_bank")
 
 
 class TwoTowerModel(tfrs.models.Model):
@@ -48,6 +61,10 @@ class TwoTowerModel(tfrs.models.Model):
         remove_accidental_hits: ignore in-batch negatives equal to the positive item.
         mixed_negatives: number of uniformly sampled catalog items appended as extra negatives.
         seed: seed of the mixed-negative sampler.
+        history_encoding: ``live`` (history through the candidate tower, with gradient) or
+            ``memory_bank`` (history from the refreshed, non-trainable bank).
+        live_history_items: with ``live``, the most history-only items encoded live per step
+            (0: all of them); the others are read from the memory bank.
     """
 
     def __init__(
@@ -61,6 +78,8 @@ class TwoTowerModel(tfrs.models.Model):
         remove_accidental_hits: bool = True,
         mixed_negatives: int = 0,
         seed: int = 0,
+        history_encoding: str = "live",
+        live_history_items: int = 0,
     ) -> None:
         super().__init__()
         self.query_tower = query_tower
@@ -72,6 +91,10 @@ class TwoTowerModel(tfrs.models.Model):
         self.memory_bank = tf.Variable(tf.zeros((self.num_items, query_tower.dim)), trainable=False, name="memory_bank")
         self.logq_correction = bool(logq_correction)
         self.mixed_negatives = int(mixed_negatives)
+        if history_encoding not in HISTORY_ENCODINGS:
+            raise ValueError(f"history_encoding must be one of {HISTORY_ENCODINGS}, got {history_encoding!r}")
+        self.history_encoding = history_encoding
+        self.live_history_items = int(live_history_items)
         self._rng = tf.random.Generator.from_seed(seed)
         self.task = tfrs.tasks.Retrieval(
             temperature=temperature, remove_accidental_hits=remove_accidental_hits, name="retrieval"
@@ -114,13 +137,16 @@ class TwoTowerModel(tfrs.models.Model):
 
     def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         item_idx = tf.cast(features["item_idx"], tf.int64)
-        query = self.query_embeddings(features)
         cand_idx = item_idx
         batch = tf.cast(tf.shape(item_idx)[0], tf.float32)
         if self.mixed_negatives > 0:
             extra = self._rng.uniform((self.mixed_negatives,), 0, self.num_items, dtype=tf.int64)
             cand_idx = tf.concat([item_idx, extra], axis=0)
-        candidates = self.candidate_embeddings(cand_idx, training=training)
+        if self.history_encoding == "live":
+            query, candidates = self._live_towers(features, cand_idx, training)
+        else:
+            query = self.query_embeddings(features)
+            candidates = self.candidate_embeddings(cand_idx, training=training)
         prob = None
         if self.logq_correction:
             # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N)
@@ -133,6 +159,40 @@ class TwoTowerModel(tfrs.models.Model):
             compute_metrics=False,
             compute_batch_metrics=False,
         )
+
+    def _live_towers(
+        self, features: Mapping[str, tf.Tensor], cand_idx: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Query and candidate embeddings from ONE candidate-tower pass over the batch's unique items.
+
+        The history indices are remapped to rows of that pass, so the query tower's pooling is
+        differentiable with respect to the item representations. With ``live_history_items > 0``
+        at most that many history-only items (drawn at random each step) are encoded live; the
+        rest of the history reads the memory bank (no gradient), which bounds the per-step cost
+        of expensive item towers on large catalogs.
+        """
+        hist = tf.cast(features["hist_idx"], tf.int64)
+        valid = hist >= 0
+        n_cand = tf.shape(cand_idx)[0]
+        uniq, inv = tf.unique(tf.concat([cand_idx, tf.boolean_mask(hist, valid)], axis=0), out_idx=tf.int64)
+        if self.live_history_items > 0:
+            # tf.unique keeps first occurrences in order: the candidates' unique items come first
+            n_uc = tf.size(tf.unique(cand_idx)[0])
+            extra = tf.size(uniq) - n_uc
+            keep = tf.minimum(extra, self.live_history_items)
+            picked = n_uc + tf.argsort(self._rng.uniform((extra,)))[:keep]  # a random `keep` of them
+            live_pos = tf.concat([tf.range(n_uc), picked], axis=0)
+            live_rows = self.candidate_embeddings(tf.gather(uniq, live_pos), training=training)
+            bank_rows = tf.stop_gradient(tf.gather(self.memory_bank, uniq))
+            rows = tf.tensor_scatter_nd_update(bank_rows, live_pos[:, None], live_rows)
+        else:
+            rows = self.candidate_embeddings(uniq, training=training)
+        candidates = tf.gather(rows, inv[:n_cand])
+        local_hist = tf.tensor_scatter_nd_update(
+            tf.fill(tf.shape(hist), tf.constant(-1, tf.int64)), tf.where(valid), inv[n_cand:]
+        )
+        query = self.query_tower(rows, features["user_idx"], local_hist, features["hist_pos"])
+        return query, candidates
 
     def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised as a whole
         raise NotImplementedError("TwoTowerModel is saved as a tf.train.Checkpoint of its towers")

@@ -62,6 +62,7 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         every: evaluate every this many epochs.
         writer: TensorBoard summary writer for the validation metric.
         metric_name: e.g. ``val_recall@10``.
+        min_epochs: early stopping never ends training before this many epochs.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         every: int,
         writer: Any,
         metric_name: str,
+        min_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.evaluate = evaluate
@@ -90,6 +92,7 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         self.every = max(1, int(every))
         self.writer = writer
         self.metric_name = metric_name
+        self.min_epochs = int(min_epochs)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
@@ -105,7 +108,7 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
                 self.best_ckpt.write(str(self.best_prefix))
             else:
                 self.state["wait"] = int(self.state.get("wait", 0)) + 1
-                if self.patience > 0 and self.state["wait"] >= self.patience:
+                if self.patience > 0 and self.state["wait"] >= self.patience and epoch + 1 >= self.min_epochs:
                     logger.info(
                         "early stopping at epoch %d: %s did not improve on %.4f (epoch %d) for %d evaluations",
                         epoch + 1,

@@ -59,5 +59,7 @@ def build_model(
         remove_accidental_hits=cfg.model.remove_accidental_hits,
         mixed_negatives=cfg.model.mixed_negatives,
         seed=cfg.train.seed,
+        history_encoding=cfg.train.history_encoding,
+        live_history_items=cfg.train.live_history_items,
     )
     return BuiltModel(model, item_vocab, user_vocab, items, frozenset(warm_items))

@@ -141,6 +141,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     fit_seconds, fit_examples = 0.0, 0
     if start_epoch < cfg.train.epochs and not state.get("stopped"):
         callbacks = [
+            # the bank feeds validation (and, with history_encoding = "memory_bank", training)
             MemoryBankRefresh(model, cfg.train.memory_refresh_steps),
             ValidateAndCheckpoint(
                 evaluate if vq is not None and len(vq) else None,
@@ -154,6 +155,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
                 cfg.train.eval_every_epochs,
                 writer,
                 metric_name,
+                cfg.train.min_epochs,
             ),
             ScalarLogger(out / "tensorboard"),
         ]
