@@ -14,6 +14,7 @@ Usage:
     python bench/serve_load.py --quick            # 100k only
     python bench/serve_load.py                    # 100k and 1M
     python bench/serve_load.py --workers 1 2      # also SO_REUSEPORT multi-process servers
+    python bench/serve_load.py --quick --batching on off   # Recommend with and without micro-batching
 """
 
 from __future__ import annotations
@@ -124,6 +125,41 @@ def run_client(port: int, seconds: float, seed: int, out: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ driver
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU seconds of ``root_pid`` and all its descendants (Linux ``/proc``; nan elsewhere).
+
+    CPU time per call is the figure a busy shared machine disturbs least: wall-clock QPS also
+    measures whoever else is running.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return float("nan")
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, utime+stime
+    if root_pid not in stats:
+        return float("nan")
+    total, todo = 0.0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += stats[pid][1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == pid]
+    return total
+
+
+def _pids(proc: subprocess.Popen | _Group) -> list[int]:
+    return [p.pid for p in proc.procs] if isinstance(proc, _Group) else [proc.pid]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -152,7 +188,9 @@ def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> N
         channel.close()
 
 
-def start_server(kind: str, bundles: Path | None, workers: int, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def start_server(
+    kind: str, bundles: Path | None, workers: int, env: dict[str, str], batching: bool = False
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind == "echo":
         cmd = [sys.executable, __file__, "--serve-echo", str(port)]
@@ -161,7 +199,7 @@ def start_server(kind: str, bundles: Path | None, workers: int, env: dict[str, s
             return _Group(procs), port  # type: ignore[return-value]
     else:
         cmd = [str(SERVE), "--bundles", str(bundles), "--port", str(port), "--log-level", "WARNING"]
-        cmd += ["--workers", str(workers), "--config", _bench_config()]
+        cmd += ["--workers", str(workers), "--config", _bench_config(batching)]
     return subprocess.Popen(cmd, env=env), port
 
 
@@ -183,9 +221,9 @@ class _Group:
         return max(p.wait(timeout) for p in self.procs)
 
 
-def _bench_config() -> str:
-    path = Path(tempfile.gettempdir()) / "recfuse-bench-server.toml"
-    path.write_text("reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\n")
+def _bench_config(batching: bool = False) -> str:
+    path = Path(tempfile.gettempdir()) / f"recfuse-bench-server-batching-{'on' if batching else 'off'}.toml"
+    path.write_text(f"reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\nbatching = {str(batching).lower()}\n")
     return str(path)
 
 
@@ -219,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ef-search", type=int, default=64)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--blas-default", action="store_true", help="also run 100k with numpy's default BLAS threads")
+    p.add_argument(
+        "--batching",
+        nargs="+",
+        choices=("on", "off"),
+        default=["off"],
+        help="server micro-batching of concurrent Recommend calls (server config `batching`, default off); "
+        "both: a row each",
+    )
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
@@ -229,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         port, seconds, seed, out = args.client
         return run_client(int(port), float(seconds), int(seed), out)
 
+    load_start = os.getloadavg()[0]
     out = Path(args.out)
     sizes = {"100k": 100_000} if args.quick else {"100k": 100_000, "1M": 1_000_000}
     bundles = {
@@ -236,29 +283,37 @@ def main(argv: list[str] | None = None) -> int:
         for name, n in sizes.items()
     }
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    targets: list[tuple[str, str, Path | None, dict[str, str]]] = [("echo", "echo", None, env)]
-    targets += [(f"Recommend {name}", "real", path, env) for name, path in bundles.items()]
+    targets: list[tuple[str, str, Path | None, dict[str, str], bool]] = [("echo", "echo", None, env, True)]
+    for name, path in bundles.items():
+        for mode in args.batching:
+            suffix = f", batching {mode}" if len(args.batching) > 1 else ""
+            targets.append((f"Recommend {name}{suffix}", "real", path, env, mode == "on"))
     if args.blas_default:
         blas = {k: v for k, v in env.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-        targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas))
+        targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas, False))
 
     rows = []
     ceiling: dict[tuple[int, int], dict[str, float]] = {}
     for workers in args.workers:
-        for label, kind, path, server_env in targets:
-            proc, port = start_server(kind, path, workers, server_env)
+        for label, kind, path, server_env, batching in targets:
+            proc, port = start_server(kind, path, workers, server_env, batching)
             try:
                 wait_serving(port, proc)
                 for clients in args.clients:
+                    cpu0 = sum(cpu_seconds(pid) for pid in _pids(proc))
                     r = load(port, clients, args.duration, env)
+                    cpu = sum(cpu_seconds(pid) for pid in _pids(proc)) - cpu0
+                    # warm-up calls (100 per client) are served inside the window too
+                    r["cpu_ms"] = cpu * 1e3 / (r["n"] + 100 * clients)
                     if kind == "echo":
                         ceiling[(workers, clients)] = r
                     base = ceiling.get((workers, clients))
                     ratio = r["qps"] / base["qps"] if base else float("nan")
-                    rows.append((label, workers, clients, r["qps"], r["p50"], r["p99"], ratio))
+                    rows.append((label, workers, clients, r["qps"], r["p50"], r["p99"], ratio, r["cpu_ms"]))
                     print(
                         f"{label:42s} procs={workers} clients={clients} qps={r['qps']:8.0f} "
-                        f"p50={r['p50']:6.2f} ms p99={r['p99']:6.2f} ms  x echo {ratio:.2f}",
+                        f"p50={r['p50']:6.2f} ms p99={r['p99']:6.2f} ms  x echo {ratio:.2f}  "
+                        f"server CPU {r['cpu_ms']:.3f} ms/call",
                         flush=True,
                     )
             finally:
@@ -267,17 +322,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        f"machine: {os.cpu_count()} cores, load average at end {os.getloadavg()[0]:.1f}; {args.duration:g} s per cell"
+        f"machine: {os.cpu_count()} cores, load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}; "
+        f"{args.duration:g} s per cell; batching {'/'.join(args.batching)}"
     )
-    print("| target | server procs | clients | QPS | p50 ms | p99 ms | QPS / echo |")
-    print("|---|---|---|---|---|---|---|")
-    for label, workers, clients, qps, p50, p99, ratio in rows:
-        print(f"| {label} | {workers} | {clients} | {qps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio:.2f} |")
-    (out / "serve_load.json").write_text(
-        json.dumps(
-            [dict(zip(("target", "procs", "clients", "qps", "p50_ms", "p99_ms", "x_echo"), r)) for r in rows], indent=1
-        )
-    )
+    print("| target | server procs | clients | QPS | p50 ms | p99 ms | QPS / echo | server CPU ms/call |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, workers, clients, qps, p50, p99, ratio, cpu_ms in rows:
+        print(f"| {label} | {workers} | {clients} | {qps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio:.2f} | {cpu_ms:.3f} |")
+    keys = ("target", "procs", "clients", "qps", "p50_ms", "p99_ms", "x_echo", "server_cpu_ms_per_call")
+    (out / "serve_load.json").write_text(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
     return 0
 
 

@@ -52,6 +52,8 @@ def test_config_from_toml_with_sections(tmp_path):
         ({"tls": {"cert_file": "a.pem"}}, "must be set together"),
         ({"auth": {"tokens": ["short"]}}, r"`auth.tokens\[0\]` must be a string of at least 8"),
         ({"queue_timeout_s": -1}, "`queue_timeout_s` must be >= 0"),
+        ({"batching": "yes"}, "`batching` must be true or false, got 'yes'"),
+        ({"batch_max_size": 0}, r"`batch_max_size` must be a positive integer, got 0"),
     ],
 )
 def test_config_errors_name_the_field(data, match):

@@ -23,6 +23,7 @@ from recfuse.errors import InvalidRequestError
 from recfuse.inference import Recommendation, RecommendQuery
 from recfuse.variants import Exposure, ExposureLogger
 from recfuse_serving import convert
+from recfuse_serving.batcher import RecommendBatcher
 from recfuse_serving.config import ServerConfig
 from recfuse_serving.logs import REQUEST_ID
 from recfuse_serving.registry import VariantRegistry
@@ -74,6 +75,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.config = config
         self.exposures = exposures
         self._reload = reload or registry.reload
+        self.batcher = RecommendBatcher(min(config.batch_max_size, config.max_batch)) if config.batching else None
 
     # ---------------------------------------------------------------- the one error wrapper
     def _call(self, context: grpc.ServicerContext, handler: Callable[[Req, str], Resp], request: Req) -> Resp:
@@ -86,7 +88,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     # ---------------------------------------------------------------- RPCs
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
-        return self._call(context, self._recommend, request)
+        return self._call(context, lambda req, request_id: self._recommend(req, request_id, context), request)
 
     def RecommendBatch(
         self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
@@ -103,11 +105,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return self._call(context, self._reload_rpc, request)
 
     # ---------------------------------------------------------------- handlers
-    def _recommend(self, request: pb.RecommendRequest, request_id: str) -> pb.RecommendResponse:
+    def _recommend(
+        self, request: pb.RecommendRequest, request_id: str, context: grpc.ServicerContext
+    ) -> pb.RecommendResponse:
         start = time.perf_counter()
         variant = self.registry.route(request.user_id, request.variant)
         rec = self.registry.get(variant)
-        answer = rec.recommend_batch([convert.to_query(request, self.config.default_k)])[0]
+        query = convert.to_query(request, self.config.default_k)
+        if self.batcher is not None:
+            answer = self.batcher.recommend(rec, query, _time_left(context))
+        else:
+            answer = rec.recommend_batch([query])[0]
         self._log_exposure(request_id, request.user_id, answer)
         return convert.to_response(answer, request_id, (time.perf_counter() - start) * 1e3, rec.item_title)
 
