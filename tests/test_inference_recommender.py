@@ -190,8 +190,21 @@ def test_search_threads_set_for_single_requests(tmp_path: Path) -> None:
     faiss.omp_set_num_threads(2)
     Recommender.from_bundle(path, search_threads=None)
     assert faiss.omp_get_max_threads() == 2
-    Recommender.from_bundle(path)
+    rec = Recommender.from_bundle(path)
     assert faiss.omp_get_max_threads() == 1
+    # OpenMP keeps the setting per thread: a thread that searches (a gRPC worker) gets it applied too.
+    seen: list[tuple[int, int]] = []
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(2)
+        before = faiss.omp_get_max_threads()
+        rec.recommend(user_id="u1", k=3)
+        seen.append((before, faiss.omp_get_max_threads()))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(30)
+    assert seen == [(2, 1)]
 
 
 def test_small_allow_lists_ranked_exactly_same_as_index_path(rec: Recommender) -> None:

@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 _EMPTY_ROWS = np.zeros(0, np.int64)
 _EMPTY_ROWS.flags.writeable = False
+_EMPTY_SCORES = np.zeros(0, np.float32)
+_EMPTY_SCORES.flags.writeable = False
+_EMPTY_RESULT = (_EMPTY_ROWS, _EMPTY_SCORES)
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,13 @@ class Recommender:
         limits: request limits (``max_k`` etc.).
         exact_filter_max: allow-lists (category filters) up to this many items are ranked exactly
             by scoring their vectors directly instead of a filtered index search (``ip`` bundles).
-        search_threads: faiss OpenMP threads to set (process-wide). 1, the default, is right for
-            single requests: with more, every small search pays thread wake-ups, which on a busy
-            2-core machine cost ~15 ms at p50 (bench/recommend_bench.py). ``None`` leaves it alone
-            (e.g. for large offline batches).
+        search_threads: faiss OpenMP threads for this Recommender's searches. 1, the default, is
+            right for single requests: with more, every small search pays thread wake-ups, which on
+            a busy 2-core machine cost ~15 ms at p50 (bench/recommend_bench.py). OpenMP keeps this
+            setting per calling thread (``omp_set_num_threads`` in one thread leaves the others at
+            the default, all cores), so it is applied in every thread that searches — e.g. each
+            gRPC worker thread, not only the thread that loaded the bundle. ``None`` leaves it
+            alone (e.g. for large offline batches).
 
     Example:
         >>> rec = Recommender.from_bundle("bundles", variant="attention")   # doctest: +SKIP
@@ -94,8 +100,9 @@ class Recommender:
         search_threads: int | None = 1,
         exact_filter_max: int = 20_000,
     ) -> None:
-        if search_threads is not None:
-            faiss.omp_set_num_threads(int(search_threads))
+        self._search_threads = None if search_threads is None else int(search_threads)
+        if self._search_threads is not None:
+            faiss.omp_set_num_threads(self._search_threads)
         self.bundle = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
         self.limits = limits or Limits()
         self._tables = CatalogTables.from_bundle(self.bundle)
@@ -201,8 +208,7 @@ class Recommender:
             raise InvalidRequestError(f"batch has {len(queries)} queries; at most {self.limits.max_batch} are allowed")
         plans = [self._plan(self.limits.check(q)) for q in queries]
         model_pos = [i for i, p in enumerate(plans) if p.use_model]
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-        results: list[tuple[Int64Array, FloatArray]] = [empty] * len(plans)
+        results: list[tuple[Int64Array, FloatArray]] = [_EMPTY_RESULT] * len(plans)
         t0 = time.perf_counter()
         qvec = self._encode([plans[i] for i in model_pos]) if model_pos else None
         t1 = time.perf_counter()
@@ -363,8 +369,14 @@ class Recommender:
         while scoring a few thousand vectors directly takes microseconds. The rest go to the index in
         one batched call.
         """
-        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-        out: list[tuple[Int64Array, FloatArray]] = [empty] * len(plans)
+        if self._search_threads is not None and faiss.omp_get_max_threads() != self._search_threads:
+            faiss.omp_set_num_threads(self._search_threads)  # per calling thread (see __init__)
+        out: list[tuple[Int64Array, FloatArray]] = [_EMPTY_RESULT] * len(plans)
+        if len(plans) == 1 and plans[0].allow is None and not len(plans[0].exclude):
+            # The common serving call: one unfiltered query straight to the index.
+            ids, scores = self._index.search(queries, min(plans[0].k, self._tables.n))
+            keep = ids[0] >= 0
+            return [(ids[0], scores[0]) if keep.all() else (ids[0][keep], scores[0][keep])]
         rest = []
         for j, p in enumerate(plans):
             if p.allow is not None and len(p.allow) == 0:
