@@ -10,10 +10,11 @@ Part 1 builds (once, cached under ``runs/bench/``) random-but-structured bundles
 a real ``recfuse.models.query_tower.QueryTower`` exported to numpy, and times ``Recommender.recommend``
 per request kind: p50/p99 of the whole call, and of its ``query_ms`` / ``search_ms`` parts.
 
-Part 2 runs the same query tower, batch 1, four ways — the numpy forward (the serving path), a
-``tf.function`` with an input signature, the TF SavedModel ``serving_default`` signature (what
-``recfuse export`` writes) and the eager Keras layer — checks they agree to 1e-5 and prints
-p50/p99 and the ratio to numpy. Prints tables; asserts nothing about speed.
+Part 2 runs the same query tower, batch 1, five ways — the numpy serving forward
+(``QueryEncoder.encode_one``: per-item attention logits precomputed at load), the plain numpy
+forward, a ``tf.function`` with an input signature, the TF SavedModel ``serving_default`` signature
+(what ``recfuse export`` writes) and the eager Keras layer — checks they agree to 1e-5 and prints
+p50/p99 and the ratio to the serving forward. Prints tables; asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -182,8 +183,13 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
         compiled, eager = None, None  # a real bundle: its SavedModel is the only TF artefact to compare
     sig = tf.saved_model.load(str(savedmodel_dir)).signatures["serving_default"]
 
+    from recfuse.models.query_numpy import QueryEncoder
+
+    encoder = QueryEncoder(np_tower, b.item_vectors)  # what Recommender builds at load
+    hist_rows = [h[0][h[0] >= 0] for h in hist]
     engines: dict[str, Callable[[int], np.ndarray]] = {
-        "numpy forward (serving path)": lambda i: np_tower.encode(b.item_vectors, users[i], hist[i], pos),
+        "numpy forward (serving path)": lambda i: encoder.encode_one(int(users[i][0]), hist_rows[i])[None, :],
+        "numpy forward, plain (no precompute)": lambda i: np_tower.encode(b.item_vectors, users[i], hist[i], pos),
         "TF SavedModel signature": lambda i: sig(
             user_idx=tf.constant(users[i]), hist_idx=tf.constant(hist[i]), hist_pos=tf.constant(pos)
         )["query"].numpy(),

@@ -223,7 +223,9 @@ class _Group:
 
 def _bench_config(batching: bool = False) -> str:
     path = Path(tempfile.gettempdir()) / f"recfuse-bench-server-batching-{'on' if batching else 'off'}.toml"
-    path.write_text(f"reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\nbatching = {str(batching).lower()}\n")
+    path.write_text(
+        "reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\n" + ("batching = true\n" if batching else "")
+    )
     return str(path)
 
 
