@@ -248,7 +248,7 @@ class QueryEncoder:
             pooled = (s @ self.item_matrix[hist]) / s.sum()
             x = pooled @ self._w0_hist + self._b0_with_hist
         else:
-            x = self._b0
+            x = self._b0.copy()  # never hand out the weights themselves
         if self._w0_user is not None:
             x = x + self.tower.user_embedding[user_idx] @ self._w0_user  # type: ignore[index]
         for w, bias in self._rest:
@@ -260,6 +260,8 @@ class QueryEncoder:
     def encode_many(self, user_idx: Sequence[int], hists: Sequence[Int64Array]) -> FloatArray:
         """Query vectors ``[b, d]``: one :meth:`encode_one` per query for small batches, else one padded forward."""
         b = len(hists)
+        if b == 1 and len(hists[0]) <= len(self._recency):  # the serving call: a [1, d] view, no copy
+            return self.encode_one(int(user_idx[0]), hists[0])[None, :]
         if b <= 4:
             out = np.empty((b, self.tower.dim), np.float32)
             for r in range(b):
