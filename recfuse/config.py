@@ -84,6 +84,8 @@ class ModalityConfig:
             weights) or ``vector`` (precomputed column); for text ``tokens`` or ``vector``.
         columns: catalog columns feeding this modality (text: concatenated; vector/image: one).
         dim: width of a precomputed vector column (required when ``source``/``kind`` is vector).
+        min_item_count: text tokens found in fewer catalog items than this map to OOV (default 1:
+            keep all). 2 stops the text branch memorising an item by its one-off tokens.
     """
 
     name: str
@@ -99,6 +101,7 @@ class ModalityConfig:
     # text options
     encoder: str = "mean"
     vocab_size: int = 20000
+    min_item_count: int = 1
     max_tokens: int = 64
     char_ngrams: int = 2
     embedding_dim: int = 64
@@ -132,6 +135,7 @@ class ModalityConfig:
         _check_range(sec, "image_size", self.image_size, 16, 1024)
         _check_range(sec, "max_tokens", self.max_tokens, 1, 4096)
         _check_range(sec, "vocab_size", self.vocab_size, 3, 10_000_000)
+        _check_range(sec, "min_item_count", self.min_item_count, 1, 1_000_000)
         _check_range(sec, "char_ngrams", self.char_ngrams, 1, 8)
         _check_range(sec, "embedding_dim", self.embedding_dim, 1, 65536)
         _check_range(sec, "encoder_layers", self.encoder_layers, 1, 24)

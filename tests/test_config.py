@@ -64,6 +64,10 @@ columns = ["title"]
         ({"data": {"split": "weird"}}, r"`data.split` must be one of"),
         ({"train": {"history_encoding": "stale"}}, r"`train.history_encoding` must be one of \[.live."),
         ({"train": {"epochs": 5, "min_epochs": 9}}, r"`train.min_epochs` must be in \[0, 5\], got 9"),
+        (
+            {"modalities": [{"name": "text", "kind": "text", "min_item_count": 0}]},
+            r"`modalities.text.min_item_count` must be in \[1, 1000000\], got 0",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(raw: dict, match: str) -> None:

@@ -44,6 +44,31 @@ def test_build_vocabulary_is_frequency_then_alphabetical() -> None:
     assert build_vocabulary(["", ""], 5) == []
 
 
+def test_build_vocabulary_min_items_counts_items_not_occurrences() -> None:
+    # "x" occurs 3 times but in one item only: with min_items=2 it is dropped (it would be OOV)
+    texts = ["a b x x x", "a c", "a b d"]
+    assert build_vocabulary(texts, 10) == ["a", "x", "b", "c", "d"]
+    assert build_vocabulary(texts, 10, min_items=2) == ["a", "b"]
+    assert build_vocabulary(texts, 10, min_items=3) == ["a"]
+    assert build_vocabulary(texts, 1, min_items=2) == ["a"]
+
+
+def test_catalog_vocabulary_applies_the_modality_min_item_count() -> None:
+    import pandas as pd
+
+    from recfuse.config import ModalityConfig, RecfuseConfig
+    from recfuse.models.candidate_tower import catalog_vocabularies
+
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["red shoe zz", "red hat", "blue shoe"]})
+
+    def vocab(min_count: int) -> list[str]:
+        text = ModalityConfig(name="text", kind="text", columns=("title",), min_item_count=min_count)
+        return catalog_vocabularies(items, RecfuseConfig(modalities=(text,)))["text"]
+
+    assert set(vocab(1)) == {"red", "shoe", "zz", "hat", "blue"}
+    assert vocab(2) == ["red", "shoe"]
+
+
 def test_text_encoder_mean_equals_hand_computed_masked_mean() -> None:
     enc = TextEncoder(vocabulary=["red", "shoe", "hat"], max_tokens=5, embedding_dim=4)
     out = enc(tf.constant(["red shoe", "", "hat unknownword"])).numpy()

@@ -61,19 +61,26 @@ def tokenize_fields(fields: Iterable[str | None], char_ngrams: int = 2) -> str:
     return " ".join(p for p in parts if p)
 
 
-def build_vocabulary(token_strings: Iterable[str], max_size: int) -> list[str]:
+def build_vocabulary(token_strings: Iterable[str], max_size: int, min_items: int = 1) -> list[str]:
     """Most frequent tokens (ties broken alphabetically, so the result is deterministic).
 
     Args:
-        token_strings: outputs of :func:`tokenize`.
+        token_strings: outputs of :func:`tokenize`, one per item.
         max_size: at most this many tokens (callers reserve room for padding and OOV themselves).
+        min_items: keep only tokens that occur in at least this many of the strings (document
+            frequency). A token of one item only is that item's id in disguise: it lets the text
+            branch memorise warm items and is an untrained, meaningless vector for a new one.
 
     Returns:
         Token list, most frequent first.
     """
     counts: Counter[str] = Counter()
+    docs: Counter[str] = Counter()
     for s in token_strings:
         if s:
-            counts.update(s.split(" "))
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            toks = s.split(" ")
+            counts.update(toks)
+            docs.update(set(toks))
+    floor = max(1, int(min_items))
+    ranked = sorted(((t, c) for t, c in counts.items() if docs[t] >= floor), key=lambda kv: (-kv[1], kv[0]))
     return [tok for tok, _ in ranked[: max(0, int(max_size))]]

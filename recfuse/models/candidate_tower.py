@@ -276,13 +276,14 @@ class CandidateTower(tf.keras.Model):
 def catalog_vocabularies(items: pd.DataFrame, cfg: RecfuseConfig) -> dict[str, list[str]]:
     """Token / category vocabularies of the text-token and categorical modalities, from the catalog.
 
-    Text: the ``vocab_size - 2`` most frequent tokens (2 ids are padding and OOV). Categories: every
+    Text: the ``vocab_size - 2`` most frequent tokens found in at least ``min_item_count`` items (2 ids
+    are padding and OOV; rarer tokens map to OOV). Categories: every
     category value (at most ``vocab_size - 2``), most frequent first.
     """
     vocabs: dict[str, list[str]] = {}
     for m in cfg.modalities:
         if m.kind == "text" and m.source == "tokens":
-            vocabs[m.name] = build_vocabulary(text_tokens(items, m).tolist(), m.vocab_size - 2)
+            vocabs[m.name] = build_vocabulary(text_tokens(items, m).tolist(), m.vocab_size - 2, m.min_item_count)
         elif m.kind == "categorical":
             # category values may contain spaces: split on the separator, not with build_vocabulary
             joined = category_strings(items, m).tolist()
