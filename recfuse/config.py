@@ -84,6 +84,8 @@ class ModalityConfig:
             weights) or ``vector`` (precomputed column); for text ``tokens`` or ``vector``.
         columns: catalog columns feeding this modality (text: concatenated; vector/image: one).
         dim: width of a precomputed vector column (required when ``source``/``kind`` is vector).
+        augment: raw-image CNN only: random left-right flips and shifts of up to 1/8 of the side
+            while training (inference unchanged).
         min_item_count: text tokens found in fewer catalog items than this map to OOV (default 1:
             keep all). 2 stops the text branch memorising an item by its one-off tokens.
     """
@@ -109,6 +111,8 @@ class ModalityConfig:
     encoder_heads: int = 2
     # raw-image CNN: output channels of each conv block (the last one is the feature width)
     cnn_filters: tuple[int, ...] = (16, 32, 64)
+    # raw-image CNN: random flips and shifts while training
+    augment: bool = False
 
     def __post_init__(self) -> None:
         sec = f"modalities.{self.name or '?'}"

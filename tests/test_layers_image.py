@@ -39,6 +39,44 @@ def test_cnn_output_width_and_uint8_input() -> None:
         ImageCNN(filters=())
 
 
+def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``img`` moved by (dy, dx) pixels with the edge rows/columns repeated (numpy reference)."""
+    n = img.shape[0]
+    rows = np.clip(np.arange(n) - dy, 0, n - 1)
+    cols = np.clip(np.arange(n) - dx, 0, n - 1)
+    return img[rows][:, cols]
+
+
+def test_cnn_augment_is_a_flip_and_shift_of_each_image_and_only_while_training() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.random((64, 8, 8, 3)).astype(np.float32)
+    cnn = ImageCNN(filters=(4,), augment=True, augment_shift=0.25)  # up to 2 px on an 8 px side
+    tf.random.set_seed(7)
+    out = cnn._augment(tf.constant(x)).numpy()
+    seen = set()
+    for img, aug in zip(x, out):
+        matches = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(_shifted(img[:, ::-1] if flip else img, dy, dx), aug)
+        ]
+        assert matches, "an augmented image is not a flip/shift of its input"
+        seen.add(matches[0])
+    assert len(seen) > 10  # per-image randomness, not one transform for the batch
+    # inference never augments: repeated calls agree, and equal a non-augmenting twin with the same weights
+    twin = ImageCNN(filters=(4,))
+    twin(x[:1])
+    cnn(x[:1])
+    twin.set_weights(cnn.get_weights())
+    np.testing.assert_array_equal(cnn(x, training=False).numpy(), twin(x, training=False).numpy())
+    again = ImageCNN.from_config(cnn.get_config())
+    assert again.augment and again.augment_shift == 0.25
+    with pytest.raises(ValueError, match="augment_shift"):
+        ImageCNN(augment=True, augment_shift=0.5)
+
+
 def test_backbone_loads_a_local_weights_file(weights_file: tuple[Path, tf.keras.Model]) -> None:
     path, reference = weights_file
     enc = BackboneEncoder("MobileNetV3Small", image_size=32, weights=str(path))

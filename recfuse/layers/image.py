@@ -38,14 +38,29 @@ class ImageCNN(tf.keras.layers.Layer):
 
     Args:
         filters: output channels of each conv block (its last entry is the output width ``F``).
+        augment: while training only, flip each image left-right at random and shift it by up to
+            ``augment_shift`` of its size (edge pixels repeated), so the CNN learns what an item's
+            picture shows rather than the exact pixels of the items it was trained on. Inference
+            (``training`` false) is untouched.
+        augment_shift: largest shift as a fraction of the image side (``augment`` only).
 
     Call:
         images ``[b, S, S, 3]`` -> ``[b, filters[-1]]``.
     """
 
-    def __init__(self, filters: tuple[int, ...] | list[int] = (16, 32, 64), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: tuple[int, ...] | list[int] = (16, 32, 64),
+        augment: bool = False,
+        augment_shift: float = 0.125,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters = tuple(int(f) for f in filters)
+        self.augment = bool(augment)
+        self.augment_shift = float(augment_shift)
+        if not 0.0 <= self.augment_shift < 0.5:
+            raise ValueError(f"`augment_shift` must be in [0, 0.5), got {augment_shift}")
         if not self.filters or min(self.filters) < 1:
             raise ValueError(f"`filters` must be a non-empty list of positive ints, got {list(filters)}")
         self.convs = [
@@ -61,8 +76,25 @@ class ImageCNN(tf.keras.layers.Layer):
     def output_dim(self) -> int:
         return self.filters[-1]
 
+    def _augment(self, x: tf.Tensor) -> tf.Tensor:
+        """Per-image random left-right flip and integer shift (edge-replicated) of ``[b, S, S, c]``."""
+        b, size = tf.shape(x)[0], tf.shape(x)[1]
+        flip = tf.random.uniform([b, 1, 1, 1]) < 0.5
+        x = tf.where(flip, tf.reverse(x, axis=[2]), x)
+        if self.augment_shift <= 0.0:
+            return x
+        max_px = tf.cast(tf.math.floor(self.augment_shift * tf.cast(size, tf.float32)), tf.int32)
+        shifts = tf.random.uniform([b, 2], -max_px, max_px + 1, dtype=tf.int32)
+        grid = tf.range(size)[None, :]
+        rows = tf.clip_by_value(grid - shifts[:, :1], 0, size - 1)  # [b, S]
+        cols = tf.clip_by_value(grid - shifts[:, 1:], 0, size - 1)
+        x = tf.gather(x, rows, axis=1, batch_dims=1)
+        return tf.gather(x, cols, axis=2, batch_dims=1)
+
     def call(self, images: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         x = to_unit_pixels(images)
+        if self.augment and training:
+            x = self._augment(x)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = tf.nn.relu(norm(conv(x), training=training))
             if i < len(self.convs) - 1:
@@ -70,7 +102,12 @@ class ImageCNN(tf.keras.layers.Layer):
         return self.gap(x)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "filters": list(self.filters)}
+        return {
+            **super().get_config(),
+            "filters": list(self.filters),
+            "augment": self.augment,
+            "augment_shift": self.augment_shift,
+        }
 
 
 @dataclass(frozen=True)
