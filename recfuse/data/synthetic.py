@@ -237,6 +237,8 @@ image_size = {IMAGE_SIZE}
 name = "text"
 kind = "text"
 columns = ["title", "description"]
+# a token found in one item only is that item's id in disguise (and meaningless for a new item)
+min_item_count = 2
 
 [[modalities]]
 name = "categories"
