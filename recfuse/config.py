@@ -140,6 +140,16 @@ class ModalityConfig:
         _check_range(sec, "max_tokens", self.max_tokens, 1, 4096)
         _check_range(sec, "vocab_size", self.vocab_size, 3, 10_000_000)
         _check_range(sec, "min_item_count", self.min_item_count, 1, 1_000_000)
+        if self.augment and not (self.kind == "image" and self.source == "raw"):
+            raise ConfigError(
+                f"`{sec}.augment` applies to the raw-image CNN only (kind 'image', source 'raw'), "
+                f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
+        if self.min_item_count != 1 and not (self.kind == "text" and self.source == "tokens"):
+            raise ConfigError(
+                f"`{sec}.min_item_count` applies to token text only (kind 'text', source 'tokens'), "
+                f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
         _check_range(sec, "char_ngrams", self.char_ngrams, 1, 8)
         _check_range(sec, "embedding_dim", self.embedding_dim, 1, 65536)
         _check_range(sec, "encoder_layers", self.encoder_layers, 1, 24)

@@ -68,6 +68,14 @@ columns = ["title"]
             {"modalities": [{"name": "text", "kind": "text", "min_item_count": 0}]},
             r"`modalities.text.min_item_count` must be in \[1, 1000000\], got 0",
         ),
+        (
+            {"modalities": [{"name": "img", "kind": "image", "source": "vector", "dim": 4, "augment": True}]},
+            r"`modalities.img.augment` applies to the raw-image CNN only .*source 'vector'; remove it",
+        ),
+        (
+            {"modalities": [{"name": "t", "kind": "text", "source": "vector", "dim": 4, "min_item_count": 2}]},
+            r"`modalities.t.min_item_count` applies to token text only .*source 'vector'; remove it",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(raw: dict, match: str) -> None:
