@@ -87,7 +87,7 @@ class ModalityConfig:
         augment: raw-image CNN only: random left-right flips and shifts of up to 1/8 of the side
             while training (inference unchanged).
         min_item_count: text tokens found in fewer catalog items than this map to OOV (default 1:
-            keep all). 2 stops the text branch memorising an item by its one-off tokens.
+            keep all). 2 keeps a token unique to one item from acting as that item's id.
     """
 
     name: str
