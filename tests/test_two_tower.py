@@ -79,6 +79,24 @@ def test_logq_correction_changes_the_loss() -> None:
     assert not np.isclose(float(on.compute_loss(batch)), float(off.compute_loss(batch)))
 
 
+def test_logq_correction_is_exact_for_items_expected_more_than_once_per_batch() -> None:
+    """The loss equals the in-batch softmax with logits - log(B * p) (a common factor cancels), also
+    when B * p > 1 for popular items (TFRS clips what it is given to [1e-6, 1])."""
+    n = 20
+    prob = np.full(n, 0.5 / (n - 1))
+    prob[0] = 0.5  # item 0: expected twice in a batch of 4
+    model = _model(logq_correction=True)
+    model._item_prob = tf.constant(prob.astype(np.float32))
+    batch = _batch([0, 5, 9, 19])
+    q = model.query_embeddings(batch).numpy()
+    c = model.candidate_embeddings(batch["item_idx"]).numpy()
+    logits = q @ c.T / 0.1 - np.log(4 * prob[[0, 5, 9, 19]])[None, :]
+    logits -= logits.max(axis=1, keepdims=True)
+    expected = -np.diag(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).sum()
+    model.history_encoding = "memory_bank"  # the bank was refreshed from the same tower: same vectors
+    assert float(model.compute_loss(batch)) == pytest.approx(expected, rel=1e-4)
+
+
 def test_accidental_hits_are_removed() -> None:
     remove, keep = _pair({"remove_accidental_hits": True}, {"remove_accidental_hits": False})
     dup = _batch([3, 3, 7, 8])  # item 3 twice: a false negative for both rows when kept

@@ -23,7 +23,9 @@ training, the bundle's embeddings when serving), which equals the live rows in i
 
 Loss (:class:`tfrs.tasks.Retrieval`): in-batch softmax with temperature, logQ correction with each
 candidate's expected count in the batch's candidate pool (``B·p(i)`` from training item
-frequencies plus ``M/N`` for ``M`` uniformly sampled mixed negatives), accidental-hit removal by
+frequencies plus ``M/N`` for ``M`` uniformly sampled mixed negatives; passed to TFRS divided by the
+pool's largest count, so its clipping to ``[1e-6, 1]`` never flattens the correction of popular
+items, and only items a million times rarer than the pool's most frequent one), accidental-hit removal by
 item index, plus the candidate tower's own ``add_loss`` terms (contrastive alignment), which
 ``tfrs.models.Model.train_step`` adds as regularisation losses.
 
@@ -149,8 +151,12 @@ class TwoTowerModel(tfrs.models.Model):
             candidates = self.candidate_embeddings(cand_idx, training=training)
         prob = None
         if self.logq_correction:
-            # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N)
-            prob = batch * tf.gather(self._item_prob, cand_idx) + float(self.mixed_negatives) / float(self.num_items)
+            # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N) ...
+            count = batch * tf.gather(self._item_prob, cand_idx) + float(self.mixed_negatives) / float(self.num_items)
+            # ... divided by the pool's largest: TFRS clips the probability to [1e-6, 1], which would
+            # flatten the correction of every item expected more than once per batch (on the sample,
+            # the 17 most popular items at batch 256); a common factor cancels in the softmax.
+            prob = count / tf.reduce_max(count)
         return self.task(
             query,
             candidates,
