@@ -182,6 +182,10 @@ class ModelConfig:
         modality_dropout: probability of masking each present modality per item while training.
         item_id_dropout: probability of hiding the item-id embedding while training (cold-start robustness).
         contrastive_weight: weight of the InfoNCE image–text alignment loss (0 disables it).
+        modality_loss_weight: weight of the per-modality auxiliary retrieval losses (0 disables
+            them): each content modality's aligned token is also scored alone against the query
+            with the main loss, so that a fast-learning branch cannot leave the others untrained
+            (see :mod:`recfuse.models.two_tower`). Ignored for a tower with a single token.
         temperature: softmax temperature of the retrieval loss.
         mixed_negatives: extra uniformly sampled catalog items per batch (0 disables).
     """
@@ -204,6 +208,7 @@ class ModelConfig:
     query_hidden: tuple[int, ...] = (128,)
     fusion_hidden: tuple[int, ...] = (128,)
     contrastive_weight: float = 0.1
+    modality_loss_weight: float = 0.0
     temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
@@ -218,6 +223,7 @@ class ModelConfig:
         _check_range("model", "item_id_dropout", self.item_id_dropout, 0.0, 1.0)
         _check_range("model", "temperature", self.temperature, 1e-4, 10.0)
         _check_range("model", "contrastive_weight", self.contrastive_weight, 0.0, 100.0)
+        _check_range("model", "modality_loss_weight", self.modality_loss_weight, 0.0, 100.0)
         _check_range("model", "attention_heads", self.attention_heads, 1, 64)
         _check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
 

@@ -208,3 +208,69 @@ def test_prepared_integer_table_gives_identical_outputs(catalog) -> None:
     np.testing.assert_allclose(tower(gathered).numpy(), tower(_features(table)).numpy()[[4, 1]], atol=1e-6)
     again = tower.prepare_features(prepared)
     np.testing.assert_array_equal(again["text"], prepared["text"])
+
+
+def test_modality_loss_adds_one_retrieval_loss_per_present_content_modality(catalog) -> None:
+    """model.modality_loss_weight: loss(w) - loss(0) = w * sum over content modalities of the same
+    in-batch softmax (same queries, logQ) scored with that modality's token alone; positives lacking
+    the modality weigh 0 and, as negatives, score 0."""
+    from recfuse.models.query_tower import QueryTower
+    from recfuse.models.two_tower import TwoTowerModel
+
+    tf.keras.utils.set_random_seed(3)
+    tower, table = _setup(catalog, _cfg("attention", modality_dropout=0.0, contrastive_weight=0.0))
+    query_tower = QueryTower(8, user_rows=4, hidden=(16,))
+    prob = np.array([0.3, 0.2, 0.1, 0.15, 0.05, 0.2], np.float32)
+    kw = dict(temperature=0.2, history_encoding="live", live_history_items=0)
+    on = TwoTowerModel(query_tower, tower, table, prob, modality_loss_weight=0.7, **kw)
+    off = TwoTowerModel(query_tower, tower, table, prob, modality_loss_weight=0.0, **kw)
+    assert (on.aux_modalities, off.aux_modalities) == (4, 0)  # image, text, categories, audio; not the id token
+    item_idx = np.array([0, 1, 3, 5], np.int64)  # i3 has no text/categories, i5 no image/audio
+    hist = np.array([[2, 4, -1], [0, -1, -1], [1, 2, 4], [3, -1, -1]], np.int64)
+    batch = {
+        "user_idx": tf.constant([0, 1, 2, 3], tf.int64),
+        "hist_idx": tf.constant(hist),
+        "hist_pos": tf.constant(np.tile(np.arange(3, dtype=np.float32), (4, 1))),
+        "item_idx": tf.constant(item_idx),
+    }
+    loss_on = float(on.compute_loss(batch, training=False))
+    loss_off = float(off.compute_loss(batch, training=False))
+
+    query = off._live_towers(batch, tf.constant(item_idx), False)[0].numpy()
+    feats = {k: tf.constant(v[item_idx]) for k, v in table.items()}
+    fused = tower(feats, training=False).numpy()
+    tokens, mask = (t.numpy() for t in tower.modality_tokens(feats, training=False))
+    log_q = np.log(len(item_idx) * prob[item_idx])  # 4 * 0.3 > 1: exact, not clipped at 1
+
+    def softmax_ce(cands: np.ndarray, weight: np.ndarray) -> float:
+        logits = query @ cands.T / 0.2 - log_q[None, :]
+        logits -= logits.max(axis=1, keepdims=True)
+        nll = -np.diag(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))
+        return float((nll * weight).sum())
+
+    assert loss_off == pytest.approx(softmax_ce(fused, np.ones(4)), rel=1e-4)  # the manual loss is TFRS's
+    present = mask[:, :4]
+    assert present[:, 0].tolist() == [1, 1, 1, 0] and present[:, 1].tolist() == [1, 1, 0, 1]
+    expected = 0.0
+    for m in range(4):
+        norm = np.sqrt(np.maximum((tokens[:, m] ** 2).sum(axis=1, keepdims=True), 1e-12))  # as tf.math.l2_normalize
+        t = tokens[:, m] / norm * present[:, m : m + 1]
+        expected += softmax_ce(t, present[:, m])
+    assert expected > 1.0
+    assert loss_on - loss_off == pytest.approx(0.7 * expected, rel=1e-4)
+
+
+def test_modality_loss_needs_more_than_one_token(catalog) -> None:
+    from recfuse.models.query_tower import QueryTower
+    from recfuse.models.two_tower import TwoTowerModel
+
+    base = _cfg("attention").to_dict()
+    text_only = RecfuseConfig.from_dict({**base, "modalities": [base["modalities"][1]]})
+    prob = np.full(6, 1 / 6, np.float32)
+    alone = RecfuseConfig.from_dict({**text_only.to_dict(), "model": {**base["model"], "item_id_embedding": False}})
+    for cfg, expected in ((alone, 0), (text_only, 1)):  # text alone: no fusion to balance; text + id token: 1
+        tower, table = _setup(catalog, cfg)
+        model = TwoTowerModel(QueryTower(8, user_rows=4, hidden=(16,)), tower, table, prob, modality_loss_weight=1.0)
+        assert model.aux_modalities == expected
+    with pytest.raises(ConfigError, match="modality_loss_weight"):
+        _cfg("attention", modality_loss_weight=-1.0)

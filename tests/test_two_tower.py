@@ -143,7 +143,7 @@ def test_live_history_equals_the_memory_bank_forward_in_inference_mode() -> None
     hist = batch["hist_idx"].numpy()
     hist[1, 1], hist[2, 1], hist[2, 2] = 7, 0, 13  # repeats, a positive reused as history, padding elsewhere
     batch["hist_idx"] = tf.constant(hist)
-    q_live, c_live = live._live_towers(batch, tf.cast(batch["item_idx"], tf.int64), training=False)
+    q_live, c_live, _, _ = live._live_towers(batch, tf.cast(batch["item_idx"], tf.int64), training=False)
     np.testing.assert_allclose(q_live.numpy(), bank.query_embeddings(batch).numpy(), atol=1e-6)
     np.testing.assert_allclose(c_live.numpy(), bank.candidate_embeddings(batch["item_idx"]).numpy(), atol=1e-6)
     np.testing.assert_allclose(float(live.compute_loss(batch)), float(bank.compute_loss(batch)), rtol=1e-5)
@@ -174,7 +174,7 @@ def test_live_history_cap_encodes_a_bounded_random_subset_and_reads_the_rest_fro
     bank.refresh_memory_bank()
     batch = _batch([0, 1])
     batch["hist_idx"] = tf.constant([[5, 6, 7], [8, 9, -1]], tf.int64)  # five history-only items
-    q_capped, _ = capped._live_towers(batch, tf.constant([0, 1], tf.int64), training=False)
+    q_capped, *_ = capped._live_towers(batch, tf.constant([0, 1], tf.int64), training=False)
     np.testing.assert_allclose(q_capped.numpy(), bank.query_embeddings(batch).numpy(), atol=1e-6)
     emb = capped.candidate_tower.emb.embeddings
     with tf.GradientTape() as tape:

@@ -195,7 +195,21 @@ class CandidateTower(tf.keras.Model):
             masks.append(self._mask(features, "item_id_mask") * tf.cast(in_range, tf.float32))
         return tf.stack(tokens, axis=1), tf.stack(masks, axis=1)
 
-    def call(self, features: Mapping[str, tf.Tensor], training: bool | None = False) -> tf.Tensor:
+    def embed_with_tokens(
+        self, features: Mapping[str, tf.Tensor], training: bool | None = False
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The fused embedding ``[b, d]`` plus the aligned tokens ``[b, M, d]`` and mask ``[b, M]`` it came from.
+
+        The mask is the presence mask before modality dropout. Used by the per-modality auxiliary
+        loss (``model.modality_loss_weight``), which scores each content token alone. Goes through
+        ``__call__`` (so the contrastive ``add_loss`` is recorded as usual).
+        """
+        z, tokens, mask = self(features, training=training, return_tokens=True)
+        return z, tokens, mask
+
+    def call(
+        self, features: Mapping[str, tf.Tensor], training: bool | None = False, return_tokens: bool = False
+    ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         tokens, mask = self.modality_tokens(features, training=training)
         if training and self.contrastive_weight > 0:
             both = mask[:, self.image_index] * mask[:, self.text_index]
@@ -203,9 +217,15 @@ class CandidateTower(tf.keras.Model):
                 tokens[:, self.image_index], tokens[:, self.text_index], both > 0, self.cfg.model.temperature
             )
             self.add_loss(self.contrastive_weight * loss)
-        mask = self.modality_dropout(mask, training=training)
-        z = self.fusion(tokens, mask, training=training)
-        return tf.math.l2_normalize(z, axis=-1) if self.cfg.model.normalize else z
+        dropped = self.modality_dropout(mask, training=training)
+        z = self.fusion(tokens, dropped, training=training)
+        z = tf.math.l2_normalize(z, axis=-1) if self.cfg.model.normalize else z
+        return (z, tokens, mask) if return_tokens else z
+
+    @property
+    def content_token_count(self) -> int:
+        """How many leading tokens are content modalities (the item-id token, if any, comes last)."""
+        return len(self.modality_names)
 
     def prepare_features(self, table: Mapping[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
         """Replace string text/category columns by their int64 ids, once for the whole catalog.

@@ -29,6 +29,15 @@ items, and only items a million times rarer than the pool's most frequent one), 
 item index, plus the candidate tower's own ``add_loss`` terms (contrastive alignment), which
 ``tfrs.models.Model.train_step`` adds as regularisation losses.
 
+Per-modality auxiliary loss (``modality_loss_weight`` > 0, towers with more than one token): the
+same retrieval loss, with the same queries, negatives and logQ correction, is added once per
+content modality with that modality's aligned token alone standing in for the fused item
+embedding (weighted by the weight; positives lacking the modality weigh 0). In a fused tower the
+branch that learns fastest (typically text, which can memorise items through rare tokens) carries
+the loss and the slower one (a CNN learning style from pixels) gets little gradient; scoring each
+branch on its own keeps every branch predictive, which is what new items and items lacking a
+modality rely on.
+
 Example:
     >>> model = TwoTowerModel(query_tower, candidate_tower, item_table, item_prob, temperature=0.1)  # doctest: +SKIP
     >>> model.compile(tf.keras.optimizers.Adam(3e-3)); model.fit(ds)                                # doctest: +SKIP
@@ -67,6 +76,8 @@ class TwoTowerModel(tfrs.models.Model):
             ``memory_bank`` (history from the refreshed, non-trainable bank).
         live_history_items: with ``live``, the most history-only items encoded live per step
             (0: all of them); the others are read from the memory bank.
+        modality_loss_weight: weight of the per-modality auxiliary retrieval losses (0: off;
+            ignored for a candidate tower with a single token or without ``embed_with_tokens``).
     """
 
     def __init__(
@@ -82,6 +93,7 @@ class TwoTowerModel(tfrs.models.Model):
         seed: int = 0,
         history_encoding: str = "live",
         live_history_items: int = 0,
+        modality_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.query_tower = query_tower
@@ -97,6 +109,15 @@ class TwoTowerModel(tfrs.models.Model):
             raise ValueError(f"history_encoding must be one of {HISTORY_ENCODINGS}, got {history_encoding!r}")
         self.history_encoding = history_encoding
         self.live_history_items = int(live_history_items)
+        if modality_loss_weight < 0:
+            raise ValueError(f"modality_loss_weight must be >= 0, got {modality_loss_weight!r}")
+        tokens = len(getattr(candidate_tower, "token_names", ()))
+        self.aux_modalities = (
+            int(getattr(candidate_tower, "content_token_count", 0))
+            if modality_loss_weight > 0 and tokens > 1 and hasattr(candidate_tower, "embed_with_tokens")
+            else 0
+        )
+        self.modality_loss_weight = float(modality_loss_weight) if self.aux_modalities else 0.0
         self._rng = tf.random.Generator.from_seed(seed)
         self.task = tfrs.tasks.Retrieval(
             temperature=temperature, remove_accidental_hits=remove_accidental_hits, name="retrieval"
@@ -109,6 +130,14 @@ class TwoTowerModel(tfrs.models.Model):
     def candidate_embeddings(self, item_idx: tf.Tensor, training: bool = False) -> tf.Tensor:
         """``[b, d]`` candidate-tower embeddings of the given item rows."""
         return self.candidate_tower(self.item_features(item_idx), training=training)
+
+    def _encode(self, item_idx: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
+        """Embeddings of the rows, plus their content tokens ``[b, M, d]`` and mask when the auxiliary loss is on."""
+        if not self.aux_modalities:
+            return self.candidate_embeddings(item_idx, training=training), None, None
+        z, tokens, mask = self.candidate_tower.embed_with_tokens(self.item_features(item_idx), training=training)
+        m = self.aux_modalities
+        return z, tokens[:, :m], mask[:, :m]
 
     def query_embeddings(self, features: Mapping[str, tf.Tensor], item_matrix: tf.Tensor | None = None) -> tf.Tensor:
         """``[b, d]`` query vectors; the history is read from ``item_matrix`` (default: memory bank)."""
@@ -145,10 +174,10 @@ class TwoTowerModel(tfrs.models.Model):
             extra = self._rng.uniform((self.mixed_negatives,), 0, self.num_items, dtype=tf.int64)
             cand_idx = tf.concat([item_idx, extra], axis=0)
         if self.history_encoding == "live":
-            query, candidates = self._live_towers(features, cand_idx, training)
+            query, candidates, tokens, mask = self._live_towers(features, cand_idx, training)
         else:
             query = self.query_embeddings(features)
-            candidates = self.candidate_embeddings(cand_idx, training=training)
+            candidates, tokens, mask = self._encode(cand_idx, training)
         prob = None
         if self.logq_correction:
             # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N) ...
@@ -157,9 +186,31 @@ class TwoTowerModel(tfrs.models.Model):
             # flatten the correction of every item expected more than once per batch (on the sample,
             # the 17 most popular items at batch 256); a common factor cancels in the softmax.
             prob = count / tf.reduce_max(count)
+        loss = self._retrieval_loss(query, candidates, prob, cand_idx)
+        if tokens is not None and mask is not None:
+            n_pos = tf.shape(item_idx)[0]
+            normalize = bool(self.candidate_tower.cfg.model.normalize)  # a CandidateTower: it has tokens
+            for m in range(self.aux_modalities):
+                present = mask[:, m]
+                token = tf.math.l2_normalize(tokens[:, m], axis=-1) if normalize else tokens[:, m]
+                token = token * present[:, None]  # an absent modality scores 0, not its zero-input encoding
+                loss += self.modality_loss_weight * self._retrieval_loss(
+                    query, token, prob, cand_idx, sample_weight=present[:n_pos]
+                )
+        return loss
+
+    def _retrieval_loss(
+        self,
+        query: tf.Tensor,
+        candidates: tf.Tensor,
+        prob: tf.Tensor | None,
+        cand_idx: tf.Tensor,
+        sample_weight: tf.Tensor | None = None,
+    ) -> tf.Tensor:
         return self.task(
             query,
             candidates,
+            sample_weight=sample_weight,
             candidate_sampling_probability=prob,
             candidate_ids=cand_idx,
             compute_metrics=False,
@@ -168,8 +219,9 @@ class TwoTowerModel(tfrs.models.Model):
 
     def _live_towers(
         self, features: Mapping[str, tf.Tensor], cand_idx: tf.Tensor, training: bool
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Query and candidate embeddings from ONE candidate-tower pass over the batch's unique items.
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
+        """Query and candidate embeddings (plus the candidates' content tokens and mask when the
+        auxiliary loss is on) from ONE candidate-tower pass over the batch's unique items.
 
         The history indices are remapped to rows of that pass, so the query tower's pooling is
         differentiable with respect to the item representations. With ``live_history_items > 0``
@@ -188,17 +240,20 @@ class TwoTowerModel(tfrs.models.Model):
             keep = tf.minimum(extra, self.live_history_items)
             picked = n_uc + tf.argsort(self._rng.uniform((extra,)))[:keep]  # a random `keep` of them
             live_pos = tf.concat([tf.range(n_uc), picked], axis=0)
-            live_rows = self.candidate_embeddings(tf.gather(uniq, live_pos), training=training)
+            live_rows, tokens, mask = self._encode(tf.gather(uniq, live_pos), training)
             bank_rows = tf.stop_gradient(tf.gather(self.memory_bank, uniq))
             rows = tf.tensor_scatter_nd_update(bank_rows, live_pos[:, None], live_rows)
         else:
-            rows = self.candidate_embeddings(uniq, training=training)
+            rows, tokens, mask = self._encode(uniq, training)
         candidates = tf.gather(rows, inv[:n_cand])
+        if tokens is not None and mask is not None:
+            # the candidates' unique items are the first rows of both the live and the all-live pass
+            tokens, mask = tf.gather(tokens, inv[:n_cand]), tf.gather(mask, inv[:n_cand])
         local_hist = tf.tensor_scatter_nd_update(
             tf.fill(tf.shape(hist), tf.constant(-1, tf.int64)), tf.where(valid), inv[n_cand:]
         )
         query = self.query_tower(rows, features["user_idx"], local_hist, features["hist_pos"])
-        return query, candidates
+        return query, candidates, tokens, mask
 
     def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised as a whole
         raise NotImplementedError("TwoTowerModel is saved as a tf.train.Checkpoint of its towers")

@@ -61,5 +61,6 @@ def build_model(
         seed=cfg.train.seed,
         history_encoding=cfg.train.history_encoding,
         live_history_items=cfg.train.live_history_items,
+        modality_loss_weight=cfg.model.modality_loss_weight,
     )
     return BuiltModel(model, item_vocab, user_vocab, items, frozenset(warm_items))
