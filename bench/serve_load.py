@@ -15,6 +15,12 @@ Usage:
     python bench/serve_load.py                    # 100k and 1M
     python bench/serve_load.py --workers 1 2      # also SO_REUSEPORT multi-process servers
     python bench/serve_load.py --quick --batching on off   # Recommend with and without micro-batching
+    python bench/serve_load.py --quick --rounds 5          # 5 alternating rounds, medians (noisy machines)
+
+With ``--rounds R`` every server is measured R times, the targets alternating within each round
+(echo, Recommend, echo, Recommend, ...), and each cell reports the median over rounds of its QPS,
+p50, p99 and ratio to the echo of the same round, with the ratio's min-max: on a shared 2-core VM
+a single cell's QPS swings by tens of percent between runs, a paired ratio much less.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 
@@ -35,6 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVE = Path(sys.executable).parent / "recfuse-serve"
 DIM = 64
 N_USERS = 20_000
+# --pin: CPU sets of the server processes and of the load-generating clients (None: unpinned)
+PIN: dict[str, set[int] | None] = {"server": None, "client": None}
+CONFIG_DIR: list[str] = []  # the run's temporary folder of server configs (removed at the end)
+
+
+def _affinity(role: str):  # type: ignore[no-untyped-def]
+    """``preexec_fn`` pinning a child process (and whatever it forks) to the role's CPUs."""
+    cpus = PIN[role]
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
 # ------------------------------------------------------------------------------------ bundles
@@ -189,18 +205,26 @@ def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> N
 
 
 def start_server(
-    kind: str, bundles: Path | None, workers: int, env: dict[str, str], batching: bool = False
+    kind: str,
+    bundles: Path | None,
+    workers: int,
+    env: dict[str, str],
+    batching: bool = False,
+    extra: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, int]:
     port = free_port()
     if kind == "echo":
         cmd = [sys.executable, __file__, "--serve-echo", str(port)]
         if workers > 1:
-            procs = [subprocess.Popen([*cmd, "--reuse-port"], env=env) for _ in range(workers)]
+            procs = [
+                subprocess.Popen([*cmd, "--reuse-port"], env=env, preexec_fn=_affinity("server"))
+                for _ in range(workers)
+            ]
             return _Group(procs), port  # type: ignore[return-value]
     else:
         cmd = [str(SERVE), "--bundles", str(bundles), "--port", str(port), "--log-level", "WARNING"]
-        cmd += ["--workers", str(workers), "--config", _bench_config(batching)]
-    return subprocess.Popen(cmd, env=env), port
+        cmd += ["--workers", str(workers), "--config", _bench_config(batching, extra)]
+    return subprocess.Popen(cmd, env=env, preexec_fn=_affinity("server")), port
 
 
 class _Group:
@@ -221,12 +245,13 @@ class _Group:
         return max(p.wait(timeout) for p in self.procs)
 
 
-def _bench_config(batching: bool = False) -> str:
-    path = Path(tempfile.gettempdir()) / f"recfuse-bench-server-batching-{'on' if batching else 'off'}.toml"
-    path.write_text(
-        "reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\n" + ("batching = true\n" if batching else "")
-    )
-    return str(path)
+def _bench_config(batching: bool = False, extra: Sequence[str] = ()) -> str:
+    fd, name = tempfile.mkstemp(prefix="server-", suffix=".toml", dir=CONFIG_DIR[0])
+    with os.fdopen(fd, "w") as fh:
+        fh.write("reload_interval_s = 0\nshutdown_delay_s = 0\ngrace_s = 1\n")
+        fh.write("batching = true\n" if batching else "")
+        fh.write("".join(f"{line}\n" for line in extra))
+    return name
 
 
 def load(port: int, clients: int, seconds: float, env: dict[str, str]) -> dict[str, float]:
@@ -235,7 +260,11 @@ def load(port: int, clients: int, seconds: float, env: dict[str, str]) -> dict[s
     with tempfile.TemporaryDirectory() as tmp:
         outs = [str(Path(tmp) / f"c{i}.npy") for i in range(clients)]
         procs = [
-            subprocess.Popen([sys.executable, __file__, "--client", str(port), str(seconds), str(i), outs[i]], env=env)
+            subprocess.Popen(
+                [sys.executable, __file__, "--client", str(port), str(seconds), str(i), outs[i]],
+                env=env,
+                preexec_fn=_affinity("client"),
+            )
             for i in range(clients)
         ]
         codes = [p.wait(seconds + 120) for p in procs]
@@ -257,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes (SO_REUSEPORT)")
     p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=1, help="alternating measurement rounds; medians reported")
+    p.add_argument(
+        "--server-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra line of the Recommend server's TOML config, e.g. max_concurrency=4",
+    )
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--blas-default", action="store_true", help="also run 100k with numpy's default BLAS threads")
     p.add_argument(
@@ -266,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         default=["off"],
         help="server micro-batching of concurrent Recommend calls (server config `batching`, default off); "
         "both: a row each",
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers on the last CPU, clients on the others (as if the load came from another machine)",
     )
     p.add_argument("--serve-echo", type=int, help=argparse.SUPPRESS)
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
@@ -277,6 +319,21 @@ def main(argv: list[str] | None = None) -> int:
         port, seconds, seed, out = args.client
         return run_client(int(port), float(seconds), int(seed), out)
 
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            p.error("--pin needs at least 2 CPUs")
+        PIN["server"], PIN["client"] = {cpus[-1]}, set(cpus[:-1])
+    CONFIG_DIR.append(tempfile.mkdtemp(prefix="recfuse-serve-load-"))
+    try:
+        return _run(args)
+    finally:
+        import shutil
+
+        shutil.rmtree(CONFIG_DIR.pop(), ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()[0]
     out = Path(args.out)
     sizes = {"100k": 100_000} if args.quick else {"100k": 100_000, "1M": 1_000_000}
@@ -294,44 +351,61 @@ def main(argv: list[str] | None = None) -> int:
         blas = {k: v for k, v in env.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
         targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas, False))
 
-    rows = []
-    ceiling: dict[tuple[int, int], dict[str, float]] = {}
-    for workers in args.workers:
-        for label, kind, path, server_env, batching in targets:
-            proc, port = start_server(kind, path, workers, server_env, batching)
-            try:
-                wait_serving(port, proc)
-                for clients in args.clients:
-                    cpu0 = sum(cpu_seconds(pid) for pid in _pids(proc))
-                    r = load(port, clients, args.duration, env)
-                    cpu = sum(cpu_seconds(pid) for pid in _pids(proc)) - cpu0
-                    # warm-up calls (100 per client) are served inside the window too
-                    r["cpu_ms"] = cpu * 1e3 / (r["n"] + 100 * clients)
-                    if kind == "echo":
-                        ceiling[(workers, clients)] = r
-                    base = ceiling.get((workers, clients))
-                    ratio = r["qps"] / base["qps"] if base else float("nan")
-                    rows.append((label, workers, clients, r["qps"], r["p50"], r["p99"], ratio, r["cpu_ms"]))
-                    print(
-                        f"{label:42s} procs={workers} clients={clients} qps={r['qps']:8.0f} "
-                        f"p50={r['p50']:6.2f} ms p99={r['p99']:6.2f} ms  x echo {ratio:.2f}  "
-                        f"server CPU {r['cpu_ms']:.3f} ms/call",
-                        flush=True,
-                    )
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
+    cells: dict[tuple[str, int, int], list[dict[str, float]]] = {}
+    for rnd in range(max(1, args.rounds)):
+        for workers in args.workers:
+            ceiling: dict[int, dict[str, float]] = {}
+            for label, kind, path, server_env, batching in targets:
+                proc, port = start_server(kind, path, workers, server_env, batching, args.server_set)
+                try:
+                    wait_serving(port, proc)
+                    for clients in args.clients:
+                        cpu0 = sum(cpu_seconds(pid) for pid in _pids(proc))
+                        r = load(port, clients, args.duration, env)
+                        cpu = sum(cpu_seconds(pid) for pid in _pids(proc)) - cpu0
+                        # warm-up calls (100 per client) are served inside the window too
+                        r["cpu_ms"] = cpu * 1e3 / (r["n"] + 100 * clients)
+                        if kind == "echo":
+                            ceiling[clients] = r
+                        base = ceiling.get(clients)
+                        r["ratio"] = r["qps"] / base["qps"] if base else float("nan")
+                        cells.setdefault((label, workers, clients), []).append(r)
+                        print(
+                            f"round {rnd + 1} {label:42s} procs={workers} clients={clients} qps={r['qps']:8.0f} "
+                            f"p50={r['p50']:6.2f} ms p99={r['p99']:6.2f} ms  x echo {r['ratio']:.2f}  "
+                            f"server CPU {r['cpu_ms']:.3f} ms/call",
+                            flush=True,
+                        )
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(60)
 
+    import numpy as np
+
+    rows = []
+    for (label, workers, clients), rs in cells.items():
+        med = {key: float(np.median([r[key] for r in rs])) for key in ("qps", "p50", "p99", "ratio", "cpu_ms")}
+        lo, hi = min(r["ratio"] for r in rs), max(r["ratio"] for r in rs)
+        rows.append((label, workers, clients, med["qps"], med["p50"], med["p99"], med["ratio"], lo, hi, med["cpu_ms"]))
     print()
     print(
         f"machine: {os.cpu_count()} cores, load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}; "
-        f"{args.duration:g} s per cell; batching {'/'.join(args.batching)}"
+        f"{args.duration:g} s per cell; batching {'/'.join(args.batching)}; {max(1, args.rounds)} round(s), medians"
+        + (
+            f"; servers pinned to CPU {sorted(PIN['server'] or ())}, clients to {sorted(PIN['client'] or ())}"
+            if args.pin
+            else ""
+        )
     )
-    print("| target | server procs | clients | QPS | p50 ms | p99 ms | QPS / echo | server CPU ms/call |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, workers, clients, qps, p50, p99, ratio, cpu_ms in rows:
-        print(f"| {label} | {workers} | {clients} | {qps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio:.2f} | {cpu_ms:.3f} |")
-    keys = ("target", "procs", "clients", "qps", "p50_ms", "p99_ms", "x_echo", "server_cpu_ms_per_call")
+    print("| target | server procs | clients | QPS | p50 ms | p99 ms | QPS / echo | (min-max) | server CPU ms/call |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, workers, clients, qps, p50, p99, ratio, lo, hi, cpu_ms in rows:
+        print(
+            f"| {label} | {workers} | {clients} | {qps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio:.2f} | "
+            f"{lo:.2f}-{hi:.2f} | {cpu_ms:.3f} |"
+        )
+    keys = ("target", "procs", "clients", "qps", "p50_ms", "p99_ms", "x_echo", "x_echo_min", "x_echo_max",
+            "server_cpu_ms_per_call")  # fmt: skip
     (out / "serve_load.json").write_text(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
     return 0
 
