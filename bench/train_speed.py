@@ -12,6 +12,7 @@ memory-bank refreshes included, validation excluded. Ratio = cost per example re
 
 Usage:
     python bench/train_speed.py [--config data_samples/recfuse.toml] [--epochs 3] [--batch 256]
+        [--fusions attention,concat] [--raw-fusions attention] [--set model.modality_loss_weight=0]
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--fusions", default=",".join(FUSIONS))
     ap.add_argument("--raw-fusions", default=",".join(FUSIONS), help="fusions also measured on raw images ('' = none)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every model, e.g. --set model.modality_loss_weight=0")  # fmt: skip
     args = ap.parse_args(argv)
 
     import tensorflow as tf
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     from recfuse.data.validate import load_dataset
 
     base = RecfuseConfig.from_toml(args.config).with_overrides({"train.batch_size": args.batch})
+    if args.set:
+        from recfuse.cli.train_cmds import parse_overrides
+
+        base = base.with_overrides(parse_overrides(args.set))
     ds = load_dataset(base.data, base.modalities)
     split = split_interactions(ds.interactions, base.data.split, base.data.split_seed)
     t0 = time.perf_counter()

@@ -185,7 +185,9 @@ class ModelConfig:
         modality_loss_weight: weight of the per-modality auxiliary retrieval losses (0 disables
             them): each content modality's aligned token is also scored alone against the query
             with the main loss, so that a fast-learning branch cannot leave the others untrained
-            (see :mod:`recfuse.models.two_tower`). Ignored for a tower with a single token.
+            (see :mod:`recfuse.models.two_tower`). Ignored for a tower with a single token. The
+            default 0.1 lets content towers learn from the first epochs instead of after a plateau
+            that early stopping can end runs on (bench/README.md, "Quality").
         temperature: softmax temperature of the retrieval loss.
         mixed_negatives: extra uniformly sampled catalog items per batch (0 disables).
     """
@@ -208,7 +210,7 @@ class ModelConfig:
     query_hidden: tuple[int, ...] = (128,)
     fusion_hidden: tuple[int, ...] = (128,)
     contrastive_weight: float = 0.1
-    modality_loss_weight: float = 0.0
+    modality_loss_weight: float = 0.1
     temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
