@@ -95,6 +95,8 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tf.keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()  # process-wide; see TrainConfig.deterministic
 
     item_vocab = IdVocab.build(items["item_id"].tolist(), num_oov=0)
     user_vocab = IdVocab.build(sorted(set(map(str, train_df["user_id"]))), num_oov=cfg.model.user_oov_buckets)
