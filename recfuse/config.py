@@ -88,6 +88,8 @@ class ModalityConfig:
             while training (inference unchanged).
         min_item_count: text tokens found in fewer catalog items than this map to OOV (default 1:
             keep all). 2 keeps a token unique to one item from acting as that item's id.
+        token_dropout: token text only: probability of hiding each token of an item's text while
+            training (word dropout; default 0: off). Inference is unchanged.
     """
 
     name: str
@@ -104,6 +106,7 @@ class ModalityConfig:
     encoder: str = "mean"
     vocab_size: int = 20000
     min_item_count: int = 1
+    token_dropout: float = 0.0
     max_tokens: int = 64
     char_ngrams: int = 2
     embedding_dim: int = 64
@@ -148,6 +151,12 @@ class ModalityConfig:
         if self.min_item_count != 1 and not (self.kind == "text" and self.source == "tokens"):
             raise ConfigError(
                 f"`{sec}.min_item_count` applies to token text only (kind 'text', source 'tokens'), "
+                f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
+        _check_range(sec, "token_dropout", self.token_dropout, 0.0, 0.9)
+        if self.token_dropout and not (self.kind == "text" and self.source == "tokens"):
+            raise ConfigError(
+                f"`{sec}.token_dropout` applies to token text only (kind 'text', source 'tokens'), "
                 f"got kind {self.kind!r} source {self.source!r}; remove it"
             )
         _check_range(sec, "char_ngrams", self.char_ngrams, 1, 8)
@@ -376,15 +385,27 @@ class RecfuseConfig:
         return _to_plain(dataclasses.asdict(self))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RecfuseConfig:
-        """Apply dotted overrides (``{"model.fusion": "max"}``), as given on a command line."""
+        """Apply dotted overrides (``{"model.fusion": "max"}``), as given on a command line.
+
+        A modality is addressed by its name: ``{"modalities.text.token_dropout": 0.2}``.
+        """
         raw = self.to_dict()
         for dotted, value in overrides.items():
             parts = dotted.split(".")
             node = raw
             for part in parts[:-1]:
-                if part not in node or not isinstance(node[part], dict):
+                if isinstance(node, list):  # [[modalities]]: pick the entry by name
+                    named = [m for m in node if isinstance(m, dict) and m.get("name") == part]
+                    if not named:
+                        names = [m.get("name") for m in node if isinstance(m, dict)]
+                        raise ConfigError(f"override {dotted!r}: no modality named {part!r}; configured: {names}")
+                    node = named[0]
+                    continue
+                if part not in node or not isinstance(node[part], (dict, list)):
                     raise ConfigError(f"override {dotted!r}: unknown section {part!r}")
                 node = node[part]
+            if isinstance(node, list):
+                raise ConfigError(f"override {dotted!r}: name a modality, e.g. 'modalities.text.{parts[-1]}'")
             if parts[-1] not in node:
                 raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
             node[parts[-1]] = value

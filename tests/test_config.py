@@ -76,6 +76,14 @@ columns = ["title"]
             {"modalities": [{"name": "t", "kind": "text", "source": "vector", "dim": 4, "min_item_count": 2}]},
             r"`modalities.t.min_item_count` applies to token text only .*source 'vector'; remove it",
         ),
+        (
+            {"modalities": [{"name": "text", "kind": "text", "token_dropout": 0.95}]},
+            r"`modalities.text.token_dropout` must be in \[0.0, 0.9\], got 0.95",
+        ),
+        (
+            {"modalities": [{"name": "cats", "kind": "categorical", "token_dropout": 0.2}]},
+            r"`modalities.cats.token_dropout` applies to token text only .*kind 'categorical'.*; remove it",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(raw: dict, match: str) -> None:
@@ -96,6 +104,19 @@ def test_bad_overrides_and_files(tmp_path: Path) -> None:
         RecfuseConfig.from_toml(bad)
     with pytest.raises(ConfigError, match=r"no modality named 'audio'"):
         RecfuseConfig().modality("audio")
+
+
+def test_overrides_address_a_modality_by_name() -> None:
+    cfg = RecfuseConfig()  # default modalities: image, text, categories
+    over = cfg.with_overrides({"modalities.text.token_dropout": 0.2, "modalities.image.image_size": 32})
+    assert over.modality("text").token_dropout == 0.2 and over.modality("image").image_size == 32
+    assert cfg.modality("text").token_dropout == 0.0  # the original is untouched
+    with pytest.raises(ConfigError, match=r"no modality named 'txt'; configured: \['image', 'text', 'categories'\]"):
+        cfg.with_overrides({"modalities.txt.token_dropout": 0.2})
+    with pytest.raises(ConfigError, match=r"name a modality, e.g. 'modalities.text.token_dropout'"):
+        cfg.with_overrides({"modalities.token_dropout": 0.2})
+    with pytest.raises(ConfigError, match=r"`modalities.image.token_dropout` applies to token text only"):
+        cfg.with_overrides({"modalities.image.token_dropout": 0.2})
 
 
 def test_dataclass_validation_direct() -> None:

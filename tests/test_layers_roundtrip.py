@@ -45,7 +45,9 @@ CASES: list[tuple[str, Callable[[], tf.keras.layers.Layer], Callable[[Any], tf.T
     ),
     (
         "text_transformer",
-        lambda: TextEncoder(["a", "b"], max_tokens=5, embedding_dim=8, encoder="transformer", num_layers=2),
+        lambda: TextEncoder(
+            ["a", "b"], max_tokens=5, embedding_dim=8, encoder="transformer", num_layers=2, token_dropout=0.3
+        ),
         lambda layer: layer(tf.constant(["a b a", "b"])),
     ),
     (

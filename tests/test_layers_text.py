@@ -133,3 +133,37 @@ def test_transformer_row_output_does_not_depend_on_batch_padding() -> None:
     ids = enc.token_ids(tf.constant(["a b", ""]))
     np.testing.assert_allclose(enc(ids).numpy()[0], alone, atol=1e-5)  # int ids in, same output
     np.testing.assert_array_equal(enc(ids).numpy()[1], 0.0)  # empty text -> zeros
+
+
+def test_token_dropout_hides_tokens_while_training_only() -> None:
+    vocab = [f"t{i}" for i in range(8)]
+    enc = TextEncoder(vocab, max_tokens=8, embedding_dim=4, token_dropout=0.5)
+    plain = TextEncoder(vocab, max_tokens=8, embedding_dim=4)
+    text = tf.constant([" ".join(vocab), "t3", ""])
+    plain(text)
+    enc(text)
+    plain.set_weights(enc.get_weights())
+    table = enc.embed.get_weights()[0]  # rows 0 (padding) and 1 (OOV), then the vocabulary
+    np.testing.assert_array_equal(enc(text, training=False).numpy(), plain(text).numpy())
+    tf.random.set_seed(3)
+    subsets = set()
+    for _ in range(40):
+        out = enc(text, training=True).numpy()
+        # row 0 is the mean of a non-empty subset of its 8 token vectors: find which subset
+        rows = table[2:10]
+        match = [
+            m
+            for m in range(1, 256)
+            if np.allclose(out[0], rows[[b for b in range(8) if m >> b & 1]].mean(axis=0), atol=1e-6)
+        ]
+        assert len(match) == 1, "training output is not the mean of a subset of the row's tokens"
+        subsets.add(match[0])
+        np.testing.assert_allclose(out[1], table[2 + 3], atol=1e-6)  # a single token is never dropped
+        np.testing.assert_array_equal(out[2], np.zeros(4, np.float32))  # empty text stays zeros
+    assert len(subsets) > 20  # a different subset on most calls
+    assert np.mean([bin(m).count("1") for m in subsets]) == pytest.approx(4.0, abs=1.0)  # about half kept
+
+
+def test_token_dropout_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"`token_dropout` must be in \[0, 1\), got 1.0"):
+        TextEncoder(["a"], token_dropout=1.0)

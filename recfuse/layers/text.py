@@ -100,6 +100,9 @@ class TextEncoder(tf.keras.layers.Layer):
             padding mask and learned positions, then masked mean).
         num_layers: Transformer blocks (``transformer`` only).
         num_heads: attention heads (``transformer`` only).
+        token_dropout: while training, each token of a text is hidden with this probability
+            (word dropout: the pooled vector cannot lean on one rare token that names its item); a
+            text never loses all its tokens. Inference is unchanged.
 
     Call:
         text ``[b]`` string (whitespace-joined tokens), or ``[b, L]`` int ids from :meth:`token_ids`
@@ -114,11 +117,15 @@ class TextEncoder(tf.keras.layers.Layer):
         encoder: str = "mean",
         num_layers: int = 1,
         num_heads: int = 2,
+        token_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if encoder not in ("mean", "transformer"):
             raise ValueError(f"`encoder` must be 'mean' or 'transformer', got {encoder!r}")
+        if not 0.0 <= float(token_dropout) < 1.0:
+            raise ValueError(f"`token_dropout` must be in [0, 1), got {token_dropout!r}")
+        self.token_dropout = float(token_dropout)
         self.vocabulary = [str(t) for t in vocabulary] or [EMPTY_VOCAB_TOKEN]
         bad = [t for t in self.vocabulary if not t or " " in t]
         if bad:
@@ -164,12 +171,19 @@ class TextEncoder(tf.keras.layers.Layer):
         used = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(ids, 0), tf.int32), axis=1))
         ids = ids[:, : tf.maximum(used, 1)]
         mask = tf.not_equal(ids, 0)
+        if training and self.token_dropout > 0:
+            mask = self._drop_tokens(mask)
         x = self.embed(ids)
         if self.blocks:
             x = x + self.positions(tf.range(tf.shape(ids)[1]))[None]
             for block in self.blocks:
                 x = block(x, mask=mask, training=training)
         return self.pool(x, mask=mask)
+
+    def _drop_tokens(self, mask: tf.Tensor) -> tf.Tensor:
+        """``mask`` with each set position cleared at ``token_dropout``; a row left empty keeps its own."""
+        kept = tf.logical_and(mask, tf.random.uniform(tf.shape(mask)) >= self.token_dropout)
+        return tf.where(tf.reduce_any(kept, axis=1, keepdims=True), kept, mask)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -180,4 +194,5 @@ class TextEncoder(tf.keras.layers.Layer):
             "encoder": self.encoder,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
+            "token_dropout": self.token_dropout,
         }

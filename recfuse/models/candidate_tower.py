@@ -67,6 +67,7 @@ def _encoder(m: ModalityConfig, vocabularies: Mapping[str, Sequence[str]]) -> tf
             encoder=m.encoder,
             num_layers=m.encoder_layers,
             num_heads=m.encoder_heads,
+            token_dropout=m.token_dropout,
             name=f"{m.name}_text",
         )
     return CategoryEncoder(vocabularies.get(m.name, ()), m.embedding_dim, CATEGORY_SEPARATOR, name=f"{m.name}_cat")
