@@ -149,3 +149,22 @@ def test_info_nce_matches_hand_computation_and_ignores_invalid_rows() -> None:
         -np.log(np.e / (np.e + 1.0)), rel=1e-5
     )
     assert float(info_nce(a, b, np.array([True, False, False]), 1.0)) == 0.0
+
+
+def test_info_nce_does_not_use_a_repeated_item_as_its_own_negative() -> None:
+    # rows 0 and 2 are the same item (id 7): with ids, each is scored against row 1 only; row 1
+    # (another item) still has both as negatives
+    a = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    b = a.copy()
+    with_ids = float(info_nce(a, b, np.ones(3, bool), 1.0, ids=np.array([7, 3, 7])))
+    e = np.e
+    expected = np.mean([-np.log(e / (e + 1)), -np.log(e / (e + 2)), -np.log(e / (e + 1))])
+    assert with_ids == pytest.approx(expected, rel=1e-5)
+    # without ids the duplicate counts as a negative as good as the positive: a higher loss
+    assert float(info_nce(a, b, np.ones(3, bool), 1.0)) == pytest.approx(
+        np.mean([-np.log(e / (2 * e + 1)), -np.log(e / (e + 2)), -np.log(e / (2 * e + 1))]), rel=1e-5
+    )
+    # invalid rows are dropped before ids are compared
+    assert float(info_nce(a, b, np.array([True, True, False]), 1.0, ids=np.array([7, 3, 7]))) == pytest.approx(
+        -np.log(e / (e + 1)), rel=1e-5
+    )

@@ -100,16 +100,20 @@ class ModalityProjection(tf.keras.layers.Layer):
         }
 
 
-def info_nce(a: tf.Tensor, b: tf.Tensor, valid: tf.Tensor, temperature: float = 0.1) -> tf.Tensor:
+def info_nce(
+    a: tf.Tensor, b: tf.Tensor, valid: tf.Tensor, temperature: float = 0.1, ids: tf.Tensor | None = None
+) -> tf.Tensor:
     """Symmetric InfoNCE between row-aligned embeddings, over the rows where ``valid`` is set.
 
-    Row ``i`` of ``a`` is the positive of row ``i`` of ``b``; the other valid rows are negatives.
+    Row ``i`` of ``a`` is the positive of row ``i`` of ``b``; the other valid rows are negatives,
+    except rows with the same id (the same item twice in a batch is not its own negative).
 
     Args:
         a: ``[b, d]`` (e.g. image projections).
         b: ``[b, d]`` (e.g. text projections of the same items).
         valid: ``[b]`` bool/0-1 — items having both modalities.
         temperature: softmax temperature.
+        ids: ``[b]`` item ids/indices (None: every row is a different item).
 
     Returns:
         Scalar loss (0 when fewer than two valid rows).
@@ -119,6 +123,11 @@ def info_nce(a: tf.Tensor, b: tf.Tensor, valid: tf.Tensor, temperature: float = 
     b = tf.math.l2_normalize(tf.boolean_mask(b, keep), axis=-1)
     n = tf.shape(a)[0]
     logits = tf.matmul(a, b, transpose_b=True) / temperature
+    if ids is not None:
+        kept_ids = tf.boolean_mask(tf.reshape(ids, [-1]), keep)
+        same = tf.equal(kept_ids[:, None], kept_ids[None, :])
+        duplicate = tf.logical_and(same, tf.logical_not(tf.cast(tf.eye(n), tf.bool)))
+        logits = tf.where(duplicate, tf.constant(-1e9, logits.dtype), logits)
     labels = tf.range(n)
     loss_ab = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     loss_ba = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.transpose(logits))

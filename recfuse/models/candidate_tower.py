@@ -215,7 +215,11 @@ class CandidateTower(tf.keras.Model):
         if training and self.contrastive_weight > 0:
             both = mask[:, self.image_index] * mask[:, self.text_index]
             loss = info_nce(
-                tokens[:, self.image_index], tokens[:, self.text_index], both > 0, self.cfg.model.temperature
+                tokens[:, self.image_index],
+                tokens[:, self.text_index],
+                both > 0,
+                self.cfg.model.temperature,
+                ids=features.get("item_idx"),  # a popular item twice in a batch is not its own negative
             )
             self.add_loss(self.contrastive_weight * loss)
         dropped = self.modality_dropout(mask, training=training)
