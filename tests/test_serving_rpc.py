@@ -142,13 +142,22 @@ def test_batch_and_similar_errors(served):
 
 
 def test_deadline_exceeded(served):
+    # A 1 us deadline races the answer: gRPC rounds the timeout it sends up, and a fast call on a warm
+    # channel can complete before the client's deadline timer runs (about 3 calls in 10 on this
+    # machine). What must hold: such a call ends with DEADLINE_EXCEEDED or a whole answer, never
+    # another error, and the deadline wins often (all 20 answering would be ~0.3**20).
     _, channel, _ = served
-    with pytest.raises(grpc.RpcError) as e:
-        stub(channel).RecommendBatch(
-            pb.RecommendBatchRequest(requests=[pb.RecommendRequest(user_id=f"u{i}", k=50) for i in range(8)]),
-            timeout=1e-6,
-        )
-    assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    request = pb.RecommendBatchRequest(requests=[pb.RecommendRequest(user_id=f"u{i}", k=50) for i in range(8)])
+    exceeded = 0
+    for _ in range(20):
+        try:
+            resp = stub(channel).RecommendBatch(request, timeout=1e-6)
+        except grpc.RpcError as e:
+            assert e.code() is grpc.StatusCode.DEADLINE_EXCEEDED, e
+            exceeded += 1
+        else:
+            assert len(resp.responses) == 8 and all(len(r.items) == 50 for r in resp.responses)
+    assert exceeded >= 1
 
 
 def test_request_id_in_trailing_metadata_and_generated(served):
