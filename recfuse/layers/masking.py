@@ -20,6 +20,17 @@ from typing import Any
 import tensorflow as tf
 
 
+def drop_keeping_one(mask: tf.Tensor, rates: tf.Tensor | float, seed: int | None = None) -> tf.Tensor:
+    """Clear each set entry of a ``[b, n]`` float 0/1 ``mask`` with probability ``rates`` (a scalar or
+    ``[1, n]``); a row that loses every set entry gets one of them back, picked at random."""
+    shape = tf.shape(mask)
+    kept = mask * tf.cast(tf.random.uniform(shape, seed=seed) >= rates, tf.float32)
+    emptied = tf.logical_and(tf.reduce_sum(kept, axis=1) == 0, tf.reduce_sum(mask, axis=1) > 0)
+    pick = tf.argmax(tf.random.uniform(shape, seed=seed) * mask + mask, axis=1)
+    restore = tf.one_hot(pick, shape[1], dtype=tf.float32) * tf.cast(emptied, tf.float32)[:, None]
+    return tf.maximum(kept, restore)
+
+
 @tf.keras.utils.register_keras_serializable(package="recfuse")
 class ModalityDropout(tf.keras.layers.Layer):
     """Randomly hide present modality tokens while training, keeping at least one.
@@ -44,15 +55,7 @@ class ModalityDropout(tf.keras.layers.Layer):
         mask = tf.cast(mask, tf.float32)
         if not training or not any(r > 0 for r in self.rates):
             return mask
-        shape = tf.shape(mask)
-        u = tf.random.uniform(shape, seed=self.seed)
-        rates = tf.constant(self.rates, tf.float32)[None, :]
-        kept = mask * tf.cast(u >= rates, tf.float32)
-        # rows that lost every present token get one present token back (picked at random)
-        emptied = tf.logical_and(tf.reduce_sum(kept, axis=1) == 0, tf.reduce_sum(mask, axis=1) > 0)
-        pick = tf.argmax(tf.random.uniform(shape, seed=self.seed) * mask + mask, axis=1)
-        restore = tf.one_hot(pick, tf.shape(mask)[1], dtype=tf.float32) * tf.cast(emptied, tf.float32)[:, None]
-        return tf.maximum(kept, restore)
+        return drop_keeping_one(mask, tf.constant(self.rates, tf.float32)[None, :], self.seed)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "rates": list(self.rates), "seed": self.seed}

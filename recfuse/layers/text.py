@@ -17,6 +17,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from recfuse.layers.masking import drop_keeping_one
+
 # TextVectorization rejects an empty vocabulary; a catalog without text still gets a valid layer.
 EMPTY_VOCAB_TOKEN = "<no-text>"
 
@@ -102,7 +104,7 @@ class TextEncoder(tf.keras.layers.Layer):
         num_heads: attention heads (``transformer`` only).
         token_dropout: while training, each token of a text is hidden with this probability
             (word dropout: the pooled vector cannot lean on one rare token that names its item); a
-            text never loses all its tokens. Inference is unchanged.
+            text never loses all its tokens (one comes back). Inference is unchanged.
 
     Call:
         text ``[b]`` string (whitespace-joined tokens), or ``[b, L]`` int ids from :meth:`token_ids`
@@ -172,18 +174,13 @@ class TextEncoder(tf.keras.layers.Layer):
         ids = ids[:, : tf.maximum(used, 1)]
         mask = tf.not_equal(ids, 0)
         if training and self.token_dropout > 0:
-            mask = self._drop_tokens(mask)
+            mask = drop_keeping_one(tf.cast(mask, tf.float32), self.token_dropout) > 0
         x = self.embed(ids)
         if self.blocks:
             x = x + self.positions(tf.range(tf.shape(ids)[1]))[None]
             for block in self.blocks:
                 x = block(x, mask=mask, training=training)
         return self.pool(x, mask=mask)
-
-    def _drop_tokens(self, mask: tf.Tensor) -> tf.Tensor:
-        """``mask`` with each set position cleared at ``token_dropout``; a row left empty keeps its own."""
-        kept = tf.logical_and(mask, tf.random.uniform(tf.shape(mask)) >= self.token_dropout)
-        return tf.where(tf.reduce_any(kept, axis=1, keepdims=True), kept, mask)
 
     def get_config(self) -> dict[str, Any]:
         return {
