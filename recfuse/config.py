@@ -259,6 +259,13 @@ class TrainConfig:
     # early stopping never ends a run before this many epochs (validation recall can sit on a
     # plateau while the towers reorganise; the best epoch is still the one kept)
     min_epochs: int = 0
+    # reduce-on-plateau: after this many evaluations without a better validation recall the
+    # learning rate is multiplied by lr_decay_factor (0 = constant learning rate), never below
+    # min_learning_rate; not before min_epochs. Off by default: on the sample, patience 2 moved test
+    # Recall@10 by less than the spread between seeds (bench/README.md)
+    lr_decay_patience: int = 0
+    lr_decay_factor: float = 0.5
+    min_learning_rate: float = 1e-5
     eval_every_epochs: int = 1
     # ``live``: history items go through the candidate tower in each step (gradient reaches item
     # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
@@ -288,6 +295,9 @@ class TrainConfig:
         _check_range("train", "user_dropout", self.user_dropout, 0.0, 1.0)
         _check_range("train", "memory_refresh_steps", self.memory_refresh_steps, 0, 10_000_000)
         _check_range("train", "min_epochs", self.min_epochs, 0, self.epochs)
+        _check_range("train", "lr_decay_patience", self.lr_decay_patience, 0, 100_000)
+        _check_range("train", "lr_decay_factor", self.lr_decay_factor, 0.01, 0.99)
+        _check_range("train", "min_learning_rate", self.min_learning_rate, 0.0, 10.0)
         _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
 

@@ -287,3 +287,37 @@ def test_min_epochs_holds_off_early_stopping(data, tmp_path: Path) -> None:
     # does not beat epoch 2, so the run stops there and keeps epoch 2
     assert result.epochs_run == 5 and result.best_epoch == 2
     assert result.best_metric == pytest.approx(0.5)
+
+
+def test_learning_rate_is_cut_on_a_plateau_and_kept_on_resume(data, tmp_path: Path) -> None:
+    from recfuse.training import trainer
+
+    _root, cfg, ds, split = data
+    out = tmp_path / "m"
+    mp = pytest.MonkeyPatch()
+
+    def run(epochs: int, scores: list[float]) -> object:
+        it = iter(scores)
+        mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(it))
+        train_cfg = dataclasses.replace(
+            cfg.train, epochs=epochs, early_stopping_patience=0, lr_decay_patience=2, lr_decay_factor=0.5,
+            min_learning_rate=0.004,
+        )  # fmt: skip
+        return trainer.train(dataclasses.replace(cfg, train=train_cfg), ds, split, out, progress=False)
+
+    try:
+        first = run(4, [0.2, 0.5, 0.1, 0.05])
+        # two evaluations below 0.5 (epochs 3, 4): 0.01 -> 0.005 after epoch 4
+        assert [r["learning_rate"] for r in first.history] == pytest.approx([0.01] * 4)
+        state = json.loads((out / "train_state.json").read_text())
+        assert state["learning_rate"] == pytest.approx(0.005) and state["lr_wait"] == 0
+        # resumed: epoch 5 trains at 0.005; an improvement (epoch 6) restarts the count; epochs 7, 8
+        # are flat again, and the next cut stops at min_learning_rate (0.004, not 0.0025)
+        second = run(8, [0.3, 0.6, 0.1, 0.1])
+    finally:
+        mp.undo()
+    lrs = [r["learning_rate"] for r in second.history]
+    assert lrs == pytest.approx([0.01] * 4 + [0.005] * 4)
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["learning_rate"] == pytest.approx(0.004)
+    assert second.best_epoch == 6 and second.best_metric == pytest.approx(0.6)

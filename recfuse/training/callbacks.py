@@ -62,7 +62,13 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         every: evaluate every this many epochs.
         writer: TensorBoard summary writer for the validation metric.
         metric_name: e.g. ``val_recall@10``.
-        min_epochs: early stopping never ends training before this many epochs.
+        min_epochs: early stopping never ends training before this many epochs (and the learning
+            rate is never cut before it).
+        lr_decay_patience: evaluations without improvement before the optimizer's learning rate is
+            multiplied by ``lr_decay_factor`` (0 disables it); the count restarts after each cut
+            and on every improvement.
+        lr_decay_factor: multiplier of a cut, in ``(0, 1)``.
+        min_learning_rate: the learning rate is never cut below this.
     """
 
     def __init__(
@@ -79,6 +85,9 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         writer: Any,
         metric_name: str,
         min_epochs: int = 0,
+        lr_decay_patience: int = 0,
+        lr_decay_factor: float = 0.5,
+        min_learning_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.evaluate = evaluate
@@ -93,10 +102,36 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         self.writer = writer
         self.metric_name = metric_name
         self.min_epochs = int(min_epochs)
+        self.lr_decay_patience = int(lr_decay_patience)
+        self.lr_decay_factor = float(lr_decay_factor)
+        self.min_learning_rate = float(min_learning_rate)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # a resumed run continues with the learning rate it had reached (also in the checkpoint)
+        if self.state.get("learning_rate") is not None:
+            self.model.optimizer.learning_rate.assign(float(self.state["learning_rate"]))
+
+    def _maybe_cut_learning_rate(self, epoch: int) -> None:
+        if self.lr_decay_patience <= 0 or epoch + 1 < self.min_epochs:
+            return
+        self.state["lr_wait"] = int(self.state.get("lr_wait", 0)) + 1
+        if self.state["lr_wait"] < self.lr_decay_patience:
+            return
+        self.state["lr_wait"] = 0
+        old = float(self.model.optimizer.learning_rate.numpy())
+        new = max(old * self.lr_decay_factor, self.min_learning_rate)
+        if new < old:
+            self.model.optimizer.learning_rate.assign(new)
+            logger.info("epoch %d: %s flat for %d evaluations, learning rate %.3g -> %.3g",
+                        epoch + 1, self.metric_name, self.lr_decay_patience, old, new)  # fmt: skip
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan))}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(logs.get("loss", math.nan)),
+            "learning_rate": float(self.model.optimizer.learning_rate.numpy()),
+        }
         if self.evaluate is not None and ((epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")):
             metric = float(self.evaluate())
             record[self.metric_name] = metric
@@ -104,10 +139,11 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
             log_scalar(self.writer, self.metric_name, metric, epoch + 1)
             best = self.state.get("best_metric")
             if best is None or metric > best:
-                self.state.update(best_metric=metric, best_epoch=epoch + 1, wait=0)
+                self.state.update(best_metric=metric, best_epoch=epoch + 1, wait=0, lr_wait=0)
                 self.best_ckpt.write(str(self.best_prefix))
             else:
                 self.state["wait"] = int(self.state.get("wait", 0)) + 1
+                self._maybe_cut_learning_rate(epoch)
                 if self.patience > 0 and self.state["wait"] >= self.patience and epoch + 1 >= self.min_epochs:
                     logger.info(
                         "early stopping at epoch %d: %s did not improve on %.4f (epoch %d) for %d evaluations",
@@ -126,6 +162,7 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         logger.info("epoch %d: %s", epoch + 1, record)
         self.state.setdefault("history", []).append(record)
         self.state["epoch"] = epoch + 1
+        self.state["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
         self.epoch_var.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         atomic_write_json(self.state_path, self.state)

@@ -158,6 +158,9 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
                 writer,
                 metric_name,
                 cfg.train.min_epochs,
+                cfg.train.lr_decay_patience,
+                cfg.train.lr_decay_factor,
+                cfg.train.min_learning_rate,
             ),
             ScalarLogger(out / "tensorboard"),
         ]
