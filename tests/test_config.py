@@ -71,6 +71,10 @@ columns = ["title"]
             r"`modalities.text.min_item_count` must be in \[1, 1000000\], got 0",
         ),
         (
+            {"modalities": [{"name": "img", "kind": "image", "augment": "yes"}]},
+            r"`modalities\[0\].augment` must be true or false, got 'yes'",
+        ),
+        (
             {"modalities": [{"name": "img", "kind": "image", "source": "vector", "dim": 4, "augment": True}]},
             r"`modalities.img.augment` applies to the raw-image CNN only .*source 'vector'; remove it",
         ),
@@ -106,6 +110,20 @@ def test_bad_overrides_and_files(tmp_path: Path) -> None:
         RecfuseConfig.from_toml(bad)
     with pytest.raises(ConfigError, match=r"no modality named 'audio'"):
         RecfuseConfig().modality("audio")
+
+
+def test_augment_defaults_on_for_the_raw_image_cnn_only() -> None:
+    cfg = RecfuseConfig.from_dict(
+        {"modalities": [
+            {"name": "img", "kind": "image"},
+            {"name": "clip", "kind": "image", "source": "vector", "dim": 4},
+            {"name": "text", "kind": "text"},
+            {"name": "plain", "kind": "image", "augment": False},
+        ]}
+    )  # fmt: skip
+    assert [m.augment for m in cfg.modalities] == [True, False, False, False]
+    # the resolved value is what a stored config.json holds, so a reload builds the same CNN
+    assert [m.augment for m in RecfuseConfig.from_dict(cfg.to_dict()).modalities] == [True, False, False, False]
 
 
 def test_overrides_address_a_modality_by_name() -> None:

@@ -50,7 +50,7 @@ class ImageCNN(tf.keras.layers.Layer):
 
     def __init__(
         self,
-        filters: tuple[int, ...] | list[int] = (16, 32, 64),
+        filters: tuple[int, ...] | list[int] = (16, 32, 64, 128),
         augment: bool = False,
         augment_shift: float = 0.125,
         **kwargs: Any,
