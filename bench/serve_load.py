@@ -54,7 +54,7 @@ def _affinity(role: str):  # type: ignore[no-untyped-def]
 
 
 # ------------------------------------------------------------------------------------ bundles
-def ensure_bundle(out: Path, n_items: int, ef_search: int) -> Path:
+def ensure_bundle(out: Path, n_items: int, ef_search: int, ef_construction: int = 80) -> Path:
     """Build (once) a random HNSW32 bundle of ``n_items`` under ``out``; returns the bundles root."""
     from recfuse.bundle.publish import list_variants
 
@@ -67,7 +67,9 @@ def ensure_bundle(out: Path, n_items: int, ef_search: int) -> Path:
 
     t0 = time.perf_counter()
     print(f"building {n_items:,}-item HNSW32 bundle in {out} (cached for later runs) ...", flush=True)
-    cfg = IndexConfig(factory="HNSW32", ef_search=ef_search, ef_construction=40, recall_queries=200, threads=0)
+    cfg = IndexConfig(
+        factory="HNSW32", ef_search=ef_search, ef_construction=ef_construction, recall_queries=200, threads=0
+    )
     make_bundle(out, n_items=n_items, dim=DIM, n_users=N_USERS, index_cfg=cfg)
     print(f"  built in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
@@ -286,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes (SO_REUSEPORT)")
     p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument(
+        "--ef-construction", type=int, default=80, help="HNSW build effort (80: the library's default)"
+    )
     p.add_argument("--rounds", type=int, default=1, help="alternating measurement rounds; medians reported")
     p.add_argument(
         "--server-set",
@@ -337,8 +342,9 @@ def _run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()[0]
     out = Path(args.out)
     sizes = {"100k": 100_000} if args.quick else {"100k": 100_000, "1M": 1_000_000}
+    tag = f"d{DIM}-ef{args.ef_search}-efc{args.ef_construction}"
     bundles = {
-        name: ensure_bundle(out / f"hnsw-{name}-d{DIM}-ef{args.ef_search}", n, args.ef_search)
+        name: ensure_bundle(out / f"hnsw-{name}-{tag}", n, args.ef_search, args.ef_construction)
         for name, n in sizes.items()
     }
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
