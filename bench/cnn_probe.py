@@ -7,7 +7,8 @@ the image branch can contribute, per CNN shape. It is how the default ``cnn_filt
 retrieval model cannot use a style its image branch cannot see.
 
 Usage:
-    python bench/cnn_probe.py [--filters 16,32,64 16,32,64,128] [--seeds 1,2] [--epochs 40] [--augment]
+    python bench/cnn_probe.py [--filters 16,32,64 16,32,64,128] [--convs-per-block 1 2] [--seeds 1,2]
+        [--epochs 40] [--augment]
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ def _load(sample: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, items["latent_style"].to_numpy()
 
 
-def probe(images: np.ndarray, labels: np.ndarray, filters: tuple[int, ...], seed: int, epochs: int, augment: bool):
+def probe(
+    images: np.ndarray,
+    labels: np.ndarray,
+    filters: tuple[int, ...],
+    seed: int,
+    epochs: int,
+    augment: bool,
+    convs: int = 1,
+):
     """Held-out accuracy (mean of the last 10 epochs, and best) of CNN + softmax on a fixed 80/20 split."""
     import tensorflow as tf
 
@@ -43,7 +52,8 @@ def probe(images: np.ndarray, labels: np.ndarray, filters: tuple[int, ...], seed
     tf.keras.utils.set_random_seed(seed)
     held_out = np.random.default_rng(0).random(len(labels)) < 0.2
     inputs = tf.keras.Input(images.shape[1:], dtype=tf.uint8)
-    logits = tf.keras.layers.Dense(int(labels.max()) + 1)(ImageCNN(filters, augment=augment)(inputs))
+    cnn = ImageCNN(filters, augment=augment, convs_per_block=convs)
+    logits = tf.keras.layers.Dense(int(labels.max()) + 1)(cnn(inputs))
     model = tf.keras.Model(inputs, logits)
     model.compile(
         tf.keras.optimizers.Adam(3e-3),
@@ -67,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", default=str(ROOT / "data_samples"))
     ap.add_argument("--filters", nargs="+", default=["16,32,64", "16,32,64,128"])
+    ap.add_argument("--convs-per-block", type=int, nargs="+", default=[1])
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--augment", action="store_true", help="train with ImageCNN's flips and shifts")
@@ -77,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     chance = np.bincount(labels).max() / len(labels)
     print(f"{len(labels)} images, {len(np.unique(labels))} styles, chance {chance:.2f}; "
           f"80/20 split, {args.epochs} epochs, augment={args.augment}\n")  # fmt: skip
-    print("| cnn_filters | params | held-out accuracy, mean of last 10 epochs (per seed) | best epoch's | s/run |")
-    print("|---|---:|---|---|---:|")
-    for spec in args.filters:
+    print("| cnn_filters | convs/block | params | held-out accuracy, mean of last 10 epochs (per seed) "
+          "| best epoch's | s/run |")  # fmt: skip
+    print("|---|---:|---:|---|---|---:|")
+    for spec, convs in [(f, c) for f in args.filters for c in args.convs_per_block]:
         filters = tuple(int(f) for f in spec.split(","))
-        runs = [probe(images, labels, filters, s, args.epochs, args.augment) for s in seeds]
+        runs = [probe(images, labels, filters, s, args.epochs, args.augment, convs) for s in seeds]
         last = " / ".join(f"{r[0]:.3f}" for r in runs)
         best = " / ".join(f"{r[1]:.3f}" for r in runs)
-        print(f"| {list(filters)} | {runs[0][3]:,} | {np.mean([r[0] for r in runs]):.3f} ({last}) | {best} | "
+        print(f"| {list(filters)} | {convs} | {runs[0][3]:,} | {np.mean([r[0] for r in runs]):.3f} ({last}) | {best} | "
               f"{np.mean([r[2] for r in runs]):.0f} |", flush=True)  # fmt: skip
     return 0
 

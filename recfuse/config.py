@@ -118,6 +118,10 @@ class ModalityConfig:
     # on the planted image style (bench/cnn_probe.py) reads it with 0.85 held-out accuracy, against
     # 0.73 for three blocks with augmentation and 0.62-0.65 for either without
     cnn_filters: tuple[int, ...] = (16, 32, 64, 128)
+    # raw-image CNN: 3x3 conv layers per block. 2 reads the sample's style better when trained on it
+    # (probe 0.92 vs 0.85) at ~2x the CNN's cost, but the fused model ranked warm items lower with it
+    # (0.2825 vs 0.2917, seeds 42 / 7; bench/README.md), so 1 stays the default
+    cnn_convs_per_block: int = 1
     # raw-image CNN: random flips and shifts while training (cold start on the sample, seeds 42 / 7:
     # content tower 5.4x -> 5.9x random with the four-block CNN; without augmentation the bigger CNN
     # memorises warm items' pictures and cold start falls to 4.8x; bench/README.md). Unset: on for a
@@ -173,6 +177,7 @@ class ModalityConfig:
         _check_range(sec, "embedding_dim", self.embedding_dim, 1, 65536)
         _check_range(sec, "encoder_layers", self.encoder_layers, 1, 24)
         _check_range(sec, "encoder_heads", self.encoder_heads, 1, 64)
+        _check_range(sec, "cnn_convs_per_block", self.cnn_convs_per_block, 1, 8)
         if not self.cnn_filters or min(self.cnn_filters) < 1:
             raise ConfigError(f"`{sec}.cnn_filters` must be a non-empty list of positive ints, got {self.cnn_filters}")
 

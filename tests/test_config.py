@@ -71,6 +71,10 @@ columns = ["title"]
             r"`modalities.text.min_item_count` must be in \[1, 1000000\], got 0",
         ),
         (
+            {"modalities": [{"name": "img", "kind": "image", "cnn_convs_per_block": 0}]},
+            r"`modalities.img.cnn_convs_per_block` must be in \[1, 8\], got 0",
+        ),
+        (
             {"modalities": [{"name": "img", "kind": "image", "augment": "yes"}]},
             r"`modalities\[0\].augment` must be true or false, got 'yes'",
         ),

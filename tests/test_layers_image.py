@@ -39,6 +39,24 @@ def test_cnn_output_width_and_uint8_input() -> None:
         ImageCNN(filters=())
 
 
+def test_cnn_convs_per_block_stacks_convs_and_keeps_the_one_conv_layout() -> None:
+    x = np.random.default_rng(1).integers(0, 256, size=(2, 16, 16, 3)).astype(np.uint8)
+    one, two = ImageCNN(filters=(4, 8)), ImageCNN(filters=(4, 8), convs_per_block=2)
+    assert one(x).shape == two(x).shape == (2, 8)
+    kernels = lambda layer: [tuple(w.shape) for w in layer.trainable_weights if "kernel" in w.name]  # noqa: E731
+    assert kernels(one) == [(3, 3, 3, 4), (3, 3, 4, 8)]
+    # block 0: 3->4 (stride 2), 4->4; block 1: 4->8, 8->8
+    assert sorted(kernels(two)) == sorted([(3, 3, 3, 4), (3, 3, 4, 4), (3, 3, 4, 8), (3, 3, 8, 8)])
+    # a one-conv CNN has no extra layers, so its checkpoints are those of the layer before the option
+    assert one.extra_convs == [] and len(two.extra_convs) == 2
+    again = ImageCNN.from_config(two.get_config())
+    again(x)
+    again.set_weights(two.get_weights())
+    np.testing.assert_allclose(again(x).numpy(), two(x).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="convs_per_block"):
+        ImageCNN(convs_per_block=0)
+
+
 def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``img`` moved by (dy, dx) pixels with the edge rows/columns repeated (numpy reference)."""
     n = img.shape[0]

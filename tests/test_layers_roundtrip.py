@@ -34,6 +34,11 @@ CASES: list[tuple[str, Callable[[], tf.keras.layers.Layer], Callable[[Any], tf.T
         lambda layer: layer(np.full((2, 32, 32, 3), 0.3, np.float32)),
     ),
     (
+        "cnn_two_convs",
+        lambda: ImageCNN(filters=(4, 8), convs_per_block=2, name="cnn2"),
+        lambda layer: layer(np.full((2, 32, 32, 3), 0.3, np.float32)),
+    ),
+    (
         "backbone",
         lambda: BackboneEncoder("mobilenet_v3_small", image_size=32, weights="", trainable_backbone=True),
         lambda layer: layer(np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)),

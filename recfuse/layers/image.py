@@ -43,6 +43,8 @@ class ImageCNN(tf.keras.layers.Layer):
             picture shows rather than the exact pixels of the items it was trained on. Inference
             (``training`` false) is untouched.
         augment_shift: largest shift as a fraction of the image side (``augment`` only).
+        convs_per_block: 3x3 conv + BatchNorm + ReLU layers per block (the first one of the first
+            block has stride 2).
 
     Call:
         images ``[b, S, S, 3]`` -> ``[b, filters[-1]]``.
@@ -53,10 +55,14 @@ class ImageCNN(tf.keras.layers.Layer):
         filters: tuple[int, ...] | list[int] = (16, 32, 64, 128),
         augment: bool = False,
         augment_shift: float = 0.125,
+        convs_per_block: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.filters = tuple(int(f) for f in filters)
+        self.convs_per_block = int(convs_per_block)
+        if not 1 <= self.convs_per_block <= 8:
+            raise ValueError(f"`convs_per_block` must be in [1, 8], got {convs_per_block}")
         self.augment = bool(augment)
         self.augment_shift = float(augment_shift)
         if not 0.0 <= self.augment_shift < 0.5:
@@ -69,6 +75,18 @@ class ImageCNN(tf.keras.layers.Layer):
             for i, f in enumerate(self.filters)
         ]
         self.norms = [tf.keras.layers.BatchNormalization(name=f"bn{i}") for i in range(len(self.filters))]
+        # the further convs of each block (none with one conv per block, so a one-conv model's
+        # variables and checkpoints are exactly those of the layer before this option existed)
+        self.extra_convs = [
+            tf.keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")
+            for i, f in enumerate(self.filters)
+            for j in range(1, self.convs_per_block)
+        ]
+        self.extra_norms = [
+            tf.keras.layers.BatchNormalization(name=f"bn{i}_{j}")
+            for i in range(len(self.filters))
+            for j in range(1, self.convs_per_block)
+        ]
         self.pool = tf.keras.layers.MaxPooling2D(2, padding="same")
         self.gap = tf.keras.layers.GlobalAveragePooling2D()
 
@@ -95,8 +113,12 @@ class ImageCNN(tf.keras.layers.Layer):
         x = to_unit_pixels(images)
         if self.augment and training:
             x = self._augment(x)
+        extra = self.convs_per_block - 1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = tf.nn.relu(norm(conv(x), training=training))
+            block = slice(i * extra, (i + 1) * extra)
+            for conv2, norm2 in zip(self.extra_convs[block], self.extra_norms[block]):
+                x = tf.nn.relu(norm2(conv2(x), training=training))
             if i < len(self.convs) - 1:
                 x = self.pool(x)
         return self.gap(x)
@@ -107,6 +129,7 @@ class ImageCNN(tf.keras.layers.Layer):
             "filters": list(self.filters),
             "augment": self.augment,
             "augment_shift": self.augment_shift,
+            "convs_per_block": self.convs_per_block,
         }
 
 

@@ -58,7 +58,9 @@ def _encoder(m: ModalityConfig, vocabularies: Mapping[str, Sequence[str]]) -> tf
     if m.kind == "image":
         if m.source == "backbone":
             return BackboneEncoder(m.backbone, m.image_size, m.backbone_weights, m.trainable, name=f"{m.name}_backbone")
-        return ImageCNN(m.cnn_filters, augment=bool(m.augment), name=f"{m.name}_cnn")
+        return ImageCNN(
+            m.cnn_filters, augment=bool(m.augment), convs_per_block=m.cnn_convs_per_block, name=f"{m.name}_cnn"
+        )
     if m.kind == "text":
         return TextEncoder(
             vocabularies.get(m.name, ()),
