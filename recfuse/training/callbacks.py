@@ -66,7 +66,9 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
             rate is never cut before it).
         lr_decay_patience: evaluations without improvement before the optimizer's learning rate is
             multiplied by ``lr_decay_factor`` (0 disables it); the count restarts after each cut
-            and on every improvement.
+            and on every improvement. The rate is an optimizer variable, so the per-epoch checkpoint
+            carries it and a resumed run continues at the rate it had reached; the train state
+            records it for reading only.
         lr_decay_factor: multiplier of a cut, in ``(0, 1)``.
         min_learning_rate: the learning rate is never cut below this.
     """
@@ -105,11 +107,6 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         self.lr_decay_patience = int(lr_decay_patience)
         self.lr_decay_factor = float(lr_decay_factor)
         self.min_learning_rate = float(min_learning_rate)
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        # a resumed run continues with the learning rate it had reached (also in the checkpoint)
-        if self.state.get("learning_rate") is not None:
-            self.model.optimizer.learning_rate.assign(float(self.state["learning_rate"]))
 
     def _maybe_cut_learning_rate(self, epoch: int) -> None:
         if self.lr_decay_patience <= 0 or epoch + 1 < self.min_epochs:
