@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from bundle_factory import item_category, make_bundle
 
-from recfuse.errors import NotFoundError
+from recfuse.errors import InvalidRequestError, NotFoundError
 from recfuse.inference import Recommender, RecommendQuery
 from recfuse.ranking import masked_topk
 
@@ -141,6 +141,35 @@ def test_batch_equals_single_calls(rec: Recommender) -> None:
     assert [r.fallback for r in batch] == ["", "popular", "", "", "popular"] and batch[4].skipped_history == 1
     assert len(batch[0].items) == 7 and len(batch[2].items) == 5
     assert rec.recommend_batch([]) == []
+
+
+def test_rank_equals_recommend_for_unfiltered_queries(rec: Recommender) -> None:
+    """The serving fast path (rows, no per-item objects) answers exactly what recommend() answers."""
+    hist = list(dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))["u5"])
+    cases = [
+        ("u3", [], 10),  # known user: stored history + user embedding
+        ("u5", [hist[2], "i9", hist[2], "ghost"], 7),  # duplicates keep the first position, unknown id counted
+        (None, ["i9", "i17", "i25"], 5),  # anonymous with a history
+        ("stranger", ["i4"], 3),  # unknown user with a history
+        ("stranger", [], 4),  # no user signal: popular
+        (None, [], 6),  # anonymous, no history: popular
+        ("u1", [], 400),  # k = the whole catalog
+    ]
+    for user, history, k in cases:
+        want = rec.recommend(user_id=user, history=history, k=k)
+        got = rec.rank(user, history, k)
+        assert [rec.item_id_of_row[r] for r in got.rows] == want.item_ids, (user, history, k)
+        np.testing.assert_allclose(got.scores, [it.score for it in want.items], rtol=1e-6)
+        assert (got.fallback, got.skipped_history) == (want.fallback, want.skipped_history)
+        assert [rec.title_of_row[r] for r in got.rows] == [rec.item_title(i) for i in want.item_ids]
+        assert (got.query_ms > 0 and got.search_ms > 0) == (want.fallback == "")
+    assert rec.rank("u5", [hist[2], "i9", hist[2], "ghost"], 7).skipped_history == 1
+    with pytest.raises(InvalidRequestError, match=r"`k` must be in \[1, 1000\], got 0"):
+        rec.rank("u3", [], 0)
+    with pytest.raises(InvalidRequestError, match=r"`history` has 1001 entries; at most 1000"):
+        rec.rank("u3", ["i1"] * 1001, 5)
+    with pytest.raises(InvalidRequestError, match=r"`history\[1\]` is an empty string"):
+        rec.rank(None, ["i1", ""], 5)
 
 
 def test_concurrent_reads_give_serial_results(rec: Recommender) -> None:

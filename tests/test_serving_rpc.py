@@ -78,6 +78,43 @@ def test_recommend_filters_and_default_k(served):
     assert not set(excluded) & {it.item_id for it in r2.items}
 
 
+def test_recommend_answers_what_the_library_answers_and_logs_exposures(served):
+    """Unfiltered calls take the servicer's row fast path, filtered ones the query path: both must give
+    the library's answer (ids, scores, titles, fallback, version), and both log their exposures."""
+    server, channel, exposures = served
+    s = stub(channel)
+    cases = [
+        dict(user_id="u1", k=5),
+        dict(user_id="u4", history=["i3", "ghost", "i3"], k=7),
+        dict(history=["i9", "i17"], k=4),
+        dict(user_id="stranger-2", k=3),  # popular fallback
+        dict(user_id="u2", k=6, exclude_seen=True),  # query path
+        dict(user_id="u2", k=6, include_categories=["c1"]),  # query path
+    ]
+    for i, case in enumerate(cases):
+        r = s.Recommend(pb.RecommendRequest(variant="concat", request_id=f"lib-{i}", **case), timeout=5)
+        rec = server.registry.get("concat")
+        want = rec.recommend(
+            user_id=case.get("user_id"),
+            history=case.get("history", ()),
+            k=case["k"],
+            exclude_seen=case.get("exclude_seen", False),
+            include_categories=case.get("include_categories", ()),
+        )
+        assert [it.item_id for it in r.items] == want.item_ids, case
+        assert [it.score for it in r.items] == pytest.approx([it.score for it in want.items], rel=1e-6)
+        assert [it.title for it in r.items] == [rec.item_title(i) for i in want.item_ids]
+        assert r.fallback_reason == want.fallback and r.model_version == want.model_version == rec.version
+        assert r.variant == "concat" and r.request_id == f"lib-{i}"
+    server.exposures.flush()
+    table = read_exposures(exposures).to_pandas()
+    rows = table[table.request_id.str.startswith("lib-")].set_index("request_id")
+    assert sorted(rows.index) == [f"lib-{i}" for i in range(len(cases))]
+    assert list(rows.loc["lib-0"].item_ids) == [it.item_id for it in s.Recommend(
+        pb.RecommendRequest(variant="concat", user_id="u1", k=5), timeout=5).items]  # fmt: skip
+    assert rows.loc["lib-3"].user_id == "stranger-2" and len(rows.loc["lib-3"].scores) == 3
+
+
 def test_recommend_batch_keeps_order_and_routes_per_user(served):
     _, channel, _ = served
     users = [f"u{i}" for i in range(6)]

@@ -40,6 +40,7 @@ from recfuse.inference.types import (
     FALLBACK_NONE,
     FALLBACK_POPULAR,
     BundleInfo,
+    RankedRows,
     Recommendation,
     RecommendQuery,
     ScoredItem,
@@ -112,6 +113,9 @@ class Recommender:
         # rows of this matrix, so they get theirs too); a request runs the short forward.
         self._encoder = QueryEncoder(self._tower, self._vectors)
         self._item_id_list: list[str] = [str(i) for i in self._tables.item_ids]
+        #: id and title of each catalog row, for callers of :meth:`rank` (read-only tuples)
+        self.item_id_of_row: tuple[str, ...] = tuple(self._item_id_list)
+        self.title_of_row: tuple[str, ...] = tuple(self._tables.titles)
         self._user_vocab = self.bundle.user_vocab
         self._has_user_table = self._tower.user_embedding is not None
         self._index = self.bundle.index
@@ -198,6 +202,39 @@ class Recommender:
         """
         q = RecommendQuery(user_id, history, k, exclude_item_ids, exclude_seen, include_categories, exclude_categories)
         return self.recommend_batch([q])[0]
+
+    def rank(self, user_id: str | None = None, history: Sequence[str] = (), k: int = 10) -> RankedRows:
+        """The unfiltered single query of :meth:`recommend` (no exclusions, no category filters), as rows.
+
+        The serving fast path: the same validation, history merge, query forward and search as
+        ``recommend(user_id, history, k)`` (tested equal), without building a query, a plan or an
+        object per returned item. Map rows to ids and titles with :attr:`item_id_of_row` and
+        :attr:`title_of_row`.
+
+        Raises:
+            InvalidRequestError: a field breaks a limit (message names it).
+        """
+        lim = self.limits
+        k = lim.check_k(k)
+        user = lim.check_user(user_id)
+        ids = lim.check_ids("history", history, lim.max_history) if history else ()
+        t0 = time.perf_counter()
+        hist, _, user_idx, skipped = self._history_rows(user, ids)
+        if not self._uses_model(hist, user_idx):
+            rows, scores = self._popular(_Plan(k, 0, hist, False, _EMPTY_ROWS, None, skipped, 0))
+            return RankedRows(rows.tolist(), scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
+        q = self._encoder.encode_one(max(user_idx, 0), hist)[None, :]
+        t1 = time.perf_counter()
+        if self._search_threads is not None and faiss.omp_get_max_threads() != self._search_threads:
+            faiss.omp_set_num_threads(self._search_threads)  # per calling thread (see __init__)
+        found, scores = self._index.search(q, min(k, self._tables.n))
+        row_list, score_list = found[0].tolist(), scores[0].tolist()
+        if row_list and row_list[-1] < 0:  # fewer than k results: -1 slots come last
+            n = sum(1 for r in row_list if r >= 0)
+            row_list, score_list = row_list[:n], score_list[:n]
+        return RankedRows(
+            row_list, score_list, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped
+        )
 
     def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
         """Answer many queries with one query-tower forward and one batched search.
@@ -297,17 +334,20 @@ class Recommender:
         ids = self._item_id_list
         return [ScoredItem(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
 
-    def _plan(self, q: RecommendQuery) -> _Plan:
+    def _history_rows(self, user_id: str | None, history: Sequence[str]) -> tuple[Int64Array, Int64Array, int, int]:
+        """``(hist, merged, user_idx, skipped)``: the request history (unknown ids skipped, counted in
+        front of the user's stored one, duplicates at their most recent position; ``hist`` is it cut
+        to ``max_history``), and the user's vocabulary index (-1: anonymous)."""
         t = self._tables
-        if q.history:
-            req_rows, skipped = t.rows_of(q.history)
+        if history:
+            req_rows, skipped = t.rows_of(history)
         else:
             req_rows, skipped = _EMPTY_ROWS, 0
         user_idx = -1
         stored = _EMPTY_ROWS
-        if q.user_id is not None:
-            stored = t.user_rows.get(q.user_id, _EMPTY_ROWS)
-            user_idx = self._user_vocab.lookup_one(q.user_id)
+        if user_id is not None:
+            stored = t.user_rows.get(user_id, _EMPTY_ROWS)
+            user_idx = self._user_vocab.lookup_one(user_id)
         if len(req_rows) and len(stored):
             merged = np.concatenate([req_rows, stored])
         else:
@@ -317,10 +357,17 @@ class Recommender:
             uniq = dict.fromkeys(merged.tolist())
             if len(uniq) < len(merged):
                 merged = np.fromiter(uniq, dtype=np.int64, count=len(uniq))
-        hist = merged[: self._max_history]
-        # Known users have indices past the OOV buckets; unknown ones hash into them (or get -1).
-        known_user = user_idx >= self._user_vocab.num_oov
-        use_model = len(hist) > 0 or (known_user and self._has_user_table)
+        return merged[: self._max_history], merged, int(user_idx), skipped
+
+    def _uses_model(self, hist: Int64Array, user_idx: int) -> bool:
+        """A query has a user signal: a history, or a known user (indices past the OOV buckets;
+        unknown users hash into them or get -1) when the tower has a user embedding."""
+        return len(hist) > 0 or (user_idx >= self._user_vocab.num_oov and self._has_user_table)
+
+    def _plan(self, q: RecommendQuery) -> _Plan:
+        t = self._tables
+        hist, merged, user_idx, skipped = self._history_rows(q.user_id, q.history)
+        use_model = self._uses_model(hist, user_idx)
         skipped_excl = 0
         allow: Int64Array | None = None
         exclude = _EMPTY_ROWS
@@ -348,7 +395,7 @@ class Recommender:
             logger.debug("request history: %d unknown item id(s) skipped", skipped)
         return _Plan(
             k=q.k,
-            user_idx=max(int(user_idx), 0),
+            user_idx=max(user_idx, 0),
             hist=hist,
             use_model=bool(use_model),
             exclude=exclude,

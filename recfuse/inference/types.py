@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 FALLBACK_NONE = ""
 FALLBACK_POPULAR = "popular"
@@ -73,6 +74,22 @@ class Recommendation:
     @property
     def item_ids(self) -> list[str]:
         return [it.item_id for it in self.items]
+
+
+class RankedRows(NamedTuple):
+    """A ranked answer as catalog rows: what :meth:`Recommender.rank` returns for the serving fast path.
+
+    ``rows[i]`` is a row of the bundle's catalog (``Recommender.item_id_of_row[rows[i]]`` is its id,
+    ``Recommender.title_of_row[rows[i]]`` its title); no per-item objects are built. The other
+    fields mean what they mean on :class:`Recommendation`.
+    """
+
+    rows: list[int]
+    scores: list[float]
+    fallback: str
+    query_ms: float
+    search_ms: float
+    skipped_history: int
 
 
 @dataclass(frozen=True)

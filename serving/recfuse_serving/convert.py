@@ -13,7 +13,7 @@ from collections.abc import Callable
 from recfuse_api.v1 import recommender_pb2 as pb
 
 from recfuse.inference import BundleInfo, Recommendation, RecommendQuery
-from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR
+from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR, RankedRows
 
 _FALLBACKS = {FALLBACK_NONE: pb.FALLBACK_NONE, FALLBACK_POPULAR: pb.FALLBACK_POPULAR}
 
@@ -54,6 +54,31 @@ def to_response(
     else:
         for it in rec.items:
             add(item_id=it.item_id, score=it.score)
+    return out
+
+
+def ranked_to_response(
+    ranked: RankedRows,
+    variant: str,
+    model_version: str,
+    request_id: str,
+    total_ms: float,
+    item_id_of_row: tuple[str, ...],
+    title_of_row: tuple[str, ...],
+) -> pb.RecommendResponse:
+    """A ``RecommendResponse`` from catalog rows (``Recommender.rank``): ids and titles by row."""
+    out = pb.RecommendResponse(
+        variant=variant,
+        model_version=model_version,
+        fallback=_FALLBACKS.get(ranked.fallback, pb.FALLBACK_OTHER),
+        fallback_reason=ranked.fallback,
+        request_id=request_id,
+    )
+    timing = out.timing
+    timing.query_ms, timing.search_ms, timing.total_ms = ranked.query_ms, ranked.search_ms, total_ms
+    add = out.items.add
+    for r, s in zip(ranked.rows, ranked.scores):
+        add(item_id=item_id_of_row[r], score=s, title=title_of_row[r])
     return out
 
 

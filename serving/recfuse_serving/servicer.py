@@ -111,6 +111,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         start = time.perf_counter()
         variant = self.registry.route(request.user_id, request.variant)
         rec = self.registry.get(variant)
+        if self.batcher is None and not (
+            request.exclude_item_ids or request.exclude_seen or request.include_categories or request.exclude_categories
+        ):
+            # The common call (a user and/or a history, no filters): rows straight to the response,
+            # no query, plan or per-item objects (same answer: tests/test_serving_rpc.py).
+            ranked = rec.rank(request.user_id or None, request.history, int(request.k) or self.config.default_k)
+            ids = rec.item_id_of_row
+            if self.exposures is not None:
+                self._log(request_id, request.user_id, rec.variant, [ids[r] for r in ranked.rows], ranked.scores)
+            return convert.ranked_to_response(
+                ranked, rec.variant, rec.version, request_id, (time.perf_counter() - start) * 1e3, ids, rec.title_of_row
+            )
         query = convert.to_query(request, self.config.default_k)
         if self.batcher is not None:
             answer = self.batcher.recommend(rec, query, _time_left(context))
@@ -178,14 +190,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return pb.ReloadResponse(reloaded=result.reloaded, rejected=result.rejected)
 
     def _log_exposure(self, request_id: str, user_id: str, answer: Recommendation) -> None:
-        if self.exposures is None:
-            return
+        if self.exposures is not None:
+            self._log(request_id, user_id, answer.variant, answer.item_ids, [it.score for it in answer.items])
+
+    def _log(self, request_id: str, user_id: str, variant: str, item_ids: list[str], scores: list[float]) -> None:
+        assert self.exposures is not None
         self.exposures.log(
-            Exposure(
-                request_id=request_id,
-                user_id=user_id,
-                variant=answer.variant,
-                item_ids=[it.item_id for it in answer.items],
-                scores=[it.score for it in answer.items],
-            )
+            Exposure(request_id=request_id, user_id=user_id, variant=variant, item_ids=item_ids, scores=scores)
         )
