@@ -212,6 +212,19 @@ def test_hnsw_bundle_exact_k_with_filters(tmp_path: Path) -> None:
     assert all("t1" in cats.iloc[int(i[1:])] and "c0" not in cats.iloc[int(i[1:])] for i in r.item_ids)
 
 
+def test_rank_drops_missing_slots_like_recommend(tmp_path: Path) -> None:
+    """An IVF index probing one of 16 lists finds fewer than k items: both paths return the same short list."""
+    from recfuse.config import IndexConfig
+
+    cfg = IndexConfig(factory="IVF16,Flat", nprobe=1)
+    rec = Recommender.from_bundle(make_bundle(tmp_path, n_items=400, dim=16, n_users=20, index_cfg=cfg))
+    want = rec.recommend(user_id="u1", k=200)
+    got = rec.rank("u1", [], 200)
+    assert 0 < len(want.items) < 200 and -1 not in got.rows
+    assert [rec.item_id_of_row[r] for r in got.rows] == want.item_ids
+    np.testing.assert_allclose(got.scores, [it.score for it in want.items], rtol=1e-6)
+
+
 def test_search_threads_set_for_single_requests(tmp_path: Path) -> None:
     import faiss
 

@@ -229,9 +229,9 @@ class Recommender:
             faiss.omp_set_num_threads(self._search_threads)  # per calling thread (see __init__)
         found, scores = self._index.search(q, min(k, self._tables.n))
         row_list, score_list = found[0].tolist(), scores[0].tolist()
-        if row_list and row_list[-1] < 0:  # fewer than k results: -1 slots come last
-            n = sum(1 for r in row_list if r >= 0)
-            row_list, score_list = row_list[:n], score_list[:n]
+        if min(row_list, default=0) < 0:  # fewer than k results: drop the -1 slots
+            kept = [(r, v) for r, v in zip(row_list, score_list) if r >= 0]
+            row_list, score_list = [r for r, _ in kept], [v for _, v in kept]
         return RankedRows(
             row_list, score_list, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped
         )
