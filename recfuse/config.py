@@ -217,6 +217,9 @@ class ModelConfig:
             most that many weightings; 4 (default since 2026-11-29, was 2) lets image, text,
             categories and one more modality each keep a head (sample: test Recall@10 0.2917 ->
             0.3092 over seeds 42 / 7, bench/README.md "Quality").
+        attention_user_conditioned: must stay false (kept so stored configs load): item embeddings
+            go into a FAISS index, so they cannot depend on the user. ``AttentionFusion(...)(tokens,
+            mask, context=...)`` takes a context vector for models built on top (e.g. a re-ranker).
         temperature: softmax temperature of the retrieval loss.
         mixed_negatives: extra uniformly sampled catalog items per batch (0 disables).
     """
@@ -257,6 +260,12 @@ class ModelConfig:
         _check_range("model", "modality_loss_weight", self.modality_loss_weight, 0.0, 100.0)
         _check_range("model", "attention_heads", self.attention_heads, 1, 64)
         _check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
+        if self.attention_user_conditioned is not False:
+            raise ConfigError(
+                f"`model.attention_user_conditioned` = {self.attention_user_conditioned!r} is not supported: the "
+                "item tower's embeddings are indexed by FAISS once for all users, so the fusion cannot depend on "
+                "the user; remove the key or set it to false (the user side is the query tower's history pooling)"
+            )
 
 
 @dataclass(frozen=True)

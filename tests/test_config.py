@@ -60,6 +60,10 @@ columns = ["title"]
         ),
         ({"index": {"metric": "cosine"}}, r"`index.metric` must be one of \['ip', 'l2'\], got 'cosine'"),
         ({"train": {"epochs": 0}}, r"`train.epochs` must be in \[1, 100000\], got 0"),
+        (
+            {"model": {"attention_user_conditioned": True}},
+            r"`model.attention_user_conditioned` = True is not supported: .*indexed by FAISS.*set it to false",
+        ),
         ({"model": {"item_id_embedding": False}, "modalities": []}, r"the item tower has no input"),
         ({"data": {"split": "weird"}}, r"`data.split` must be one of"),
         ({"train": {"history_encoding": "stale"}}, r"`train.history_encoding` must be one of \[.live."),
