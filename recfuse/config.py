@@ -194,6 +194,11 @@ def default_modalities() -> tuple[ModalityConfig, ...]:
     )
 
 
+def default_attention_heads(dim: int) -> int:
+    """Heads of the attention fusion when ``model.attention_heads`` is unset: ``dim // 16`` in [2, 4]."""
+    return max(2, min(4, int(dim) // 16))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Two-tower architecture: alignment, fusion and the retrieval loss.
@@ -214,9 +219,13 @@ class ModelConfig:
             that early stopping can end runs on (bench/README.md, "Quality").
         attention_heads: heads of the ``attention`` fusion. Each head pools the modality tokens with
             its own softmax, so with fewer heads than tokens the fused embedding is a blend of at
-            most that many weightings; 4 (default since 2026-11-29, was 2) lets image, text,
-            categories and one more modality each keep a head (sample: test Recall@10 0.2917 ->
-            0.3092 over seeds 42 / 7, bench/README.md "Quality").
+            most that many weightings. Unset, it resolves to ``dim // 16`` clamped to [2, 4] (and
+            is stored resolved): 4 at the default ``dim = 64``, so image, text, categories and one
+            more modality can each keep a head (sample, four seeds: test Recall@10 0.2889 -> 0.2935,
+            cold start 5.57x -> 5.73x random; bench/README.md "Quality"), and 2 for ``dim < 48``,
+            where four heads would be under 16 dimensions each. (TensorFlow's oneDNN CPU kernels
+            corrupted the heap in 4 of 7 trainings at ``dim = 16`` with 4 heads over 4 tokens, never
+            with 2; see bench/README.md.)
         attention_user_conditioned: must stay false (kept so stored configs load): item embeddings
             go into a FAISS index, so they cannot depend on the user. ``AttentionFusion(...)(tokens,
             mask, context=...)`` takes a context vector for models built on top (e.g. a re-ranker).
@@ -232,7 +241,7 @@ class ModelConfig:
     normalize_tokens: bool = True
     weighted_lambda: float = 0.5
     learn_lambda: bool = True
-    attention_heads: int = 4
+    attention_heads: int | None = None
     attention_user_conditioned: bool = False
     modality_dropout: float = 0.1
     item_id_embedding: bool = True
@@ -258,7 +267,9 @@ class ModelConfig:
         _check_range("model", "temperature", self.temperature, 1e-4, 10.0)
         _check_range("model", "contrastive_weight", self.contrastive_weight, 0.0, 100.0)
         _check_range("model", "modality_loss_weight", self.modality_loss_weight, 0.0, 100.0)
-        _check_range("model", "attention_heads", self.attention_heads, 1, 64)
+        heads = default_attention_heads(self.dim) if self.attention_heads is None else self.attention_heads
+        object.__setattr__(self, "attention_heads", heads)
+        _check_range("model", "attention_heads", heads, 1, 64)
         _check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
         if self.attention_user_conditioned is not False:
             raise ConfigError(

@@ -120,6 +120,17 @@ def test_bad_overrides_and_files(tmp_path: Path) -> None:
         RecfuseConfig().modality("audio")
 
 
+def test_attention_heads_resolve_from_dim_and_are_stored() -> None:
+    heads = {d: RecfuseConfig.from_dict({"model": {"dim": d}}).model.attention_heads for d in (8, 16, 47, 48, 64, 512)}
+    assert heads == {8: 2, 16: 2, 47: 2, 48: 3, 64: 4, 512: 4}
+    cfg = RecfuseConfig.from_dict({"model": {"dim": 16, "attention_heads": 4}})
+    assert cfg.model.attention_heads == 4  # an explicit value is kept
+    # stored resolved, so a model trained at dim 64 reloads with 4 heads even if the rule changes
+    assert RecfuseConfig().to_dict()["model"]["attention_heads"] == 4
+    with pytest.raises(ConfigError, match=r"`model.attention_heads` must be in \[1, 64\], got 0"):
+        RecfuseConfig.from_dict({"model": {"attention_heads": 0}})
+
+
 def test_augment_defaults_on_for_the_raw_image_cnn_only() -> None:
     cfg = RecfuseConfig.from_dict(
         {"modalities": [

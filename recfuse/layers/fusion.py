@@ -212,7 +212,7 @@ class AttentionFusion(Fusion):
     """
 
     def __init__(
-        self, dim: int, num_heads: int = 4, hidden: Sequence[int] = (128,), dropout: float = 0.0, **kwargs: Any
+        self, dim: int, num_heads: int = 2, hidden: Sequence[int] = (128,), dropout: float = 0.0, **kwargs: Any
     ) -> None:
         super().__init__(dim, **kwargs)
         self.num_heads = int(num_heads)
@@ -282,7 +282,7 @@ def make_fusion(
     num_tokens: int,
     primary_index: int = -1,
     hidden: Sequence[int] = (128,),
-    num_heads: int = 4,
+    num_heads: int = 2,
     weighted_lambda: float = 0.5,
     learn_lambda: bool = True,
 ) -> Fusion:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from recfuse.config import ModalityConfig, RecfuseConfig
+from recfuse.config import ModalityConfig, RecfuseConfig, default_attention_heads
 from recfuse.data.item_features import CATEGORY_SEPARATOR, category_strings, check_modality_names, text_tokens
 from recfuse.data.text_tokens import build_vocabulary
 from recfuse.data.vocab import IdVocab
@@ -161,7 +161,7 @@ class CandidateTower(tf.keras.Model):
             len(self.token_names),
             primary_index=self.image_index,
             hidden=mc.fusion_hidden,
-            num_heads=mc.attention_heads,
+            num_heads=mc.attention_heads or default_attention_heads(mc.dim),  # resolved by the config
             weighted_lambda=mc.weighted_lambda,
             learn_lambda=mc.learn_lambda,
         )
