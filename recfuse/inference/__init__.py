@@ -8,6 +8,6 @@ Example:
 
 from recfuse.inference.limits import Limits
 from recfuse.inference.recommender import Recommender
-from recfuse.inference.types import BundleInfo, Recommendation, RecommendQuery, ScoredItem
+from recfuse.inference.types import BundleInfo, RankedRows, Recommendation, RecommendQuery, ScoredItem
 
-__all__ = ["BundleInfo", "Limits", "Recommendation", "RecommendQuery", "Recommender", "ScoredItem"]
+__all__ = ["BundleInfo", "Limits", "RankedRows", "Recommendation", "RecommendQuery", "Recommender", "ScoredItem"]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from recfuse_api.v1 import recommender_pb2 as pb
 
-from recfuse.inference import BundleInfo, Recommendation, RecommendQuery
-from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR, RankedRows
+from recfuse.inference import BundleInfo, RankedRows, Recommendation, RecommendQuery
+from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR
 
 _FALLBACKS = {FALLBACK_NONE: pb.FALLBACK_NONE, FALLBACK_POPULAR: pb.FALLBACK_POPULAR}
 
@@ -31,6 +31,28 @@ def to_query(request: pb.RecommendRequest, default_k: int) -> RecommendQuery:
     )
 
 
+def _header(
+    variant: str,
+    model_version: str,
+    fallback: str,
+    request_id: str,
+    query_ms: float,
+    search_ms: float,
+    total_ms: float,
+) -> pb.RecommendResponse:
+    """A ``RecommendResponse`` without items: who answered, the fallback, the timings."""
+    out = pb.RecommendResponse(
+        variant=variant,
+        model_version=model_version,
+        fallback=_FALLBACKS.get(fallback, pb.FALLBACK_OTHER),
+        fallback_reason=fallback,
+        request_id=request_id,
+    )
+    timing = out.timing
+    timing.query_ms, timing.search_ms, timing.total_ms = query_ms, search_ms, total_ms
+    return out
+
+
 def to_response(
     rec: Recommendation,
     request_id: str,
@@ -38,15 +60,7 @@ def to_response(
     title_of: Callable[[str], str] | None = None,
 ) -> pb.RecommendResponse:
     """A ``RecommendResponse`` from a library answer (titles added when ``title_of`` is given)."""
-    out = pb.RecommendResponse(
-        variant=rec.variant,
-        model_version=rec.model_version,
-        fallback=_FALLBACKS.get(rec.fallback, pb.FALLBACK_OTHER),
-        fallback_reason=rec.fallback,
-        request_id=request_id,
-    )
-    timing = out.timing
-    timing.query_ms, timing.search_ms, timing.total_ms = rec.query_ms, rec.search_ms, total_ms
+    out = _header(rec.variant, rec.model_version, rec.fallback, request_id, rec.query_ms, rec.search_ms, total_ms)
     add = out.items.add  # in-place adds: about half the cost of building ScoredItem messages and a list
     if title_of is not None:
         for it in rec.items:
@@ -67,15 +81,7 @@ def ranked_to_response(
     title_of_row: tuple[str, ...],
 ) -> pb.RecommendResponse:
     """A ``RecommendResponse`` from catalog rows (``Recommender.rank``): ids and titles by row."""
-    out = pb.RecommendResponse(
-        variant=variant,
-        model_version=model_version,
-        fallback=_FALLBACKS.get(ranked.fallback, pb.FALLBACK_OTHER),
-        fallback_reason=ranked.fallback,
-        request_id=request_id,
-    )
-    timing = out.timing
-    timing.query_ms, timing.search_ms, timing.total_ms = ranked.query_ms, ranked.search_ms, total_ms
+    out = _header(variant, model_version, ranked.fallback, request_id, ranked.query_ms, ranked.search_ms, total_ms)
     add = out.items.add
     for r, s in zip(ranked.rows, ranked.scores):
         add(item_id=item_id_of_row[r], score=s, title=title_of_row[r])
