@@ -225,8 +225,7 @@ class Recommender:
             return RankedRows(rows.tolist(), scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
         q = self._encoder.encode_one(max(user_idx, 0), hist)[None, :]
         t1 = time.perf_counter()
-        if self._search_threads is not None and faiss.omp_get_max_threads() != self._search_threads:
-            faiss.omp_set_num_threads(self._search_threads)  # per calling thread (see __init__)
+        self._apply_search_threads()
         found, scores = self._index.search(q, min(k, self._tables.n))
         row_list, score_list = found[0].tolist(), scores[0].tolist()
         if min(row_list, default=0) < 0:  # fewer than k results: drop the -1 slots
@@ -407,6 +406,11 @@ class Recommender:
     def _encode(self, plans: Sequence[_Plan]) -> FloatArray:
         return self._encoder.encode_many([p.user_idx for p in plans], [p.hist for p in plans])
 
+    def _apply_search_threads(self) -> None:
+        """``search_threads`` for the calling thread (OpenMP keeps it per thread; see ``__init__``)."""
+        if self._search_threads is not None and faiss.omp_get_max_threads() != self._search_threads:
+            faiss.omp_set_num_threads(self._search_threads)
+
     def _search(self, queries: FloatArray, plans: Sequence[_Plan]) -> list[tuple[Int64Array, FloatArray]]:
         """Search with per-query exclusions and allow-lists (``None``: unrestricted).
 
@@ -416,8 +420,7 @@ class Recommender:
         while scoring a few thousand vectors directly takes microseconds. The rest go to the index in
         one batched call.
         """
-        if self._search_threads is not None and faiss.omp_get_max_threads() != self._search_threads:
-            faiss.omp_set_num_threads(self._search_threads)  # per calling thread (see __init__)
+        self._apply_search_threads()
         out: list[tuple[Int64Array, FloatArray]] = [_EMPTY_RESULT] * len(plans)
         if len(plans) == 1 and plans[0].allow is None and not len(plans[0].exclude):
             # The common serving call: one unfiltered query straight to the index.

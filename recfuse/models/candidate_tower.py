@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from recfuse.config import ModalityConfig, RecfuseConfig, default_attention_heads
+from recfuse.config import ModalityConfig, RecfuseConfig
 from recfuse.data.item_features import CATEGORY_SEPARATOR, category_strings, check_modality_names, text_tokens
 from recfuse.data.text_tokens import build_vocabulary
 from recfuse.data.vocab import IdVocab
@@ -155,13 +155,14 @@ class CandidateTower(tf.keras.Model):
         kinds = [m.kind for m in cfg.modalities]
         self.image_index = kinds.index("image") if "image" in kinds else -1
         self.text_index = kinds.index("text") if "text" in kinds else -1
+        assert mc.attention_heads is not None  # ModelConfig resolves an unset value from ``dim``
         self.fusion: Fusion = make_fusion(
             mc.fusion,
             mc.dim,
             len(self.token_names),
             primary_index=self.image_index,
             hidden=mc.fusion_hidden,
-            num_heads=mc.attention_heads or default_attention_heads(mc.dim),  # resolved by the config
+            num_heads=mc.attention_heads,
             weighted_lambda=mc.weighted_lambda,
             learn_lambda=mc.learn_lambda,
         )
