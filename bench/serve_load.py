@@ -16,6 +16,7 @@ Usage:
     python bench/serve_load.py --workers 1 2      # also SO_REUSEPORT multi-process servers
     python bench/serve_load.py --quick --batching on off   # Recommend with and without micro-batching
     python bench/serve_load.py --quick --rounds 5          # 5 alternating rounds, medians (noisy machines)
+    python bench/serve_load.py --quick --also-set user_vectors_mb=0   # also the server without that feature
 
 With ``--rounds R`` every server is measured R times, the targets alternating within each round
 (echo, Recommend, echo, Recommend, ...), and each cell reports the median over rounds of its QPS,
@@ -299,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra line of the Recommend server's TOML config, e.g. max_concurrency=4",
     )
+    p.add_argument(
+        "--also-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also measure each Recommend server with this extra config line, as its own row in the same "
+        "rounds (a paired comparison), e.g. user_vectors_mb=0",
+    )
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--blas-default", action="store_true", help="also run 100k with numpy's default BLAS threads")
     p.add_argument(
@@ -348,21 +357,24 @@ def _run(args: argparse.Namespace) -> int:
         for name, n in sizes.items()
     }
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    targets: list[tuple[str, str, Path | None, dict[str, str], bool]] = [("echo", "echo", None, env, True)]
+    Target = tuple[str, str, Path | None, dict[str, str], bool, tuple[str, ...]]
+    targets: list[Target] = [("echo", "echo", None, env, True, ())]
     for name, path in bundles.items():
         for mode in args.batching:
             suffix = f", batching {mode}" if len(args.batching) > 1 else ""
-            targets.append((f"Recommend {name}{suffix}", "real", path, env, mode == "on"))
+            targets.append((f"Recommend {name}{suffix}", "real", path, env, mode == "on", ()))
+            for line in args.also_set:  # the same server with one config line changed, same rounds
+                targets.append((f"Recommend {name}{suffix}, {line}", "real", path, env, mode == "on", (line,)))
     if args.blas_default:
         blas = {k: v for k, v in env.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-        targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas, False))
+        targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas, False, ()))
 
     cells: dict[tuple[str, int, int], list[dict[str, float]]] = {}
     for rnd in range(max(1, args.rounds)):
         for workers in args.workers:
             ceiling: dict[int, dict[str, float]] = {}
-            for label, kind, path, server_env, batching in targets:
-                proc, port = start_server(kind, path, workers, server_env, batching, args.server_set)
+            for label, kind, path, server_env, batching, also in targets:
+                proc, port = start_server(kind, path, workers, server_env, batching, [*args.server_set, *also])
                 try:
                     wait_serving(port, proc)
                     for clients in args.clients:

@@ -172,6 +172,62 @@ def test_rank_equals_recommend_for_unfiltered_queries(rec: Recommender) -> None:
         rec.rank(None, ["i1", ""], 5)
 
 
+def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
+    rec: Recommender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Known users' query vectors are computed at load; every path that uses them answers what the
+    per-request forward answers, and a request history with known items still runs the forward."""
+    voc = rec.bundle.user_vocab
+    vecs = rec.user_vectors
+    assert vecs is not None and vecs.shape == (len(voc.ids), 16) and not vecs.flags.writeable
+    off = Recommender(rec.bundle, user_vectors_mb=0)
+    assert off.user_vectors is None
+    # Each row is that user's forward over their stored history (float32 rounding apart).
+    stored = dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))
+    for u in ("u0", "u3", "u59"):
+        i = voc.lookup_one(u)
+        hist = np.array(_rows(rec, list(dict.fromkeys(stored[u]))[:20]), np.int64)
+        np.testing.assert_allclose(vecs[i - voc.num_oov], rec._encoder.encode_one(i, hist), atol=1e-6)
+    for u in voc.ids:
+        want, got = off.recommend(user_id=u, k=10), rec.recommend(user_id=u, k=10)
+        assert got.item_ids == want.item_ids, u
+        np.testing.assert_allclose([i.score for i in got.items], [i.score for i in want.items], atol=1e-5)
+        fast = rec.rank(u, [], 10)
+        assert [rec.item_id_of_row[r] for r in fast.rows] == want.item_ids
+    hist5 = list(stored["u5"])
+    cases = [
+        ("u5", ["ghost"]),  # only unknown ids: the stored history alone, the precomputed vector
+        ("u5", ["i9"]),  # a known item in front: encoded per request
+        ("u5", [hist5[3]]),  # a stored item moved to the front: encoded too (the order changed)
+        (None, ["i9", "i17"]),
+        ("stranger", ["i4"]),
+    ]
+    for user, history in cases:
+        want, got = off.rank(user, history, 8), rec.rank(user, history, 8)
+        assert got.rows == want.rows and got.skipped_history == want.skipped_history, (user, history)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    assert rec.rank("u5", ["ghost"], 8).rows == rec.rank("u5", [], 8).rows
+    assert rec.rank("u5", ["i9"], 8).rows != rec.rank("u5", [], 8).rows
+    # One batch mixing precomputed and encoded queries (and a popular fallback) keeps each answer.
+    queries = [
+        RecommendQuery(user_id="u1", k=5),
+        RecommendQuery(user_id="u2", history=["i9"], k=5),
+        RecommendQuery(k=5),
+        RecommendQuery(user_id="u4", k=5, exclude_seen=True),
+        RecommendQuery(history=["i30"], k=5),
+    ]
+    for got, want in zip(rec.recommend_batch(queries), off.recommend_batch(queries)):
+        assert got.item_ids == want.item_ids and got.fallback == want.fallback
+    # Over the memory budget (60 users x 16 x 4 bytes = 3.75 KiB): off, logged, same answers.
+    with caplog.at_level("INFO", logger="recfuse.inference.recommender"):
+        small = Recommender(rec.bundle, user_vectors_mb=0.001)
+    assert small.user_vectors is None
+    assert "60 known users' query vectors (0.00366 MiB) exceed user_vectors_mb=0.001" in caplog.text
+    assert small.recommend(user_id="u3", k=10).item_ids == rec.recommend(user_id="u3", k=10).item_ids
+    with pytest.raises(ValueError, match=r"`user_vectors_mb` must be >= 0 MiB, got -1"):
+        Recommender(rec.bundle, user_vectors_mb=-1)
+
+
 def test_concurrent_reads_give_serial_results(rec: Recommender) -> None:
     users = [f"u{i}" for i in range(12)]
     expected = {u: rec.recommend(user_id=u, k=8, exclude_seen=True).item_ids for u in users}

@@ -115,6 +115,23 @@ def test_recommend_answers_what_the_library_answers_and_logs_exposures(served):
     assert rows.loc["lib-3"].user_id == "stranger-2" and len(rows.loc["lib-3"].scores) == 3
 
 
+def test_precomputed_user_vectors_and_hugepages_are_server_settings(served, root):
+    """`user_vectors_mb` and `hugepages` reach every loaded Recommender; turned off, the server
+    encodes each known user per request and gives the same answers."""
+    server, channel, _ = served
+    on = server.registry.get("attention")
+    assert on.user_vectors is not None and on.user_vectors.shape == (len(on.bundle.user_vocab.ids), 16)
+    with running(root, reload_interval_s=0, user_vectors_mb=0, hugepages=False) as (plain, plain_channel):
+        assert plain.registry.get("attention").user_vectors is None
+        assert (plain.registry.user_vectors_mb, plain.registry.hugepages) == (0, False)
+        for user in ("u1", "u7", "u30"):
+            req = pb.RecommendRequest(variant="attention", user_id=user, k=8)
+            want = stub(plain_channel).Recommend(req, timeout=5)
+            got = stub(channel).Recommend(req, timeout=5)
+            assert [it.item_id for it in got.items] == [it.item_id for it in want.items], user
+            assert [it.score for it in got.items] == pytest.approx([it.score for it in want.items], abs=1e-5)
+
+
 def test_recommend_batch_keeps_order_and_routes_per_user(served):
     _, channel, _ = served
     users = [f"u{i}" for i in range(6)]

@@ -54,6 +54,8 @@ def test_config_from_toml_with_sections(tmp_path):
         ({"queue_timeout_s": -1}, "`queue_timeout_s` must be >= 0"),
         ({"batching": "yes"}, "`batching` must be true or false, got 'yes'"),
         ({"batch_max_size": 0}, r"`batch_max_size` must be a positive integer, got 0"),
+        ({"user_vectors_mb": -1}, r"`user_vectors_mb` must be >= 0, got -1"),
+        ({"hugepages": "yes"}, "`hugepages` must be true or false, got 'yes'"),
     ],
 )
 def test_config_errors_name_the_field(data, match):

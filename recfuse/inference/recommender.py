@@ -34,6 +34,7 @@ import numpy as np
 
 from recfuse.bundle import LoadedBundle, load_bundle
 from recfuse.errors import InvalidRequestError, NotFoundError
+from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.limits import Limits
 from recfuse.inference.types import (
@@ -70,6 +71,7 @@ class _Plan:
     allow: Int64Array | None  # rows allowed (None: all)
     skipped_history: int
     skipped_exclusions: int
+    vector_row: int = -1  # row of Recommender.user_vectors holding this query's vector (-1: encode it)
 
 
 class Recommender:
@@ -80,6 +82,15 @@ class Recommender:
         limits: request limits (``max_k`` etc.).
         exact_filter_max: allow-lists (category filters) up to this many items are ranked exactly
             by scoring their vectors directly instead of a filtered index search (``ip`` bundles).
+        user_vectors_mb: the query vector of every known user with no request history (their stored
+            history and user embedding) is computed once at load, in one batched forward, when they
+            fit in this many MiB (``users x dim x 4`` bytes: 20k users at 64-d are 5 MiB, 1M are
+            256 MiB); a Recommend by user id then skips the query forward (bench/README.md, session
+            14). 0 turns it off; over the budget every request runs the forward, as before.
+        hugepages: back the index's large arrays with 2 MiB transparent huge pages at load (Linux;
+            :func:`recfuse.index.hugepages.advise_hugepages`): a graph search's scattered reads then
+            miss the TLB far less (-15% search CPU at 1M HNSW items, -6% at 100k). A no-op where
+            the kernel does not allow it.
         search_threads: faiss OpenMP threads for this Recommender's searches. 1, the default, is
             right for single requests: with more, every small search pays thread wake-ups, which on
             a busy 2-core machine cost ~15 ms at p50 (bench/recommend_bench.py). OpenMP keeps this
@@ -100,6 +111,8 @@ class Recommender:
         limits: Limits | None = None,
         search_threads: int | None = 1,
         exact_filter_max: int = 20_000,
+        user_vectors_mb: float = 256.0,
+        hugepages: bool = True,
     ) -> None:
         self._search_threads = None if search_threads is None else int(search_threads)
         if self._search_threads is not None:
@@ -119,9 +132,15 @@ class Recommender:
         self._user_vocab = self.bundle.user_vocab
         self._has_user_table = self._tower.user_embedding is not None
         self._index = self.bundle.index
+        if hugepages:
+            on_huge = advise_hugepages(self._index.faiss_index)
+            logger.debug("%s: %.0f MiB of the index on huge pages", self.bundle.path, on_huge / 2**20)
         self._max_history = int(self.bundle.manifest.get("max_history", 20))
         self._exact_filter_max = int(exact_filter_max)
         self._exact_filters = self.bundle.index_config.metric == "ip"
+        #: ``[known users, d]`` query vectors of the vocabulary's users (row = vocab index - num_oov)
+        #: for requests without history rows; None when off or over budget (read-only)
+        self.user_vectors: FloatArray | None = self._user_query_vectors(float(user_vectors_mb))
         m = self.bundle.manifest
         self._info = BundleInfo(
             variant=self.bundle.variant,
@@ -149,9 +168,17 @@ class Recommender:
         limits: Limits | None = None,
         verify: bool = True,
         search_threads: int | None = 1,
+        user_vectors_mb: float = 256.0,
+        hugepages: bool = True,
     ) -> Recommender:
         """Load (and verify) a bundle and build a Recommender over it."""
-        return cls(load_bundle(path, variant=variant, verify=verify), limits, search_threads)
+        return cls(
+            load_bundle(path, variant=variant, verify=verify),
+            limits,
+            search_threads,
+            user_vectors_mb=user_vectors_mb,
+            hugepages=hugepages,
+        )
 
     # ------------------------------------------------------------------ public API
     def info(self) -> BundleInfo:
@@ -223,7 +250,11 @@ class Recommender:
         if not self._uses_model(hist, user_idx):
             rows, scores = self._popular(_Plan(k, 0, hist, False, _EMPTY_ROWS, None, skipped, 0))
             return RankedRows(rows.tolist(), scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
-        q = self._encoder.encode_one(max(user_idx, 0), hist)[None, :]
+        vec_row = self._user_vector_row(user_idx, len(ids) - skipped)
+        if vec_row >= 0:
+            q = self.user_vectors[vec_row : vec_row + 1]  # type: ignore[index]
+        else:
+            q = self._encoder.encode_one(max(user_idx, 0), hist)[None, :]
         t1 = time.perf_counter()
         self._apply_search_threads()
         found, scores = self._index.search(q, min(k, self._tables.n))
@@ -401,10 +432,58 @@ class Recommender:
             allow=allow,
             skipped_history=skipped,
             skipped_exclusions=skipped_excl,
+            vector_row=self._user_vector_row(user_idx, len(q.history) - skipped),
         )
 
     def _encode(self, plans: Sequence[_Plan]) -> FloatArray:
-        return self._encoder.encode_many([p.user_idx for p in plans], [p.hist for p in plans])
+        """Query vectors of ``plans``: precomputed rows of :attr:`user_vectors` where a plan has one,
+        one forward for the rest."""
+        vecs = self.user_vectors
+        stored = [j for j, p in enumerate(plans) if p.vector_row >= 0]
+        if vecs is None or not stored:
+            return self._encoder.encode_many([p.user_idx for p in plans], [p.hist for p in plans])
+        out = vecs[[plans[j].vector_row for j in stored]]
+        if len(stored) == len(plans):
+            return out
+        full = np.empty((len(plans), vecs.shape[1]), np.float32)
+        full[stored] = out
+        rest = [j for j, p in enumerate(plans) if p.vector_row < 0]
+        full[rest] = self._encoder.encode_many([plans[j].user_idx for j in rest], [plans[j].hist for j in rest])
+        return full
+
+    def _user_vector_row(self, user_idx: int, request_rows: int) -> int:
+        """Row of :attr:`user_vectors` answering a query by a known user whose request adds no history
+        rows (``request_rows``: known ids in the request history); -1 when it must be encoded."""
+        if self.user_vectors is None or request_rows or user_idx < self._user_vocab.num_oov:
+            return -1
+        return user_idx - self._user_vocab.num_oov
+
+    def _user_query_vectors(self, budget_mb: float) -> FloatArray | None:
+        """Every vocabulary user's query vector with no request history, batched (see ``user_vectors_mb``)."""
+        voc = self._user_vocab
+        n, d = len(voc.ids), self._tower.dim
+        if budget_mb < 0:
+            raise ValueError(f"`user_vectors_mb` must be >= 0 MiB, got {budget_mb!r}")
+        if n == 0 or budget_mb == 0:
+            return None
+        if n * d * 4 > budget_mb * 2**20:
+            logger.info(
+                "%d known users' query vectors (%.3g MiB) exceed user_vectors_mb=%g; they are encoded per request",
+                n,
+                n * d * 4 / 2**20,
+                budget_mb,
+            )
+            return None
+        out = np.zeros((n, d), np.float32)
+        chunk = 4096
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            # The same history a request without one gets (stored, de-duplicated, cut to max_history).
+            hists = [self._history_rows(u, ())[0] for u in voc.ids[start:stop]]
+            # Rows with no history and no user table never use the model (popular fallback instead).
+            out[start:stop] = self._encoder.encode_many(range(voc.num_oov + start, voc.num_oov + stop), hists)
+        out.flags.writeable = False
+        return out
 
     def _apply_search_threads(self) -> None:
         """``search_threads`` for the calling thread (OpenMP keeps it per thread; see ``__init__``)."""

@@ -52,6 +52,9 @@ class VariantRegistry:
         ab: A/B routing config (salt, shares, default variant).
         metrics: where reloads and bundle versions are recorded.
         on_change: called (no args) after every swap (the server updates health there).
+        user_vectors_mb: budget of each Recommender's precomputed known-user query vectors
+            (:class:`recfuse.inference.Recommender`; 0: off).
+        hugepages: back each loaded index with transparent huge pages (``Recommender(hugepages=...)``).
     """
 
     def __init__(
@@ -61,8 +64,12 @@ class VariantRegistry:
         ab: ABConfig,
         metrics: ServingMetrics | None = None,
         on_change: Callable[[], None] | None = None,
+        user_vectors_mb: float = 256.0,
+        hugepages: bool = True,
     ) -> None:
         self.bundles_dir = Path(bundles_dir)
+        self.user_vectors_mb = user_vectors_mb
+        self.hugepages = hugepages
         self.limits = limits
         self.ab = ab
         self.metrics = metrics
@@ -154,7 +161,12 @@ class VariantRegistry:
                 if self._rejected.get(variant) == version:
                     continue
                 try:
-                    rec = Recommender.from_bundle(self.bundles_dir / variant / version, limits=self.limits)
+                    rec = Recommender.from_bundle(
+                        self.bundles_dir / variant / version,
+                        limits=self.limits,
+                        user_vectors_mb=self.user_vectors_mb,
+                        hugepages=self.hugepages,
+                    )
                 except Exception as exc:  # any failure to load/verify: reject, old version keeps serving
                     self._rejected[variant] = version
                     result.rejected.append(f"{variant}:{version}: {exc}")

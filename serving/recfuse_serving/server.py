@@ -86,7 +86,13 @@ class RecfuseServer:
         self.metrics = ServingMetrics()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.registry = VariantRegistry(
-            bundles_dir, limits_of(config), config.ab, self.metrics, on_change=self._update_health
+            bundles_dir,
+            limits_of(config),
+            config.ab,
+            self.metrics,
+            on_change=self._update_health,
+            user_vectors_mb=config.user_vectors_mb,
+            hugepages=config.hugepages,
         )
         self.exposures: ExposureLogger | None = None
         if config.exposures.directory:
