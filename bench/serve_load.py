@@ -16,7 +16,7 @@ Usage:
     python bench/serve_load.py --workers 1 2      # also SO_REUSEPORT multi-process servers
     python bench/serve_load.py --quick --batching on off   # Recommend with and without micro-batching
     python bench/serve_load.py --quick --rounds 5          # 5 alternating rounds, medians (noisy machines)
-    python bench/serve_load.py --quick --also-set user_vectors_mb=0   # also the server without that feature
+    python bench/serve_load.py --quick --also-set 'user_vectors_mb=0;hugepages=false'   # paired: features off
 
 With ``--rounds R`` every server is measured R times, the targets alternating within each round
 (echo, Recommend, echo, Recommend, ...), and each cell reports the median over rounds of its QPS,
@@ -126,7 +126,16 @@ def run_client(port: int, seconds: float, seed: int, out: str) -> int:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.RecommenderStub(channel)
     users = [f"u{j}" for j in rng.integers(0, N_USERS, 4096)]
-    for u in users[:100]:  # warm-up
+    ready_by = time.monotonic() + 60
+    while True:  # this connection's worker may still be loading its bundle (SO_REUSEPORT)
+        try:
+            stub.Recommend(pb.RecommendRequest(user_id=users[0], k=10), timeout=10)
+            break
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > ready_by:
+                raise
+            time.sleep(0.05)
+    for u in users[1:100]:  # warm-up
         stub.Recommend(pb.RecommendRequest(user_id=u, k=10), timeout=10)
     lat = []
     end = time.perf_counter() + seconds
@@ -185,26 +194,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 120.0, checks: int = 8) -> None:
+    """Until ``checks`` fresh connections in a row find the server SERVING: with SO_REUSEPORT each new
+    connection lands on one worker, so one check could pass while another worker is still loading
+    (and its load would then be counted as server CPU of the first measurement)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = health_pb2_grpc.HealthStub(channel)
     end = time.monotonic() + timeout
-    try:
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
+    in_a_row = 0
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            ok = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1
+        except grpc.RpcError:
+            ok = False
+        finally:
+            channel.close()
+        in_a_row = in_a_row + 1 if ok else 0
+        if in_a_row >= checks:
+            return
+        if not ok:
             time.sleep(0.1)
-        raise SystemExit(f"server on port {port} not SERVING after {timeout:.0f} s")
-    finally:
-        channel.close()
+    raise SystemExit(f"server on port {port} not SERVING after {timeout:.0f} s")
 
 
 def start_server(
@@ -305,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="also measure each Recommend server with this extra config line, as its own row in the same "
-        "rounds (a paired comparison), e.g. user_vectors_mb=0",
+        help="also measure each Recommend server with these extra config lines (';' between lines), as its "
+        "own row in the same rounds (a paired comparison), e.g. 'user_vectors_mb=0;hugepages=false'",
     )
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--blas-default", action="store_true", help="also run 100k with numpy's default BLAS threads")
@@ -364,7 +378,8 @@ def _run(args: argparse.Namespace) -> int:
             suffix = f", batching {mode}" if len(args.batching) > 1 else ""
             targets.append((f"Recommend {name}{suffix}", "real", path, env, mode == "on", ()))
             for line in args.also_set:  # the same server with one config line changed, same rounds
-                targets.append((f"Recommend {name}{suffix}, {line}", "real", path, env, mode == "on", (line,)))
+                lines = tuple(x.strip() for x in line.split(";"))
+                targets.append((f"Recommend {name}{suffix}, {line}", "real", path, env, mode == "on", lines))
     if args.blas_default:
         blas = {k: v for k, v in env.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
         targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas, False, ()))
