@@ -226,6 +226,9 @@ class ModelConfig:
             where four heads would be under 16 dimensions each. (TensorFlow's oneDNN CPU kernels
             corrupted the heap in 4 of 7 trainings at ``dim = 16`` with 4 heads over 4 tokens, never
             with 2; see bench/README.md.)
+        attention_layers: Transformer blocks of masked self-attention over the modality tokens before
+            the ``attention`` fusion pools them (each modality's token then carries what the others
+            say about the item); 0 pools the aligned tokens directly.
         attention_user_conditioned: must stay false (kept so stored configs load): item embeddings
             go into a FAISS index, so they cannot depend on the user. ``AttentionFusion(...)(tokens,
             mask, context=...)`` takes a context vector for models built on top (e.g. a re-ranker).
@@ -242,6 +245,7 @@ class ModelConfig:
     weighted_lambda: float = 0.5
     learn_lambda: bool = True
     attention_heads: int | None = None
+    attention_layers: int = 0
     attention_user_conditioned: bool = False
     modality_dropout: float = 0.1
     item_id_embedding: bool = True
@@ -270,6 +274,7 @@ class ModelConfig:
         heads = default_attention_heads(self.dim) if self.attention_heads is None else self.attention_heads
         object.__setattr__(self, "attention_heads", heads)
         _check_range("model", "attention_heads", heads, 1, 64)
+        _check_range("model", "attention_layers", self.attention_layers, 0, 8)
         _check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
         if self.attention_user_conditioned is not False:
             raise ConfigError(

@@ -63,9 +63,14 @@ def _setup(catalog: tuple[pd.DataFrame, Path], cfg: RecfuseConfig) -> tuple[Cand
     return build_candidate_tower(cfg, items, vocab), table
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_each_fusion_gives_unit_vectors_and_ignores_missing_modalities(catalog, fusion: str) -> None:
-    tower, table = _setup(catalog, _cfg(fusion))
+@pytest.mark.parametrize(
+    ("fusion", "extra"),
+    [(f, {}) for f in FUSIONS] + [("attention", {"attention_layers": 1})],
+    ids=[*FUSIONS, "attention-encoder"],
+)
+def test_each_fusion_gives_unit_vectors_and_ignores_missing_modalities(catalog, fusion: str, extra: dict) -> None:
+    tower, table = _setup(catalog, _cfg(fusion, **extra))
+    assert getattr(tower.fusion, "encoder_layers", 0) == extra.get("attention_layers", 0)
     out = tower(_features(table)).numpy()
     assert out.shape == (6, 8)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)

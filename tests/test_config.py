@@ -130,6 +130,8 @@ def test_attention_heads_resolve_from_dim_and_are_stored() -> None:
     assert RecfuseConfig().to_dict()["model"]["attention_heads"] == 4
     with pytest.raises(ConfigError, match=r"`model.attention_heads` must be in \[1, 64\], got 0"):
         RecfuseConfig.from_dict({"model": {"attention_heads": 0}})
+    with pytest.raises(ConfigError, match=r"`model.attention_layers` must be in \[0, 8\], got 9"):
+        RecfuseConfig.from_dict({"model": {"attention_layers": 9}})
 
 
 def test_augment_defaults_on_for_the_raw_image_cnn_only() -> None:

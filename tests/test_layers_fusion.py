@@ -83,6 +83,30 @@ def test_attention_gives_zero_weight_to_missing_modalities() -> None:
     np.testing.assert_allclose(scores[:3].sum(-1), 1.0, rtol=1e-5)
 
 
+def test_attention_encoder_layers_let_tokens_read_each_other_and_keep_masking() -> None:
+    """Without encoder layers the pooling weights of two present tokens compare only those two (a
+    softmax); with a self-attention block before the pooling each token's key also carries the
+    others, so changing a third token moves their ratio. Masked tokens still change nothing."""
+    x = _tokens()
+    x_other = x.copy()
+    x_other[1, 3] += 2.0  # item 1, token 3
+    ratios = {}
+    for layers in (0, 1):
+        fuse = AttentionFusion(D, num_heads=2, hidden=(16,), encoder_layers=layers)
+        s = fuse.attention_scores(tf.constant(x), tf.constant(MASK)).numpy()
+        s2 = fuse.attention_scores(tf.constant(x_other), tf.constant(MASK)).numpy()
+        ratios[layers] = (s[1, :, 0, 0] / s[1, :, 0, 2], s2[1, :, 0, 0] / s2[1, :, 0, 2])
+        out = fuse(x, MASK).numpy()
+        x_masked = x.copy()
+        x_masked[MASK == 0] = 1e3
+        np.testing.assert_allclose(fuse(x_masked, MASK).numpy(), out, atol=1e-5)
+        np.testing.assert_array_equal(out[3], np.zeros(D))
+        np.testing.assert_array_equal(s[:3, :, 0, :][np.broadcast_to(MASK[:3, None, :] == 0, (3, 2, M))], 0.0)
+    np.testing.assert_allclose(*ratios[0], rtol=1e-5)
+    assert np.abs(ratios[1][0] - ratios[1][1]).max() > 1e-3
+    assert len(AttentionFusion(D, encoder_layers=2, hidden=(16,)).encoder) == 2
+
+
 def test_attention_context_conditions_the_output() -> None:
     fuse = AttentionFusion(D, num_heads=2, hidden=(16,))
     x = _tokens()

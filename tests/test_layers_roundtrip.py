@@ -75,6 +75,7 @@ CASES: list[tuple[str, Callable[[], tf.keras.layers.Layer], Callable[[Any], tf.T
     ("max", lambda: MaxFusion(8), _run_fusion),
     ("gated", lambda: GatedFusion(8, hidden=5), _run_fusion),
     ("attention", lambda: AttentionFusion(8, num_heads=4, hidden=(16,), dropout=0.1), _run_fusion),
+    ("attention_encoder", lambda: AttentionFusion(8, num_heads=2, hidden=(16,), encoder_layers=1), _run_fusion),
 ]
 
 

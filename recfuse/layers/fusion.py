@@ -7,9 +7,10 @@ Registry :data:`FUSIONS` (selected by ``cfg.model.fusion``):
   scalar or fixed; falls back to whichever side is present;
 * ``max``: elementwise max over the present tokens;
 * ``gated``: softmax gate over the present tokens from a learned score of each token;
-* ``attention``: a learned query token (optionally plus a context vector) attends over the tokens
-  with multi-head attention; missing modalities are excluded through ``attention_mask``, then a
-  residual + feed-forward block gives ``d``.
+* ``attention``: optionally ``encoder_layers`` Transformer blocks of masked self-attention over the
+  tokens (each modality reads the others), then a learned query token (optionally plus a context
+  vector) attends over them with multi-head attention; missing modalities are excluded through
+  ``attention_mask``, then a residual + feed-forward block gives ``d``.
 
 Every variant is independent of the values of masked tokens, and rows with no present token give
 zeros.
@@ -29,6 +30,7 @@ from typing import Any
 import tensorflow as tf
 
 from recfuse.errors import ConfigError
+from recfuse.layers.text import TransformerBlock
 
 _NEG = -1e9
 
@@ -204,26 +206,41 @@ class AttentionFusion(Fusion):
     Args:
         dim: width ``d``.
         num_heads: attention heads.
-        hidden: widths of the feed-forward net's hidden layers.
+        hidden: widths of the feed-forward nets' hidden layers.
         dropout: attention dropout.
+        encoder_layers: :class:`~recfuse.layers.text.TransformerBlock` s (masked self-attention +
+            FFN, post-norm; FFN width ``hidden[0]``) applied to the tokens before the pooling, so each
+            modality's token is contextualised by the others; 0 pools the aligned tokens directly.
 
     Call:
         ``context`` ``[b, d]`` (optional) is added to the learned query (user-conditioned fusion).
     """
 
     def __init__(
-        self, dim: int, num_heads: int = 2, hidden: Sequence[int] = (128,), dropout: float = 0.0, **kwargs: Any
+        self,
+        dim: int,
+        num_heads: int = 2,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.0,
+        encoder_layers: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(dim, **kwargs)
         self.num_heads = int(num_heads)
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
+        self.encoder_layers = int(encoder_layers)
         self.attn = tf.keras.layers.MultiHeadAttention(
             num_heads=self.num_heads, key_dim=max(1, self.dim // self.num_heads), dropout=self.dropout, name="mha"
         )
         self.norm1 = tf.keras.layers.LayerNormalization(name="norm1")
         self.norm2 = tf.keras.layers.LayerNormalization(name="norm2")
         self.ffn = _mlp(self.hidden, self.dim, "ffn")
+        # The text branch's Transformer block, over the modality tokens instead of word tokens.
+        self.encoder = [
+            TransformerBlock(self.dim, self.num_heads, ff_dim=(self.hidden or (2 * self.dim,))[0], name=f"enc{i}")
+            for i in range(self.encoder_layers)
+        ]
 
     def build(self, input_shape: Any) -> None:
         self.query = self.add_weight(
@@ -247,7 +264,11 @@ class AttentionFusion(Fusion):
             q = q + tf.cast(context, tf.float32)[:, None, :]
         # masked keys get zero weight; a row without any present token is zeroed by the base class
         attn_mask = tf.cast(mask, tf.bool)[:, None, :]
-        values = tf.where(mask[..., None] > 0, tokens, 0.0)
+        present = mask[..., None] > 0
+        values = tf.where(present, tokens, 0.0)
+        for block in self.encoder:
+            # every present token reads the present ones; rows of absent tokens are zeroed again
+            values = tf.where(present, block(values, mask=mask > 0, training=training), 0.0)
         out, scores = self.attn(q, values, attention_mask=attn_mask, return_attention_scores=True, training=training)
         return self.norm1(out + q), scores
 
@@ -264,6 +285,7 @@ class AttentionFusion(Fusion):
             "num_heads": self.num_heads,
             "hidden": list(self.hidden),
             "dropout": self.dropout,
+            "encoder_layers": self.encoder_layers,
         }
 
 
@@ -285,6 +307,7 @@ def make_fusion(
     num_heads: int = 2,
     weighted_lambda: float = 0.5,
     learn_lambda: bool = True,
+    encoder_layers: int = 0,
 ) -> Fusion:
     """Build the fusion layer registered under ``name``.
 
@@ -300,5 +323,5 @@ def make_fusion(
     if name == "gated":
         return GatedFusion(dim, name="fusion")
     if name == "attention":
-        return AttentionFusion(dim, num_heads, hidden, name="fusion")
+        return AttentionFusion(dim, num_heads, hidden, encoder_layers=encoder_layers, name="fusion")
     return FUSIONS[name](dim, name="fusion")

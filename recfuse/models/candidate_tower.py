@@ -165,6 +165,7 @@ class CandidateTower(tf.keras.Model):
             num_heads=mc.attention_heads,
             weighted_lambda=mc.weighted_lambda,
             learn_lambda=mc.learn_lambda,
+            encoder_layers=mc.attention_layers,
         )
         self.contrastive_weight = mc.contrastive_weight if self.image_index >= 0 and self.text_index >= 0 else 0.0
 
