@@ -311,6 +311,10 @@ class TrainConfig:
     lr_decay_patience: int = 0
     lr_decay_factor: float = 0.5
     min_learning_rate: float = 1e-5
+    # exponential moving average of the weights, updated every step with this momentum (0 = off):
+    # validation, early stopping, the best checkpoint and the exported model use the average;
+    # training goes on from the trained weights
+    ema_momentum: float = 0.0
     eval_every_epochs: int = 1
     # ``live``: history items go through the candidate tower in each step (gradient reaches item
     # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
@@ -343,6 +347,7 @@ class TrainConfig:
         _check_range("train", "lr_decay_patience", self.lr_decay_patience, 0, 100_000)
         _check_range("train", "lr_decay_factor", self.lr_decay_factor, 0.01, 0.99)
         _check_range("train", "min_learning_rate", self.min_learning_rate, 0.0, 10.0)
+        _check_range("train", "ema_momentum", self.ema_momentum, 0.0, 0.9999)
         _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
 

@@ -289,6 +289,73 @@ def test_min_epochs_holds_off_early_stopping(data, tmp_path: Path) -> None:
     assert result.best_metric == pytest.approx(0.5)
 
 
+def _tower_arrays(cfg: RecfuseConfig, n_users: int, prefix: Path, nested: bool) -> dict[str, np.ndarray]:
+    """Query-tower arrays stored in a best (``nested=False``) or per-epoch (``True``) checkpoint."""
+    from recfuse.models.query_tower import build_query_tower
+
+    ref = build_query_tower(cfg, n_users)
+    ref.build_for(16)
+    root = tf.train.Checkpoint(model=tf.train.Checkpoint(query_tower=ref)) if nested else tf.train.Checkpoint(
+        query_tower=ref)  # fmt: skip
+    root.read(str(prefix)).expect_partial()
+    return ref.export_arrays()
+
+
+def test_epochs_between_evaluations_leave_the_best_weights_alone(data, tmp_path: Path) -> None:
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training import trainer
+
+    _root, cfg, ds, split = data
+    scores = iter([0.5, 0.2, 0.1])  # evaluated after epochs 2, 4, 6
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
+    try:
+        train_cfg = dataclasses.replace(cfg.train, epochs=6, early_stopping_patience=0, eval_every_epochs=2)
+        run = dataclasses.replace(cfg, train=train_cfg)
+        result = trainer.train(run, ds, split, tmp_path / "m", progress=False)
+    finally:
+        mp.undo()
+    assert result.epochs_run == 6 and (result.best_epoch, result.best_metric) == (2, pytest.approx(0.5))
+    assert [("val_recall@10" in r) for r in result.history] == [False, True] * 3
+    kept = TrainedModel.load(tmp_path / "m").query_tower.to_arrays()
+    last = _tower_arrays(run, len(kept["user_embedding"]), tmp_path / "m" / "checkpoints" / "ckpt-6", nested=True)
+    assert any(not np.array_equal(last[n], kept[n]) for n in kept)  # epoch 2's weights, not the last ones
+
+
+@pytest.mark.parametrize("momentum", [1e-6, 0.9])
+def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path: Path, momentum: float) -> None:
+    """With train.ema_momentum the best checkpoint and the exported model hold the optimizer's
+    average of the weights (a tiny momentum: the weights themselves), while the per-epoch checkpoint
+    that training resumes from holds the trained weights."""
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training import trainer
+
+    _root, cfg, ds, split = data
+    scores = iter([0.1, 0.5, 0.2])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
+    try:
+        train_cfg = dataclasses.replace(cfg.train, epochs=3, early_stopping_patience=0, ema_momentum=momentum)
+        run = dataclasses.replace(cfg, train=train_cfg)
+        result = trainer.train(run, ds, split, tmp_path / "m", progress=False)
+    finally:
+        mp.undo()
+    assert result.best_epoch == 2
+    kept = TrainedModel.load(tmp_path / "m").query_tower.to_arrays()
+    n_users = len(kept["user_embedding"])
+    best = _tower_arrays(run, n_users, tmp_path / "m" / "checkpoints" / "best" / "ckpt", nested=False)
+    trained_at_2 = _tower_arrays(run, n_users, tmp_path / "m" / "checkpoints" / "ckpt-2", nested=True)
+    for name in kept:
+        np.testing.assert_array_equal(best[name], kept[name])
+    gap = max(float(np.abs(best[n] - trained_at_2[n]).max()) for n in kept)
+    if momentum < 1e-3:
+        assert gap < 1e-4  # the average of the last step is that step's weights
+    else:
+        assert gap > 1e-3  # an average over ~10 steps is not the last step's weights
+    with pytest.raises(ConfigError, match=r"`train.ema_momentum` must be in \[0.0, 0.9999\], got 1.0"):
+        RecfuseConfig.from_dict({"train": {"ema_momentum": 1.0}})
+
+
 def test_learning_rate_is_cut_on_a_plateau_and_kept_on_resume(data, tmp_path: Path) -> None:
     from recfuse.training import trainer
 

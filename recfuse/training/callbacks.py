@@ -12,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,25 @@ class MemoryBankRefresh(tf.keras.callbacks.Callback):
         self.two_tower.refresh_memory_bank()
 
 
+@contextlib.contextmanager
+def averaged_weights(model: TwoTowerModel) -> Iterator[None]:
+    """The optimizer's moving average of the trainable weights (``use_ema``) in place of the weights,
+    with the memory bank recomputed from them; the trained weights come back on exit.
+
+    The bank is left as the averaged weights computed it: the next epoch's training reads it for
+    the history items it does not encode live, a smoother stand-in for the same items.
+    """
+    variables = model.trainable_variables
+    trained = [tf.identity(v) for v in variables]
+    model.optimizer.finalize_variable_values(variables)  # with use_ema: assigns the averages
+    model.refresh_memory_bank()
+    try:
+        yield
+    finally:
+        for v, value in zip(variables, trained):
+            v.assign(value)
+
+
 class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
     """Validation Recall@K, best-weights tracking, early stopping and a resumable checkpoint per epoch.
 
@@ -71,6 +91,9 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
             records it for reading only.
         lr_decay_factor: multiplier of a cut, in ``(0, 1)``.
         min_learning_rate: the learning rate is never cut below this.
+        averaged: validate, and keep as the best weights, the optimizer's moving average of the
+            weights (:func:`averaged_weights`; the optimizer must have ``use_ema``); training goes on
+            from the trained weights.
     """
 
     def __init__(
@@ -90,8 +113,10 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         lr_decay_patience: int = 0,
         lr_decay_factor: float = 0.5,
         min_learning_rate: float = 0.0,
+        averaged: bool = False,
     ) -> None:
         super().__init__()
+        self.averaged = bool(averaged)
         self.evaluate = evaluate
         self.manager = manager
         self.epoch_var = epoch_var
@@ -129,7 +154,21 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
             "loss": float(logs.get("loss", math.nan)),
             "learning_rate": float(self.model.optimizer.learning_rate.numpy()),
         }
-        if self.evaluate is not None and ((epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")):
+        due = (epoch + 1) % self.every == 0 or epoch + 1 == self.params.get("epochs")
+        if self.evaluate is None or due:  # epochs between evaluations leave the best weights alone
+            with averaged_weights(self.model) if self.averaged else contextlib.nullcontext():
+                self._validate(epoch, record, logs)
+        logger.info("epoch %d: %s", epoch + 1, record)
+        self.state.setdefault("history", []).append(record)
+        self.state["epoch"] = epoch + 1
+        self.state["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+        self.epoch_var.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+        atomic_write_json(self.state_path, self.state)
+
+    def _validate(self, epoch: int, record: dict[str, Any], logs: dict[str, Any]) -> None:
+        """Validation metric, best weights, learning-rate cuts and early stopping for one epoch."""
+        if self.evaluate is not None:
             metric = float(self.evaluate())
             record[self.metric_name] = metric
             logs[self.metric_name] = metric
@@ -156,10 +195,3 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
             # no validation: the last epoch is the best one
             self.best_ckpt.write(str(self.best_prefix))
             self.state.update(best_epoch=epoch + 1)
-        logger.info("epoch %d: %s", epoch + 1, record)
-        self.state.setdefault("history", []).append(record)
-        self.state["epoch"] = epoch + 1
-        self.state["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
-        self.epoch_var.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
-        atomic_write_json(self.state_path, self.state)

@@ -109,7 +109,8 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     built = build_model(cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0))
     model = built.model
 
-    optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate)
+    ema = cfg.train.ema_momentum
+    optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
     model.compile(optimizer=optimizer)
     ds = make_dataset(examples, user_vocab, cfg.train.batch_size, cfg.train.seed, cfg.train.user_dropout)
     # create every variable (towers + optimizer slots) so a checkpoint restores eagerly
@@ -161,6 +162,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
                 cfg.train.lr_decay_patience,
                 cfg.train.lr_decay_factor,
                 cfg.train.min_learning_rate,
+                averaged=ema > 0,
             ),
             ScalarLogger(out / "tensorboard"),
         ]
