@@ -228,6 +228,28 @@ def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
         Recommender(rec.bundle, user_vectors_mb=-1)
 
 
+def test_non_finite_query_tower_output_is_an_artifact_error(tmp_path: Path) -> None:
+    """A bundle whose query tower yields NaN (a broken export) fails loudly, naming the bundle: at load
+    when known users' vectors are precomputed, per request when they are not."""
+    from dataclasses import replace
+
+    from bundle_factory import make_contents
+
+    from recfuse.bundle import write_bundle
+    from recfuse.errors import ArtifactError
+
+    contents = make_contents(n_items=200, dim=16, n_users=30)
+    ue = contents.query_tower.user_embedding.copy()
+    ue[contents.user_vocab.lookup_one("u3")] = np.nan
+    path = write_bundle(tmp_path, replace(contents, query_tower=replace(contents.query_tower, user_embedding=ue)))
+    with pytest.raises(ArtifactError, match=r"non-finite vectors for 1 known user\(s\)"):
+        Recommender.from_bundle(path)
+    lazy = Recommender.from_bundle(path, user_vectors_mb=0)
+    assert len(lazy.rank("u4", [], 5).rows) == 5
+    with pytest.raises(ArtifactError, match=r"gave a non-finite vector"):
+        lazy.rank("u3", [], 5)
+
+
 def test_concurrent_reads_give_serial_results(rec: Recommender) -> None:
     users = [f"u{i}" for i in range(12)]
     expected = {u: rec.recommend(user_id=u, k=8, exclude_seen=True).item_ids for u in users}

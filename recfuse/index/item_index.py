@@ -159,6 +159,20 @@ class ItemIndex:
                 out_scores[i, : len(row_ids)] = row_scores
         return out_ids, out_scores
 
+    def search_one(self, query: FloatArray, k: int) -> tuple[list[int], list[float]]:
+        """The serving fast path: one trusted, unfiltered query; ``(ids, scores)`` as lists, best first.
+
+        ``query`` must be a finite float32 ``[1, d]`` C-contiguous array (the caller's own vector, e.g.
+        a query-tower output); nothing is checked, so no caller input may reach it unvalidated.
+        Missing slots (fewer than ``k`` found, e.g. an IVF probe) are dropped, not padded.
+        """
+        scores, ids = self._index.search(query, k)
+        id_list, score_list = ids[0].tolist(), scores[0].tolist()
+        if id_list[-1] < 0:  # faiss puts the -1 slots last
+            kept = [(i, s) for i, s in zip(id_list, score_list) if i >= 0]
+            id_list, score_list = [i for i, _ in kept], [s for _, s in kept]
+        return id_list, score_list
+
     def _present(self, ids: Collection[int]) -> Int64Array:
         """Sorted unique ids from ``ids`` that are in the index."""
         arr = np.unique(np.fromiter((int(i) for i in ids), dtype=np.int64, count=len(ids)))

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from recfuse.bundle import LoadedBundle, load_bundle
-from recfuse.errors import InvalidRequestError, NotFoundError
+from recfuse.errors import ArtifactError, InvalidRequestError, NotFoundError
 from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.limits import Limits
@@ -252,16 +252,14 @@ class Recommender:
             return RankedRows(rows.tolist(), scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
         vec_row = self._user_vector_row(user_idx, len(ids) - skipped)
         if vec_row >= 0:
-            q = self.user_vectors[vec_row : vec_row + 1]  # type: ignore[index]
+            q = self.user_vectors[vec_row : vec_row + 1]  # type: ignore[index]  # finite (checked at load)
         else:
             q = self._encoder.encode_one(max(user_idx, 0), hist)[None, :]
+            if not np.isfinite(q).all():
+                raise ArtifactError(f"the query tower of bundle {str(self.bundle.path)!r} gave a non-finite vector")
         t1 = time.perf_counter()
         self._apply_search_threads()
-        found, scores = self._index.search(q, min(k, self._tables.n))
-        row_list, score_list = found[0].tolist(), scores[0].tolist()
-        if min(row_list, default=0) < 0:  # fewer than k results: drop the -1 slots
-            kept = [(r, v) for r, v in zip(row_list, score_list) if r >= 0]
-            row_list, score_list = [r for r, _ in kept], [v for _, v in kept]
+        row_list, score_list = self._index.search_one(q, min(k, self._tables.n))
         return RankedRows(
             row_list, score_list, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped
         )
@@ -482,6 +480,12 @@ class Recommender:
             hists = [self._history_rows(u, ())[0] for u in voc.ids[start:stop]]
             # Rows with no history and no user table never use the model (popular fallback instead).
             out[start:stop] = self._encoder.encode_many(range(voc.num_oov + start, voc.num_oov + stop), hists)
+        if not np.isfinite(out).all():
+            bad = int((~np.isfinite(out).all(axis=1)).sum())
+            raise ArtifactError(
+                f"the query tower of bundle {str(self.bundle.path)!r} gives non-finite vectors for {bad} known "
+                "user(s); re-export the bundle from a model trained without NaN weights"
+            )
         out.flags.writeable = False
         return out
 
