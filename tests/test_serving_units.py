@@ -56,6 +56,7 @@ def test_config_from_toml_with_sections(tmp_path):
         ({"batch_max_size": 0}, r"`batch_max_size` must be a positive integer, got 0"),
         ({"user_vectors_mb": -1}, r"`user_vectors_mb` must be >= 0, got -1"),
         ({"hugepages": "yes"}, "`hugepages` must be true or false, got 'yes'"),
+        ({"user_vectors_mb": "256"}, r"`user_vectors_mb` must be a number of MiB \(0 = off\), got '256'"),
     ],
 )
 def test_config_errors_name_the_field(data, match):

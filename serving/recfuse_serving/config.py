@@ -196,6 +196,8 @@ class ServerConfig:
         for name in ("batching", "hugepages"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"`{name}` must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.user_vectors_mb, bool) or not isinstance(self.user_vectors_mb, (int, float)):
+            raise ConfigError(f"`user_vectors_mb` must be a number of MiB (0 = off), got {self.user_vectors_mb!r}")
         if self.default_k > self.max_k:
             raise ConfigError(f"`default_k` ({self.default_k}) must be <= `max_k` ({self.max_k})")
         if not 0 <= self.port <= 65535:
