@@ -87,6 +87,7 @@ def test_attention_encoder_layers_let_tokens_read_each_other_and_keep_masking() 
     """Without encoder layers the pooling weights of two present tokens compare only those two (a
     softmax); with a self-attention block before the pooling each token's key also carries the
     others, so changing a third token moves their ratio. Masked tokens still change nothing."""
+    tf.keras.utils.set_random_seed(0)  # fixed initial weights: the size of the effect is reproducible
     x = _tokens()
     x_other = x.copy()
     x_other[1, 3] += 2.0  # item 1, token 3
@@ -102,8 +103,8 @@ def test_attention_encoder_layers_let_tokens_read_each_other_and_keep_masking() 
         np.testing.assert_allclose(fuse(x_masked, MASK).numpy(), out, atol=1e-5)
         np.testing.assert_array_equal(out[3], np.zeros(D))
         np.testing.assert_array_equal(s[:3, :, 0, :][np.broadcast_to(MASK[:3, None, :] == 0, (3, 2, M))], 0.0)
-    np.testing.assert_allclose(*ratios[0], rtol=1e-5)
-    assert np.abs(ratios[1][0] - ratios[1][1]).max() > 1e-3
+    np.testing.assert_allclose(*ratios[0], rtol=1e-5)  # float rounding only
+    assert (np.abs(ratios[1][0] - ratios[1][1]) / ratios[1][0]).max() > 1e-4  # 10x that tolerance
     assert len(AttentionFusion(D, encoder_layers=2, hidden=(16,)).encoder) == 2
 
 
