@@ -84,7 +84,7 @@ def served_recall(bundles: Path, n_users: int = 500, k: int = 10) -> float:
 
     from recfuse.inference import Recommender
 
-    rec = Recommender.from_bundle(bundles, hugepages=False)
+    rec = Recommender.from_bundle(bundles, user_vectors_mb=256)
     voc = rec.bundle.user_vocab
     users = [f"u{j}" for j in np.random.default_rng(0).choice(N_USERS, n_users, replace=False)]
     vecs = np.asarray(rec.bundle.item_vectors, np.float32)

@@ -177,11 +177,12 @@ def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
 ) -> None:
     """Known users' query vectors are computed at load; every path that uses them answers what the
     per-request forward answers, and a request history with known items still runs the forward."""
+    off = rec  # the library default: off (one-shot uses keep start-up short)
+    assert off.user_vectors is None
+    rec = Recommender(off.bundle, user_vectors_mb=256)
     voc = rec.bundle.user_vocab
     vecs = rec.user_vectors
     assert vecs is not None and vecs.shape == (len(voc.ids), 16) and not vecs.flags.writeable
-    off = Recommender(rec.bundle, user_vectors_mb=0)
-    assert off.user_vectors is None
     # Each row is that user's forward over their stored history (float32 rounding apart).
     stored = dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))
     for u in ("u0", "u3", "u59"):
@@ -243,11 +244,16 @@ def test_non_finite_query_tower_output_is_an_artifact_error(tmp_path: Path) -> N
     ue[contents.user_vocab.lookup_one("u3")] = np.nan
     path = write_bundle(tmp_path, replace(contents, query_tower=replace(contents.query_tower, user_embedding=ue)))
     with pytest.raises(ArtifactError, match=r"non-finite vectors for 1 known user\(s\)"):
-        Recommender.from_bundle(path)
-    lazy = Recommender.from_bundle(path, user_vectors_mb=0)
+        Recommender.from_bundle(path, user_vectors_mb=256)
+    lazy = Recommender.from_bundle(path)
     assert len(lazy.rank("u4", [], 5).rows) == 5
-    with pytest.raises(ArtifactError, match=r"gave a non-finite vector"):
+    # both request paths (the row fast path and the query path) say the same: a broken bundle
+    with pytest.raises(ArtifactError, match=r"query tower of bundle .* gave a non-finite vector; re-export"):
         lazy.rank("u3", [], 5)
+    with pytest.raises(ArtifactError, match=r"gave a non-finite vector"):
+        lazy.recommend(user_id="u3", k=5, exclude_seen=True)
+    with pytest.raises(ArtifactError, match=r"gave a non-finite vector"):
+        lazy.recommend_batch([RecommendQuery(user_id="u4", k=5), RecommendQuery(user_id="u3", k=5)])
 
 
 def test_concurrent_reads_give_serial_results(rec: Recommender) -> None:

@@ -169,6 +169,18 @@ def test_resume_continues_from_the_saved_epoch(trained) -> None:
     assert again.epochs_run == 3 and np.isnan(again.examples_per_second)
 
 
+def _tower_arrays(cfg: RecfuseConfig, n_users: int, prefix: Path, nested: bool) -> dict[str, np.ndarray]:
+    """Query-tower arrays stored in a best (``nested=False``) or per-epoch (``True``) checkpoint."""
+    from recfuse.models.query_tower import build_query_tower
+
+    ref = build_query_tower(cfg, n_users)
+    ref.build_for(16)
+    root = tf.train.Checkpoint(model=tf.train.Checkpoint(query_tower=ref)) if nested else tf.train.Checkpoint(
+        query_tower=ref)  # fmt: skip
+    root.read(str(prefix)).expect_partial()
+    return ref.export_arrays()
+
+
 def test_early_stopping_keeps_the_best_epoch(data, tmp_path: Path) -> None:
     from recfuse.models.trained import TrainedModel
     from recfuse.training import trainer
@@ -194,24 +206,10 @@ def test_early_stopping_keeps_the_best_epoch(data, tmp_path: Path) -> None:
     state = json.loads((tmp_path / "m" / "train_state.json").read_text())
     assert state["stopped"] is True
     # the kept weights are the best epoch's (checkpoints/best), not the last epoch's (ckpt-4)
-    from recfuse.models.query_tower import build_query_tower
-
     m = TrainedModel.load(tmp_path / "m")
     kept = m.query_tower.to_arrays()
-
-    def arrays_of(prefix: Path, nested: bool) -> dict[str, np.ndarray]:
-        ref = build_query_tower(run, m.user_vocab.size)
-        ref.build_for(16)
-        root = (
-            tf.train.Checkpoint(model=tf.train.Checkpoint(query_tower=ref))
-            if nested
-            else tf.train.Checkpoint(query_tower=ref)
-        )
-        root.read(str(prefix)).expect_partial()
-        return ref.export_arrays()
-
-    best = arrays_of(tmp_path / "m" / "checkpoints" / "best" / "ckpt", nested=False)
-    last = arrays_of(tmp_path / "m" / "checkpoints" / "ckpt-4", nested=True)
+    best = _tower_arrays(run, m.user_vocab.size, tmp_path / "m" / "checkpoints" / "best" / "ckpt", nested=False)
+    last = _tower_arrays(run, m.user_vocab.size, tmp_path / "m" / "checkpoints" / "ckpt-4", nested=True)
     for name, arr in best.items():
         np.testing.assert_array_equal(arr, kept[name])
     assert any(not np.array_equal(last[n], kept[n]) for n in kept)
@@ -289,18 +287,6 @@ def test_min_epochs_holds_off_early_stopping(data, tmp_path: Path) -> None:
     assert result.best_metric == pytest.approx(0.5)
 
 
-def _tower_arrays(cfg: RecfuseConfig, n_users: int, prefix: Path, nested: bool) -> dict[str, np.ndarray]:
-    """Query-tower arrays stored in a best (``nested=False``) or per-epoch (``True``) checkpoint."""
-    from recfuse.models.query_tower import build_query_tower
-
-    ref = build_query_tower(cfg, n_users)
-    ref.build_for(16)
-    root = tf.train.Checkpoint(model=tf.train.Checkpoint(query_tower=ref)) if nested else tf.train.Checkpoint(
-        query_tower=ref)  # fmt: skip
-    root.read(str(prefix)).expect_partial()
-    return ref.export_arrays()
-
-
 def test_epochs_between_evaluations_leave_the_best_weights_alone(data, tmp_path: Path) -> None:
     from recfuse.models.trained import TrainedModel
     from recfuse.training import trainer
@@ -317,8 +303,9 @@ def test_epochs_between_evaluations_leave_the_best_weights_alone(data, tmp_path:
         mp.undo()
     assert result.epochs_run == 6 and (result.best_epoch, result.best_metric) == (2, pytest.approx(0.5))
     assert [("val_recall@10" in r) for r in result.history] == [False, True] * 3
-    kept = TrainedModel.load(tmp_path / "m").query_tower.to_arrays()
-    last = _tower_arrays(run, len(kept["user_embedding"]), tmp_path / "m" / "checkpoints" / "ckpt-6", nested=True)
+    m = TrainedModel.load(tmp_path / "m")
+    kept, n_users = m.query_tower.to_arrays(), m.user_vocab.size
+    last = _tower_arrays(run, n_users, tmp_path / "m" / "checkpoints" / "ckpt-6", nested=True)
     assert any(not np.array_equal(last[n], kept[n]) for n in kept)  # epoch 2's weights, not the last ones
 
 
@@ -341,8 +328,8 @@ def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path: Pat
     finally:
         mp.undo()
     assert result.best_epoch == 2
-    kept = TrainedModel.load(tmp_path / "m").query_tower.to_arrays()
-    n_users = len(kept["user_embedding"])
+    m = TrainedModel.load(tmp_path / "m")
+    kept, n_users = m.query_tower.to_arrays(), m.user_vocab.size
     best = _tower_arrays(run, n_users, tmp_path / "m" / "checkpoints" / "best" / "ckpt", nested=False)
     trained_at_2 = _tower_arrays(run, n_users, tmp_path / "m" / "checkpoints" / "ckpt-2", nested=True)
     for name in kept:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import sys
 from typing import Any
@@ -34,20 +35,18 @@ HUGE_PAGE = 2 << 20
 MIN_BYTES = 2 * HUGE_PAGE
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
-_LIBC: list[Any] = []
 
 
+@functools.cache
 def _madvise() -> Any:
-    if not _LIBC:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.madvise
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            fn.restype = ctypes.c_int
-            _LIBC.append(fn)
-        except (OSError, AttributeError):
-            _LIBC.append(None)
-    return _LIBC[0]
+    """libc's ``madvise`` (None where there is no such C library)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _arrays(index: faiss.Index) -> list[tuple[str, Any, int]]:

@@ -82,15 +82,18 @@ class Recommender:
         limits: request limits (``max_k`` etc.).
         exact_filter_max: allow-lists (category filters) up to this many items are ranked exactly
             by scoring their vectors directly instead of a filtered index search (``ip`` bundles).
-        user_vectors_mb: the query vector of every known user with no request history (their stored
-            history and user embedding) is computed once at load, in one batched forward, when they
-            fit in this many MiB (``users x dim x 4`` bytes: 20k users at 64-d are 5 MiB, 1M are
-            256 MiB); a Recommend by user id then skips the query forward (bench/README.md, session
-            14). 0 turns it off; over the budget every request runs the forward, as before.
+        user_vectors_mb: when > 0, the query vector of every known user with no request history
+            (their stored history and user embedding) is computed once at load, in one batched
+            forward, if they fit in this many MiB (``users x dim x 4`` bytes: 20k users at 64-d are
+            5 MiB, 1M are 256 MiB); a Recommend by user id then skips the query forward
+            (bench/README.md, session 14). Over the budget every request runs the forward. 0, the
+            default, keeps start-up short for one-shot uses (``recfuse recommend``, ``bundle info``);
+            the server turns it on (``ServerConfig.user_vectors_mb``, 256).
         hugepages: back the index's large arrays with 2 MiB transparent huge pages at load (Linux;
             :func:`recfuse.index.hugepages.advise_hugepages`): a graph search's scattered reads then
-            miss the TLB far less (-15% search CPU at 1M HNSW items, -6% at 100k). A no-op where
-            the kernel does not allow it.
+            miss the TLB far less (-15% search CPU at 1M HNSW items, -6% at 100k), for ~1.2 s of
+            start-up per 0.5 GB of index. A no-op where the kernel does not allow it. Off by default
+            for one-shot uses; the server turns it on (``ServerConfig.hugepages``).
         search_threads: faiss OpenMP threads for this Recommender's searches. 1, the default, is
             right for single requests: with more, every small search pays thread wake-ups, which on
             a busy 2-core machine cost ~15 ms at p50 (bench/recommend_bench.py). OpenMP keeps this
@@ -111,8 +114,8 @@ class Recommender:
         limits: Limits | None = None,
         search_threads: int | None = 1,
         exact_filter_max: int = 20_000,
-        user_vectors_mb: float = 256.0,
-        hugepages: bool = True,
+        user_vectors_mb: float = 0.0,
+        hugepages: bool = False,
     ) -> None:
         self._search_threads = None if search_threads is None else int(search_threads)
         if self._search_threads is not None:
@@ -168,8 +171,8 @@ class Recommender:
         limits: Limits | None = None,
         verify: bool = True,
         search_threads: int | None = 1,
-        user_vectors_mb: float = 256.0,
-        hugepages: bool = True,
+        user_vectors_mb: float = 0.0,
+        hugepages: bool = False,
     ) -> Recommender:
         """Load (and verify) a bundle and build a Recommender over it."""
         return cls(
@@ -254,9 +257,7 @@ class Recommender:
         if vec_row >= 0:
             q = self.user_vectors[vec_row : vec_row + 1]  # type: ignore[index]  # finite (checked at load)
         else:
-            q = self._encoder.encode_one(max(user_idx, 0), hist)[None, :]
-            if not np.isfinite(q).all():
-                raise ArtifactError(f"the query tower of bundle {str(self.bundle.path)!r} gave a non-finite vector")
+            q = self._finite(self._encoder.encode_one(max(user_idx, 0), hist)[None, :])
         t1 = time.perf_counter()
         self._apply_search_threads()
         row_list, score_list = self._index.search_one(q, min(k, self._tables.n))
@@ -437,17 +438,31 @@ class Recommender:
         """Query vectors of ``plans``: precomputed rows of :attr:`user_vectors` where a plan has one,
         one forward for the rest."""
         vecs = self.user_vectors
-        stored = [j for j, p in enumerate(plans) if p.vector_row >= 0]
-        if vecs is None or not stored:
-            return self._encoder.encode_many([p.user_idx for p in plans], [p.hist for p in plans])
-        out = vecs[[plans[j].vector_row for j in stored]]
-        if len(stored) == len(plans):
-            return out
-        full = np.empty((len(plans), vecs.shape[1]), np.float32)
-        full[stored] = out
-        rest = [j for j, p in enumerate(plans) if p.vector_row < 0]
-        full[rest] = self._encoder.encode_many([plans[j].user_idx for j in rest], [plans[j].hist for j in rest])
+        stored: list[int] = []
+        rest: list[int] = []
+        for j, p in enumerate(plans):
+            (stored if p.vector_row >= 0 else rest).append(j)
+        if not rest:
+            return vecs[[p.vector_row for p in plans]]  # type: ignore[index]  # rows only when vecs is set
+        encoded = self._finite(
+            self._encoder.encode_many([plans[j].user_idx for j in rest], [plans[j].hist for j in rest])
+        )
+        if not stored:
+            return encoded
+        full = np.empty((len(plans), encoded.shape[1]), np.float32)
+        full[stored] = vecs[[plans[j].vector_row for j in stored]]  # type: ignore[index]
+        full[rest] = encoded
         return full
+
+    def _finite(self, queries: FloatArray) -> FloatArray:
+        """``queries`` from the query tower, or an ArtifactError: a tower giving NaN/inf is a broken
+        bundle (the server's reload rejects it), not a bad request."""
+        if not np.isfinite(queries).all():
+            raise ArtifactError(
+                f"the query tower of bundle {str(self.bundle.path)!r} gave a non-finite vector; re-export the "
+                "bundle from a model trained without NaN weights"
+            )
+        return queries
 
     def _user_vector_row(self, user_idx: int, request_rows: int) -> int:
         """Row of :attr:`user_vectors` answering a query by a known user whose request adds no history
