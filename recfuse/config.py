@@ -302,8 +302,11 @@ class TrainConfig:
     eval_k: int = 10
     early_stopping_patience: int = 5
     # early stopping never ends a run before this many epochs (validation recall can sit on a
-    # plateau while the towers reorganise; the best epoch is still the one kept)
-    min_epochs: int = 0
+    # plateau while the towers reorganise; the best epoch is still the one kept). Unset: a quarter
+    # of ``epochs`` (12 of the default 50; see ``effective_min_epochs``), because content towers
+    # without an auxiliary loss (one modality) sit on a popularity-level plateau for their first
+    # 6-12 epochs and patience 5 ended such runs there (bench/README.md); 0 turns the hold-off off
+    min_epochs: int | None = None
     # reduce-on-plateau: after this many evaluations without a better validation recall the
     # learning rate is multiplied by lr_decay_factor (0 = constant learning rate), never below
     # min_learning_rate; not before min_epochs. Off by default: on the sample, patience 2 left warm
@@ -343,13 +346,22 @@ class TrainConfig:
         _check_range("train", "eval_k", self.eval_k, 1, 10_000)
         _check_range("train", "user_dropout", self.user_dropout, 0.0, 1.0)
         _check_range("train", "memory_refresh_steps", self.memory_refresh_steps, 0, 10_000_000)
-        _check_range("train", "min_epochs", self.min_epochs, 0, self.epochs)
+        if self.min_epochs is not None:
+            _check_range("train", "min_epochs", self.min_epochs, 0, self.epochs)
         _check_range("train", "lr_decay_patience", self.lr_decay_patience, 0, 100_000)
         _check_range("train", "lr_decay_factor", self.lr_decay_factor, 0.01, 0.99)
         _check_range("train", "min_learning_rate", self.min_learning_rate, 0.0, 10.0)
         _check_range("train", "ema_momentum", self.ema_momentum, 0.0, 0.9999)
         _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
+
+    @property
+    def effective_min_epochs(self) -> int:
+        """``min_epochs``, or a quarter of ``epochs`` when it is unset.
+
+        Resolved when used, not stored, so overriding ``epochs`` alone moves it along.
+        """
+        return self.epochs // 4 if self.min_epochs is None else self.min_epochs
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,16 @@ def test_attention_heads_resolve_from_dim_and_are_stored() -> None:
         RecfuseConfig.from_dict({"model": {"attention_layers": 9}})
 
 
+def test_min_epochs_unset_is_a_quarter_of_the_cap_and_follows_it() -> None:
+    cfg = RecfuseConfig()
+    assert cfg.train.min_epochs is None and cfg.train.effective_min_epochs == 12  # 50 // 4
+    # resolved when used, not stored: overriding the cap alone moves it, and a stored config keeps "unset"
+    assert cfg.with_overrides({"train.epochs": 6}).train.effective_min_epochs == 1
+    assert RecfuseConfig.from_dict(cfg.to_dict()).train.min_epochs is None
+    assert cfg.with_overrides({"train.min_epochs": 0}).train.effective_min_epochs == 0
+    assert cfg.with_overrides({"train.min_epochs": 30}).train.effective_min_epochs == 30
+
+
 def test_augment_defaults_on_for_the_raw_image_cnn_only() -> None:
     cfg = RecfuseConfig.from_dict(
         {"modalities": [

@@ -287,6 +287,26 @@ def test_min_epochs_holds_off_early_stopping(data, tmp_path: Path) -> None:
     assert result.best_metric == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(("min_epochs", "runs"), [(None, 3), (0, 2)])
+def test_unset_min_epochs_holds_off_early_stopping_for_a_quarter_of_the_cap(
+    data, tmp_path: Path, min_epochs: int | None, runs: int
+) -> None:
+    """Unset, ``min_epochs`` is ``epochs // 4`` (3 of 12), so a run whose validation recall drops
+    right after epoch 1 still trains to epoch 3; 0 restores plain patience (stop after epoch 2)."""
+    from recfuse.training import trainer
+
+    _root, cfg, ds, split = data
+    scores = iter([0.5] + [0.1] * 11)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
+    try:
+        train_cfg = dataclasses.replace(cfg.train, epochs=12, early_stopping_patience=1, min_epochs=min_epochs)
+        result = trainer.train(dataclasses.replace(cfg, train=train_cfg), ds, split, tmp_path / "m", progress=False)
+    finally:
+        mp.undo()
+    assert result.epochs_run == runs and result.best_epoch == 1
+
+
 def test_epochs_between_evaluations_leave_the_best_weights_alone(data, tmp_path: Path) -> None:
     from recfuse.models.trained import TrainedModel
     from recfuse.training import trainer

@@ -158,7 +158,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
                 cfg.train.eval_every_epochs,
                 writer,
                 metric_name,
-                cfg.train.min_epochs,
+                cfg.train.effective_min_epochs,
                 cfg.train.lr_decay_patience,
                 cfg.train.lr_decay_factor,
                 cfg.train.min_learning_rate,
