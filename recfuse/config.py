@@ -314,7 +314,9 @@ class TrainConfig:
     lr_decay_patience: int = 0
     lr_decay_factor: float = 0.5
     min_learning_rate: float = 1e-5
-    # exponential moving average of the weights, updated every step with this momentum (0 = off):
+    # exponential moving average of the weights, updated every step with this momentum, warmed up as
+    # min(momentum, (1 + step) / (10 + step)) so a short run's average is not its initialisation
+    # (recfuse.training.optimizer; 0 = off):
     # validation, early stopping, the best checkpoint and the exported model use the average;
     # training goes on from the trained weights
     ema_momentum: float = 0.0

@@ -38,6 +38,7 @@ from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
 from recfuse.training.checks import check_training_inputs
 from recfuse.training.examples import build_examples
 from recfuse.training.model_dir import write_model_dir
+from recfuse.training.optimizer import make_optimizer
 from recfuse.training.pipeline import make_dataset
 from recfuse.training.setup import build_model
 from recfuse.training.tb_logging import ScalarLogger
@@ -110,7 +111,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     model = built.model
 
     ema = cfg.train.ema_momentum
-    optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
+    optimizer = make_optimizer(cfg.train.learning_rate, ema)
     model.compile(optimizer=optimizer)
     ds = make_dataset(examples, user_vocab, cfg.train.batch_size, cfg.train.seed, cfg.train.user_dropout)
     # create every variable (towers + optimizer slots) so a checkpoint restores eagerly
