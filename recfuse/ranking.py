@@ -21,6 +21,21 @@ import numpy.typing as npt
 from recfuse.types import FloatArray, Int64Array
 
 
+def popularity_scale(counts: npt.ArrayLike, prior: float) -> FloatArray:
+    """Per-item factor ``1 + prior * log(1 + count)`` of the popularity prior (``model.popularity_prior``).
+
+    Item vectors are ranked multiplied by it (training counts; an item never trained on, such as a
+    cold item added later, keeps factor 1), so a score is ``q . v * factor``: the prior lifts items
+    in proportion to how well they already match, instead of adding popularity to every score.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.size and (not np.isfinite(c).all() or c.min() < 0):
+        raise ValueError(
+            f"popularity counts must be finite and >= 0 (training interactions per item), got min {float(c.min())!r}"
+        )
+    return (1.0 + float(prior) * np.log1p(c)).astype(np.float32)
+
+
 def masked_topk(
     queries: FloatArray,
     items: FloatArray,

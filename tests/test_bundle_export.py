@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from recfuse.inference import Recommender  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def _cfg(data_dir: Path) -> RecfuseConfig:
+def _cfg(data_dir: Path, **model: object) -> RecfuseConfig:
     raw = {
         "data": {
             "items": str(data_dir / "items.parquet"),
@@ -34,7 +35,7 @@ def _cfg(data_dir: Path) -> RecfuseConfig:
              "max_tokens": 16, "embedding_dim": 16},
             {"name": "categories", "kind": "categorical"},
         ],
-        "model": {"dim": 16, "fusion": "attention", "query_hidden": [32], "fusion_hidden": [32]},
+        "model": {"dim": 16, "fusion": "attention", "query_hidden": [32], "fusion_hidden": [32], **model},
         "train": {"epochs": 1, "batch_size": 128, "learning_rate": 0.01, "seed": 3},
         "index": {"factory": "Flat", "recall_queries": 50},
     }  # fmt: skip
@@ -105,6 +106,56 @@ def test_recommender_over_the_exported_bundle(exported: Path) -> None:
     r = rec.recommend(user_id=user, k=10, exclude_seen=True)
     assert r.fallback == "" and len(r.items) == 10 and r.model_version == exported.name
     assert rec.recommend(k=3).fallback == "popular"
+
+
+def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
+    trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    """With ``model.popularity_prior`` the model, its evaluation and the served bundle rank by
+    ``v * (1 + γ·log(1 + count))`` while the query tower reads histories from the plain vectors: the
+    server's ids and scores equal an exact ranking of the trained model's own query vectors."""
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.validate import load_dataset
+    from recfuse.evaluation.fullrank import evaluate_model
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training.trainer import train
+
+    data_dir, _model_dir, _items = trained
+    cfg = _cfg(data_dir, popularity_prior=0.5)
+    ds = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(ds.interactions, "random", 42)
+    train(cfg, ds, split, tmp_path / "model", progress=False)
+    m = TrainedModel.load(tmp_path / "model")
+    counts = np.array([m.popularity.get(i, 0) for i in m.item_ids], np.float64)
+    factor = 1.0 + 0.5 * np.log1p(counts)
+    np.testing.assert_allclose(m.ranking_embeddings, m.item_embeddings * factor[:, None], rtol=1e-6)
+    assert (counts == 0).any() and (counts > 2).any()  # cold rows keep factor 1, warm ones grow
+    # offline evaluation ranks by the scaled vectors: the same as a model whose plain vectors are those
+    view = SimpleNamespace(
+        item_ids=m.item_ids,
+        item_embeddings=m.ranking_embeddings,
+        ranking_embeddings=m.ranking_embeddings,
+        user_histories=m.user_histories,
+        query_embeddings=m.query_embeddings,  # histories still read from the plain vectors
+    )
+    plain = SimpleNamespace(**{**vars(view), "ranking_embeddings": m.item_embeddings})
+    scaled_result = evaluate_model(m, split, ks=(10, 50)).means("all")
+    assert scaled_result == evaluate_model(view, split, ks=(10, 50)).means("all")
+    assert scaled_result != evaluate_model(plain, split, ks=(10, 50)).means("all")
+    users = sorted(set(split.test["user_id"].astype(str)))
+
+    bundle = export_model(tmp_path / "model", tmp_path / "bundles")
+    b = load_bundle(bundle)
+    np.testing.assert_allclose(b.item_vectors, m.ranking_embeddings, rtol=1e-6)
+    for mb in (0.0, 16.0):  # encoded per request, and precomputed at load
+        rec = Recommender.from_bundle(bundle.parent, user_vectors_mb=mb)
+        for user in users[:5]:
+            got = rec.recommend(user_id=user, k=10)
+            qu = m.query_embeddings([user], [m.user_histories.get(user, [])])
+            scores = (qu @ m.ranking_embeddings.T)[0]
+            top = np.argsort(-scores, kind="stable")[:10]
+            assert [i.item_id for i in got.items] == [m.item_ids[j] for j in top]
+            np.testing.assert_allclose([i.score for i in got.items], scores[top], rtol=1e-4, atol=1e-5)
 
 
 def _new_items(items: pd.DataFrame, data_dir: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -13,6 +13,7 @@ import pytest
 from recfuse.errors import ArtifactError
 from recfuse.evaluation.fullrank import evaluate_embeddings, evaluate_model, ranked_topk
 from recfuse.evaluation.result import EvalResult
+from recfuse.ranking import popularity_scale
 
 # query [1, 0]: items 0 and 1 tie at 1.0, item 2 scores 0.5, item 3 scores 0.
 ITEMS = np.array([[1, 0], [1, 0], [0.5, 0], [0, 1]], dtype=np.float32)
@@ -95,6 +96,10 @@ class _MeanOfHistoryModel:
     item_embeddings: np.ndarray
     user_histories: dict[str, list[str]]
 
+    @property
+    def ranking_embeddings(self) -> np.ndarray:
+        return self.item_embeddings
+
     def query_embeddings(self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]]) -> np.ndarray:
         index = {i: n for n, i in enumerate(self.item_ids)}
         out = np.zeros((len(user_ids), self.item_embeddings.shape[1]), dtype=np.float32)
@@ -132,3 +137,12 @@ def test_evaluate_model_masks_train_and_val_and_counts_unknown_items() -> None:
     assert res.counts["train_users_without_test_rows"] == 1
     # novelty uses training counts: a=2, d=1 of 3 rows over 5 items -> p(c) = 1/8, p(e) = 1/8
     np.testing.assert_allclose(res.segment("all").per_user["novelty@1"], [3.0, 3.0])
+
+
+def test_popularity_scale_is_one_plus_prior_times_log_count() -> None:
+    np.testing.assert_allclose(
+        popularity_scale([0, 1, 9], 0.5), [1.0, 1.0 + 0.5 * np.log(2.0), 1.0 + 0.5 * np.log(10.0)], rtol=1e-6
+    )
+    np.testing.assert_array_equal(popularity_scale([0, 7], 0.0), [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"finite and >= 0 \(training interactions per item\), got min -1.0"):
+        popularity_scale([3, -1], 0.1)

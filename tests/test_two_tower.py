@@ -97,6 +97,27 @@ def test_logq_correction_is_exact_for_items_expected_more_than_once_per_batch() 
     assert float(model.compute_loss(batch)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_item_scale_multiplies_each_candidate_in_the_main_loss() -> None:
+    """The popularity prior: logits are q . (v * scale) / temperature; a scale of ones changes nothing."""
+    n = 20
+    scale = np.linspace(1.0, 2.0, n).astype(np.float32)
+    plain, ones = _pair({"logq_correction": False}, {"logq_correction": False, "item_scale": np.ones(n, np.float32)})
+    _, scaled = _pair({"logq_correction": False}, {"logq_correction": False, "item_scale": scale})
+    batch = _batch([0, 5, 9, 19])
+    for m in (plain, ones, scaled):
+        m.history_encoding = "memory_bank"  # the bank holds the same vectors: exact expected values
+    assert float(ones.compute_loss(batch)) == pytest.approx(float(plain.compute_loss(batch)), rel=1e-6)
+    q = scaled.query_embeddings(batch).numpy()
+    c = scaled.candidate_embeddings(batch["item_idx"]).numpy() * scale[[0, 5, 9, 19]][:, None]
+    logits = q @ c.T / 0.1
+    logits -= logits.max(axis=1, keepdims=True)
+    expected = -np.diag(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).sum()
+    assert float(scaled.compute_loss(batch)) == pytest.approx(expected, rel=1e-4)
+    assert not np.isclose(expected, float(plain.compute_loss(batch)), rtol=1e-3)
+    with pytest.raises(ValueError, match=r"item_scale must have shape \(20,\), got \(3,\)"):
+        _model(item_scale=np.ones(3, np.float32))
+
+
 def test_accidental_hits_are_removed() -> None:
     remove, keep = _pair({"remove_accidental_hits": True}, {"remove_accidental_hits": False})
     dup = _batch([3, 3, 7, 8])  # item 3 twice: a false negative for both rows when kept

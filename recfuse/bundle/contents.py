@@ -54,10 +54,13 @@ class BundleContents:
         variant: fusion variant name (the bundle's directory under the root).
         model_version: id of the trained model (kept across incremental adds).
         item_ids: ``[n]`` catalog item ids (str), unique; row order of everything item-shaped.
-        item_vectors: ``[n, d]`` float32 item embeddings.
+        item_vectors: ``[n, d]`` float32 item embeddings as ranked (the index's vectors): with the
+            training config's ``model.popularity_prior`` > 0, each is the embedding times
+            ``1 + γ·log(1 + popularity count)``.
         items: display/filter metadata with columns ``item_id``, ``title`` and ``categories``
             (list of str); items without a row get title ``""`` and no categories.
-        query_tower: numpy query tower with output dim ``d`` (its item matrix is ``item_vectors``).
+        query_tower: numpy query tower with output dim ``d`` (its item matrix is ``item_vectors``, with
+            the popularity prior's factor divided back out by :class:`recfuse.inference.Recommender`).
         user_vocab: user id vocabulary (OOV buckets for unknown users).
         category_vocab: category vocabulary of the model (may be empty).
         popularity: item id -> interaction count, for cold-start fallbacks.

@@ -97,7 +97,7 @@ def contents_from_model(
         variant=model.config.variant,
         model_version=model_version_of(model.model_dir),
         item_ids=list(model.item_ids),
-        item_vectors=model.item_embeddings,
+        item_vectors=model.ranking_embeddings,  # popularity prior applied (the index ranks by these)
         items=items,
         query_tower=model.query_tower,
         user_vocab=model.user_vocab,

@@ -47,7 +47,7 @@ class LoadedBundle:
         variant, version, model_version: names from the manifest.
         manifest: the parsed ``manifest.json``.
         item_ids: ``[n]`` item ids in row order (row = vocab index = FAISS id).
-        item_vectors: ``[n, d]`` float32 item embeddings.
+        item_vectors: ``[n, d]`` float32 item embeddings as ranked (popularity prior applied, if any).
         items: ``item_id, title, categories`` (list of str), one row per item in row order.
         query_tower: numpy query tower (output dim ``d``).
         user_vocab, item_vocab, category_vocab: id vocabularies.

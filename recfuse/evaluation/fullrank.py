@@ -52,6 +52,11 @@ class RankingModel(Protocol):
     def item_embeddings(self) -> FloatArray: ...
 
     @property
+    def ranking_embeddings(self) -> FloatArray:
+        """The vectors items are ranked by (``item_embeddings`` unless a popularity prior scales them)."""
+        ...
+
+    @property
     def user_histories(self) -> Mapping[str, Sequence[str]]: ...
 
     def query_embeddings(self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]]) -> FloatArray: ...
@@ -218,7 +223,7 @@ def evaluate_model(
     """
     item_ids = [str(i) for i in model.item_ids]
     index = {item: i for i, item in enumerate(item_ids)}
-    vectors = np.asarray(model.item_embeddings, dtype=np.float32)
+    vectors = np.asarray(model.ranking_embeddings, dtype=np.float32)
     if vectors.shape[0] != len(item_ids):
         raise ValueError(f"model has {len(item_ids)} item ids but {vectors.shape[0]} item embeddings")
     test_by_user, unknown_test = _items_by_user(split.test, index)

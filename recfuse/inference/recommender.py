@@ -47,7 +47,7 @@ from recfuse.inference.types import (
     ScoredItem,
 )
 from recfuse.models.query_numpy import QueryEncoder
-from recfuse.ranking import masked_topk
+from recfuse.ranking import masked_topk, popularity_scale
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)
@@ -124,10 +124,11 @@ class Recommender:
         self.limits = limits or Limits()
         self._tables = CatalogTables.from_bundle(self.bundle)
         self._tower = self.bundle.query_tower
+        # the index's vectors: what items are ranked by (popularity prior applied at export)
         self._vectors = self.bundle.item_vectors
         # Per-item attention logits etc. computed once here (cold items of an incremental bundle are
         # rows of this matrix, so they get theirs too); a request runs the short forward.
-        self._encoder = QueryEncoder(self._tower, self._vectors)
+        self._encoder = QueryEncoder(self._tower, self._history_matrix())
         self._item_id_list: list[str] = [str(i) for i in self._tables.item_ids]
         #: id and title of each catalog row, for callers of :meth:`rank` (read-only tuples)
         self.item_id_of_row: tuple[str, ...] = tuple(self._item_id_list)
@@ -470,6 +471,21 @@ class Recommender:
         if self.user_vectors is None or request_rows or user_idx < self._user_vocab.num_oov:
             return -1
         return user_idx - self._user_vocab.num_oov
+
+    def _history_matrix(self) -> FloatArray:
+        """The item vectors the query tower reads a history from: the bundle's, with the popularity
+        prior (``model.popularity_prior`` of the stored config) divided back out."""
+        prior = float(self.bundle.config.get("model", {}).get("popularity_prior", 0.0) or 0.0)
+        if prior <= 0:
+            return self._vectors
+        counts = np.zeros(len(self._vectors), np.float64)
+        pop = self.bundle.popularity
+        rows = np.array([self._tables.row_of.get(str(i), -1) for i in pop["item_id"]], np.int64)
+        known = rows >= 0
+        counts[rows[known]] = pop["count"].to_numpy(np.float64)[known]
+        matrix = self._vectors / popularity_scale(counts, prior)[:, None]
+        matrix.setflags(write=False)
+        return matrix
 
     def _user_query_vectors(self, budget_mb: float) -> FloatArray | None:
         """Every vocabulary user's query vector with no request history, batched (see ``user_vectors_mb``)."""

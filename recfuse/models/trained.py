@@ -32,6 +32,7 @@ from recfuse.errors import ArtifactError
 from recfuse.models.history import history_arrays
 from recfuse.models.query_numpy import NumpyQueryTower
 from recfuse.models.query_tower import QueryTower, build_query_tower
+from recfuse.ranking import popularity_scale
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,19 @@ class TrainedModel:
             model_dir=d,
             info=info,
         )
+
+    @property
+    def ranking_embeddings(self) -> FloatArray:
+        """``[n, d]`` the vectors items are ranked by: :attr:`item_embeddings` times the popularity
+        prior's factor (``model.popularity_prior``; the embeddings themselves when it is 0).
+
+        :attr:`item_embeddings` stay what the query tower reads a history from.
+        """
+        prior = self.config.model.popularity_prior
+        if prior <= 0:
+            return self.item_embeddings
+        counts = np.array([self.popularity.get(i, 0) for i in self.item_ids], np.float64)
+        return self.item_embeddings * popularity_scale(counts, prior)[:, None]
 
     # --- query side (numpy) -------------------------------------------------------------------
     def user_indices(self, user_ids: Sequence[str | None]) -> np.ndarray:

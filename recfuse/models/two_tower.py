@@ -78,6 +78,8 @@ class TwoTowerModel(tfrs.models.Model):
             (0: all of them); the others are read from the memory bank.
         modality_loss_weight: weight of the per-modality auxiliary retrieval losses (0: off;
             ignored for a candidate tower with a single token or without ``embed_with_tokens``).
+        item_scale: ``[num_items]`` factor each candidate's embedding is multiplied by in the
+            retrieval loss (the popularity prior, :func:`recfuse.ranking.popularity_scale`); None: 1.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class TwoTowerModel(tfrs.models.Model):
         history_encoding: str = "live",
         live_history_items: int = 0,
         modality_loss_weight: float = 0.0,
+        item_scale: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.query_tower = query_tower
@@ -102,6 +105,9 @@ class TwoTowerModel(tfrs.models.Model):
         # Constants, not variables: they are inputs, rebuilt from the catalog, never checkpointed.
         self._table = {k: tf.constant(v) for k, v in item_table.items()}
         self._item_prob = tf.constant(np.asarray(item_prob, np.float32))
+        if item_scale is not None and np.asarray(item_scale).shape != (self.num_items,):
+            raise ValueError(f"item_scale must have shape ({self.num_items},), got {np.asarray(item_scale).shape}")
+        self._item_scale = None if item_scale is None else tf.constant(np.asarray(item_scale, np.float32))
         self.memory_bank = tf.Variable(tf.zeros((self.num_items, query_tower.dim)), trainable=False, name="memory_bank")
         self.logq_correction = bool(logq_correction)
         self.mixed_negatives = int(mixed_negatives)
@@ -178,6 +184,10 @@ class TwoTowerModel(tfrs.models.Model):
         else:
             query = self.query_embeddings(features)
             candidates, tokens, mask = self._encode(cand_idx, training)
+        if self._item_scale is not None:
+            # popularity prior: candidates are scored by q . v * (1 + γ·log(1 + count)); the
+            # auxiliary losses below score the plain modality tokens
+            candidates = candidates * tf.gather(self._item_scale, cand_idx)[:, None]
         prob = None
         if self.logq_correction:
             # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N) ...

@@ -21,6 +21,7 @@ from recfuse.data.vocab import IdVocab
 from recfuse.models.candidate_tower import build_candidate_tower
 from recfuse.models.query_tower import build_query_tower
 from recfuse.models.two_tower import TwoTowerModel
+from recfuse.ranking import popularity_scale
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def build_model(
     user_vocab: IdVocab,
     warm_items: Set[str],
     item_prob: np.ndarray,
+    item_counts: np.ndarray | None = None,
 ) -> BuiltModel:
     """Feature table over the whole catalog (images decoded once) + candidate and query towers."""
     table = build_item_features(items, cfg, images_dir, item_vocab, warm_items=set(warm_items))
@@ -62,5 +64,10 @@ def build_model(
         history_encoding=cfg.train.history_encoding,
         live_history_items=cfg.train.live_history_items,
         modality_loss_weight=cfg.model.modality_loss_weight,
+        item_scale=(
+            popularity_scale(item_counts, cfg.model.popularity_prior)
+            if item_counts is not None and cfg.model.popularity_prior > 0
+            else None
+        ),
     )
     return BuiltModel(model, item_vocab, user_vocab, items, frozenset(warm_items))

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
+from recfuse.ranking import popularity_scale
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
 from recfuse.training.checks import check_training_inputs
 from recfuse.training.examples import build_examples
@@ -107,7 +108,10 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
         logger.warning("%d training interactions point at items missing from the catalog; not used", skipped)
     counts = np.bincount(examples.item_idx, minlength=len(item_vocab)).astype(np.float64)
     warm = frozenset(str(item_vocab.ids[i]) for i in np.flatnonzero(counts))
-    built = build_model(cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0))
+    built = build_model(
+        cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0), counts
+    )
+    rank_scale = popularity_scale(counts, cfg.model.popularity_prior) if cfg.model.popularity_prior > 0 else None
     model = built.model
 
     ema = cfg.train.ema_momentum
@@ -138,7 +142,8 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     def evaluate() -> float:
         items_m = model.memory_bank  # refreshed at epoch end by MemoryBankRefresh (runs first)
         q = model.query_tower(items_m, vq.user_idx, vq.hist_idx, vq.hist_pos).numpy()  # type: ignore[union-attr]
-        return recall_at_k(q, items_m.numpy(), vq, cfg.train.eval_k)  # type: ignore[arg-type]
+        ranked = items_m.numpy() if rank_scale is None else items_m.numpy() * rank_scale[:, None]
+        return recall_at_k(q, ranked, vq, cfg.train.eval_k)  # type: ignore[arg-type]
 
     writer = tf.summary.create_file_writer(str(out / "tensorboard" / "validation"))
     start_epoch = int(state["epoch"])
