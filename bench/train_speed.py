@@ -77,7 +77,7 @@ def measure(cfg: RecfuseConfig, ds, split, epochs: int) -> tuple[float, float, i
     ex = build_examples(split.train, item_vocab, user_vocab, cfg.data.max_history)
     counts = np.bincount(ex.item_idx, minlength=len(item_vocab)).astype(np.float64)
     warm = frozenset(item_vocab.ids[i] for i in np.flatnonzero(counts))
-    built = build_model(cfg, ds.items, ds.images_dir, item_vocab, user_vocab, warm, counts / counts.sum())
+    built = build_model(cfg, ds.items, ds.images_dir, item_vocab, user_vocab, warm, counts / counts.sum(), counts)
     build_s = time.perf_counter() - t0
     model = built.model
     model.compile(tf.keras.optimizers.Adam(cfg.train.learning_rate))
