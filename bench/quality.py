@@ -154,10 +154,6 @@ def _subset(cfg: RecfuseConfig, kinds: tuple[str, ...], variant: str) -> Recfuse
         # it stalls there until early stopping ends it (sample: 0.11 vs 0.22-0.25). The baseline is
         # trained without it, its stronger setting, so the ratio to it is not flattered.
         mods = (dataclasses.replace(mods[0], token_dropout=0.0),)
-    if len(mods) == 1 and mods[0].kind == "text" and cfg.model.popularity_prior > 0:
-        # Likewise the popularity prior: it lifts the fused tower (four seeds: 0.2935 -> 0.3216) but
-        # not the text-only one (0.2528 -> 0.2437), so the text-only baseline is trained without it.
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, popularity_prior=0.0))
     return dataclasses.replace(cfg, modalities=mods, variant=variant)
 
 
