@@ -478,12 +478,8 @@ class Recommender:
         prior = float(self.bundle.config.get("model", {}).get("popularity_prior", 0.0) or 0.0)
         if prior <= 0:
             return self._vectors
-        counts = np.zeros(len(self._vectors), np.float64)
-        pop = self.bundle.popularity
-        rows = np.array([self._tables.row_of.get(str(i), -1) for i in pop["item_id"]], np.int64)
-        known = rows >= 0
-        counts[rows[known]] = pop["count"].to_numpy(np.float64)[known]
-        matrix = self._vectors / popularity_scale(counts, prior)[:, None]
+        # the same counts the export scaled by (the bundle's popularity table, per row; 0 if unlisted)
+        matrix = self._vectors / popularity_scale(self._tables.popular_counts, prior)[:, None]
         matrix.setflags(write=False)
         return matrix
 

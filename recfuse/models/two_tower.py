@@ -107,7 +107,9 @@ class TwoTowerModel(tfrs.models.Model):
         self._item_prob = tf.constant(np.asarray(item_prob, np.float32))
         if item_scale is not None and np.asarray(item_scale).shape != (self.num_items,):
             raise ValueError(f"item_scale must have shape ({self.num_items},), got {np.asarray(item_scale).shape}")
-        self._item_scale = None if item_scale is None else tf.constant(np.asarray(item_scale, np.float32))
+        #: the candidates' factor in the loss (None: 1); validation ranks by the same
+        self.item_scale = None if item_scale is None else np.asarray(item_scale, np.float32)
+        self._item_scale = None if item_scale is None else tf.constant(self.item_scale)
         self.memory_bank = tf.Variable(tf.zeros((self.num_items, query_tower.dim)), trainable=False, name="memory_bank")
         self.logq_correction = bool(logq_correction)
         self.mixed_negatives = int(mixed_negatives)

@@ -34,7 +34,6 @@ import tensorflow as tf
 
 from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
-from recfuse.ranking import popularity_scale
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
 from recfuse.training.checks import check_training_inputs
 from recfuse.training.examples import build_examples
@@ -111,8 +110,8 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     built = build_model(
         cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0), counts
     )
-    rank_scale = popularity_scale(counts, cfg.model.popularity_prior) if cfg.model.popularity_prior > 0 else None
     model = built.model
+    rank_scale = model.item_scale  # the popularity prior's factor (None without one)
 
     ema = cfg.train.ema_momentum
     optimizer = make_optimizer(cfg.train.learning_rate, ema)
