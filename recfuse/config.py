@@ -29,7 +29,9 @@ MODALITY_KINDS = ("image", "text", "vector", "categorical")
 IMAGE_SOURCES = ("raw", "backbone", "vector")
 TEXT_SOURCES = ("tokens", "vector")
 TEXT_ENCODERS = ("mean", "transformer")
-SPLITS = ("random", "temporal", "cold_start")
+SPLITS = ("random", "temporal", "cold_start", "column")
+EVAL_MASKS = ("train", "train+valid")
+EVAL_HISTORIES = ("auto", "train", "train+valid")
 
 
 def _check_choice(section: str, name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -51,7 +53,10 @@ class DataConfig:
         items: catalog file (Parquet, CSV or JSON Lines).
         interactions: interactions file (same formats).
         images_dir: base directory of relative image paths; empty means the catalog file's directory.
-        split: ``random`` (per-user 8:1:1), ``temporal`` (per-user leave-last-out) or ``cold_start``.
+        split: ``random`` (per-user 8:1:1), ``temporal`` (per-user leave-one-out by time: the
+            standard leave-one-out protocol), ``cold_start`` (items held out) or ``column`` (the
+            interactions' own ``split`` column: ``train`` / ``valid`` / ``test``); see
+            :mod:`recfuse.data.splits`.
         cold_item_fraction: share of items held out entirely for the ``cold_start`` split.
         on_bad_rows: ``fail`` stops at the first unusable row; ``quarantine`` writes them to a side file.
     """
@@ -377,6 +382,39 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """The test protocol: what each user's test ranking excludes and what its query reads.
+
+    Attributes:
+        mask: items removed from a user's test ranking: ``train`` (the user's training items; the
+            MMRec / RecBole convention and the default) or ``train+valid``. A test item is never
+            removed, even when the user also has it in train or valid.
+        history: the interactions the test query is built from: ``train+valid`` (every interaction
+            before the test ones: the leave-one-out protocol, where the valid item is the one just
+            before the test item), ``train`` (the random per-user protocol of MMRec and the
+            Amazon-review papers: the query reads training items only) or ``auto``: ``train+valid``
+            for the ``temporal`` and ``column`` splits, ``train`` for ``random`` and ``cold_start``.
+    """
+
+    mask: str = "train"
+    history: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice("eval", "mask", self.mask, EVAL_MASKS)
+        _check_choice("eval", "history", self.history, EVAL_HISTORIES)
+
+    def resolved_history(self, split_kind: str) -> str:
+        """``history`` with ``auto`` resolved for a split kind (``train`` or ``train+valid``)."""
+        if self.history != "auto":
+            return self.history
+        return "train+valid" if split_kind in ("temporal", "column") else "train"
+
+    def describe(self, split_kind: str) -> str:
+        """One line for reports: ``mask train items; query reads train+valid``."""
+        return f"ranking excludes each user's {self.mask} items; the query reads {self.resolved_history(split_kind)}"
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     """FAISS index choice: the factory string is the index type (``auto`` picks by catalog size).
 
@@ -432,6 +470,7 @@ class RecfuseConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     variant: str = ""
 
     def __post_init__(self) -> None:

@@ -72,21 +72,48 @@ def masked_topk(
     out_scores = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), block_size):
         stop = min(start + block_size, len(queries))
-        scores = queries[start:stop] @ items.T  # [b, n]
-        if exclude is not None:
-            rows, cols = [], []
-            for r, ex in enumerate(exclude[start:stop]):
-                ex_arr = np.asarray(ex, dtype=np.int64).reshape(-1)
-                rows.append(np.full(len(ex_arr), r, dtype=np.int64))
-                cols.append(ex_arr)
-            if rows:
-                scores[np.concatenate(rows), np.concatenate(cols)] = -np.inf
-        if k < n:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(n), (stop - start, n)).copy()
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-part_scores, axis=1, kind="stable")
-        out_idx[start:stop] = np.take_along_axis(part, order, axis=1)
-        out_scores[start:stop] = np.take_along_axis(part_scores, order, axis=1)
+        block = None if exclude is None else exclude[start:stop]
+        out_idx[start:stop], out_scores[start:stop] = topk_of_scores(queries[start:stop] @ items.T, k, block)
     return out_idx, out_scores
+
+
+def topk_of_scores(
+    scores: FloatArray, k: int, exclude: Sequence[npt.ArrayLike] | None = None
+) -> tuple[Int64Array, FloatArray]:
+    """Top-``k`` columns of a score block ``[b, n]`` per row, excluded columns removed.
+
+    The block is modified in place (excluded entries set to ``-inf``). Used by :func:`masked_topk`
+    and by rankers whose scores are not inner products (evaluation baselines such as EASE).
+
+    Args:
+        scores: ``[b, n]`` float32 scores, one row per query.
+        k: list length (clipped to ``n``).
+        exclude: per-row arrays of column indices that must not be returned (len ``b``).
+
+    Returns:
+        ``(indices [b, k] int64, scores [b, k] float32)`` sorted by descending score; excluded items
+        get ``-inf`` and only appear when fewer than ``k`` items remain.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"`scores` must be rank 2 [b, n], got shape {scores.shape}")
+    if k < 1:
+        raise ValueError(f"`k` must be >= 1, got {k}")
+    b, n = scores.shape
+    if exclude is not None:
+        if len(exclude) != b:
+            raise ValueError(f"`exclude` must have one entry per row ({b}), got {len(exclude)}")
+        rows, cols = [], []
+        for r, ex in enumerate(exclude):
+            ex_arr = np.asarray(ex, dtype=np.int64).reshape(-1)
+            rows.append(np.full(len(ex_arr), r, dtype=np.int64))
+            cols.append(ex_arr)
+        if rows:
+            scores[np.concatenate(rows), np.concatenate(cols)] = -np.inf
+    k = min(k, n)
+    if k < n:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n), (b, n)).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1).astype(np.float32)

@@ -109,10 +109,69 @@ def test_cold_start_items_only_in_test() -> None:
 def test_split_errors() -> None:
     df = _interactions(5)
     with pytest.raises(
-        ConfigError, match=r"split kind must be one of \['random', 'temporal', 'cold_start'\], got 'rnd'"
+        ConfigError, match=r"split kind must be one of \['random', 'temporal', 'cold_start', 'column'\], got 'rnd'"
     ):
         split_interactions(df, "rnd", seed=0)
     with pytest.raises(ConfigError, match=r"`cold_item_fraction` must be in \[0, 0.9\], got 1.5"):
         split_interactions(df, "cold_start", seed=0, cold_item_fraction=1.5)
     with pytest.raises(DataError, match=r"cannot split an empty interactions table"):
         split_interactions(df.iloc[:0], "random", seed=0)
+
+
+def test_temporal_ties_follow_file_order() -> None:
+    # equal timestamps: the later row in the file is the more recent one (test), then the one before (val)
+    df = pd.DataFrame({"user_id": ["u"] * 4, "item_id": ["x", "y", "z", "w"], "timestamp": [7, 7, 7, 7]})
+    s = split_interactions(df, "temporal", seed=0)
+    assert s.test["item_id"].tolist() == ["w"] and s.val["item_id"].tolist() == ["z"]
+    back = split_interactions(df.iloc[::-1], "temporal", seed=0)
+    assert back.test["item_id"].tolist() == ["x"] and back.val["item_id"].tolist() == ["y"]
+
+
+def _column_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": ["u1"] * 4 + ["u2"] * 3,
+            "item_id": ["a", "b", "c", "d", "a", "b", "c"],
+            "timestamp": [1, 2, 3, 4, 1, 2, 3],
+            "split": ["train", "train", "valid", "test", "train", " Train", "test"],
+        }
+    )
+
+
+def test_column_split_uses_the_given_parts() -> None:
+    s = split_interactions(_column_frame(), "column", seed=3)
+    assert sorted(zip(s.train["user_id"], s.train["item_id"])) == [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b")]
+    assert list(zip(s.val["user_id"], s.val["item_id"])) == [("u1", "c")]
+    assert sorted(zip(s.test["user_id"], s.test["item_id"])) == [("u1", "d"), ("u2", "c")]
+    assert "split" not in s.train.columns and s.kind == "column" and s.cold_items == frozenset()
+    # the fingerprint ignores row order and changes when one row changes part
+    again = split_interactions(_column_frame().sample(frac=1.0, random_state=0), "column", seed=3)
+    assert again.fingerprint() == s.fingerprint() and len(s.fingerprint()) == 64
+    moved = _column_frame()
+    moved.loc[1, "split"] = "valid"
+    assert split_interactions(moved, "column", seed=3).fingerprint() != s.fingerprint()
+    assert s.record()["fingerprint"] == s.fingerprint() and s.record()["kind"] == "column"
+
+
+def test_column_split_without_valid_rows() -> None:
+    df = _column_frame()
+    df["split"] = df["split"].replace({"valid": "train"})
+    s = split_interactions(df, "column", seed=0)
+    assert len(s.val) == 0 and len(s.train) == 5
+
+
+def test_column_split_errors() -> None:
+    from recfuse.errors import SchemaError
+
+    no_column = r"needs a 'split' column .* got columns \['item_id', 'timestamp', 'user_id'\]"
+    with pytest.raises(SchemaError, match=no_column):
+        split_interactions(_column_frame().drop(columns=["split"]), "column", seed=0)
+    bad = _column_frame()
+    bad.loc[[0, 1], "split"] = "val"
+    bad.loc[2, "split"] = None
+    bad_values = r"3 row\(s\) have a value other than \['train', 'valid', 'test'\]: 'val' \(2 rows\), None \(1 row\)"
+    with pytest.raises(SchemaError, match=bad_values):
+        split_interactions(bad, "column", seed=0)
+    none_train = _column_frame().assign(split="test")
+    with pytest.raises(SchemaError, match=r"names no 'train' row"):
+        split_interactions(none_train, "column", seed=0)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recfuse.config import EvalConfig
 from recfuse.errors import ArtifactError
 from recfuse.evaluation.fullrank import evaluate_embeddings, evaluate_model, ranked_topk
 from recfuse.evaluation.result import EvalResult
@@ -127,9 +128,10 @@ def test_evaluate_model_masks_train_and_val_and_counts_unknown_items() -> None:
         test=pd.DataFrame({"user_id": ["u1", "u2", "u2", "u4"], "item_id": ["c", "e", "zzz", "yyy"]}),
         cold_items=frozenset({"e"}),
     )
-    res = evaluate_model(model, split, ks=(1, 2))
+    res = evaluate_model(model, split, ks=(1, 2), protocol=EvalConfig(mask="train+valid", history="train+valid"))
     # u1: a (train) and b (val) masked -> c first. u2: d masked -> e first.
     np.testing.assert_allclose(res.segment("all").per_user["hit@1"], [1.0, 1.0])
+    assert res.info["protocol"] == "ranking excludes each user's train+valid items; the query reads train+valid"
     assert res.segment("all").users == ["u1", "u2"]
     assert res.segment("cold").users == ["u2"] and res.segment("warm").users == ["u1"]
     assert res.counts["unknown_test_rows"] == 2
@@ -137,6 +139,41 @@ def test_evaluate_model_masks_train_and_val_and_counts_unknown_items() -> None:
     assert res.counts["train_users_without_test_rows"] == 1
     # novelty uses training counts: a=2, d=1 of 3 rows over 5 items -> p(c) = 1/8, p(e) = 1/8
     np.testing.assert_allclose(res.segment("all").per_user["novelty@1"], [3.0, 3.0])
+
+
+def test_default_protocol_masks_train_only_and_reads_history_by_split_kind() -> None:
+    emb = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    seen: list[list[str]] = []
+
+    class Recording(_MeanOfHistoryModel):
+        def query_embeddings(self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]]) -> np.ndarray:
+            seen.extend(list(h) for h in histories)
+            return super().query_embeddings(user_ids, histories)
+
+    model = Recording(["a", "b", "c", "d", "e"], emb, {})
+    split = _Split(
+        train=pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["a", "d"], "timestamp": [1, 2]}),
+        val=pd.DataFrame({"user_id": ["u1"], "item_id": ["e"], "timestamp": [3]}),
+        test=pd.DataFrame({"user_id": ["u1"], "item_id": ["c"], "timestamp": [4]}),
+    )
+    res = evaluate_model(model, split, ks=(1,))  # a split without a kind is taken as random
+    assert (res.info["history"], res.info["mask"]) == ("train", "train") and seen == [["d", "a"]]
+    seen.clear()
+    evaluate_model(model, split, ks=(1,), protocol=EvalConfig(history="train+valid"))
+    assert seen == [["e", "d", "a"]]
+    seen.clear()
+    loo = _Split(split.train, split.val, split.test)
+    object.__setattr__(loo, "kind", "temporal")  # leave-one-out reads train+valid under "auto"
+    assert evaluate_model(model, loo, ks=(1,)).info["history"] == "train+valid" and seen == [["e", "d", "a"]]
+    # masking: the query is a = [1, 0]; the valid item b (.9) outranks the test item c (.8) unless masked
+    split = _Split(
+        train=pd.DataFrame({"user_id": ["u1"], "item_id": ["a"], "timestamp": [1]}),
+        val=pd.DataFrame({"user_id": ["u1"], "item_id": ["b"], "timestamp": [2]}),
+        test=pd.DataFrame({"user_id": ["u1"], "item_id": ["c"], "timestamp": [3]}),
+    )
+    np.testing.assert_allclose(evaluate_model(model, split, ks=(1,)).segment("all").per_user["hit@1"], [0.0])
+    masked = evaluate_model(model, split, ks=(1,), protocol=EvalConfig(mask="train+valid"))
+    np.testing.assert_allclose(masked.segment("all").per_user["hit@1"], [1.0])
 
 
 def test_popularity_scale_is_one_plus_prior_times_log_count() -> None:

@@ -54,7 +54,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     from recfuse.config import RecfuseConfig
-    from recfuse.data.splits import split_interactions
+    from recfuse.data.splits import split_for
     from recfuse.data.validate import load_dataset
     from recfuse.training.trainer import train
 
@@ -66,9 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(overrides)
     out = args.out or cfg.train.out_dir
     dataset = load_dataset(cfg.data, cfg.modalities)
-    split = split_interactions(
-        dataset.interactions, cfg.data.split, cfg.data.split_seed, cold_item_fraction=cfg.data.cold_item_fraction
-    )
+    split = split_for(dataset.interactions, cfg.data)
     print(
         f"training {cfg.variant!r}: {len(dataset.items)} items, {len(split.train)} train / "
         f"{len(split.val)} val / {len(split.test)} test interactions -> {out}",

@@ -5,10 +5,18 @@ to the same part, so no pair leaks from train into val/test.
 
 - ``random``: per user, pairs shuffled and split 8:1:1 (val and test get ``max(1, round(0.1 n))``
   each). Users with fewer than 3 pairs stay entirely in train (counted in ``train_only_users``).
-- ``temporal``: per user, leave-last-out by the pair's latest timestamp: last -> test,
-  second-to-last -> val, the rest -> train (users with < 3 pairs: all train).
+- ``temporal``: the standard leave-one-out protocol. Per user, by the pair's latest timestamp: the
+  last pair -> test, the one before -> val, the rest -> train (users with < 3 pairs: all train).
+  Pairs with equal timestamps are ordered as their rows are in the file: the later row is the
+  more recent one.
 - ``cold_start``: a ``cold_item_fraction`` share of the interacted items, drawn with the seed, is
   held out: ALL their interactions go to test; the remaining interactions are split ``random``.
+- ``column``: the split the data gives. The interactions carry a ``split`` column with values
+  ``train`` / ``valid`` / ``test`` (``valid`` optional); any other value is a :class:`SchemaError`
+  naming it and its row count.
+
+:meth:`Split.fingerprint` hashes which (user, item, timestamp) rows went to which part, so a model
+records the split it was trained on and evaluation can refuse a split that differs.
 
 Example:
     >>> split = split_interactions(ds.interactions, "random", seed=42)  # doctest: +SKIP
@@ -18,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +35,14 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from recfuse.config import SPLITS
-from recfuse.errors import ConfigError, DataError
+from recfuse.config import SPLITS, DataConfig
+from recfuse.errors import ConfigError, DataError, SchemaError
 
 logger = logging.getLogger(__name__)
 
 MIN_PAIRS_TO_SPLIT = 3
+SPLIT_COLUMN = "split"
+COLUMN_PARTS = {"train": 0, "valid": 1, "test": 2}
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,39 @@ class Split:
             "train_only_users": self.train_only_users,
         }
 
+    def fingerprint(self) -> str:
+        """sha256 of which (user, item, timestamp) rows are in train, val and test (row order ignored).
+
+        Two splits with the same fingerprint hold the same interactions in the same parts; a model
+        directory stores it so that evaluation can check it scores the split the model was trained on.
+        """
+        digest = hashlib.sha256()
+        for part, df in (("train", self.train), ("valid", self.val), ("test", self.test)):
+            cols = ["user_id", "item_id"] + (["timestamp"] if "timestamp" in df.columns else [])
+            frame = df.loc[:, cols].astype(str).sort_values(cols, kind="stable").reset_index(drop=True)
+            digest.update(f"{part}:{len(frame)}:".encode())
+            if len(frame):
+                digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        return digest.hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        """What a model directory stores about its split: kind, seed, sizes and :meth:`fingerprint`."""
+        return {**self.summary(), "fingerprint": self.fingerprint()}
+
 
 def _pairs(df: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.intp]]:
     """Distinct (user, item) pairs sorted by user then item, and each row's pair number ``[n]``."""
     keys = df[["user_id", "item_id"]].astype(str)
     last_ts = df["timestamp"].to_numpy(dtype=np.int64) if "timestamp" in df.columns else np.zeros(len(df), np.int64)
-    frame = pd.DataFrame({"user_id": keys["user_id"].to_numpy(), "item_id": keys["item_id"].to_numpy(), "ts": last_ts})
-    pairs = pd.DataFrame(frame.groupby(["user_id", "item_id"], sort=True, as_index=False)["ts"].max())
+    frame = pd.DataFrame(
+        {
+            "user_id": keys["user_id"].to_numpy(),
+            "item_id": keys["item_id"].to_numpy(),
+            "ts": last_ts,
+            "row": np.arange(len(df), dtype=np.int64),
+        }
+    )
+    pairs = pd.DataFrame(frame.groupby(["user_id", "item_id"], sort=True, as_index=False)[["ts", "row"]].max())
     pairs = pairs.reset_index(drop=True)
     pair_no = pd.MultiIndex.from_frame(pairs.loc[:, ["user_id", "item_id"]]).get_indexer(
         pd.MultiIndex.from_frame(frame[["user_id", "item_id"]])
@@ -113,8 +150,9 @@ def split_interactions(
     """Split interactions per user.
 
     Args:
-        interactions: ``[n]`` rows with user_id, item_id and timestamp (validated: ids are str).
-        kind: ``random``, ``temporal`` or ``cold_start``.
+        interactions: ``[n]`` rows with user_id, item_id and timestamp (validated: ids are str);
+            with a ``split`` column for ``kind="column"``.
+        kind: ``random``, ``temporal``, ``cold_start`` or ``column``.
         seed: random seed; the same input (in any row order) and seed give the same split.
         cold_item_fraction: share of interacted items held out for ``cold_start``.
 
@@ -124,6 +162,7 @@ def split_interactions(
     Raises:
         ConfigError: unknown ``kind`` or a fraction outside [0, 0.9].
         DataError: no interactions.
+        SchemaError: ``column`` without a ``split`` column, or with values other than train/valid/test.
     """
     if kind not in SPLITS:
         raise ConfigError(f"split kind must be one of {list(SPLITS)}, got {kind!r}")
@@ -132,6 +171,8 @@ def split_interactions(
     if len(interactions) == 0:
         raise DataError("cannot split an empty interactions table; check the interactions file")
     df = interactions.reset_index(drop=True)
+    if kind == "column":
+        return _column_split(df, seed)
     rng = np.random.default_rng(seed)
     row_part = np.zeros(len(df), dtype=np.int8)
     cold: frozenset[str] = frozenset()
@@ -143,8 +184,9 @@ def split_interactions(
     warm = df.loc[~is_cold]
     pairs, pair_no = _pairs(warm)
     if kind == "temporal":
-        # Most recent first (lowest key): newest pair -> test, next -> val. Ties broken by item id.
-        by_recency = np.lexsort((np.arange(len(pairs)), -pairs["ts"].to_numpy(dtype=np.int64)))
+        # Most recent first (lowest key): newest pair -> test, next -> val. Equal timestamps: the
+        # pair whose last row comes later in the file is the more recent one.
+        by_recency = np.lexsort((-pairs["row"].to_numpy(dtype=np.int64), -pairs["ts"].to_numpy(dtype=np.int64)))
         key = np.empty(len(pairs), dtype=np.float64)
         key[by_recency] = np.arange(len(pairs), dtype=np.float64)
     else:
@@ -163,3 +205,44 @@ def split_interactions(
     )
     logger.info("split %s: %s", kind, split.summary())
     return split
+
+
+def _column_split(df: pd.DataFrame, seed: int) -> Split:
+    """The split named by each row's ``split`` column (``train`` / ``valid`` / ``test``)."""
+    if SPLIT_COLUMN not in df.columns:
+        raise SchemaError(
+            f"`data.split` = 'column' needs a {SPLIT_COLUMN!r} column in the interactions (values train / valid / "
+            f"test), got columns {sorted(map(str, df.columns))}; add the column or choose another split kind "
+            f"({[k for k in SPLITS if k != 'column']})"
+        )
+    values = df[SPLIT_COLUMN]
+    text = values.astype("string").str.strip().str.lower()
+    bad = text.isna() | ~text.isin(list(COLUMN_PARTS))
+    if bad.any():
+        shown = values[bad].astype(object).where(values[bad].notna(), None)
+        counts = shown.value_counts(dropna=False).head(5)
+        detail = ", ".join(f"{v!r} ({n} row{'s' if n != 1 else ''})" for v, n in counts.items())
+        raise SchemaError(
+            f"interactions column {SPLIT_COLUMN!r}: {int(bad.sum())} row(s) have a value other than "
+            f"{list(COLUMN_PARTS)}: {detail}; fix those rows (valid is optional) or choose another split kind"
+        )
+    part = text.map(COLUMN_PARTS).to_numpy(dtype=np.int8)
+    if not (part == 0).any():
+        raise SchemaError(f"interactions column {SPLIT_COLUMN!r} names no 'train' row; nothing to train on")
+    out = df.drop(columns=[SPLIT_COLUMN])
+    split = Split(
+        train=out.loc[part == 0].reset_index(drop=True),
+        val=out.loc[part == 1].reset_index(drop=True),
+        test=out.loc[part == 2].reset_index(drop=True),
+        cold_items=frozenset(),
+        kind="column",
+        seed=seed,
+        train_only_users=int(len(set(out.loc[part == 0, "user_id"]) - set(out.loc[part != 0, "user_id"]))),
+    )
+    logger.info("split column: %s", split.summary())
+    return split
+
+
+def split_for(interactions: pd.DataFrame, data: DataConfig) -> Split:
+    """The split a config asks for: ``data.split``, ``data.split_seed``, ``data.cold_item_fraction``."""
+    return split_interactions(interactions, data.split, data.split_seed, data.cold_item_fraction)

@@ -155,12 +155,11 @@ def run_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if dataset is None or split is None:
-        from recfuse.data.splits import split_interactions
+        from recfuse.data.splits import split_for
         from recfuse.data.validate import load_dataset
 
-        data = spec.base.data
-        dataset = load_dataset(data, spec.base.modalities)
-        split = split_interactions(dataset.interactions, data.split, data.split_seed, data.cold_item_fraction)
+        dataset = load_dataset(spec.base.data, spec.base.modalities)
+        split = split_for(dataset.interactions, spec.base.data)
     _enable_determinism()
     split_summary = split.summary() if hasattr(split, "summary") else {}
     atomic_write_json(

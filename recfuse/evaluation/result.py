@@ -78,12 +78,16 @@ class EvalResult:
         n_items: catalog size ranked.
         counts: bookkeeping, e.g. ``test_rows``, ``unknown_test_rows`` (test items the model cannot
             rank), ``users_no_test_items``.
+        info: how the result was made, for reports: ``protocol`` (what the ranking excludes and
+            what the query reads), ``split`` (kind, seed, sizes, fingerprint), ``model`` /
+            ``baseline`` and its chosen parameters.
     """
 
     ks: tuple[int, ...]
     segments: dict[str, SegmentResult]
     n_items: int
     counts: dict[str, int] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def means(self, segment: str = "all") -> dict[str, float]:
         """Mean metrics of one segment."""
@@ -101,6 +105,7 @@ class EvalResult:
             "n_items": int(self.n_items),
             "counts": {k: int(v) for k, v in self.counts.items()},
             "segments": {k: s.to_dict() for k, s in self.segments.items()},
+            "info": self.info,
         }
 
     @classmethod
@@ -112,6 +117,7 @@ class EvalResult:
             segments={k: SegmentResult.from_dict(v) for k, v in raw["segments"].items()},
             n_items=int(raw["n_items"]),
             counts={k: int(v) for k, v in raw["counts"].items()},
+            info=dict(raw.get("info") or {}),
         )
 
     def save(self, path: str | Path) -> Path:
