@@ -1,5 +1,9 @@
 """`recfuse export`, `recfuse add-items`, `recfuse recommend`, `recfuse bundle-info`.
 
+``recommend --users all|FILE --out recs.parquet`` answers many users in batches through
+:func:`recfuse.inference.batch.recommend_all` (seen items excluded, as serving with ``exclude_seen``),
+with a progress bar on stderr and a summary line.
+
 Handlers import their heavy modules lazily: ``recommend`` and ``bundle-info`` never import
 TensorFlow (numpy query tower + faiss); ``export`` and ``add-items`` need the trained model.
 """
@@ -49,6 +53,14 @@ def register(sub: Any) -> None:
     p.add_argument("--category", action="append", default=[], help="only items in this category (repeatable)")
     p.add_argument("--exclude-category", action="append", default=[], help="never items in this category")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--users", default=None, metavar="all|FILE",
+        help="batch mode: every user the bundle knows (all), or a file of ids (parquet/csv user_id column, "
+        "else one per line); writes --out; seen items are excluded unless --keep-seen",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="batch mode: Parquet file of user_id, item_id, rank, score")
+    p.add_argument("--batch-size", type=int, default=256, help="batch mode: users per batched call (default 256)")
+    p.add_argument("--keep-seen", action="store_true", help="batch mode: do not exclude the users' seen items")
     p.set_defaults(handler=_recommend)
 
     p = sub.add_parser("bundle-info", help="verify a bundle and print its manifest summary")
@@ -88,6 +100,10 @@ def _add_items(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from recfuse.inference import Recommender
 
+    if args.users is not None or args.out is not None:
+        return _recommend_users(args)
+    if args.keep_seen:
+        raise InvalidRequestError("`--keep-seen` applies to batch mode only (`--users`); use `--exclude-seen` here")
     rec = Recommender.from_bundle(args.bundle, variant=args.variant)
     filters = {"include_categories": args.category, "exclude_categories": args.exclude_category}
     if args.similar_to is not None:
@@ -130,6 +146,36 @@ def _recommend(args: argparse.Namespace) -> int:
     print(f"{'rank':>4}  {'item_id':<{width}}  {'score':>10}  title")
     for r in rows:
         print(f"{r['rank']:>4}  {r['item_id']:<{width}}  {r['score']:>10.4f}  {r['title']}")
+    return 0
+
+
+def _recommend_users(args: argparse.Namespace) -> int:
+    if args.users is None or args.out is None:
+        raise InvalidRequestError("batch mode needs both `--users all|FILE` and `--out recs.parquet`")
+    if args.user or args.history or args.similar_to is not None or args.exclude_seen:
+        raise InvalidRequestError(
+            "`--users` cannot be combined with `--user`/`--history`/`--similar-to`/`--exclude-seen` "
+            "(batch mode excludes seen items unless --keep-seen)"
+        )
+    from tqdm import tqdm
+
+    from recfuse.inference import Recommender
+    from recfuse.inference.batch import known_users, read_user_ids, recommend_all
+
+    # search_threads=None: all cores for the batched searches; user vectors precomputed at load
+    rec = Recommender.from_bundle(args.bundle, variant=args.variant, search_threads=None, user_vectors_mb=256)
+    users = known_users(rec) if args.users == "all" else read_user_ids(args.users)
+    with tqdm(total=len(dict.fromkeys(users)), unit="user", desc="recommend", file=sys.stderr) as bar:
+        result = recommend_all(
+            rec, users, args.k, args.out, batch_size=args.batch_size, exclude_seen=not args.keep_seen,
+            exclude_item_ids=_split(args.exclude), include_categories=args.category,
+            exclude_categories=args.exclude_category, progress=bar.update,
+        )  # fmt: skip
+    print(
+        f"wrote {result.rows} rows for {result.users} users to {result.path} in {result.seconds:.2f} s "
+        f"({result.users_per_second:.0f} users/s); unknown users {result.unknown_users}, "
+        f"popularity fallback {result.fallback_users}, duplicate ids skipped {result.duplicate_users}"
+    )
     return 0
 
 

@@ -6,8 +6,21 @@ Example:
     >>> rec.recommend(user_id="u1", k=10).item_ids            # doctest: +SKIP
 """
 
+from recfuse.inference.batch import BatchResult, known_users, read_user_ids, recommend_all
 from recfuse.inference.limits import Limits
 from recfuse.inference.recommender import Recommender
 from recfuse.inference.types import BundleInfo, RankedRows, Recommendation, RecommendQuery, ScoredItem
 
-__all__ = ["BundleInfo", "Limits", "RankedRows", "Recommendation", "RecommendQuery", "Recommender", "ScoredItem"]
+__all__ = [
+    "BatchResult",
+    "BundleInfo",
+    "Limits",
+    "RankedRows",
+    "Recommendation",
+    "RecommendQuery",
+    "Recommender",
+    "ScoredItem",
+    "known_users",
+    "read_user_ids",
+    "recommend_all",
+]
