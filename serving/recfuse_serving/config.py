@@ -20,7 +20,8 @@ Example ``server.toml``::
     directory = "runs/exposures"
 
     [auth]
-    tokens = ["s3cret"]
+    tokens = ["s3cret-read"]
+    admin_tokens = ["s3cret-admin"]   # may call Reload
 
 Example:
     >>> ServerConfig.from_dict({"max_k": 50, "ab": {"shares": {"a": 1.0}}}).ab.shares
@@ -30,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +40,19 @@ from typing import Any
 
 from recfuse.errors import ConfigError
 from recfuse.variants import validate_shares
+from recfuse_serving import sizes
+
+FALLBACKS = ("newest", "none")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -98,16 +113,36 @@ class TLSConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     """Bearer-token auth. No tokens = auth off. Health and reflection stay open (load balancers and
-    ``grpcurl list`` probe without credentials; they reveal no data)."""
+    ``grpcurl list`` probe without credentials; they reveal no data).
+
+    Attributes:
+        tokens: bearer tokens accepted for the read methods (Recommend, RecommendBatch, SimilarItems, Info).
+        admin_tokens: bearer tokens that may also call ``Reload``. Without any, ``Reload`` is accepted only
+            from connections on the server's own host (127.0.0.1 / ::1), whatever token they carry.
+        allow_insecure: accept tokens over plaintext on a non-loopback address (they cross the network in
+            the clear). Off: such a config refuses to start; configure ``[tls]`` instead.
+    """
 
     tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[str, ...] = ()
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
-        tokens = tuple(self.tokens)
-        for i, t in enumerate(tokens):
-            if not isinstance(t, str) or len(t) < 8:
-                raise ConfigError(f"`auth.tokens[{i}]` must be a string of at least 8 characters, got {t!r}")
-        object.__setattr__(self, "tokens", tokens)
+        for name in ("tokens", "admin_tokens"):
+            values = getattr(self, name)
+            if isinstance(values, str):
+                raise ConfigError(f"`auth.{name}` must be a list of strings, got the single string {values!r}")
+            values = tuple(values)
+            for i, t in enumerate(values):
+                if not isinstance(t, str) or len(t) < 8:
+                    raise ConfigError(f"`auth.{name}[{i}]` must be a string of at least 8 characters, got {t!r}")
+            object.__setattr__(self, name, values)
+        if not isinstance(self.allow_insecure, bool):
+            raise ConfigError(f"`auth.allow_insecure` must be true or false, got {self.allow_insecure!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens or self.admin_tokens)
 
 
 _POSITIVE_INT = (
@@ -120,6 +155,7 @@ _POSITIVE_INT = (
     "max_batch",
     "max_concurrency",
     "max_message_bytes",
+    "max_title_chars",
     "workers",
     "batch_max_size",
 )
@@ -139,7 +175,13 @@ class ServerConfig:
         queue_timeout_s: how long an RPC may wait for a slot.
         rate_limit_qps: global token-bucket rate (0 = off); over it -> RESOURCE_EXHAUSTED.
         peer_rate_limit_qps: the same per client connection (0 = off).
-        max_message_bytes: gRPC send/receive message size cap.
+        max_message_bytes: gRPC send/receive message size cap. Responses are bounded before any work
+            (``recfuse_serving.sizes``): a request whose answer could exceed it is INVALID_ARGUMENT, and
+            a config whose ``max_k`` worst case cannot fit refuses to start.
+        max_title_chars: served titles are cut to this many characters (bounds every response).
+        fallback: at start-up, a variant whose ``CURRENT`` does not load serves the newest version
+            that verifies (``newest``, ERROR log + ``recfuse_reloads_total{result="fallback"}``), or
+            the server refuses to start (``none``).
         reload_interval_s: poll ``CURRENT`` files this often (0 = only on SIGHUP / Reload RPC).
         grace_s: how long in-flight calls may drain on SIGTERM.
         shutdown_delay_s: on SIGTERM, keep answering this long after health goes NOT_SERVING (load
@@ -175,6 +217,8 @@ class ServerConfig:
     rate_limit_qps: float = 0.0
     peer_rate_limit_qps: float = 0.0
     max_message_bytes: int = 4 * 1024 * 1024
+    max_title_chars: int = 256
+    fallback: str = "newest"
     reload_interval_s: float = 5.0
     grace_s: float = 10.0
     shutdown_delay_s: float = 0.5
@@ -215,6 +259,16 @@ class ServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"`fallback` must be one of {list(FALLBACKS)}, got {self.fallback!r}")
+        if self.auth.enabled and not self.tls.enabled and not is_loopback_host(self.host):
+            if not self.auth.allow_insecure:
+                raise ConfigError(
+                    f"bearer tokens are configured but `host` {self.host!r} is not a loopback address and TLS is "
+                    "off, so tokens would cross the network in plaintext; set [tls] cert_file/key_file, bind "
+                    "127.0.0.1, or set auth.allow_insecure = true to accept the risk"
+                )
+        sizes.check_config(self.max_k, self.max_id_length, self.max_title_chars, self.max_message_bytes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerConfig:
@@ -233,8 +287,10 @@ class ServerConfig:
                 unknown = set(value) - sub_known
                 if unknown:
                     raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{key}]; known keys: {sorted(sub_known)}")
-                if key == "auth" and "tokens" in value:
-                    value = {**value, "tokens": tuple(value["tokens"])}
+                if key == "auth":
+                    value = {
+                        k: tuple(v) if k.endswith("tokens") and isinstance(v, list) else v for k, v in value.items()
+                    }
                 kwargs[key] = sub(**value)
             else:
                 kwargs[key] = value

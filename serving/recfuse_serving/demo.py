@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             info = client.info()
             print(f"server on 127.0.0.1:{port}, default variant {info.default_variant or '(the only one loaded)'}")
             for v in info.variants:
-                print(f"  variant {v.variant}: model {v.model_version}, {v.item_count} items x {v.dim}-d, "
-                      f"index {v.index_type}, ANN recall@10 {v.ann_recall:.3f}, share {v.traffic_share:.0%}")
+                print(
+                    f"  variant {v.variant}: model {v.model_version}, {v.item_count} items x {v.dim}-d, "
+                    f"index {v.index_type}, ANN recall@10 {v.ann_recall:.3f}, share {v.traffic_share:.0%}"
+                )
             recent = interactions[interactions.user_id == user].sort_values("timestamp", ascending=False)
             print(f"\nuser {user} recently liked: {_latent(items, recent.item_id.head(6).tolist())}")
             _show(

@@ -36,16 +36,22 @@ from grpc_reflection.v1alpha import reflection
 from recfuse_api.v1 import recommender_pb2 as pb
 from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
 
-from recfuse.errors import ConfigError, RecfuseError
+from recfuse.errors import ArtifactError, ConfigError, RecfuseError
 from recfuse.inference import Limits
 from recfuse.variants import ExposureLogger
 from recfuse_serving.config import ServerConfig
-from recfuse_serving.interceptors import AuthInterceptor, LimitInterceptor, ObservabilityInterceptor
+from recfuse_serving.interceptors import (
+    AdminInterceptor,
+    AuthInterceptor,
+    LimitInterceptor,
+    ObservabilityInterceptor,
+)
 from recfuse_serving.logs import configure_json_logging
 from recfuse_serving.metrics import ServingMetrics
 from recfuse_serving.registry import VariantRegistry
 from recfuse_serving.reload import ReloadWatcher
 from recfuse_serving.servicer import RecommenderServicer
+from recfuse_serving.threads import limit_blas_threads
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +99,9 @@ class RecfuseServer:
             on_change=self._update_health,
             user_vectors_mb=config.user_vectors_mb,
             hugepages=config.hugepages,
+            fallback=config.fallback,
+            max_title_chars=config.max_title_chars,
+            max_message_bytes=config.max_message_bytes,
         )
         self.exposures: ExposureLogger | None = None
         if config.exposures.directory:
@@ -102,7 +111,8 @@ class RecfuseServer:
         self.watcher = ReloadWatcher(self.registry, config.reload_interval_s)
         interceptors: list[grpc.ServerInterceptor] = [ObservabilityInterceptor(self.metrics)]
         if config.auth.tokens:
-            interceptors.append(AuthInterceptor(config.auth.tokens))
+            interceptors.append(AuthInterceptor(config.auth.tokens, config.auth.admin_tokens))
+        interceptors.append(AdminInterceptor(config.auth.admin_tokens))
         interceptors.append(
             LimitInterceptor(
                 config.max_concurrency, config.queue_timeout_s, config.rate_limit_qps, config.peer_rate_limit_qps
@@ -142,19 +152,39 @@ class RecfuseServer:
         self.health.set(SERVICE_NAME, status)
 
     def start(self) -> RecfuseServer:
-        """Start serving, the reload watcher (first load happens right away) and the metrics endpoint."""
+        """Start serving, the reload watcher (first load happens right away) and the metrics endpoint.
+
+        Raises:
+            ArtifactError: ``fallback = "none"`` and a variant's ``CURRENT`` names a version that does not
+                load (the first load then runs here, before the watcher; the server is stopped again).
+        """
         self.grpc_server.start()
+        if self.config.fallback == "none":
+            first = self.registry.reload()
+            if first.rejected:
+                self.stop(grace=0.0)
+                raise ArtifactError(
+                    f'refusing to start: {"; ".join(first.rejected)} (fallback = "none"); fix CURRENT or set '
+                    'fallback = "newest" to serve the newest version that verifies'
+                )
         self.watcher.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_port)
         logger.info(
-            "recfuse server listening on %s:%d (tls=%s, auth=%s, metrics port %s)",
+            "recfuse server listening on %s:%d (tls=%s, auth=%s, admin tokens=%s, metrics port %s)",
             self.config.host,
             self.port,
             self.config.tls.enabled,
             bool(self.config.auth.tokens),
+            bool(self.config.auth.admin_tokens),
             self.metrics_port,
         )
+        if self.config.auth.enabled and not self.config.tls.enabled:
+            logger.warning(
+                "bearer tokens are accepted over plaintext on %s%s; configure [tls] before exposing this port",
+                self.config.host,
+                " (auth.allow_insecure = true)" if self.config.auth.allow_insecure else "",
+            )
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
@@ -292,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     """``recfuse-serve`` entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     configure_json_logging(args.log_level.upper())
+    wanted = os.environ.get("OPENBLAS_NUM_THREADS", "1")
+    threads = limit_blas_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0 else 1)
+    logger.info("BLAS threads per library: %s", threads or "no OpenBLAS loaded")
     try:
         config = ServerConfig.from_toml(args.config) if args.config else ServerConfig()
         config = config.with_overrides(

@@ -2,7 +2,9 @@
 
 Every RPC method is ``return self._call(context, <handler>, request)``: :meth:`RecommenderServicer._call`
 checks the deadline first, runs the handler and maps any exception through
-:func:`recfuse_serving.status.abort_with` — no handler aborts on its own.
+:func:`recfuse_serving.status.abort_with` — no handler aborts on its own. Before any work each handler
+bounds its response (``recfuse_serving.sizes``: ``k`` × the bundle's largest item, per sub-request of
+a batch) against ``max_message_bytes``, so no answer is computed that grpc could not send.
 
 Example:
     >>> servicer = RecommenderServicer(registry, config, exposures=None)   # doctest: +SKIP
@@ -22,11 +24,12 @@ from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
 from recfuse.errors import InvalidRequestError
 from recfuse.inference import Recommendation, RecommendQuery
 from recfuse.variants import Exposure, ExposureLogger
-from recfuse_serving import convert
+from recfuse_serving import convert, sizes
 from recfuse_serving.batcher import RecommendBatcher
 from recfuse_serving.config import ServerConfig
+from recfuse_serving.interceptors import clean_request_id
 from recfuse_serving.logs import REQUEST_ID
-from recfuse_serving.registry import VariantRegistry
+from recfuse_serving.registry import Served, VariantRegistry
 from recfuse_serving.status import DeadlineExceededError, abort_with
 
 logger = logging.getLogger(__name__)
@@ -110,18 +113,28 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.RecommendResponse:
         start = time.perf_counter()
         variant = self.registry.route(request.user_id, request.variant)
-        rec = self.registry.get(variant)
+        served = self.registry.served(variant)
+        rec = served.rec
+        k = int(request.k) or self.config.default_k
+        if k > served.fit_k:
+            self._check_size("k", k, served)
         if self.batcher is None and not (
             request.exclude_item_ids or request.exclude_seen or request.include_categories or request.exclude_categories
         ):
             # The common call (a user and/or a history, no filters): rows straight to the response,
             # no query, plan or per-item objects (same answer: tests/test_serving_rpc.py).
-            ranked = rec.rank(request.user_id or None, request.history, int(request.k) or self.config.default_k)
+            ranked = rec.rank(request.user_id or None, request.history, k)
             ids = rec.item_id_of_row
             if self.exposures is not None:
                 self._log(request_id, request.user_id, rec.variant, [ids[r] for r in ranked.rows], ranked.scores)
             return convert.ranked_to_response(
-                ranked, rec.variant, rec.version, request_id, (time.perf_counter() - start) * 1e3, ids, rec.title_of_row
+                ranked,
+                rec.variant,
+                rec.version,
+                request_id,
+                (time.perf_counter() - start) * 1e3,
+                ids,
+                served.title_of_row,
             )
         query = convert.to_query(request, self.config.default_k)
         if self.batcher is not None:
@@ -129,7 +142,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         else:
             answer = rec.recommend_batch([query])[0]
         self._log_exposure(request_id, request.user_id, answer)
-        return convert.to_response(answer, request_id, (time.perf_counter() - start) * 1e3, rec.item_title)
+        return convert.to_response(answer, request_id, (time.perf_counter() - start) * 1e3, served.title_of)
+
+    def _check_size(self, field: str, k: int, served: Served) -> None:
+        """Refuse a ``k`` whose answer could exceed the max message size (``k`` above ``max_k`` is left to the
+        library's own check, which names the limit)."""
+        if k <= self.config.max_k:
+            sizes.check_response(field, k, served.item_bytes, served.header_bytes, self.config.max_message_bytes)
 
     def _recommend_batch(self, request: pb.RecommendBatchRequest, request_id: str) -> pb.RecommendBatchResponse:
         start = time.perf_counter()
@@ -145,19 +164,36 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 groups.setdefault(self.registry.route(r.user_id, r.variant), []).append(i)
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"`requests[{i}]`: {exc}") from None
+        views = {variant: self.registry.served(variant) for variant in groups}
+        ks: list[int] = []
+        item_bytes: list[int] = []
+        header_bytes: list[int] = []
+        for variant, rows in groups.items():
+            view = views[variant]
+            for i in rows:
+                ks.append(int(request.requests[i].k) or self.config.default_k)
+                item_bytes.append(view.item_bytes)
+                header_bytes.append(view.header_bytes)
+        if max(ks, default=0) <= self.config.max_k:  # larger k: the library names the limit
+            sizes.check_batch(ks, item_bytes, header_bytes, self.config.max_message_bytes)
         answers: list[tuple[Recommendation, Callable[[str], str]] | None] = [None] * n
         for variant, rows in groups.items():
-            rec = self.registry.get(variant)
-            queries: list[RecommendQuery] = [convert.to_query(request.requests[i], self.config.default_k) for i in rows]
-            for i, answer in zip(rows, rec.recommend_batch(queries)):
-                answers[i] = (answer, rec.item_title)
+            view = views[variant]
+            queries: list[RecommendQuery] = []
+            for i in rows:
+                try:
+                    queries.append(convert.to_query(request.requests[i], self.config.default_k))
+                except InvalidRequestError as exc:
+                    raise InvalidRequestError(f"`requests[{i}]`: {exc}") from None
+            for i, answer in zip(rows, view.rec.recommend_batch(queries)):
+                answers[i] = (answer, view.title_of)
         total_ms = (time.perf_counter() - start) * 1e3
         out = pb.RecommendBatchResponse()
         for i, slot in enumerate(answers):
             assert slot is not None  # every index is in exactly one group
             answer, title_of = slot
             sub = request.requests[i]
-            sub_id = sub.request_id or f"{request_id}-{i}"
+            sub_id = clean_request_id(sub.request_id) or f"{request_id}-{i}"
             self._log_exposure(sub_id, sub.user_id, answer)
             out.responses.append(convert.to_response(answer, sub_id, total_ms, title_of))
         return out
@@ -165,15 +201,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _similar(self, request: pb.SimilarItemsRequest, request_id: str) -> pb.SimilarItemsResponse:
         start = time.perf_counter()
         variant = self.registry.route("", request.variant)
-        rec = self.registry.get(variant)
-        answer = rec.similar_items(
+        served = self.registry.served(variant)
+        k = int(request.k) or self.config.default_k
+        if k > served.fit_k:
+            self._check_size("k", k, served)
+        answer = served.rec.similar_items(
             request.item_id,
-            k=int(request.k) or self.config.default_k,
+            k=k,
             exclude_item_ids=list(request.exclude_item_ids),
             include_categories=list(request.include_categories),
             exclude_categories=list(request.exclude_categories),
         )
-        return convert.to_similar_response(answer, request_id, (time.perf_counter() - start) * 1e3, rec.item_title)
+        return convert.to_similar_response(answer, request_id, (time.perf_counter() - start) * 1e3, served.title_of)
 
     def _info(self, request: pb.InfoRequest, request_id: str) -> pb.InfoResponse:
         recs = self.registry.recommenders

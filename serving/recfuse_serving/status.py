@@ -12,6 +12,7 @@ become ``INTERNAL`` with a generic message (details go to the log with the reque
 | ResourceExhaustedError                  | RESOURCE_EXHAUSTED  |
 | DeadlineExceededError                   | DEADLINE_EXCEEDED   |
 | UnauthenticatedError                    | UNAUTHENTICATED     |
+| PermissionDeniedError                   | PERMISSION_DENIED   |
 | UnavailableError, ArtifactError         | UNAVAILABLE         |
 | other RecfuseError, any other exception | INTERNAL            |
 
@@ -48,6 +49,10 @@ class UnauthenticatedError(RecfuseError):
     """Missing or wrong bearer token."""
 
 
+class PermissionDeniedError(RecfuseError):
+    """An authenticated caller asked for something its token does not allow (``Reload`` without an admin token)."""
+
+
 class UnavailableError(RecfuseError):
     """Nothing to serve yet (no bundle loaded for the variant) or the server is shutting down."""
 
@@ -60,6 +65,7 @@ STATUS_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     ArtifactError: grpc.StatusCode.UNAVAILABLE,
 }
