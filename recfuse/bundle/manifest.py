@@ -6,6 +6,11 @@ faiss factory string, the item count, the measured ANN Recall@10, the training a
 the UTC creation time, and the sha256 + size of every other file (paths relative to the version
 directory, ``/``-separated).
 
+A manifest is untrusted input: every file entry must be a relative path that stays inside the
+version directory (no ``..``, no absolute path, no symlink leading out), checked before anything
+is opened, and error messages name files only by their bundle-relative path, so a crafted manifest
+learns nothing about files outside the bundle.
+
 Example:
     >>> m = read_manifest(Path("bundles/attention/20261128T031500.000000Z-1a2b3c"))  # doctest: +SKIP
     >>> m["embedding_dim"], m["item_count"]                                           # doctest: +SKIP
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,6 +93,38 @@ def file_entries(version_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def check_entry_path(version_dir: Path, rel: object) -> Path:
+    """The file a manifest entry names, after checking it stays inside ``version_dir``.
+
+    Raises:
+        ArtifactError: a non-string, empty, absolute, ``..``/``.``-component, backslash or control-character
+            path, or one whose real location (symlinks followed) is outside the version directory. The
+            message names only the entry as written in the manifest.
+    """
+    shown = repr(rel)[:120]
+    if not isinstance(rel, str) or not rel:
+        raise ArtifactError(f"{MANIFEST}: file entry {shown} is not a non-empty relative path")
+    parts = rel.split("/")
+    if rel.startswith("/") or _BAD_CHARS.search(rel) or any(part in ("", ".", "..") for part in parts):
+        raise ArtifactError(
+            f"{MANIFEST}: file entry {shown} is not a plain relative path inside the bundle version (no leading "
+            "'/', no '.' or '..' components, no backslashes or control characters); the manifest is crafted or "
+            "corrupt: re-export the bundle"
+        )
+    path = version_dir.joinpath(*parts)
+    root = version_dir.resolve()
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        raise ArtifactError(
+            f"{MANIFEST}: file entry {shown} leads outside the bundle version through a symlink; bundle files must "
+            "be regular files inside the version directory"
+        )
+    return path
+
+
 def read_manifest(version_dir: Path) -> dict[str, Any]:
     """Parse and check the manifest's format and required keys.
 
@@ -95,6 +133,8 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
             missing key — the message names ``manifest.json`` and the mismatch.
     """
     path = version_dir / MANIFEST
+    if path.is_symlink():
+        raise ArtifactError(f"bundle {version_dir.name!r}: {MANIFEST} is a symlink; it must be a regular file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -114,6 +154,8 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise ArtifactError(f"{str(path)!r}: missing key(s) {missing}")
+    if not isinstance(raw["files"], dict):
+        raise ArtifactError(f"{str(path)!r}: 'files' must map relative paths to {{sha256, size}}")
     return raw
 
 
@@ -126,20 +168,26 @@ def verify_files(version_dir: Path, files: Mapping[str, Mapping[str, Any]], chec
     for req in REQUIRED_FILES:
         if req not in files:
             raise ArtifactError(f"bundle {str(version_dir)!r}: manifest lists no {req!r}; the bundle is incomplete")
+    checked: list[tuple[str, Path, Mapping[str, Any]]] = []
     for rel, entry in sorted(files.items()):
-        path = version_dir / rel
+        path = check_entry_path(version_dir, rel)  # every entry, before any file is opened
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("size"), int) or "sha256" not in entry:
+            raise ArtifactError(f"{MANIFEST}: file entry {rel!r} must be {{'sha256': str, 'size': int}}")
+        checked.append((rel, path, entry))
+    where = f"bundle {version_dir.name!r}"
+    for rel, path, entry in checked:
         if not path.is_file():
-            raise ArtifactError(f"bundle file {str(path)!r} is missing (listed in {MANIFEST})")
+            raise ArtifactError(f"{where}: file {rel!r} is missing (listed in {MANIFEST})")
         size = path.stat().st_size
         if size != int(entry["size"]):
             raise ArtifactError(
-                f"bundle file {str(path)!r} has size {size}, manifest says {entry['size']}: the file was modified"
+                f"{where}: file {rel!r} has size {size}, manifest says {entry['size']}: the file was modified"
             )
         if checksums:
             digest = sha256_file(path)
             if digest != entry["sha256"]:
                 raise ArtifactError(
-                    f"bundle file {str(path)!r} has sha256 {digest[:16]}…, manifest says "
+                    f"{where}: file {rel!r} has sha256 {digest[:16]}…, manifest says "
                     f"{str(entry['sha256'])[:16]}…: the file was modified or corrupted"
                 )
     extra = sorted(

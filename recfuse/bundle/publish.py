@@ -45,23 +45,53 @@ def new_version_name(now: dt.datetime | None = None) -> str:
     return f"{t:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(3)}"
 
 
+MAX_CURRENT_BYTES = 4096
+
+
+def check_version_name(name: str) -> bool:
+    """Whether ``name`` can be a version directory directly inside a variant directory (no path in it)."""
+    return (
+        bool(name)
+        and len(name) <= 255
+        and not name.startswith(".")
+        and "/" not in name
+        and "\\" not in name
+        and name.isprintable()
+    )
+
+
 def read_current(variant_dir: Path) -> str:
     """The published version name of a variant directory.
 
+    ``CURRENT`` must name a directory that is a direct child of ``variant_dir`` (not ``..``, not an
+    absolute or nested path, not a hidden temp directory, not a symlink); nothing it names is
+    looked at before the name passes, and messages show only the name.
+
     Raises:
-        ArtifactError: no ``CURRENT`` (nothing published yet) or it names a missing directory.
+        ArtifactError: no ``CURRENT`` (nothing published yet), a name that is not a direct child, or it names a
+            missing directory.
     """
     pointer = variant_dir / CURRENT
     try:
-        name = pointer.read_text(encoding="utf-8").strip()
+        with pointer.open("rb") as f:
+            raw = f.read(MAX_CURRENT_BYTES + 1)
     except FileNotFoundError:
         raise ArtifactError(
             f"{str(pointer)!r} does not exist: no bundle version of variant {variant_dir.name!r} is published; "
             "run `recfuse export` first"
         ) from None
-    if not name or not (variant_dir / name).is_dir():
+    name = raw.decode("utf-8", "replace").strip()
+    if len(raw) > MAX_CURRENT_BYTES or not check_version_name(name):
         raise ArtifactError(
-            f"{str(pointer)!r} names version {name!r}, which is not a directory in {str(variant_dir)!r}"
+            f"{variant_dir.name}/{CURRENT} names {name[:80]!r}, which is not a version directory name (it must be "
+            "a direct child of the variant directory: no '/', no '..', not absolute, not hidden); "
+            "republish with `recfuse export`"
+        )
+    target = variant_dir / name
+    if target.is_symlink() or not target.is_dir():
+        raise ArtifactError(
+            f"{variant_dir.name}/{CURRENT} names version {name!r}, which is not a directory in the variant "
+            "directory (symlinks are not followed)"
         )
     return name
 
