@@ -59,6 +59,12 @@ class DataConfig:
             :mod:`recfuse.data.splits`.
         cold_item_fraction: share of items held out entirely for the ``cold_start`` split.
         on_bad_rows: ``fail`` stops at the first unusable row; ``quarantine`` writes them to a side file.
+        allow_external_images: image paths may point outside ``images_dir`` (absolute paths, ``..``).
+            Off by default: a catalog cannot make recfuse read files elsewhere on the machine.
+        max_title_chars: longest ``title`` (characters, default 1000).
+        max_text_chars: longest value of any other text column, e.g. ``description`` (default 20000).
+        long_text: what ``validate`` does with a longer value: ``truncate`` (cut it, counted in the
+            report as ``truncated``) or ``reject`` (a bad row, reason ``text_too_long``).
     """
 
     items: str = "data_samples/items.parquet"
@@ -70,10 +76,17 @@ class DataConfig:
     max_history: int = 20
     on_bad_rows: str = "fail"
     quarantine_dir: str = ""
+    allow_external_images: bool = False
+    max_title_chars: int = 1000
+    max_text_chars: int = 20_000
+    long_text: str = "truncate"
 
     def __post_init__(self) -> None:
         _check_choice("data", "split", self.split, SPLITS)
         _check_choice("data", "on_bad_rows", self.on_bad_rows, ("fail", "quarantine"))
+        _check_choice("data", "long_text", self.long_text, ("truncate", "reject"))
+        _check_range("data", "max_title_chars", self.max_title_chars, 1)
+        _check_range("data", "max_text_chars", self.max_text_chars, 1)
         _check_range("data", "cold_item_fraction", self.cold_item_fraction, 0.0, 0.9)
         _check_range("data", "max_history", self.max_history, 1, 1000)
 

@@ -180,7 +180,7 @@ def test_add_items_makes_new_items_recommendable(
     catalog.to_parquet(tmp_path / "new.parquet")
     before = load_bundle(exported)
 
-    result = add_items(exported.parent, tmp_path / "new.parquet")
+    result = add_items(exported.parent, tmp_path / "new.parquet", allow_external_images=True)  # absolute paths
     assert (result.added, result.skipped_existing, result.rejected) == (4, 2, 1)
     assert result.rejects[0][0] == "broken-image" and "image" in result.rejects[0][1]
     after = load_bundle(result.path.parent)

@@ -37,6 +37,7 @@ from recfuse.bundle.export import metadata_frame
 from recfuse.bundle.loader import LoadedBundle, load_bundle
 from recfuse.bundle.writer import write_bundle
 from recfuse.config import RecfuseConfig
+from recfuse.data.images import image_root
 from recfuse.data.readers import read_table
 from recfuse.data.validate import validate_catalog
 from recfuse.data.vocab import id_str
@@ -73,6 +74,7 @@ def add_items(
     root: str | Path | None = None,
     *,
     images_dir: str | Path | None = None,
+    allow_external_images: bool = False,
     on_existing: str = "skip",
     version: str | None = None,
     keep_versions: int | None = None,
@@ -84,6 +86,8 @@ def add_items(
         catalog: new catalog rows (path or frame with the catalog columns of the model's modalities).
         root: bundles root to publish into (default: the bundle's own root).
         images_dir: base of relative image paths (default: the catalog file's directory).
+        allow_external_images: image paths may leave ``images_dir`` (absolute paths, ``..``); off, such
+            rows are rejected (``image_outside``).
         on_existing: ``skip`` (count) or ``error`` for ids already in the bundle.
         version: name of the new version (default: time-based).
         keep_versions: prune older versions after publishing.
@@ -104,7 +108,7 @@ def add_items(
             "re-export it from the trained model with `recfuse export`"
         )
     frame, base_dir = _read_catalog(catalog)
-    images = Path(images_dir) if images_dir is not None else base_dir
+    images = image_root(images_dir if images_dir is not None else base_dir, allow_external_images)
     model = TrainedModel.load(loaded.model_dir)
 
     ids = [id_str(x) for x in frame["item_id"]]

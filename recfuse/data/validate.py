@@ -12,6 +12,11 @@ After validation ``items.item_id`` and ``interactions.user_id/item_id`` are ``st
 of strings; each vector column holds lists of ``dim`` floats (zeros when the row has none, see the
 ``has_<modality>`` flag); ``has_image``/``has_text`` flag presence; ``timestamp`` is int64.
 
+Text fields are bounded (``[data] max_title_chars`` for ``title``, ``max_text_chars`` for every other
+text column): a longer value is cut and counted (``long_text = "truncate"``, the default; a note in
+the report) or is a bad row with reason ``text_too_long`` (``"reject"``). Image paths must stay
+inside the image directory unless ``allow_external_images`` (reason ``image_outside``).
+
 Example:
     >>> cfg = RecfuseConfig.from_toml("data_samples/recfuse.toml")  # doctest: +SKIP
     >>> ds = load_dataset(cfg.data, cfg.modalities)  # doctest: +SKIP
@@ -32,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from recfuse.config import DataConfig, ModalityConfig, default_modalities
-from recfuse.data.images import check_image
+from recfuse.data.images import check_image, image_root
 from recfuse.data.quarantine import write_rejected
 from recfuse.data.readers import read_table
 from recfuse.data.report import MAX_PROBLEMS, Problem, TableReport, ValidationReport
@@ -135,6 +140,11 @@ def validate_catalog(
     on_bad_rows: str = "fail",
     quarantine_dir: str | Path = "quarantine",
     max_problems: int = MAX_PROBLEMS,
+    allow_external_images: bool | None = None,
+    max_title_chars: int = 1000,
+    max_text_chars: int = 20_000,
+    long_text: str = "truncate",
+    truncated: dict[str, int] | None = None,
 ) -> tuple[pd.DataFrame, TableReport, set[str]]:
     """Validate and normalise a catalog.
 
@@ -146,6 +156,10 @@ def validate_catalog(
         on_bad_rows: ``fail`` or ``quarantine``.
         quarantine_dir: where ``rejected_items.parquet`` goes.
         max_problems: problem rows kept in the report.
+        allow_external_images: image paths may leave ``images_dir`` (None: an ``ImageRoot``'s own setting).
+        max_title_chars: longest ``title``; max_text_chars: longest value of other text columns.
+        long_text: ``truncate`` (cut, counted in ``truncated``) or ``reject`` (bad row ``text_too_long``).
+        truncated: when given, filled with column -> number of values cut.
 
     Returns:
         ``(kept items, report, ids of rejected items)``.
@@ -172,17 +186,64 @@ def validate_catalog(
             found = _vector_problem(v, spec)
             if found:
                 bad[pos] = Problem(pos, str(ids[pos]), spec.name, _short(v), found[0], found[1])
+    cut = _bound_text(df, specs, ids, bad, max_title_chars, max_text_chars, long_text)
+    if cut:
+        logger.warning(
+            "%s: cut %s over-long text value(s) to the limits (max_title_chars %d, max_text_chars %d)",
+            path,
+            ", ".join(f"{n} {col}" for col, n in sorted(cut.items())),
+            max_title_chars,
+            max_text_chars,
+        )
+    if truncated is not None:
+        truncated.update(cut)
     for spec in image_specs:
         for pos, v in enumerate(df[spec.name].tolist()):
             if pos in bad:
                 continue
-            found = check_image(v, images_dir)
+            found = check_image(v, images_dir, allow_external_images)
             if found:
                 bad[pos] = Problem(pos, str(ids[pos]), spec.name, _short(v), found[0], found[1])
     report = TableReport("items", path, max_problems=max_problems)
     kept = _finish(df, bad, report, on_bad_rows, Path(quarantine_dir) / "rejected_items.parquet")
     rejected_ids = {str(ids[p]) for p in bad if ids[p] is not None}
     return _normalise_items(kept, specs, modalities), report, rejected_ids
+
+
+def _bound_text(
+    df: pd.DataFrame,
+    specs: Sequence[ColumnSpec],
+    ids: list[Any],
+    bad: dict[int, Problem],
+    max_title_chars: int,
+    max_text_chars: int,
+    long_text: str,
+) -> dict[str, int]:
+    """Cut (or mark bad, ``long_text="reject"``) text values over their limit; returns column -> values cut."""
+    cut: dict[str, int] = {}
+    for spec in specs:
+        if spec.kind != "str" or spec.name not in df.columns:
+            continue
+        limit = max_title_chars if spec.name == "title" else max_text_chars
+        values = df[spec.name].tolist()
+        long = [pos for pos, v in enumerate(values) if isinstance(v, str) and len(v) > limit]
+        if not long:
+            continue
+        if long_text == "reject":
+            for pos in long:
+                if pos not in bad:
+                    message = (
+                        f"{spec.name} has {len(values[pos])} characters, over the limit of {limit}; shorten it, raise "
+                        f"[data] {'max_title_chars' if spec.name == 'title' else 'max_text_chars'}, or set long_text = "
+                        '"truncate"'
+                    )
+                    bad[pos] = Problem(pos, str(ids[pos]), spec.name, _short(values[pos]), "text_too_long", message)
+            continue
+        for pos in long:
+            values[pos] = values[pos][:limit]
+        df[spec.name] = pd.Series(values, index=df.index, dtype=object)
+        cut[spec.name] = len(long)
+    return cut
 
 
 def _normalise_items(
@@ -335,12 +396,16 @@ def load_dataset(
         (200, 0)
     """
     items_path = Path(data_cfg.items)
-    images_dir = Path(data_cfg.images_dir) if data_cfg.images_dir else items_path.parent
+    images_dir = image_root(
+        data_cfg.images_dir if data_cfg.images_dir else items_path.parent, data_cfg.allow_external_images
+    )
     qdir = Path(data_cfg.quarantine_dir) if data_cfg.quarantine_dir else items_path.parent / "quarantine"
     items_raw = read_table(items_path)
+    truncated: dict[str, int] = {}
     items, item_report, rejected = validate_catalog(
         items_raw, modalities, images_dir, path=str(items_path), on_bad_rows=data_cfg.on_bad_rows,
-        quarantine_dir=qdir, max_problems=max_problems,
+        quarantine_dir=qdir, max_problems=max_problems, max_title_chars=data_cfg.max_title_chars,
+        max_text_chars=data_cfg.max_text_chars, long_text=data_cfg.long_text, truncated=truncated,
     )  # fmt: skip
     if items.empty:
         raise DataError(f"items file {str(items_path)!r}: no usable items ({item_report.rejected} rejected)")
@@ -354,6 +419,12 @@ def load_dataset(
             f"interactions file {data_cfg.interactions!r}: no usable interactions ({inter_report.rejected} rejected)"
         )
     report = ValidationReport(item_report, inter_report, users=int(inter["user_id"].nunique()))
+    if truncated:
+        cut = ", ".join(f"{col}: {n}" for col, n in sorted(truncated.items()))
+        report.notes.append(
+            f"items: text values cut to the limits (max_title_chars {data_cfg.max_title_chars}, "
+            f"max_text_chars {data_cfg.max_text_chars}): {cut}"
+        )
     report.coverage = coverage(items, modalities)
     logger.info("loaded %d items, %d interactions", len(items), len(inter))
     return Dataset(items, inter, report, images_dir)
