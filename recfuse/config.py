@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 import types
 import typing
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from recfuse.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 FUSIONS = ("concat", "weighted", "max", "gated", "attention")
 ALIGNMENTS = ("linear", "mlp", "scale")
@@ -497,11 +500,21 @@ class RecfuseConfig:
                 "declare a modality or enable the item-id embedding"
             )
         if not self.variant:
-            object.__setattr__(self, "variant", self.model.fusion)
+            object.__setattr__(self, "variant", self.model.fusion if self.modalities else "ids-only")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RecfuseConfig:
-        """Build from a plain dict (parsed TOML/JSON); unknown keys raise :class:`ConfigError`."""
+        """Build from a plain dict (parsed TOML/JSON); unknown keys raise :class:`ConfigError`.
+
+        A dict without ``modalities`` gets :func:`default_modalities` (image, text, categories) and a
+        warning that says so: declare ``[[modalities]]``, or ``modalities = []`` for an id-only model.
+        """
+        if isinstance(raw, Mapping) and "modalities" not in raw:
+            logger.warning(
+                "the config declares no [[modalities]], so the default ones are used: %s; declare [[modalities]] "
+                "for your catalog's columns, or `modalities = []` (top level) for an item-id-only model",
+                ", ".join(f"{m.name} ({m.kind}, columns {list(m.columns)})" for m in default_modalities()),
+            )
         return _build(cls, raw, "")
 
     @classmethod

@@ -52,6 +52,23 @@ name = "concat"
 overrides = {{ "model.fusion" = "concat" }}
 """
 
+BASELINE_VARIANTS = """
+[[variants]]
+name = "popularity"
+kind = "baseline"
+
+[[variants]]
+name = "itemknn"
+kind = "baseline"
+
+[[variants]]
+name = "ease"
+kind = "baseline"
+
+[baselines]
+ease_lambdas = [50.0, 500.0]
+"""
+
 
 @pytest.mark.slow
 def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
@@ -59,22 +76,34 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
 ) -> None:
     monkeypatch.chdir(ROOT)  # the sample config's data paths are relative to the repository root
     exp = tmp_path / "exp.toml"
-    exp.write_text(FAST_EXPERIMENT)
+    exp.write_text(FAST_EXPERIMENT + BASELINE_VARIANTS)
     out = tmp_path / "out"
     assert main(["experiment", "--config", str(exp), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "2 variants x 2 seeds = 4 runs" in printed and "concat" in printed
+    assert "5 variants x 2 seeds = 10 runs" in printed and "concat" in printed and "ease" in printed
 
     report = (out / "report.md").read_text()
     assert "## Verdict on recall@10" in report and "| **attention** (control) |" in report
     assert "| concat | model.fusion=concat |" in report
+    assert "ranking excludes each user's train items; the query reads train" in report
+    for name in ("popularity", "itemknn", "ease"):  # a row per baseline, with the paired test beside it
+        assert f"| {name} | baseline `{name}`" in report
+    assert "(lambda=" in report or "(l2=" in report or "chosen on valid" in report
     results = json.loads((out / "results.json").read_text())
-    assert sorted((r["variant"], r["seed"]) for r in results["runs"]) == [
+    assert sorted((r["variant"], r["seed"]) for r in results["runs"] if r["variant"] in ("attention", "concat")) == [
         ("attention", 1), ("attention", 2), ("concat", 1), ("concat", 2)
     ]  # fmt: skip
+    ease_runs = [r for r in results["runs"] if r["variant"] == "ease"]
+    # a baseline is fit once and stands for every seed: both seeds carry the same numbers
+    assert [r["seed"] for r in ease_runs] == [1, 2] and ease_runs[0]["means"] == ease_runs[1]["means"]
+    assert (out / "runs" / "ease" / "baseline" / "eval.json").exists()
+    pop = next(r for r in results["runs"] if r["variant"] == "popularity")
+    assert 0.0 < pop["means"]["all"]["recall@10"] < 1.0
+    assert any(c["variant"] == "ease" and c["metric"] == "recall@10" for c in results["analysis"]["comparisons"])
     assert results["split"]["kind"] == "random" and results["analysis"]["users"]["all"] > 100
     for r in results["runs"]:
-        assert 0.0 <= r["means"]["all"]["recall@10"] <= 1.0 and r["train"]["epochs_run"] == 1
+        assert 0.0 <= r["means"]["all"]["recall@10"] <= 1.0
+        assert r["train"]["epochs_run"] == 1 if r["variant"] in ("attention", "concat") else "params" in r["train"]
     concat = next(c for c in results["analysis"]["comparisons"] if c["metric"] == "recall@10" and c["segment"] == "all")
     assert concat["verdict"] in ("better", "worse", "no significant difference", "within seed noise")
     assert concat["lo"] <= concat["delta"] <= concat["hi"]
@@ -84,19 +113,35 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     # per-run per-user metrics were saved as each run finished
     assert (out / "runs" / "concat" / "seed-2" / "eval.json").exists()
 
-    # `recfuse evaluate` on one run's model directory recomputes the same split and the same numbers
+    # `recfuse evaluate` on one run's model directory recomputes the same split and the same numbers,
+    # and scores the baselines beside it on that split (the same numbers as the experiment's baseline runs)
     eval_json = tmp_path / "eval.json"
     model_dir = out / "runs" / "concat" / "seed-1" / "model"
-    assert main(["evaluate", "--model", str(model_dir), "--ks", "10,20", "--out", str(eval_json)]) == 0
-    assert "[all] " in capsys.readouterr().out
+    args = ["evaluate", "--model", str(model_dir), "--ks", "10,20", "--out", str(eval_json)]
+    assert main([*args, "--baselines", "popularity"]) == 0
+    printed = capsys.readouterr().out
+    assert "[all] " in printed and "protocol: ranking excludes each user's train items" in printed
+    pop_line = next(line for line in printed.splitlines() if line.strip().startswith("popularity "))
+    assert f"{pop['means']['all']['hit@10']:.4f}" in pop_line and "model / best baseline" in printed
     from recfuse.evaluation.result import EvalResult
 
     run = next(r for r in results["runs"] if (r["variant"], r["seed"]) == ("concat", 1))
     assert EvalResult.load(eval_json).means("all") == run["means"]["all"]
 
+    # a model whose recorded split differs from what the data gives now is refused, not scored
+    moved = tmp_path / "moved-model"
+    import shutil
+
+    shutil.copytree(model_dir, moved)
+    info = json.loads((moved / "model.json").read_text())
+    info["split"]["fingerprint"] = "0" * 64
+    (moved / "model.json").write_text(json.dumps(info))
+    assert main(["evaluate", "--model", str(moved), "--ks", "10"]) == 3
+    assert "was trained on a 'random' split" in capsys.readouterr().err
+
     # second call: every run is reused and the numbers are identical
     assert main(["experiment", "--config", str(exp), "--out", str(out), "--no-progress"]) == 0
-    assert "4 of 4 runs reused" in capsys.readouterr().out
+    assert "10 of 10 runs reused" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text()) == results
 
     # a run made by another config (fingerprint mismatch) is deleted and retrained; the others are reused,
@@ -105,7 +150,7 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "fingerprint": "edited-config"}))
     assert main(["experiment", "--config", str(exp), "--out", str(out), "--no-progress"]) == 0
-    assert "3 of 4 runs reused" in capsys.readouterr().out
+    assert "9 of 10 runs reused" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     means = {(r["variant"], r["seed"]): r["means"] for r in again["runs"]}
     assert means == {(r["variant"], r["seed"]): r["means"] for r in results["runs"]}

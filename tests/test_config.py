@@ -179,3 +179,30 @@ def test_dataclass_validation_direct() -> None:
         ModalityConfig(name="", kind="text")
     with pytest.raises(ConfigError, match=r"`model.temperature` must be in"):
         ModelConfig(temperature=0.0)
+
+
+def test_a_config_without_modalities_says_which_defaults_it_got(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="recfuse.config"):
+        cfg = RecfuseConfig.from_dict({"data": {"split": "temporal"}})
+    assert [m.name for m in cfg.modalities] == ["image", "text", "categories"]
+    assert "declares no [[modalities]], so the default ones are used: image (image, columns ['image'])" in caplog.text
+    assert "`modalities = []` (top level) for an item-id-only model" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recfuse.config"):
+        ids_only = RecfuseConfig.from_dict({"modalities": []})
+    assert ids_only.modalities == () and ids_only.variant == "ids-only" and not caplog.text
+
+
+def test_eval_protocol_config() -> None:
+    from recfuse.config import EvalConfig
+
+    assert RecfuseConfig().eval == EvalConfig(mask="train", history="auto")
+    assert EvalConfig().resolved_history("temporal") == "train+valid" == EvalConfig().resolved_history("column")
+    assert EvalConfig().resolved_history("random") == "train" == EvalConfig().resolved_history("cold_start")
+    assert EvalConfig(history="train").resolved_history("temporal") == "train"
+    cfg = RecfuseConfig.from_dict({"modalities": [], "eval": {"mask": "train+valid"}})
+    assert cfg.eval.mask == "train+valid" and RecfuseConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"`eval.mask` must be one of \['train', 'train\+valid'\], got 'all'"):
+        RecfuseConfig.from_dict({"modalities": [], "eval": {"mask": "all"}})
+    with pytest.raises(ConfigError, match=r"`eval.history` must be one of \['auto', 'train', 'train\+valid'\]"):
+        RecfuseConfig.from_dict({"modalities": [], "eval": {"history": "test"}})

@@ -75,6 +75,12 @@ def test_training_lowers_the_loss_and_writes_the_model_dir(trained) -> None:
     assert RecfuseConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
     assert not list(out.parent.glob(f".{out.name}.tmp-*"))
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
+    # the split it was trained on is recorded, so evaluation can check it scores the same one
+    from recfuse.models.trained import TrainedModel
+
+    record = TrainedModel.load(out).split_record
+    assert record is not None and record["fingerprint"] == split.fingerprint()
+    assert (record["kind"], record["seed"], record["train"]) == ("random", 42, len(split.train))
 
 
 def test_trained_model_loads_with_identical_embeddings_and_queries(trained, tmp_path: Path) -> None:

@@ -30,13 +30,21 @@ def register(sub: Any) -> None:
 
     e = sub.add_parser(
         "evaluate",
-        help="full-ranking evaluation of a trained model directory on its test split",
-        description="Recompute the model's split from its stored config (same data, split kind and seed), rank the "
-        "whole catalog for every test user with seen items masked, and print Recall/NDCG/HitRate/Precision/MRR/"
-        "novelty/coverage/Gini per segment (all, warm, cold).",
+        help="full-ranking evaluation of a trained model directory on its test split, beside baselines",
+        description="Recompute the model's split from its stored config (same data, split kind and seed) and check "
+        "it is the split the model was trained on (refuses when the data no longer gives it), rank the whole "
+        "catalog for every test user under the config's [eval] protocol (masked items, the history the query "
+        "reads), and print Recall/NDCG/HitRate/Precision/MRR/novelty/coverage/Gini per segment (all, warm, cold). "
+        "--baselines scores simple baselines on the same split and protocol beside the model.",
     )
     e.add_argument("--model", required=True, help="model directory written by `recfuse train`")
     e.add_argument("--ks", default="10,20,50", help="cut-offs, comma-separated (default 10,20,50)")
+    e.add_argument("--baselines", default="", help="comma-separated baselines to score beside the model: "
+                   "popularity, itemknn, ease (hyper-parameters chosen on the valid split)")  # fmt: skip
+    e.add_argument("--mask", default=None, choices=["train", "train+valid"],
+                   help="override eval.mask: items removed from each test ranking (default: the model's config)")
+    e.add_argument("--history", default=None, choices=["auto", "train", "train+valid"],
+                   help="override eval.history: what the test query reads (default: the model's config)")
     e.add_argument("--out", default=None, help="also write per-user metrics as JSON to this path")
     e.set_defaults(handler=_evaluate)
 
@@ -126,18 +134,34 @@ def _parse_ks(text: str) -> tuple[int, ...]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     ks = _parse_ks(args.ks)
-    from recfuse.data.splits import split_interactions
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    import dataclasses
+
+    from recfuse.data.splits import check_same_split, split_for
     from recfuse.data.validate import load_dataset
+    from recfuse.errors import ConfigError
+    from recfuse.evaluation.baseline_eval import evaluate_baseline
+    from recfuse.evaluation.baselines import BASELINES
     from recfuse.evaluation.fullrank import evaluate_model
     from recfuse.models.trained import TrainedModel
 
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}, comma-separated")
     model = TrainedModel.load(args.model)
     data = model.config.data
+    protocol = model.config.eval
+    if args.mask or args.history:
+        protocol = dataclasses.replace(protocol, mask=args.mask or protocol.mask,
+                                       history=args.history or protocol.history)  # fmt: skip
     dataset = load_dataset(data, model.config.modalities)
-    split = split_interactions(dataset.interactions, data.split, data.split_seed, data.cold_item_fraction)
-    result = evaluate_model(model, split, ks=ks)
+    split = split_for(dataset.interactions, data)
+    check_same_split(split, model.split_record, f"model {args.model!r}")
+    result = evaluate_model(model, split, ks=ks, protocol=protocol)
     names = [f"{m}@{k}" for k in result.ks for m in ("recall", "ndcg", "hit", "precision", "mrr")]
-    print(f"model {args.model}: {result.n_items} items, split {data.split} (seed {data.split_seed})")
+    print(f"model {args.model}: {result.n_items} items, split {data.split} (seed {data.split_seed}, "
+          f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test rows)")  # fmt: skip
+    print(f"protocol: {result.info['protocol']}")
     for seg_name, seg in result.segments.items():
         means = seg.means()
         print(f"\n[{seg_name}] {len(seg.users)} users evaluated, {seg.skipped_users} without test items skipped")
@@ -145,9 +169,33 @@ def _evaluate(args: argparse.Namespace) -> int:
             if name in means:
                 print(f"  {name:<14} {means[name]:.4f}")
     print("\ncounts: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+    if baselines:
+        rows = [(f"model ({model.config.variant})", result, "")]
+        for name in baselines:
+            res = evaluate_baseline(name, split, model.item_ids, protocol, ks=ks)
+            params = ", ".join(f"{k}={v}" for k, v in res.info["baseline"]["params"].items())
+            rows.append((name, res, params))
+        print(_comparison_table(rows, result.ks))
     if args.out:
         print(f"per-user metrics: {result.save(args.out)}")
     return 0
+
+
+def _comparison_table(rows: list[tuple[str, Any, str]], ks: tuple[int, ...]) -> str:
+    """Model and baselines side by side (all test items), with model / best baseline per column."""
+    cols = [f"{m}@{k}" for k in ks for m in ("hit", "ndcg", "recall")]
+    lines = ["", "model and baselines (all test items, same split and protocol):",
+             f"  {'':<24}" + "".join(f"{c:>11}" for c in cols) + "   chosen on valid"]  # fmt: skip
+    means = [r.means("all") for _, r, _ in rows]
+    for (label, _res, params), m in zip(rows, means):
+        lines.append(f"  {label:<24}" + "".join(f"{m.get(c, float('nan')):>11.4f}" for c in cols) + f"   {params}")
+    if len(rows) > 1:
+        ratio = []
+        for c in cols:
+            best = max(m.get(c, 0.0) for m in means[1:])
+            ratio.append(means[0].get(c, 0.0) / best if best > 0 else float("nan"))
+        lines.append(f"  {'model / best baseline':<24}" + "".join(f"{r:>10.2f}x" for r in ratio))
+    return "\n".join(lines)
 
 
 def _ab_analyze(args: argparse.Namespace) -> int:

@@ -67,9 +67,11 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or cfg.train.out_dir
     dataset = load_dataset(cfg.data, cfg.modalities)
     split = split_for(dataset.interactions, cfg.data)
+    mods = ", ".join(f"{m.name} ({m.kind}/{m.source})" for m in cfg.modalities) or "none: item ids only"
     print(
         f"training {cfg.variant!r}: {len(dataset.items)} items, {len(split.train)} train / "
-        f"{len(split.val)} val / {len(split.test)} test interactions -> {out}",
+        f"{len(split.val)} val / {len(split.test)} test interactions ({cfg.data.split} split) -> {out}\n"
+        f"modalities: {mods}; fusion {cfg.model.fusion}",
         flush=True,
     )
     # Keras' carriage-return bar only helps on a terminal; logs and `make demo` get the per-epoch lines.

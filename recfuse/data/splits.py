@@ -243,6 +243,31 @@ def _column_split(df: pd.DataFrame, seed: int) -> Split:
     return split
 
 
+def check_same_split(split: Split, record: dict[str, Any] | None, where: str) -> None:
+    """Raise :class:`DataError` unless ``split`` is the one ``record`` (:meth:`Split.record`) describes.
+
+    Args:
+        split: the split recomputed from the data now.
+        record: what the model stored at training time (``None``: an older model without one,
+            accepted with a warning).
+        where: the artifact's name for messages (e.g. the model directory).
+    """
+    if not record:
+        logger.warning("%s records no split; cannot check that evaluation uses the training split", where)
+        return
+    fingerprint = split.fingerprint()
+    if record.get("fingerprint") == fingerprint:
+        return
+    now = split.summary()
+    sizes = ", ".join(f"{p} {record.get(p)} -> {now[p]}" for p in ("train", "val", "test"))
+    raise DataError(
+        f"{where} was trained on a {record.get('kind')!r} split (seed {record.get('seed')}, fingerprint "
+        f"{str(record.get('fingerprint'))[:12]}) but the data now gives a different one ({split.kind!r}, seed "
+        f"{split.seed}, fingerprint {fingerprint[:12]}; rows {sizes}): scoring it would mix training rows into "
+        "the test set. Evaluate with the data the model was trained on, or retrain on the current data"
+    )
+
+
 def split_for(interactions: pd.DataFrame, data: DataConfig) -> Split:
     """The split a config asks for: ``data.split``, ``data.split_seed``, ``data.cold_item_fraction``."""
     return split_interactions(interactions, data.split, data.split_seed, data.cold_item_fraction)

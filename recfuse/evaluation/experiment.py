@@ -6,6 +6,7 @@ Output directory layout::
     OUT/runs/<variant>/seed-<s>/model/  the trained model directory (trainer checkpoints inside)
     OUT/runs/<variant>/seed-<s>/eval.json   per-user metrics of that run (atomic)
     OUT/runs/<variant>/seed-<s>/run.json    fingerprint + training summary; ``status: done`` last
+    OUT/runs/<baseline>/baseline/{eval.json,run.json}  a baseline variant: fit once, stands for every seed
     OUT/results.json  OUT/report.md  OUT/plots/*.png
 
 Resuming: a run whose ``run.json`` says ``done`` with the same fingerprint (hash of its full config,
@@ -106,7 +107,7 @@ def _one_run(
     t_train = time.perf_counter() - t0
     model = TrainedModel.load(result.model_dir)
     t1 = time.perf_counter()
-    evaluation = evaluate_model(model, split, ks=spec.ks)
+    evaluation = evaluate_model(model, split, ks=spec.ks, protocol=spec.base.eval)
     t_eval = time.perf_counter() - t1
     evaluation.save(eval_path)
     train_info = {
@@ -120,6 +121,42 @@ def _one_run(
     atomic_write_json(meta_path, {"format": RUN_FORMAT, "fingerprint": fp, "status": "done", "seed": seed,
                                   "variant": variant.name, "config": cfg.to_dict(), "train": train_info})  # fmt: skip
     return RunRecord(variant.name, seed, fp, "trained", train_info, eval_path)
+
+
+def _baseline_run(
+    spec: ExperimentSpec, variant: VariantSpec, out_dir: Path, dataset: Any, split: Any
+) -> tuple[str, str, dict[str, Any], Path]:
+    """Fit and score a baseline variant once (it does not depend on the seed); reuse a finished run.
+
+    Returns:
+        ``(fingerprint, status, info, eval_path)``: status ``trained`` or ``cached``.
+    """
+    from recfuse.evaluation.baseline_eval import evaluate_baseline
+
+    rdir = out_dir / "runs" / variant.name / "baseline"
+    fp = spec.fingerprint(variant, 0)
+    meta_path, eval_path = rdir / "run.json", rdir / "eval.json"
+    meta = _read_run(meta_path)
+    if meta is not None and meta.get("fingerprint") == fp and meta.get("status") == "done" and eval_path.exists():
+        EvalResult.load(eval_path)
+        return fp, "cached", dict(meta.get("train", {})), eval_path
+    if rdir.exists():
+        shutil.rmtree(rdir)
+    item_ids = [str(i) for i in dataset.items["item_id"]]
+    t0 = time.perf_counter()
+    result = evaluate_baseline(variant.baseline, split, item_ids, spec.base.eval, ks=spec.ks, settings=spec.baselines)
+    result.save(eval_path)
+    about = result.info["baseline"]
+    info = {
+        "baseline": variant.baseline,
+        "params": about["params"],
+        "train_seconds": about["fit_seconds"],
+        "eval_seconds": about["eval_seconds"],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_json(meta_path, {"format": RUN_FORMAT, "fingerprint": fp, "status": "done", "seed": None,
+                                  "variant": variant.name, "train": info, "selection": about["selection"]})  # fmt: skip
+    return fp, "trained", info, eval_path
 
 
 def _enable_determinism() -> None:
@@ -171,8 +208,9 @@ def run_experiment(
             "metric": spec.metric,
             "ks": list(spec.ks),
             "alpha": spec.alpha,
-            "variants": [{"name": v.name, "overrides": dict(v.overrides), "modalities": list(v.modalities)}
-                         for v in spec.variants],  # fmt: skip
+            "variants": [{"name": v.name, "kind": v.kind, "baseline": v.baseline, "overrides": dict(v.overrides),
+                          "modalities": list(v.modalities)} for v in spec.variants],  # fmt: skip
+            "protocol": spec.base.eval.describe(spec.base.data.split),
             "base_config": spec.base.to_dict(),
             "split": split_summary,
         },
@@ -180,6 +218,15 @@ def run_experiment(
     total = len(spec.variants) * len(spec.seeds)
     records: list[RunRecord] = []
     for variant in spec.variants:
+        if variant.is_baseline:
+            if progress:
+                progress(f"{variant.name} (baseline)", len(records), total)
+            fp, status, info, eval_path = _baseline_run(spec, variant, out, dataset, split)
+            # deterministic: the same per-user results stand for every seed, so pairing with a model works
+            records.extend(RunRecord(variant.name, seed, fp, status, info, eval_path) for seed in spec.seeds)
+            if progress:
+                progress(f"{variant.name} (baseline) {status}", len(records), total)
+            continue
         for seed in spec.seeds:
             if progress:
                 progress(f"{variant.name} seed {seed}", len(records), total)

@@ -24,8 +24,16 @@ Layout::
     [[variants]]
     name = "text-only"
     modalities = ["text"]        # keep only these modalities of the base config (ablation)
+    [[variants]]
+    name = "ease"
+    kind = "baseline"            # a simple baseline on the same split and protocol, no tower trained:
+                                 # popularity | itemknn | ease (the name, or `baseline = "ease"`)
 
-Variants may not override ``data.*``: every variant must see the same split.
+    [baselines]                  # optional: grids and limits of the baselines (BaselineSettings fields)
+    ease_lambdas = [100.0, 500.0]
+
+Variants may not override ``data.*``: every variant must see the same split. A baseline is
+deterministic: it is fit once and its per-user results stand for every seed.
 
 Example:
     >>> spec = load_experiment("data_samples/experiment.toml")  # doctest: +SKIP
@@ -35,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -46,6 +55,7 @@ from typing import Any
 
 from recfuse.config import RecfuseConfig
 from recfuse.errors import ConfigError
+from recfuse.evaluation.baselines import BASELINES, BaselineSettings
 
 PER_USER_METRICS = ("recall", "ndcg", "hit", "precision", "mrr", "novelty")
 AGGREGATE_METRICS = ("coverage", "gini")
@@ -63,11 +73,20 @@ class VariantSpec:
         name: short name (letters, digits, ``_ . -``), used in paths and tables.
         overrides: dotted config overrides (``{"model.fusion": "concat"}``).
         modalities: names of the base modalities to keep (empty: keep all).
+        kind: ``model`` (a trained two-tower run) or ``baseline``.
+        baseline: the baseline's name (one of :data:`recfuse.evaluation.baselines.BASELINES`) when
+            ``kind`` is ``baseline``.
     """
 
     name: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     modalities: tuple[str, ...] = ()
+    kind: str = "model"
+    baseline: str = ""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind == "baseline"
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,7 @@ class ExperimentSpec:
         ks: cut-offs evaluated.
         alpha: significance level (family-wise, Holm).
         n_boot: bootstrap replicates. n_perm: permutations.
+        baselines: grids and limits of the baseline variants (``[baselines]`` table).
     """
 
     name: str
@@ -96,6 +116,7 @@ class ExperimentSpec:
     alpha: float = 0.05
     n_boot: int = 2000
     n_perm: int = 5000
+    baselines: BaselineSettings = field(default_factory=BaselineSettings)
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.variants]
@@ -145,8 +166,18 @@ class ExperimentSpec:
             raise ConfigError(f"variant {variant.name!r}: {err}") from None
 
     def fingerprint(self, variant: VariantSpec, seed: int) -> str:
-        """Hash of everything that determines one run's numbers (config, seed, ks)."""
-        blob = json.dumps({"config": self.run_config(variant, seed).to_dict(), "ks": list(self.ks)}, sort_keys=True)
+        """Hash of everything that determines one run's numbers (config, seed, ks; for a baseline:
+        its name, settings, the base config's data and protocol, ks — not the seed)."""
+        if variant.is_baseline:
+            payload: dict[str, Any] = {
+                "baseline": variant.baseline,
+                "settings": dataclasses.asdict(self.baselines),
+                "data": self.base.to_dict()["data"],
+                "eval": self.base.to_dict()["eval"],
+            }
+        else:
+            payload = {"config": self.run_config(variant, seed).to_dict()}
+        blob = json.dumps({**payload, "ks": list(self.ks)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -169,12 +200,29 @@ def _variant(raw: Any, i: int) -> VariantSpec:
     where = f"variants[{i}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"`{where}` must be a table with a `name`, got {raw!r}")
-    unknown = sorted(set(raw) - {"name", "overrides", "modalities"})
+    known_keys = ["baseline", "kind", "modalities", "name", "overrides"]
+    unknown = sorted(set(raw) - set(known_keys))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in `{where}`; known: ['modalities', 'name', 'overrides']")
+        raise ConfigError(f"unknown key(s) {unknown} in `{where}`; known: {known_keys}")
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"`{where}.name` must be letters/digits/_.- (used in paths), got {name!r}")
+    kind = raw.get("kind", "model")
+    if kind not in ("model", "baseline"):
+        raise ConfigError(f"`{where}.kind` must be 'model' or 'baseline', got {kind!r}")
+    if kind == "baseline":
+        baseline = raw.get("baseline", name)
+        if baseline not in BASELINES:
+            raise ConfigError(
+                f"`{where}`: baseline {baseline!r} is not one of {list(BASELINES)}; name the variant after one or "
+                "set `baseline = \"ease\"`"
+            )
+        extra = sorted(set(raw) & {"overrides", "modalities"})
+        if extra:
+            raise ConfigError(f"`{where}` is a baseline: {extra} do not apply to it (no tower is trained); remove them")
+        return VariantSpec(name, {}, (), kind="baseline", baseline=str(baseline))
+    if "baseline" in raw:
+        raise ConfigError(f"`{where}.baseline` needs `kind = \"baseline\"`, got kind {kind!r}")
     overrides = raw.get("overrides", {})
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"`{where}.overrides` must be a table of dotted keys, got {overrides!r}")
@@ -200,6 +248,7 @@ def parse_experiment(raw: Mapping[str, Any], base_dir: Path, default_name: str =
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in `experiment`; known keys: {sorted(_EXPERIMENT_KEYS)}")
     variants_raw = raw.pop("variants", None)
+    settings = _baseline_settings(raw.pop("baselines", {}))
     if not isinstance(variants_raw, list):
         raise ConfigError("exp.toml needs [[variants]] tables (each with a `name`), got none")
     base_raw: dict[str, Any] = {}
@@ -229,7 +278,23 @@ def parse_experiment(raw: Mapping[str, Any], base_dir: Path, default_name: str =
         alpha=float(exp.get("alpha", 0.05)),
         n_boot=int(exp.get("n_boot", 2000)),
         n_perm=int(exp.get("n_perm", 5000)),
+        baselines=settings,
     )
+
+
+def _baseline_settings(raw: Any) -> BaselineSettings:
+    """``[baselines]`` -> :class:`BaselineSettings` (unknown keys and bad values named)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"`baselines` must be a table of BaselineSettings fields, got {raw!r}")
+    known = {f.name: f for f in dataclasses.fields(BaselineSettings)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in `baselines`; known keys: {sorted(known)}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        return BaselineSettings(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"`baselines`: {err}") from None
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
@@ -247,5 +312,6 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"experiment file {str(p)!r} is not valid TOML: {err}") from None
     spec = parse_experiment(raw, p.parent, default_name=p.stem)
     for v in spec.variants:  # fail before any training when an override is wrong
-        spec.run_config(v, spec.seeds[0])
+        if not v.is_baseline:
+            spec.run_config(v, spec.seeds[0])
     return spec

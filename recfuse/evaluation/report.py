@@ -44,11 +44,17 @@ def _p(x: float) -> str:
 
 def _modalities(spec: ExperimentSpec, name: str) -> str:
     v = spec.variant(name)
+    if v.is_baseline:
+        return "baseline"
     return "+".join(v.modalities) if v.modalities else "all"
 
 
-def _changes(spec: ExperimentSpec, name: str) -> str:
+def _changes(spec: ExperimentSpec, name: str, records: Sequence[Any] = ()) -> str:
     v = spec.variant(name)
+    if v.is_baseline:
+        params: dict[str, Any] = next((r.train.get("params", {}) for r in records if r.variant == name), {})
+        chosen = ", ".join(f"{k}={val}" for k, val in params.items())
+        return f"baseline `{v.baseline}`" + (f" ({chosen}, chosen on valid)" if chosen else "")
     parts = [f"{k}={val}" for k, val in v.overrides.items()]
     if v.modalities:
         parts.append("modalities=" + "+".join(v.modalities))
@@ -88,8 +94,9 @@ def results_dict(
         "seeds": list(spec.seeds),
         "n_boot": spec.n_boot,
         "n_perm": spec.n_perm,
-        "variants": [{"name": v.name, "overrides": dict(v.overrides), "modalities": list(v.modalities)}
-                     for v in spec.variants],  # fmt: skip
+        "variants": [{"name": v.name, "kind": v.kind, "baseline": v.baseline, "overrides": dict(v.overrides),
+                      "modalities": list(v.modalities)} for v in spec.variants],  # fmt: skip
+        "protocol": spec.base.eval.describe(str(split_summary.get("kind", ""))),
         "split": dict(split_summary),
         "runs": run_rows,
         "analysis": analysis.to_dict(),
@@ -116,6 +123,10 @@ def render_markdown(spec: ExperimentSpec, records: Sequence[Any], analysis: Expe
         f"{split_summary.get('test', '?')} test interactions) · users evaluated: "
         + ", ".join(f"{seg} {n}" for seg, n in analysis.users.items()),
         "",
+        f"Protocol: full ranking of the catalog; {spec.base.eval.describe(str(split_summary.get('kind', '')))}. "
+        "Baseline variants (no tower trained) are fit on the same training split, their hyper-parameter chosen "
+        "on the validation split, and stand unchanged for every seed.",
+        "",
         f"## Verdict on {spec.metric} (all test items)",
         "",
         f"| variant | changes | {spec.metric} (mean ± seed sd) | Δ vs {spec.control} [{conf}% CI] "
@@ -125,12 +136,12 @@ def render_markdown(spec: ExperimentSpec, records: Sequence[Any], analysis: Expe
     for name in names:
         s = analysis.summary(name, spec.metric)
         if name == spec.control:
-            lines.append(f"| **{name}** (control) | {_changes(spec, name)} | {_pm(spec, s.mean, s.seed_sd)} "
-                         "| – | – | – | – |")  # fmt: skip
+            changes = _changes(spec, name, records)
+            lines.append(f"| **{name}** (control) | {changes} | {_pm(spec, s.mean, s.seed_sd)} | – | – | – | – |")
             continue
         c = analysis.comparison(name, spec.metric)
         lines.append(
-            f"| {name} | {_changes(spec, name)} | {_pm(spec, s.mean, s.seed_sd)} | {_delta_cell(c)} | "
+            f"| {name} | {_changes(spec, name, records)} | {_pm(spec, s.mean, s.seed_sd)} | {_delta_cell(c)} | "
             f"{_p(c.p_value)} | {_p(c.p_holm)} | **{c.verdict}** |"
         )
     lines += [

@@ -119,6 +119,12 @@ class TrainedModel:
         )
 
     @property
+    def split_record(self) -> dict[str, Any] | None:
+        """The split it was trained on (kind, seed, sizes, fingerprint), or None for older models."""
+        record = self.info.get("split")
+        return dict(record) if isinstance(record, dict) else None
+
+    @property
     def ranking_embeddings(self) -> FloatArray:
         """``[n, d]`` the vectors items are ranked by: :attr:`item_embeddings` times the popularity
         prior's factor (``model.popularity_prior``; the embeddings themselves when it is 0).

@@ -48,6 +48,44 @@ def check_training_inputs(cfg: RecfuseConfig, items: pd.DataFrame, train: pd.Dat
                 )
         if m.source == "vector":
             _check_vector_column(items, m.name, m.column, m.dim)
+    for note in modality_warnings(cfg, items):
+        logger.warning("%s", note)
+
+
+def modality_warnings(cfg: RecfuseConfig, items: pd.DataFrame) -> list[str]:
+    """What the configured modalities will not do on this catalog (nothing is changed; training goes on).
+
+    A modality none of whose items has a value (0% coverage) trains a branch that learns nothing, and
+    a model with no content modality left is the item-id embedding alone, whatever fusion it names
+    (said unless the config asks for exactly that: ``modalities = []`` with a variant name other than
+    the fusion's).
+
+    Args:
+        items: the validated catalog (its ``has_<modality>`` flags give the coverage).
+
+    Returns:
+        One message per problem, naming the modality, its columns and the fix.
+    """
+    notes: list[str] = []
+    with_data = []
+    for m in cfg.modalities:
+        flag = f"has_{m.name}"
+        coverage = float(items[flag].mean()) if flag in items.columns and len(items) else 1.0
+        if coverage == 0.0:
+            notes.append(
+                f"modality {m.name!r} ({m.kind}, columns {list(m.columns)}) has a value for 0% of the "
+                f"{len(items)} catalog items: its branch learns nothing; fill the column(s) or remove the modality "
+                "from [[modalities]]"
+            )
+        else:
+            with_data.append(m.name)
+    if not with_data and (cfg.modalities or cfg.variant == cfg.model.fusion):
+        notes.append(
+            f"no content modality has data: the item tower is the item-id embedding alone, so "
+            f"`model.fusion = {cfg.model.fusion!r}` fuses nothing and new items cannot be embedded from content "
+            f"(variant {cfg.variant!r}); declare a modality the catalog fills, or set `variant` to say what this is"
+        )
+    return notes
 
 
 def _check_vector_column(items: pd.DataFrame, modality: str, column: str, dim: int) -> None:

@@ -2,7 +2,8 @@
 
 Layout of ``out_dir`` (read by :class:`recfuse.models.trained.TrainedModel`)::
 
-    model.json                 format, dims, file list (written last: its presence marks a complete dir)
+    model.json                 format, dims, the split's record (kind, seed, sizes, fingerprint), file
+                               list (written last: its presence marks a complete dir)
     config.json                cfg.to_dict()
     vocab_items.json           IdVocab (num_oov=0; row i of every item matrix = catalog item i)
     vocab_users.json           IdVocab with cfg.model.user_oov_buckets hashed OOV rows
@@ -99,6 +100,8 @@ def write_model_dir(
             "variant": cfg.variant,
             "best_epoch": state.get("best_epoch"),
             "best_metric": state.get("best_metric"),
+            # the split it was trained on: `recfuse evaluate` refuses data that no longer gives it
+            "split": split.record() if hasattr(split, "record") else None,
             "files": files,
         },
     )

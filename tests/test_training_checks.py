@@ -1,0 +1,64 @@
+"""Pre-flight checks that say what a config will not do on a catalog (no training, fast)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recfuse.config import RecfuseConfig
+from recfuse.training.checks import check_training_inputs, modality_warnings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _items(n: int = 4) -> pd.DataFrame:
+    # as the validator leaves them: one has_<modality> flag per declared modality
+    return pd.DataFrame({
+        "item_id": [f"i{i}" for i in range(n)],
+        "title": ["a b", "c", "d e", "f"][:n],
+        "image": [None] * n,
+        "categories": [[] for _ in range(n)],
+        "has_text": [True] * n,
+        "has_image": [False] * n,
+        "has_categories": [False] * n,
+    })  # fmt: skip
+
+
+def test_zero_coverage_modalities_are_named() -> None:
+    cfg = RecfuseConfig.from_dict({"modalities": [
+        {"name": "text", "kind": "text", "columns": ["title"]},
+        {"name": "image", "kind": "image"},
+        {"name": "categories", "kind": "categorical"},
+    ]})  # fmt: skip
+    notes = modality_warnings(cfg, _items())
+    assert len(notes) == 2
+    assert notes[0].startswith("modality 'image' (image, columns ['image']) has a value for 0% of the 4 catalog items")
+    assert "modality 'categories' (categorical, columns ['categories'])" in notes[1]
+
+
+def test_a_model_with_no_content_left_is_not_called_attention(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = RecfuseConfig.from_dict({"modalities": [{"name": "image", "kind": "image"}]})
+    train = pd.DataFrame({"user_id": ["u"], "item_id": ["i0"], "timestamp": [1]})
+    with caplog.at_level(logging.WARNING, logger="recfuse.training.checks"):
+        check_training_inputs(cfg, _items(), train)
+    assert "no content modality has data: the item tower is the item-id embedding alone, so " in caplog.text
+    assert "`model.fusion = 'attention'` fuses nothing" in caplog.text
+    # asked for on purpose (no modalities, a variant of its own): nothing to warn about
+    assert modality_warnings(RecfuseConfig.from_dict({"modalities": []}), _items()) == []
+    # the same with the fusion's name as variant is still said
+    named = RecfuseConfig.from_dict({"modalities": [], "variant": "attention"})
+    assert "fuses nothing" in modality_warnings(named, _items())[0]
+
+
+def test_the_shipped_sample_covers_every_modality() -> None:
+    from recfuse.data.validate import load_dataset
+
+    cfg = RecfuseConfig.from_toml(ROOT / "data_samples" / "recfuse.toml")
+    raw = cfg.to_dict()
+    raw["data"]["items"] = str(ROOT / "data_samples" / "items.parquet")
+    raw["data"]["interactions"] = str(ROOT / "data_samples" / "interactions.parquet")
+    cfg = RecfuseConfig.from_dict(raw)
+    assert modality_warnings(cfg, load_dataset(cfg.data, cfg.modalities).items) == []
