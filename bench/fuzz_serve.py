@@ -79,7 +79,9 @@ def _case(rng: random.Random) -> tuple[str, bytes]:
             n = rng.choice([1, 3, 256, 300])
             msg = pb.RecommendBatchRequest(requests=[_recommend(rng) for _ in range(n)])
         elif method.endswith("SimilarItems"):
-            msg = pb.SimilarItemsRequest(item_id=_text(rng), k=rng.choice([0, 5, 1000, 2**32 - 1]), request_id=_text(rng))
+            msg = pb.SimilarItemsRequest(
+                item_id=_text(rng), k=rng.choice([0, 5, 1000, 2**32 - 1]), request_id=_text(rng)
+            )
         else:
             msg = _recommend(rng)
         return method, msg.SerializeToString()
