@@ -146,6 +146,31 @@ def test_ease_keeps_the_best_weights_when_a_later_lambda_loses() -> None:
     np.testing.assert_allclose(fitted.score(profile)[0], [11 / 21, 0, 9 / 21, 1 / 4, 0], rtol=1e-5)
 
 
+def test_ease_and_itemknn_match_dense_float64_references_across_blocks_and_tiles() -> None:
+    # 300 items: several Gram row blocks (block_size 64) and several 256-item mirror tiles after the inverse
+    rng = np.random.default_rng(7)
+    train = sp.random(500, 300, density=0.03, random_state=rng, format="csr", dtype=np.float32)
+    x = (train.toarray() > 0).astype(np.float64)
+    active = np.flatnonzero(x.sum(axis=0) > 0)
+    xa = x[:, active]
+    p = np.linalg.inv(xa.T @ xa + 20.0 * np.eye(len(active)))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    expected = np.zeros((500, 300))
+    expected[:, active] = xa @ b
+    targets = [np.array([0])] * 10
+    ease = fit_baseline("ease", train, train[:10], targets, None, BaselineSettings(ease_lambdas=(20.0,), block_size=64))
+    np.testing.assert_allclose(ease.score(train), expected, atol=2e-5)
+
+    norms = np.sqrt(x.sum(axis=0))
+    cos = (x.T @ x) / (np.outer(norms, norms) + 2.0)  # shrink 2; all 299 neighbours kept: no cut to tie-break
+    np.fill_diagonal(cos, 0.0)
+    settings = BaselineSettings(itemknn_neighbors=(299, 1000), itemknn_shrink=2.0, block_size=64)
+    knn = fit_baseline("itemknn", train, train[:10], targets, None, settings)
+    np.testing.assert_allclose(knn.score(train), x @ cos, rtol=1e-5, atol=1e-6)
+    assert [row["neighbors"] for row in knn.selection] == [299, 1000]  # K past n - 1 keeps every neighbour
+
+
 def clustered_split(seed: int = 3) -> tuple[sp.csr_matrix, list[np.ndarray], list[np.ndarray]]:
     """200 users in 4 taste groups over 40 items; users 0..99 hold out their last item for validation."""
     rng = np.random.default_rng(seed)
