@@ -225,8 +225,10 @@ def test_cli_export_and_add_items(
     assert "exported bundle" in capsys.readouterr().out
     assert "HNSW" in load_bundle(root).manifest["index_factory"]
     new, _ = _new_items(items, data_dir)
-    new.iloc[:2].to_parquet(tmp_path / "n.parquet")
-    assert main(["add-items", "--bundle", str(root / "attention"), "--catalog", str(tmp_path / "n.parquet")]) == 0
+    relative = [str(Path(p).relative_to(data_dir)) if isinstance(p, str) else p for p in new["image"].iloc[:2]]
+    new.iloc[:2].assign(image=relative).to_parquet(tmp_path / "n.parquet")  # image paths inside --images-dir
+    catalog = ["--catalog", str(tmp_path / "n.parquet"), "--images-dir", str(data_dir)]
+    assert main(["add-items", "--bundle", str(root / "attention"), *catalog]) == 0
     assert "added 2 item(s), skipped 0 already present, rejected 0" in capsys.readouterr().out
     assert len(list_versions(root / "attention")) == 2
     assert main(["export", "--model", str(tmp_path / "nope"), "--out", str(root)]) == 5
