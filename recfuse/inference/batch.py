@@ -6,7 +6,7 @@ forward, exclusions and popularity fallback as serving), written as one row grou
 fsynced and renamed into place at the end, so the output path holds a whole file or nothing new.
 
 Example:
-    >>> rec = Recommender.from_bundle("bundles/attention", search_threads=None)  # doctest: +SKIP
+    >>> rec = Recommender.from_bundle("bundles/attention")  # doctest: +SKIP
     >>> result = recommend_all(rec, known_users(rec), k=100, out_path="recs.parquet")  # doctest: +SKIP
     >>> result.users, result.rows  # doctest: +SKIP
     (50000, 5000000)
