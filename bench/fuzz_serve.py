@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "serving")]
 
 import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from recfuse_api.v1 import recommender_pb2 as pb  # noqa: E402
 
 SERVICE = "/recfuse_api.v1.Recommender/"
@@ -136,6 +137,16 @@ def main() -> int:
             port = int(port_file.read_text())
             channel = grpc.insecure_channel(f"127.0.0.1:{port}")
             grpc.channel_ready_future(channel).result(timeout=30)
+            health = health_pb2_grpc.HealthStub(channel)
+            polls = 1  # readiness checks, counted by the server as OK Health calls (subtracted below)
+            while (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                != health_pb2.HealthCheckResponse.SERVING
+            ):
+                if time.monotonic() > end:
+                    raise SystemExit(f"recfuse-serve loaded no bundle in time; see {log_file}")
+                time.sleep(0.05)
+                polls += 1
             calls = {m: channel.unary_unary(m) for m in METHODS}
             deadline = time.monotonic() + args.max_seconds
             start = time.perf_counter()
@@ -155,6 +166,7 @@ def main() -> int:
                 if "listening on" in line
             )
             server_seen = _metrics(int(metrics_port))
+            server_seen["OK"] -= polls
             channel.close()
         finally:
             if proc.poll() is None:
