@@ -132,7 +132,7 @@ def test_selection_ties_keep_the_first_value_and_warn_at_the_grid_edge(caplog: p
         fitted = fit_baseline("ease", TRAIN, TRAIN, [np.array([4])] * 4, None, settings)
     assert [row["recall@5"] for row in fitted.selection] == [1.0, 1.0, 1.0]  # 5 items: everything is in the top 5
     assert fitted.params == {"lambda": 1.0}
-    assert "ease {'lambda': 10.0}: recall@5 = 1.00000" in caplog.text
+    assert "ease {'lambda': 10.0}: recall@5 = 1.00000 (" in caplog.text
     assert "best lambda = 1.0 is at the edge of the grid" in caplog.text
 
 

@@ -111,7 +111,8 @@ class FittedBaseline:
     Attributes:
         name: one of :data:`BASELINES`.
         params: the chosen hyper-parameters (``{}``, ``{"neighbors", "shrink"}`` or ``{"lambda"}``).
-        selection: one row per grid value: its params, the validation metric and ``seconds``.
+        selection: one row per grid value: its params, the validation metric and ``seconds`` (fit
+            + validation; work shared across the grid, such as ItemKNN's similarity, counts in the first row).
         fit_seconds: wall time of fitting and selection together.
         n_items: catalog size the baseline scores.
     """
@@ -188,17 +189,21 @@ def fit_baseline(
     grid = {"popularity": _popularity_grid, "itemknn": _itemknn_grid, "ease": _ease_grid}[name](x, settings)
     selection: list[dict[str, float | int]] = []
     best: tuple[float, Params, _Scorer] | None = None
+    t = time.perf_counter()
     try:
         candidate = next(grid)
         while True:
             params, scorer = candidate
-            t = time.perf_counter()
             value = evaluate(scorer)
-            selection.append({**params, settings.select_metric: value, "seconds": round(time.perf_counter() - t, 3)})
-            logger.info("%s %s: %s = %.5f", name, params, settings.select_metric, value)
+            seconds = round(time.perf_counter() - t, 3)
+            selection.append({**params, settings.select_metric: value, "seconds": seconds})
+            logger.info(
+                "%s %s: %s = %.5f (%.1f s fit + validation)", name, params, settings.select_metric, value, seconds
+            )
             improved = best is None or value > best[0]
             if improved:
                 best = (value, params, scorer)
+            t = time.perf_counter()
             candidate = grid.send(improved)  # EASE reuses the buffer of a value that did not win
     except StopIteration:
         pass
