@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any
 
+from recfuse.config import SPLITS
 from recfuse.errors import InvalidRequestError
 
 
@@ -40,7 +41,8 @@ def register(sub: Any) -> None:
     v.add_argument("--interactions", default="", help="interactions file, overrides [data] interactions")
     v.add_argument("--images-dir", default="", help="base of relative image paths (default: the catalog's directory)")
     v.add_argument("--quarantine", default="", metavar="DIR", help="set bad rows aside in DIR instead of failing")
-    v.add_argument("--split", default="", choices=["", "random", "temporal", "cold_start"], help="split to report")
+    v.add_argument("--split", default="", choices=["", *SPLITS],
+                   help="split to report (default: the config's data.split)")
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     v.set_defaults(handler=_validate)
 

@@ -364,6 +364,11 @@ interactions = {inter}
 # the interactions' own split column ({data.protocol}): train / valid / test
 split = "column"
 
+[eval]
+# {"leave-one-out: the test query reads every earlier item (train + valid)" if data.protocol == "loo" else
+   "random per-user split: the test query reads the training items only"}; train items are masked
+history = "{"train+valid" if data.protocol == "loo" else "train"}"
+
 [[modalities]]
 name = "text"
 kind = "text"
