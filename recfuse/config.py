@@ -263,6 +263,16 @@ class ModelConfig:
             prior carrying popularity the fused model ranks better (sample, four seeds, γ = 0.1:
             0.2935 → 0.3198 test Recall@10; text-only 0.2528 → 0.2539; bench/README.md, "Quality").
             Items with no training interactions (cold items) keep factor 1.
+        query_encoder: how the query tower reads the history (through the item tower's
+            embeddings): ``attention`` (additive-attention pooling with a learned recency term,
+            order-blind apart from it) or ``transformer`` (a SASRec-style causal self-attention
+            encoder with learned position embeddings whose output at the most recent item is the
+            history summary; :mod:`recfuse.models.sequence_encoder`). Either way the summary then
+            goes through the user-id embedding / MLP / normalisation path.
+        query_layers: Transformer blocks of the ``transformer`` query encoder (1-4).
+        query_heads: attention heads of the ``transformer`` query encoder; must divide ``dim``.
+        query_dropout: dropout of the ``transformer`` query encoder while training (inputs,
+            attention and feed-forward outputs).
     """
 
     dim: int = 64
@@ -282,6 +292,10 @@ class ModelConfig:
     user_id_embedding: bool = True
     user_oov_buckets: int = 64
     query_hidden: tuple[int, ...] = (128,)
+    query_encoder: str = "attention"
+    query_layers: int = 2
+    query_heads: int = 2
+    query_dropout: float = 0.2
     fusion_hidden: tuple[int, ...] = (128,)
     contrastive_weight: float = 0.1
     modality_loss_weight: float = 0.1
@@ -307,6 +321,16 @@ class ModelConfig:
         _check_range("model", "attention_heads", heads, 1, 64)
         _check_range("model", "attention_layers", self.attention_layers, 0, 8)
         _check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
+        _check_choice("model", "query_encoder", self.query_encoder, ("attention", "transformer"))
+        _check_range("model", "query_layers", self.query_layers, 1, 4)
+        _check_range("model", "query_heads", self.query_heads, 1, 64)
+        _check_range("model", "query_dropout", self.query_dropout, 0.0, 0.9)
+        if self.query_encoder == "transformer" and self.dim % self.query_heads:
+            raise ConfigError(
+                f"`model.query_heads` = {self.query_heads} must divide `model.dim` = {self.dim} (each head reads "
+                f"dim / heads dimensions); choose a divisor of {self.dim}, e.g. "
+                f"{max(h for h in range(1, self.query_heads) if self.dim % h == 0)}"
+            )
         if self.attention_user_conditioned is not False:
             raise ConfigError(
                 f"`model.attention_user_conditioned` = {self.attention_user_conditioned!r} is not supported: the "
