@@ -2,10 +2,16 @@
 
 The user's recent items are encoded through the candidate tower's item representations: the tower
 receives the item matrix ``E [num_items, d]`` (a non-trainable memory bank while training, the
-bundle's embedding matrix when serving) and pools the rows of the history with additive attention
-plus a learned recency term. A hashed user-id embedding (optional) and a ``has_history`` flag are
-concatenated, then an MLP (ReLU hidden layers, linear output) and optional L2 normalisation give the
-``[b, d]`` query.
+bundle's embedding matrix when serving) and summarises the rows of the history with one of two
+encoders (``encoder``):
+
+* ``attention`` (default): additive-attention pooling plus a learned recency term;
+* ``transformer``: a causal self-attention encoder over the ordered history, read out at the most
+  recent item (:class:`recfuse.models.sequence_encoder.CausalSequenceEncoder`).
+
+A hashed user-id embedding (optional) and a ``has_history`` flag are concatenated to the summary,
+then an MLP (ReLU hidden layers, linear output) and optional L2 normalisation give the ``[b, d]``
+query.
 
 :meth:`QueryTower.export_arrays` returns the weights under the array names of the numpy forward, so
 ``NumpyQueryTower.from_arrays(tower.export_arrays())`` computes the same vectors (tested to 1e-5).
@@ -23,10 +29,13 @@ import numpy as np
 import tensorflow as tf
 
 from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.models.sequence_encoder import CausalSequenceEncoder
+
+QUERY_ENCODERS = ("attention", "transformer")
 
 
 class QueryTower(tf.keras.layers.Layer):
-    """Attention-pooled history of item embeddings + optional user embedding -> MLP -> ``[b, d]``.
+    """Encoded history of item embeddings + optional user embedding -> MLP -> ``[b, d]``.
 
     Args:
         dim: output (and item embedding) dimension ``d``.
@@ -35,6 +44,11 @@ class QueryTower(tf.keras.layers.Layer):
         attention_hidden: hidden width ``h`` of the attention scorer (default ``dim``).
         hidden: widths of the ReLU hidden layers of the MLP.
         normalize: L2-normalise the output.
+        encoder: ``attention`` (pooling) or ``transformer`` (causal self-attention) history encoder.
+        encoder_layers: blocks of the ``transformer`` encoder.
+        encoder_heads: attention heads of the ``transformer`` encoder (must divide ``dim``).
+        encoder_dropout: dropout of the ``transformer`` encoder while training.
+        max_positions: position-table rows of the ``transformer`` encoder (the history length).
     """
 
     def __init__(
@@ -45,20 +59,40 @@ class QueryTower(tf.keras.layers.Layer):
         attention_hidden: int = 0,
         hidden: tuple[int, ...] | list[int] = (128,),
         normalize: bool = True,
+        encoder: str = "attention",
+        encoder_layers: int = 2,
+        encoder_heads: int = 2,
+        encoder_dropout: float = 0.0,
+        max_positions: int = 50,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if encoder not in QUERY_ENCODERS:
+            raise ValueError(f"`encoder` must be one of {list(QUERY_ENCODERS)}, got {encoder!r}")
+        self.encoder = encoder
+        self.encoder_layers, self.encoder_heads = int(encoder_layers), int(encoder_heads)
+        self.encoder_dropout, self.max_positions = float(encoder_dropout), int(max_positions)
         self.dim = int(dim)
         self.user_rows = int(user_rows)
         self.user_dim = int(user_dim or dim) if user_rows else 0
         self.attention_hidden = int(attention_hidden or dim)
         self.hidden = tuple(int(h) for h in hidden)
         self.normalize = bool(normalize)
-        self.attn = tf.keras.layers.Dense(self.attention_hidden, activation="tanh", name="attn")
-        self.attn_v = self.add_weight(
-            name="attn_v", shape=(self.attention_hidden,), initializer="glorot_uniform", trainable=True
-        )
-        self.recency = self.add_weight(name="recency", shape=(1,), initializer="zeros", trainable=True)
+        if encoder == "transformer":
+            self.sequence = CausalSequenceEncoder(
+                self.dim,
+                layers=self.encoder_layers,
+                heads=self.encoder_heads,
+                max_positions=self.max_positions,
+                dropout=self.encoder_dropout,
+                name="sequence",
+            )
+        else:
+            self.attn = tf.keras.layers.Dense(self.attention_hidden, activation="tanh", name="attn")
+            self.attn_v = self.add_weight(
+                name="attn_v", shape=(self.attention_hidden,), initializer="glorot_uniform", trainable=True
+            )
+            self.recency = self.add_weight(name="recency", shape=(1,), initializer="zeros", trainable=True)
         self.user_embedding = (
             tf.keras.layers.Embedding(self.user_rows, self.user_dim, name="user_embedding") if self.user_rows else None
         )
@@ -74,6 +108,7 @@ class QueryTower(tf.keras.layers.Layer):
         user_idx: tf.Tensor,
         hist_idx: tf.Tensor,
         hist_pos: tf.Tensor,
+        training: bool | None = None,
     ) -> tf.Tensor:
         """Query embeddings.
 
@@ -82,6 +117,7 @@ class QueryTower(tf.keras.layers.Layer):
             user_idx: ``[b]`` int user indices (ignored without a user table).
             hist_idx: ``[b, L]`` int item indices, most recent first, ``-1`` padding.
             hist_pos: ``[b, L]`` float recency positions.
+            training: dropout of the ``transformer`` encoder on when True.
 
         Returns:
             ``[b, d]`` float32 query vectors.
@@ -90,13 +126,16 @@ class QueryTower(tf.keras.layers.Layer):
         mask = hist_idx >= 0
         maskf = tf.cast(mask, tf.float32)
         h = tf.gather(item_matrix, tf.where(mask, hist_idx, tf.zeros_like(hist_idx)))  # [b, L, d]
-        scores = tf.linalg.matvec(self.attn(h), self.attn_v)  # [b, L]
-        scores = scores + self.recency[0] * tf.math.log1p(tf.cast(hist_pos, tf.float32))
-        scores = tf.where(mask, scores, tf.fill(tf.shape(scores), -1e9))
-        scores = scores - tf.reduce_max(scores, axis=1, keepdims=True)
-        weights = tf.exp(scores) * maskf
-        weights = weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-12)
-        pooled = tf.einsum("bl,bld->bd", weights, h)
+        if self.encoder == "transformer":
+            pooled = self.sequence(h, hist_pos, mask, training=training)
+        else:
+            scores = tf.linalg.matvec(self.attn(h), self.attn_v)  # [b, L]
+            scores = scores + self.recency[0] * tf.math.log1p(tf.cast(hist_pos, tf.float32))
+            scores = tf.where(mask, scores, tf.fill(tf.shape(scores), -1e9))
+            scores = scores - tf.reduce_max(scores, axis=1, keepdims=True)
+            weights = tf.exp(scores) * maskf
+            weights = weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-12)
+            pooled = tf.einsum("bl,bld->bd", weights, h)
         has_hist = tf.reduce_max(maskf, axis=1, keepdims=True)
         parts = [pooled]
         if self.user_embedding is not None:
@@ -119,19 +158,22 @@ class QueryTower(tf.keras.layers.Layer):
         )
 
     def export_arrays(self) -> dict[str, np.ndarray]:
-        """Weights under the :class:`NumpyQueryTower` array names (``attn_w``, ``mlp_0_w``…)."""
-        out: dict[str, np.ndarray] = {
-            "attn_w": self.attn.kernel.numpy(),
-            "attn_b": self.attn.bias.numpy(),
-            "attn_v": self.attn_v.numpy(),
-            "recency": self.recency.numpy().reshape(1),
-        }
+        """Weights under the :class:`NumpyQueryTower` array names (``attn_w`` or ``seq_*``, ``mlp_0_w``…)."""
+        if self.encoder == "transformer":
+            out: dict[str, np.ndarray] = self.sequence.export_arrays()
+        else:
+            out = {
+                "attn_w": self.attn.kernel.numpy(),
+                "attn_b": self.attn.bias.numpy(),
+                "attn_v": self.attn_v.numpy(),
+                "recency": self.recency.numpy().reshape(1),
+            }
         for i, layer in enumerate(self.mlp):
             out[f"mlp_{i}_w"] = layer.kernel.numpy()
             out[f"mlp_{i}_b"] = layer.bias.numpy()
         if self.user_embedding is not None:
             out["user_embedding"] = self.user_embedding.embeddings.numpy()
-        return {k: np.asarray(v, np.float32) for k, v in out.items()}
+        return {k: v if k == "seq_heads" else np.asarray(v, np.float32) for k, v in out.items()}
 
     def to_numpy(self) -> NumpyQueryTower:
         """The numpy forward with this tower's current weights."""
@@ -146,6 +188,11 @@ class QueryTower(tf.keras.layers.Layer):
             attention_hidden=self.attention_hidden,
             hidden=list(self.hidden),
             normalize=self.normalize,
+            encoder=self.encoder,
+            encoder_layers=self.encoder_layers,
+            encoder_heads=self.encoder_heads,
+            encoder_dropout=self.encoder_dropout,
+            max_positions=self.max_positions,
         )
         return config
 
@@ -154,7 +201,8 @@ def build_query_tower(cfg: Any, user_rows: int) -> QueryTower:
     """The query tower of a :class:`recfuse.config.RecfuseConfig` (``user_rows``: user vocab size).
 
     The user-id embedding is used when ``cfg.model.user_id_embedding`` (anonymous users hit an OOV
-    bucket, and ``has_history``/the history carry the rest).
+    bucket, and ``has_history``/the history carry the rest). The history encoder is
+    ``cfg.model.query_encoder``; a ``transformer`` one has ``cfg.data.max_history`` positions.
     """
     m = cfg.model
     return QueryTower(
@@ -162,5 +210,10 @@ def build_query_tower(cfg: Any, user_rows: int) -> QueryTower:
         user_rows=user_rows if m.user_id_embedding else 0,
         hidden=tuple(m.query_hidden),
         normalize=m.normalize,
+        encoder=m.query_encoder,
+        encoder_layers=m.query_layers,
+        encoder_heads=m.query_heads,
+        encoder_dropout=m.query_dropout,
+        max_positions=cfg.data.max_history,
         name="query_tower",
     )

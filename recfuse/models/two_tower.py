@@ -147,13 +147,16 @@ class TwoTowerModel(tfrs.models.Model):
         m = self.aux_modalities
         return z, tokens[:, :m], mask[:, :m]
 
-    def query_embeddings(self, features: Mapping[str, tf.Tensor], item_matrix: tf.Tensor | None = None) -> tf.Tensor:
+    def query_embeddings(
+        self, features: Mapping[str, tf.Tensor], item_matrix: tf.Tensor | None = None, training: bool = False
+    ) -> tf.Tensor:
         """``[b, d]`` query vectors; the history is read from ``item_matrix`` (default: memory bank)."""
         return self.query_tower(
             self.memory_bank if item_matrix is None else item_matrix,
             features["user_idx"],
             features["hist_idx"],
             features["hist_pos"],
+            training=training,
         )
 
     def all_item_embeddings(self, batch_size: int = 1024) -> np.ndarray:
@@ -184,7 +187,7 @@ class TwoTowerModel(tfrs.models.Model):
         if self.history_encoding == "live":
             query, candidates, tokens, mask = self._live_towers(features, cand_idx, training)
         else:
-            query = self.query_embeddings(features)
+            query = self.query_embeddings(features, training=training)
             candidates, tokens, mask = self._encode(cand_idx, training)
         if self._item_scale is not None:
             # popularity prior: candidates are scored by q . v * (1 + γ·log(1 + count)); the
@@ -264,7 +267,7 @@ class TwoTowerModel(tfrs.models.Model):
         local_hist = tf.tensor_scatter_nd_update(
             tf.fill(tf.shape(hist), tf.constant(-1, tf.int64)), tf.where(valid), inv[n_cand:]
         )
-        query = self.query_tower(rows, features["user_idx"], local_hist, features["hist_pos"])
+        query = self.query_tower(rows, features["user_idx"], local_hist, features["hist_pos"], training=training)
         return query, candidates, tokens, mask
 
     def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised as a whole
