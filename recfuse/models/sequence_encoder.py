@@ -26,6 +26,7 @@ import tensorflow as tf
 from recfuse.models.sequence_numpy import LAYER_NORM_EPSILON, MASKED
 
 
+@tf.keras.utils.register_keras_serializable(package="recfuse")
 class CausalSelfAttentionBlock(tf.keras.layers.Layer):
     """One pre-LN block: ``x += drop(MHA(LN1(x)))``, ``x += drop(FFN(LN2(x)))``.
 
@@ -79,6 +80,7 @@ class CausalSelfAttentionBlock(tf.keras.layers.Layer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="recfuse")
 class CausalSequenceEncoder(tf.keras.layers.Layer):
     """History item embeddings ``[b, L, d]`` (most recent first) -> ``[b, d]`` summary.
 
@@ -132,6 +134,19 @@ class CausalSequenceEncoder(tf.keras.layers.Layer):
         Returns:
             ``[b, d]``: LayerNorm of the output at the first valid position; zeros for empty histories.
         """
+        x = self.sequence_outputs(h, hist_pos, mask, training=training)
+        first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)
+        out = self.ln(tf.gather(x, first, axis=1, batch_dims=1))
+        return out * tf.reduce_max(tf.cast(mask, tf.float32), axis=1, keepdims=True)
+
+    def sequence_outputs(
+        self, h: tf.Tensor, hist_pos: tf.Tensor, mask: tf.Tensor, training: bool | None = None
+    ) -> tf.Tensor:
+        """``[b, L, d]`` outputs of the last block at every position (before the final LayerNorm).
+
+        Position ``j`` depends only on the valid items ``k >= j`` (itself and older ones): what a
+        next-item loss at every position (SASRec's training) would read.
+        """
         maskf = tf.cast(mask, tf.float32)
         pos = tf.clip_by_value(tf.cast(hist_pos, tf.int64), 0, self.max_positions - 1)
         x = (h * math.sqrt(self.dim) + self.positions(pos)) * maskf[:, :, None]
@@ -141,9 +156,7 @@ class CausalSequenceEncoder(tf.keras.layers.Layer):
         allowed = tf.logical_and(causal[None, None], mask[:, None, None, :])
         for block in self.blocks:
             x = block(x, allowed, training=training)
-        first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)
-        out = self.ln(tf.gather(x, first, axis=1, batch_dims=1))
-        return out * tf.reduce_max(maskf, axis=1, keepdims=True)
+        return x
 
     def export_arrays(self) -> dict[str, np.ndarray]:
         """Weights under the :class:`~recfuse.models.sequence_numpy.NumpySequenceEncoder` names."""

@@ -38,8 +38,9 @@ BLOCK_KEYS = (
 
 def layer_norm(x: FloatArray, gamma: FloatArray | None = None, beta: FloatArray | None = None) -> FloatArray:
     """LayerNorm over the last axis (``gamma``/``beta`` None: the bare normalisation)."""
-    c = x - x.mean(axis=-1, keepdims=True)
-    out = c / np.sqrt((c * c).mean(axis=-1, keepdims=True) + LAYER_NORM_EPSILON)
+    inv_d = np.float32(1.0 / x.shape[-1])
+    c = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_d  # fewer numpy calls than .mean(): serving path
+    out = c / np.sqrt(np.einsum("...i,...i->...", c, c)[..., None] * inv_d + np.float32(LAYER_NORM_EPSILON))
     return out if gamma is None else out * gamma + beta
 
 
@@ -135,6 +136,17 @@ class NumpySequenceEncoder:
         Returns:
             ``[b, d]`` float32: LN of the output at the first valid position; zeros for empty rows.
         """
+        x = self.sequence_outputs(h, pos_idx, mask)
+        first = mask.argmax(axis=1)
+        out = layer_norm(x[np.arange(len(x)), first], self.ln_g, self.ln_b) * mask.any(axis=1, keepdims=True)
+        return out.astype(np.float32)
+
+    def sequence_outputs(self, h: FloatArray, pos_idx: Int64Array, mask: BoolArray) -> FloatArray:
+        """``[b, L, d]`` outputs of the last block at every position (before the final LayerNorm).
+
+        Position ``j`` depends only on the valid items ``k >= j`` (itself and older ones); padded
+        positions hold values no valid position reads.
+        """
         b, length, d = h.shape
         heads, dh = self.heads, d // self.heads
         maskf = mask.astype(np.float32)
@@ -152,9 +164,7 @@ class NumpySequenceEncoder:
             x = x + att @ blk.out_w + blk.out_b
             z = layer_norm(x, blk.ln2_g, blk.ln2_b)
             x = x + np.maximum(z @ blk.ffn1_w + blk.ffn1_b, 0.0) @ blk.ffn2_w + blk.ffn2_b
-        first = mask.argmax(axis=1)
-        out = layer_norm(x[np.arange(b), first], self.ln_g, self.ln_b) * mask.any(axis=1, keepdims=True)
-        return out.astype(np.float32)
+        return x
 
 
 class FastSequenceEncoder:
@@ -183,6 +193,14 @@ class FastSequenceEncoder:
             ffn1_w = (blk.ln2_g[:, None] * blk.ffn1_w).astype(np.float32)
             ffn1_b = (blk.ln2_b @ blk.ffn1_w + blk.ffn1_b).astype(np.float32)
             self.blocks.append((qkv_w, qkv_b, blk.out_w, blk.out_b, ffn1_w, ffn1_b, blk.ffn2_w, blk.ffn2_b))
+        qkv_w, qkv_b, *rest = self.blocks[-1]  # the last block: query of one row, keys/values of all
+        self.last = (
+            np.ascontiguousarray(qkv_w[:, :d]),
+            qkv_b[:d],
+            np.ascontiguousarray(qkv_w[:, d:]),
+            qkv_b[d:],
+            *rest,
+        )
         p = enc.max_positions
         self.causal = np.where(np.arange(p)[None, :] >= np.arange(p)[:, None], 0.0, MASKED).astype(np.float32)
 
@@ -196,18 +214,17 @@ class FastSequenceEncoder:
         n, d = rows.shape
         heads, dh = self.heads, self.dh
         x = rows * self.scale + self.enc.positions[:n]
-        *inner, last = self.blocks
-        for qkv_w, qkv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b in inner:
+        for qkv_w, qkv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b in self.blocks[:-1]:
             qkv = (layer_norm(x) @ qkv_w + qkv_b).reshape(n, 3, heads, dh).transpose(1, 2, 0, 3)
             s = qkv[0] @ qkv[1].transpose(0, 2, 1) + self.causal[:n, :n]  # [H, n, n]
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
             x = x + (s @ qkv[2]).transpose(1, 0, 2).reshape(n, d) @ out_w + out_b
             x = x + np.maximum(layer_norm(x) @ ffn1_w + ffn1_b, 0.0) @ ffn2_w + ffn2_b
-        qkv_w, qkv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b = last
+        q_w, q_b, kv_w, kv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b = self.last
         z = layer_norm(x)
-        kv = (z @ qkv_w[:, d:] + qkv_b[d:]).reshape(n, 2, heads, dh).transpose(1, 2, 0, 3)  # [2, H, n, dh]
-        q = (z[0] @ qkv_w[:, :d] + qkv_b[:d]).reshape(heads, 1, dh)
+        kv = (z @ kv_w + kv_b).reshape(n, 2, heads, dh).transpose(1, 2, 0, 3)  # [2, H, n, dh]
+        q = (z[0] @ q_w + q_b).reshape(heads, 1, dh)
         s = q @ kv[0].transpose(0, 2, 1)  # [H, 1, n]: the most recent item attends to the whole history
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
