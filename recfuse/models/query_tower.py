@@ -175,6 +175,28 @@ class QueryTower(tf.keras.layers.Layer):
             out["user_embedding"] = self.user_embedding.embeddings.numpy()
         return {k: v if k == "seq_heads" else np.asarray(v, np.float32) for k, v in out.items()}
 
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Assign weights from :meth:`export_arrays`-style arrays (the inverse; the tower must be built).
+
+        Raises:
+            ValueError: an array is missing or has another shape (the message names it).
+        """
+        if self.encoder == "transformer":
+            variables: dict[str, tf.Variable] = self.sequence.variables_by_name()
+        else:
+            variables = {"attn_w": self.attn.kernel, "attn_b": self.attn.bias, "attn_v": self.attn_v}
+            variables["recency"] = self.recency
+        for i, layer in enumerate(self.mlp):
+            variables[f"mlp_{i}_w"], variables[f"mlp_{i}_b"] = layer.kernel, layer.bias
+        if self.user_embedding is not None:
+            variables["user_embedding"] = self.user_embedding.embeddings
+        for name, var in variables.items():
+            value = arrays.get(name)
+            if value is None or tuple(np.shape(value)) != tuple(var.shape):
+                got = None if value is None else tuple(np.shape(value))
+                raise ValueError(f"`arrays[{name!r}]` must have shape {tuple(var.shape)}, got {got}")
+            var.assign(np.asarray(value, np.float32))
+
     def to_numpy(self) -> NumpyQueryTower:
         """The numpy forward with this tower's current weights."""
         return NumpyQueryTower.from_arrays(self.export_arrays(), normalize=self.normalize)

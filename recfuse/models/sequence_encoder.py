@@ -67,12 +67,15 @@ class CausalSelfAttentionBlock(tf.keras.layers.Layer):
         return x + self.drop(self.ffn2(self.ffn1(self.ln2(x))), training=training)
 
     def export_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        pairs = {
+        return {f"{prefix}{k}": v.numpy() for k, v in self.variables_by_name().items()}
+
+    def variables_by_name(self) -> dict[str, tf.Variable]:
+        """This block's variables under their array names (without prefix)."""
+        return {
             "ln1_g": self.ln1.gamma, "ln1_b": self.ln1.beta, "qkv_w": self.qkv.kernel, "qkv_b": self.qkv.bias,
             "out_w": self.out.kernel, "out_b": self.out.bias, "ln2_g": self.ln2.gamma, "ln2_b": self.ln2.beta,
             "ffn1_w": self.ffn1.kernel, "ffn1_b": self.ffn1.bias, "ffn2_w": self.ffn2.kernel, "ffn2_b": self.ffn2.bias,
         }  # fmt: skip
-        return {f"{prefix}{k}": v.numpy() for k, v in pairs.items()}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -158,16 +161,17 @@ class CausalSequenceEncoder(tf.keras.layers.Layer):
             x = block(x, allowed, training=training)
         return x
 
+    def variables_by_name(self) -> dict[str, tf.Variable]:
+        """Every variable under its :class:`~recfuse.models.sequence_numpy.NumpySequenceEncoder` array name."""
+        out = {"seq_pos": self.positions.embeddings, "seq_ln_g": self.ln.gamma, "seq_ln_b": self.ln.beta}
+        for i, block in enumerate(self.blocks):
+            out.update({f"seq_{i}_{k}": v for k, v in block.variables_by_name().items()})
+        return out
+
     def export_arrays(self) -> dict[str, np.ndarray]:
         """Weights under the :class:`~recfuse.models.sequence_numpy.NumpySequenceEncoder` names."""
-        out: dict[str, np.ndarray] = {
-            "seq_pos": self.positions.embeddings.numpy(),
-            "seq_heads": np.asarray([self.heads], np.int64),
-            "seq_ln_g": self.ln.gamma.numpy(),
-            "seq_ln_b": self.ln.beta.numpy(),
-        }
-        for i, block in enumerate(self.blocks):
-            out.update(block.export_arrays(f"seq_{i}_"))
+        out = {k: v.numpy() for k, v in self.variables_by_name().items()}
+        out["seq_heads"] = np.asarray([self.heads], np.int64)
         return out
 
     def get_config(self) -> dict[str, Any]:

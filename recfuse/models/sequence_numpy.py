@@ -22,6 +22,7 @@ and per block ``l``: ``seq_{l}_ln1_g``, ``seq_{l}_ln1_b``, ``seq_{l}_qkv_w [d, 3
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,10 +172,17 @@ class FastSequenceEncoder:
     """:class:`NumpySequenceEncoder` for one history without padding (the serving call), weights folded.
 
     Each LayerNorm's scale and shift is folded into the matmul that follows it, and ``1/sqrt(dh)``
-    into the query columns; the last block computes its attention query for the most recent item
-    only (the summary reads no other position of it). :meth:`encode_one` returns the bare
-    normalisation of the summary: the caller folds ``ln_g``/``ln_b`` into its next matmul
-    (:meth:`fold_output`). Equal to :meth:`NumpySequenceEncoder.encode` to float32 rounding.
+    into the query columns. The summary reads the last block at the most recent item only, so that
+    block is reassociated around its one query ``z_0`` (``z = LN1(x)``, per head ``h``)::
+
+        scores_h = (z_0 W_q^h + b_q^h)(z W_k^h + b_k^h)^T = (z_0 A_h + c_h) z^T + const
+        out      = Σ_h (softmax(scores_h) z) W_v^h W_o^h + b_v W_o + b_o
+
+    with ``A_h = W_q^h W_k^h^T`` and ``c_h = b_q^h W_k^h^T`` precomputed (the constant cancels in
+    the softmax, whose weights sum to 1): no key or value projection of the ``n`` rows at all.
+    :meth:`encode_one` returns the bare normalisation of the summary: the caller folds
+    ``ln_g``/``ln_b`` into its next matmul (:meth:`fold_output`). Equal to
+    :meth:`NumpySequenceEncoder.encode` to float32 rounding.
 
     Args:
         enc: the encoder.
@@ -182,31 +190,42 @@ class FastSequenceEncoder:
 
     def __init__(self, enc: NumpySequenceEncoder) -> None:
         d = enc.dim
-        self.enc, self.heads, self.dh = enc, enc.heads, d // enc.heads
+        heads, dh = enc.heads, d // enc.heads
+        self.enc, self.heads, self.dh = enc, heads, dh
         self.scale = np.float32(np.sqrt(d))
-        qscale = np.ones(3 * d, np.float32)
-        qscale[:d] = 1.0 / np.sqrt(self.dh)
-        self.blocks = []
+        f32, f64 = np.float32, np.float64
+        folded: list[tuple[np.ndarray, ...]] = []
         for blk in enc.blocks:
-            qkv_w = (blk.ln1_g[:, None] * blk.qkv_w * qscale).astype(np.float32)
-            qkv_b = ((blk.ln1_b @ blk.qkv_w + blk.qkv_b) * qscale).astype(np.float32)
-            ffn1_w = (blk.ln2_g[:, None] * blk.ffn1_w).astype(np.float32)
-            ffn1_b = (blk.ln2_b @ blk.ffn1_w + blk.ffn1_b).astype(np.float32)
-            self.blocks.append((qkv_w, qkv_b, blk.out_w, blk.out_b, ffn1_w, ffn1_b, blk.ffn2_w, blk.ffn2_b))
-        qkv_w, qkv_b, *rest = self.blocks[-1]  # the last block: query of one row, keys/values of all
-        self.last = (
-            np.ascontiguousarray(qkv_w[:, :d]),
-            qkv_b[:d],
-            np.ascontiguousarray(qkv_w[:, d:]),
-            qkv_b[d:],
-            *rest,
-        )
+            qscale = np.ones(3 * d)
+            qscale[:d] = 1.0 / np.sqrt(dh)
+            qkv_w = blk.ln1_g.astype(f64)[:, None] * blk.qkv_w * qscale
+            qkv_b = (blk.ln1_b.astype(f64) @ blk.qkv_w + blk.qkv_b) * qscale
+            ffn1_w = (blk.ln2_g[:, None] * blk.ffn1_w.astype(f64)).astype(f32)
+            ffn1_b = (blk.ln2_b.astype(f64) @ blk.ffn1_w + blk.ffn1_b).astype(f32)
+            folded.append((qkv_w, qkv_b, blk.out_w, blk.out_b, ffn1_w, ffn1_b, blk.ffn2_w, blk.ffn2_b))
+        qkv_w, qkv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b = folded.pop()
+        wq, wk, wv = (qkv_w[:, i * d : (i + 1) * d].reshape(d, heads, dh) for i in range(3))
+        bq, bv = qkv_b[:d].reshape(heads, dh), qkv_b[2 * d :]
+        wo = out_w.astype(f64).reshape(heads, dh, d)
+        a = np.einsum("ihe,jhe->ihj", wq, wk).reshape(d, heads * d)  # [d, H·d]: A_h side by side
+        c = np.einsum("he,jhe->hj", bq, wk).reshape(heads * d)
+        w_vo = np.einsum("ihe,hej->hij", wv, wo).reshape(heads * d, d)  # [H·d, d]: W_v^h W_o^h stacked
+        b_vo = bv @ out_w + out_b
+        self.last = tuple(x.astype(f32) for x in (a, c, w_vo, b_vo, ffn1_w, ffn1_b, ffn2_w, ffn2_b))
+        self.blocks = [tuple(x.astype(f32) for x in b) for b in folded]
         p = enc.max_positions
-        self.causal = np.where(np.arange(p)[None, :] >= np.arange(p)[:, None], 0.0, MASKED).astype(np.float32)
+        self.causal = np.where(np.arange(p)[None, :] >= np.arange(p)[:, None], 0.0, MASKED).astype(f32)
+        self._inv_d, self._eps = 1.0 / d, float(LAYER_NORM_EPSILON)
 
     def fold_output(self, w: FloatArray, b: FloatArray) -> tuple[FloatArray, FloatArray]:
         """``(w', b')`` with ``LN(x) @ w + b == norm(x) @ w' + b'`` (the final LayerNorm folded in)."""
-        return (self.enc.ln_g[:, None] * w).astype(np.float32), (self.enc.ln_b @ w + b).astype(np.float32)
+        w64 = w.astype(np.float64)
+        return (self.enc.ln_g[:, None] * w64).astype(np.float32), (self.enc.ln_b @ w64 + b).astype(np.float32)
+
+    def _norm(self, v: FloatArray) -> FloatArray:
+        """Bare LayerNorm of one vector ``[d]`` (fewer numpy calls than :func:`layer_norm`)."""
+        c = v - float(v.sum()) * self._inv_d
+        return c * (1.0 / math.sqrt(float(c @ c) * self._inv_d + self._eps))
 
     def encode_one(self, rows: FloatArray) -> FloatArray:
         """``[d]`` normalised (no ``ln_g``/``ln_b``) summary of ``rows`` ``[n, d]`` (most recent first, ``n >= 1``,
@@ -214,20 +233,18 @@ class FastSequenceEncoder:
         n, d = rows.shape
         heads, dh = self.heads, self.dh
         x = rows * self.scale + self.enc.positions[:n]
-        for qkv_w, qkv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b in self.blocks[:-1]:
+        for qkv_w, qkv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b in self.blocks:
             qkv = (layer_norm(x) @ qkv_w + qkv_b).reshape(n, 3, heads, dh).transpose(1, 2, 0, 3)
             s = qkv[0] @ qkv[1].transpose(0, 2, 1) + self.causal[:n, :n]  # [H, n, n]
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
             x = x + (s @ qkv[2]).transpose(1, 0, 2).reshape(n, d) @ out_w + out_b
             x = x + np.maximum(layer_norm(x) @ ffn1_w + ffn1_b, 0.0) @ ffn2_w + ffn2_b
-        q_w, q_b, kv_w, kv_b, out_w, out_b, ffn1_w, ffn1_b, ffn2_w, ffn2_b = self.last
+        a, c, w_vo, b_vo, ffn1_w, ffn1_b, ffn2_w, ffn2_b = self.last
         z = layer_norm(x)
-        kv = (z @ kv_w + kv_b).reshape(n, 2, heads, dh).transpose(1, 2, 0, 3)  # [2, H, n, dh]
-        q = (z[0] @ q_w + q_b).reshape(heads, 1, dh)
-        s = q @ kv[0].transpose(0, 2, 1)  # [H, 1, n]: the most recent item attends to the whole history
+        s = (z[0] @ a + c).reshape(heads, d) @ z.T  # [H, n]: the most recent item reads the whole history
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
-        x0 = x[0] + (s @ kv[1]).reshape(d) @ out_w + out_b
-        x0 = x0 + np.maximum(layer_norm(x0) @ ffn1_w + ffn1_b, 0.0) @ ffn2_w + ffn2_b
-        return layer_norm(x0)
+        x0 = x[0] + (s @ z).reshape(heads * d) @ w_vo + b_vo
+        x0 = x0 + np.maximum(self._norm(x0) @ ffn1_w + ffn1_b, 0.0) @ ffn2_w + ffn2_b
+        return self._norm(x0)
