@@ -5,6 +5,8 @@ Usage::
     OPENBLAS_NUM_THREADS=1 python bench/recommend_bench.py            # 100k items, d=64, Flat + HNSW32
     python bench/recommend_bench.py --quick                           # 20k items
     python bench/recommend_bench.py --bundle bundles/attention        # also a real exported bundle
+    python bench/recommend_bench.py --query-encoder transformer       # bundles with the transformer tower
+    python bench/recommend_bench.py --encoders-only --history 50      # part 3 only
 
 Part 1 builds (once, cached under ``runs/bench/``) random-but-structured bundles whose query tower is
 a real ``recfuse.models.query_tower.QueryTower`` exported to numpy, and times ``Recommender.recommend``
@@ -14,7 +16,13 @@ Part 2 runs the same query tower, batch 1, five ways — the numpy serving forwa
 (``QueryEncoder.encode_one``: per-item attention logits precomputed at load), the plain numpy
 forward, a ``tf.function`` with an input signature, the TF SavedModel ``serving_default`` signature
 (what ``recfuse export`` writes) and the eager Keras layer — checks they agree to 1e-5 and prints
-p50/p99 and the ratio to the serving forward. Prints tables; asserts nothing about speed.
+p50/p99 and the ratio to the serving forward.
+
+Part 3 compares the history encoders (``model.query_encoder``) on the serving forward, batch 1, one
+history of ``--history`` items (default 50): attention pooling vs the causal ``transformer`` at 1
+and 2 blocks, each against its TF ``tf.function`` (p50/p99 and the max abs difference).
+
+Prints tables; asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -58,21 +66,34 @@ def time_calls(fn: Callable[[int], object], n: int, warmup: int = 20) -> list[fl
     return out
 
 
-def tf_query_tower(dim: int, user_rows: int, seed: int = 0):  # type: ignore[no-untyped-def]
+def tf_query_tower(dim: int, user_rows: int, seed: int = 0, **encoder: object):  # type: ignore[no-untyped-def]
+    """A built TF QueryTower with random weights (``encoder``: QueryTower's encoder arguments)."""
     import tensorflow as tf
 
     from recfuse.models.query_tower import QueryTower
 
     tf.keras.utils.set_random_seed(seed)
-    tower = QueryTower(dim=dim, user_rows=user_rows, hidden=(128,))
+    tower = QueryTower(dim=dim, user_rows=user_rows, hidden=(128,), **encoder)  # type: ignore[arg-type]
     tower.build_for(dim)
+    if tower.encoder == "transformer":  # LayerNorms start at 1/0: perturb them as training would
+        rng = np.random.default_rng(seed)
+        for v in tower.sequence.weights:
+            if "ln" in v.name:
+                v.assign(v.numpy() + rng.normal(scale=0.1, size=v.shape).astype(np.float32))
     return tower
 
 
-def build_bundle(root: Path, n_items: int, dim: int, factory: str) -> Path:
+def encoder_args(encoder: str, max_positions: int, layers: int = 2) -> dict[str, object]:
+    if encoder == "attention":
+        return {}
+    return {"encoder": encoder, "encoder_layers": layers, "encoder_heads": 2, "max_positions": max_positions}
+
+
+def build_bundle(root: Path, n_items: int, dim: int, factory: str, encoder: str = "attention") -> Path:
     from bundle_factory import make_contents
 
-    variant = f"bench-{n_items}-{dim}-{factory.replace(',', '_')}"
+    suffix = "" if encoder == "attention" else f"-{encoder}"
+    variant = f"bench-{n_items}-{dim}-{factory.replace(',', '_')}{suffix}"
     vdir = root / variant
     if (vdir / "CURRENT").is_file():
         return vdir
@@ -84,7 +105,7 @@ def build_bundle(root: Path, n_items: int, dim: int, factory: str) -> Path:
         n_categories=50,
         index_cfg=IndexConfig(factory=factory, recall_queries=200, ef_search=128),
     )
-    tower = tf_query_tower(dim, contents.user_vocab.size)
+    tower = tf_query_tower(dim, contents.user_vocab.size, **encoder_args(encoder, max_positions=20))
     contents.query_tower = tower.to_numpy()
     t0 = time.perf_counter()
     write_bundle(root, contents)
@@ -159,6 +180,7 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
     pos = np.broadcast_to(np.arange(length, dtype=np.float32), (1, length)).copy()
 
     if savedmodel_dir is None:
+        seq = np_tower.sequence
         tower = QueryTower(
             dim=dim,
             user_rows=user_rows,
@@ -166,9 +188,10 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
             attention_hidden=int(np_tower.attn_w.shape[1]),
             hidden=tuple(int(w.shape[1]) for w, _ in np_tower.mlp[:-1]),
             normalize=np_tower.normalize,
+            **({} if seq is None else encoder_args("transformer", seq.max_positions, len(seq.blocks))),  # type: ignore[arg-type]
         )
         tower.build_for(dim)
-        _load_arrays(tower, np_tower)
+        tower.load_arrays(np_tower.to_arrays())
 
         module = QueryServingModule(tower, b.item_vectors)
         tmp = Path(tempfile.mkdtemp(prefix="recbench-sm-"))
@@ -213,18 +236,39 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
     return rows
 
 
-def _load_arrays(tower, np_tower) -> None:  # type: ignore[no-untyped-def]
-    """Copy numpy tower weights into a built TF QueryTower (the inverse of ``QueryTower.export_arrays``)."""
-    arrays = np_tower.to_arrays()
-    tower.attn.kernel.assign(arrays["attn_w"])
-    tower.attn.bias.assign(arrays["attn_b"])
-    tower.attn_v.assign(arrays["attn_v"])
-    tower.recency.assign(arrays["recency"].reshape(1))
-    for i, layer in enumerate(tower.mlp):
-        layer.kernel.assign(arrays[f"mlp_{i}_w"])
-        layer.bias.assign(arrays[f"mlp_{i}_b"])
-    if tower.user_embedding is not None:
-        tower.user_embedding.embeddings.assign(arrays["user_embedding"])
+def bench_history_encoders(n_items: int, dim: int, length: int, n: int) -> list[tuple[str, ...]]:
+    """Serving forward (``QueryEncoder.encode_one``) and ``tf.function`` of each history encoder, batch 1."""
+    import tensorflow as tf
+
+    from recfuse.models.query_numpy import QueryEncoder
+
+    rng = np.random.default_rng(2)
+    items = rng.normal(size=(n_items, dim)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    user_rows = 1000
+    users = rng.integers(0, user_rows, n + 50)
+    hists = [rng.integers(0, n_items, length) for _ in range(n + 50)]
+    pos = np.arange(length, dtype=np.float32)[None, :]
+    matrix = tf.constant(items)
+    rows, base = [], None
+    for label, kw in [
+        ("attention (pooling + recency)", encoder_args("attention", length)),
+        ("transformer, 1 block, 2 heads", encoder_args("transformer", length, layers=1)),
+        ("transformer, 2 blocks, 2 heads", encoder_args("transformer", length, layers=2)),
+    ]:
+        tower = tf_query_tower(dim, user_rows, **kw)
+        encoder = QueryEncoder(tower.to_numpy(), items)
+        fn = tf.function(lambda u, h, t=tower: t(matrix, u, h, tf.constant(pos)))  # type: ignore[misc]
+        ref = np.stack([tower(matrix, users[i : i + 1], hists[i][None, :], pos).numpy()[0] for i in range(20)])
+        got = np.stack([encoder.encode_one(int(users[i]), hists[i]) for i in range(20)])
+        p50, p99 = pct(time_calls(lambda i, e=encoder: e.encode_one(int(users[i]), hists[i]), n))
+        t50, t99 = pct(time_calls(lambda i, f=fn: f(users[i : i + 1], hists[i][None, :]).numpy(), n))
+        base = base or p50
+        diff = float(np.abs(got - ref).max())
+        rows.append(
+            (label, f"{p50:.3f}", f"{p99:.3f}", f"{p50 / base:.1f}x", f"{t50:.3f}", f"{t99:.3f}", f"{diff:.1e}")
+        )
+    return rows
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -242,6 +286,14 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--factories", default="Flat,HNSW32")
     ap.add_argument("--bundle", default=None, help="also benchmark this (real, exported) bundle")
+    ap.add_argument(
+        "--query-encoder",
+        choices=("attention", "transformer"),
+        default="attention",
+        help="query tower of the random bundles (parts 1 and 2)",
+    )
+    ap.add_argument("--history", type=int, default=50, help="history length of part 3")
+    ap.add_argument("--encoders-only", action="store_true", help="run part 3 only")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "bench" / "bundles"))
     args = ap.parse_args()
     n_items = 20_000 if args.quick else args.items
@@ -249,7 +301,14 @@ def main() -> int:
     cache = Path(args.cache)
     print(f"recommend bench: {n_items} items, d={args.dim}, {calls} calls per row, OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS')}")  # fmt: skip
-    paths = [build_bundle(cache, n_items, args.dim, f) for f in args.factories.split(",")]
+    enc_hdr = ("history encoder", "serving p50", "serving p99", "p50 vs attention", "tf.function p50",
+               "tf.function p99", "max abs diff")  # fmt: skip
+    enc_title = f"\nQuery tower serving forward (QueryEncoder.encode_one), batch 1, history of {args.history} (ms)"
+    if args.encoders_only:
+        print(enc_title)
+        print(table(enc_hdr, bench_history_encoders(n_items, args.dim, args.history, calls)))
+        return 0
+    paths = [build_bundle(cache, n_items, args.dim, f, args.query_encoder) for f in args.factories.split(",")]
     rows = []
     for p in paths:
         rows += bench_recommender(p, calls)
@@ -264,7 +323,7 @@ def main() -> int:
             rows,
         )
     )  # fmt: skip
-    print("\nQuery tower, batch 1, history of 12 (ms), random bundle, vs the numpy forward")
+    print(f"\nQuery tower ({args.query_encoder}), batch 1, history of 12 (ms), random bundle, vs the numpy forward")
     hdr = ("engine", "p50", "p99", "p50 vs numpy", "max abs diff", "<= 1e-5")
     print(table(hdr, bench_query_engines(paths[0], calls)))
     if real is not None:
@@ -272,6 +331,8 @@ def main() -> int:
         if sm.is_dir():
             print(f"\nQuery tower of the real bundle {real} (its exported SavedModel vs numpy)")
             print(table(hdr, bench_query_engines(real, calls, savedmodel_dir=sm)))
+    print(enc_title)
+    print(table(enc_hdr, bench_history_encoders(n_items, args.dim, args.history, calls)))
     return 0
 
 

@@ -336,3 +336,22 @@ def test_trains_saves_loads_and_serves(tmp_path: Path) -> None:
     assert r.fallback == "" and [s.item_id for s in r.items] == top
     want = scores[[model.item_ids.index(i) for i in top]]
     np.testing.assert_allclose([s.score for s in r.items], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["attention", "transformer"])
+def test_load_arrays_is_the_inverse_of_export_arrays(encoder: str) -> None:
+    kw = {"encoder": encoder, "encoder_layers": 2, "max_positions": L}
+    towers = []
+    for seed in (17, 18):
+        tf.keras.utils.set_random_seed(seed)
+        t = QueryTower(dim=D, user_rows=12, hidden=(16,), **kw)  # type: ignore[arg-type]
+        t.build_for(D)
+        towers.append(t)
+    src, dst = towers
+    dst.load_arrays(src.export_arrays())
+    e, u, h, p = _inputs(19)
+    np.testing.assert_array_equal(_tf(dst, e, u, h, p), _tf(src, e, u, h, p))
+    arrays = src.export_arrays()
+    arrays["mlp_0_w"] = arrays["mlp_0_w"][:-1]
+    with pytest.raises(ValueError, match=r"`arrays\['mlp_0_w'\]` must have shape \(17, 16\), got \(16, 16\)"):
+        dst.load_arrays(arrays)
