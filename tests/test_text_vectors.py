@@ -6,6 +6,7 @@ The extra is installed by `make test` (EXTRAS includes text): these tests do not
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,7 @@ def test_vectors_are_384_wide_unit_length_and_deterministic(encoder: TextVectorE
     assert np.array_equal(v, encoder.encode(TITLES))
     assert len({row.tobytes() for row in v}) == len(TITLES)  # CJK titles tokenise to distinct vectors
     assert encoder.encode([]).shape == (0, 384)
+    assert os.environ["HF_HUB_OFFLINE"] == "1" == os.environ["TRANSFORMERS_OFFLINE"]  # no hub access, ever
 
 
 def test_similar_titles_are_closer_than_unrelated_ones(encoder: TextVectorEncoder) -> None:
@@ -146,6 +148,15 @@ def test_missing_model_folder_and_folder_without_weights_are_named(tmp_path: Pat
     (tmp_path / "broken" / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(ArtifactError, match=r"could not load text model folder '.*broken' with sentence-transformers"):
         TextVectorEncoder(tmp_path / "broken")
+
+
+def test_bad_thread_and_batch_counts_raise(encoder: TextVectorEncoder) -> None:
+    with pytest.raises(ConfigError, match=r"`num_threads` must be >= 1, got 0"):
+        TextVectorEncoder(MODEL_DIR, num_threads=0)
+    with pytest.raises(ValueError, match=r"`batch_size` must be >= 1, got 0"):
+        encoder.encode(["x"], batch_size=0)
+    with pytest.raises(ConfigError, match=r"--batch-size must be >= 1, got -1"):
+        add_text_vectors(pa.table({"title": ["x"]}), encoder, ["title"], batch_size=-1)
 
 
 def test_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
