@@ -323,7 +323,10 @@ def test_trains_saves_loads_and_serves(tmp_path: Path) -> None:
     tf_q = tf_tower(model.item_embeddings, uidx, h, p).numpy()
     assert np.isfinite(tf_q).all() and np.max(np.abs(np_q - tf_q)) <= 1e-5
 
-    bundle = export_model(tmp_path / "model", tmp_path / "bundles", savedmodel=False)
+    bundle = export_model(tmp_path / "model", tmp_path / "bundles")
+    sig = tf.saved_model.load(str(bundle / "query_tower_savedmodel")).signatures["serving_default"]
+    sm_q = sig(user_idx=tf.constant(uidx), hist_idx=tf.constant(h), hist_pos=tf.constant(p))["query"].numpy()
+    assert np.max(np.abs(sm_q - np_q)) <= 1e-5
     rec = Recommender.from_bundle(bundle.parent)
     for u in users[:3]:
         r = rec.recommend(user_id=u, k=5)

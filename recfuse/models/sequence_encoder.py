@@ -10,6 +10,12 @@ position whatever the history length. The history stays most recent first: the c
 token ``j`` read tokens ``k >= j`` (itself and older). The summary is the output at the first valid
 position (the most recent item), which reads the whole history; every other position only feeds it.
 
+Training is the two-tower loss as for attention pooling: one example per interaction with the
+previous items as history, so every prefix of a user's sequence is a training query. SASRec's
+next-item loss at every position (:meth:`CausalSequenceEncoder.sequence_outputs` against the item
+after each position) would reuse one forward for ``L`` targets, but needs per-position targets in
+the example pipeline and a per-position retrieval loss; it is not implemented.
+
 Example:
     >>> enc = CausalSequenceEncoder(dim=64, layers=2, heads=2, max_positions=50)     # doctest: +SKIP
     >>> summary = enc(h, hist_pos, mask, training=False)                               # doctest: +SKIP
@@ -52,19 +58,40 @@ class CausalSelfAttentionBlock(tf.keras.layers.Layer):
         self.ffn2 = tf.keras.layers.Dense(self.dim, name="ffn2")
         self.drop = tf.keras.layers.Dropout(self.dropout)
 
-    def call(self, x: tf.Tensor, allowed: tf.Tensor, training: bool | None = None) -> tf.Tensor:  # type: ignore[override]
-        """``x`` ``[b, L, d]``, ``allowed`` ``[b, 1, L, L]`` bool (query row, key column) -> ``[b, L, d]``."""
+    def call(  # type: ignore[override]
+        self, x: tf.Tensor, allowed: tf.Tensor, training: bool | None = None, index: tf.Tensor | None = None
+    ) -> tf.Tensor:
+        """The block at every position, or at one position per row.
+
+        Args:
+            x: ``[b, L, d]`` inputs.
+            allowed: ``[b, 1, L, L]`` bool, True where a query row may read a key column.
+            training: dropout on when True.
+            index: ``[b]`` int32 position to compute per row (None: all positions). Keys and values
+                still come from every position, but the attention query, the projections and the
+                feed-forward run on one row: what the last block of a readout needs.
+
+        Returns:
+            ``[b, L, d]``, or ``[b, d]`` with ``index``.
+        """
         b, length = tf.shape(x)[0], tf.shape(x)[1]
         dh = self.dim // self.heads
         qkv = tf.reshape(self.qkv(self.ln1(x)), [b, length, 3, self.heads, dh])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, b, H, L, dh]
-        s = tf.matmul(qkv[0], qkv[1], transpose_b=True) * (1.0 / math.sqrt(dh))
+        q = qkv[0]
+        if index is not None:
+            q = tf.gather(q, index, axis=2, batch_dims=1)[:, :, None]  # [b, H, 1, dh]
+            allowed = tf.gather(allowed, index, axis=2, batch_dims=1)[:, :, None]  # [b, 1, 1, L]
+            x = tf.gather(x, index, axis=1, batch_dims=1)[:, None]  # [b, 1, d]
+            length = 1
+        s = tf.matmul(q, qkv[1], transpose_b=True) * (1.0 / math.sqrt(dh))
         s = tf.where(allowed, s, MASKED)
         w = tf.exp(s - tf.reduce_max(s, axis=-1, keepdims=True)) * tf.cast(allowed, tf.float32)
         w = w / tf.maximum(tf.reduce_sum(w, axis=-1, keepdims=True), 1e-12)  # no allowed key: zeros, not NaN
         att = tf.reshape(tf.transpose(tf.matmul(w, qkv[2]), [0, 2, 1, 3]), [b, length, self.dim])
         x = x + self.drop(self.out(att), training=training)
-        return x + self.drop(self.ffn2(self.ffn1(self.ln2(x))), training=training)
+        x = x + self.drop(self.ffn2(self.ffn1(self.ln2(x))), training=training)
+        return x if index is None else x[:, 0]
 
     def export_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}{k}": v.numpy() for k, v in self.variables_by_name().items()}
@@ -137,9 +164,11 @@ class CausalSequenceEncoder(tf.keras.layers.Layer):
         Returns:
             ``[b, d]``: LayerNorm of the output at the first valid position; zeros for empty histories.
         """
-        x = self.sequence_outputs(h, hist_pos, mask, training=training)
+        x, allowed = self._inputs(h, hist_pos, mask, training)
+        for block in self.blocks[:-1]:
+            x = block(x, allowed, training=training)
         first = tf.argmax(tf.cast(mask, tf.int32), axis=1, output_type=tf.int32)
-        out = self.ln(tf.gather(x, first, axis=1, batch_dims=1))
+        out = self.ln(self.blocks[-1](x, allowed, training=training, index=first))
         return out * tf.reduce_max(tf.cast(mask, tf.float32), axis=1, keepdims=True)
 
     def sequence_outputs(
@@ -150,16 +179,22 @@ class CausalSequenceEncoder(tf.keras.layers.Layer):
         Position ``j`` depends only on the valid items ``k >= j`` (itself and older ones): what a
         next-item loss at every position (SASRec's training) would read.
         """
+        x, allowed = self._inputs(h, hist_pos, mask, training)
+        for block in self.blocks:
+            x = block(x, allowed, training=training)
+        return x
+
+    def _inputs(
+        self, h: tf.Tensor, hist_pos: tf.Tensor, mask: tf.Tensor, training: bool | None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Block inputs ``[b, L, d]`` (scaled items + positions) and the ``[b, 1, L, L]`` causal-and-valid mask."""
         maskf = tf.cast(mask, tf.float32)
         pos = tf.clip_by_value(tf.cast(hist_pos, tf.int64), 0, self.max_positions - 1)
         x = (h * math.sqrt(self.dim) + self.positions(pos)) * maskf[:, :, None]
         x = self.drop(x, training=training)
         order = tf.range(tf.shape(h)[1])
         causal = order[None, :] >= order[:, None]  # [L(q), L(k)]: itself and older items
-        allowed = tf.logical_and(causal[None, None], mask[:, None, None, :])
-        for block in self.blocks:
-            x = block(x, allowed, training=training)
-        return x
+        return x, tf.logical_and(causal[None, None], mask[:, None, None, :])
 
     def variables_by_name(self) -> dict[str, tf.Variable]:
         """Every variable under its :class:`~recfuse.models.sequence_numpy.NumpySequenceEncoder` array name."""
