@@ -70,7 +70,7 @@ class BaselineSettings:
     """
 
     ease_lambdas: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0)
-    itemknn_neighbors: tuple[int, ...] = (10, 20, 50, 100, 200, 500)
+    itemknn_neighbors: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)
     itemknn_shrink: float = 0.0
     ease_max_items: int = 50_000
     select_metric: str = "ndcg@10"
