@@ -104,3 +104,47 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
         load_experiment(tmp_path / "none.toml")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_experiment(_write(tmp_path, "[experiment"))
+
+
+def test_shipped_example_has_the_three_baselines() -> None:
+    spec = load_experiment(ROOT / "data_samples" / "experiment.toml")
+    baselines = [(v.name, v.baseline) for v in spec.variants if v.is_baseline]
+    assert baselines == [("popularity", "popularity"), ("itemknn", "itemknn"), ("ease", "ease")]
+
+
+def test_baseline_variants_parse_and_fingerprint_without_the_seed(tmp_path: Path) -> None:
+    text = HEAD + VARIANTS + """
+[[variants]]
+name = "strong"
+kind = "baseline"
+baseline = "ease"
+
+[baselines]
+ease_lambdas = [10.0, 20.0]
+itemknn_neighbors = [5]
+"""
+    spec = load_experiment(_write(tmp_path, text))
+    v = spec.variant("strong")
+    assert v.is_baseline and v.baseline == "ease" and spec.baselines.ease_lambdas == (10.0, 20.0)
+    assert spec.fingerprint(v, 1) == spec.fingerprint(v, 2) != spec.fingerprint(spec.variant("a"), 1)
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ('name = "x"\nkind = "baseline"', r"baseline 'x' is not one of \['popularity', 'itemknn', 'ease'\]"),
+        ('name = "ease"\nkind = "baseline"\nmodalities = ["text"]', r"is a baseline: \['modalities'\] do not apply"),
+        ('name = "m"\nkind = "tower"', r"`variants\[2\].kind` must be 'model' or 'baseline', got 'tower'"),
+        ('name = "m"\nbaseline = "ease"', r"`variants\[2\].baseline` needs `kind = \"baseline\"`"),
+    ],
+)
+def test_bad_baseline_variants(tmp_path: Path, variant: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(_write(tmp_path, HEAD + VARIANTS + "\n[[variants]]\n" + variant + "\n"))
+
+
+def test_bad_baselines_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lambdas'\] in `baselines`"):
+        load_experiment(_write(tmp_path, HEAD + VARIANTS + "\n[baselines]\nlambdas = [1.0]\n"))
+    with pytest.raises(ConfigError, match=r"`baselines`: `ease_lambdas` must be a non-empty tuple"):
+        load_experiment(_write(tmp_path, HEAD + VARIANTS + "\n[baselines]\nease_lambdas = []\n"))
