@@ -84,3 +84,42 @@ def test_train_command_rejects_bad_config_with_exit_code(
     assert code == 2
     assert "model.fusion" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_a_given_split_column_goes_through_validate_train_and_evaluate(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    root = config_path.parent
+    inter = pd.read_parquet(root / "interactions.parquet")
+    # the data's own split: each user's last row by time is test, the one before valid, the rest train
+    order = inter.sort_values(["user_id", "timestamp"], kind="stable")
+    rank_from_end = order.groupby("user_id").cumcount(ascending=False)
+    inter.loc[order.index, "split"] = rank_from_end.map(lambda r: "test" if r == 0 else "valid" if r == 1 else "train")
+    path = tmp_path / "interactions.parquet"
+    inter.to_parquet(path)
+    cfg = tmp_path / "cfg.toml"
+    text = config_path.read_text().replace(str(root / "interactions.parquet"), str(path))
+    cfg.write_text(text.replace("max_history = 5", 'max_history = 5\nsplit = "column"'))
+    n_users = inter["user_id"].nunique()
+
+    assert main(["validate", "--config", str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    assert f"split column (seed 42): train {len(inter) - 2 * n_users}, val {n_users}, test {n_users}" in printed
+
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert "(column split)" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(out), "--ks", "10"]) == 0
+    printed = capsys.readouterr().out
+    # a column split reads train + valid in the test query (leave-one-out) and masks train items
+    assert "protocol: ranking excludes each user's train items; the query reads train+valid" in printed
+    assert f"[all] {n_users} users evaluated" in printed
+
+    bad = inter.assign(split=inter["split"].replace({"valid": "validation"}))
+    bad.to_parquet(path)
+    assert main(["validate", "--config", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert f"{n_users} row(s) have a value other than ['train', 'valid', 'test']: 'validation' ({n_users} rows)" in err
