@@ -64,7 +64,7 @@ EASE_LAMBDAS = (30.0, 100.0, 300.0)
 
 def _convert(src: Path, work: Path, protocol: str) -> Path:
     """The converted dataset for ``protocol`` (reused when its conversion.json matches the source)."""
-    from recfuse.data.microlens import convert_microlens
+    from recfuse.data.microlens_convert import convert_microlens
 
     out = work / f"data-{protocol}"
     record = out / "conversion.json"

@@ -16,14 +16,9 @@ import pytest
 
 from recfuse.cli.main import main
 from recfuse.config import RecfuseConfig
-from recfuse.data import microlens
-from recfuse.data.microlens import (
-    PAIRS_FILE,
-    TITLES_FILE,
-    convert_microlens,
-    load_microlens,
-    parse_hashtags,
-)
+from recfuse.data import microlens_convert
+from recfuse.data.microlens import PAIRS_FILE, TITLES_FILE, load_microlens, parse_hashtags
+from recfuse.data.microlens_convert import convert_microlens
 from recfuse.data.splits import split_interactions
 from recfuse.data.validate import load_dataset
 from recfuse.errors import DataError, SchemaError
@@ -204,14 +199,14 @@ def test_convert_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     out = tmp_path / "ml"
     convert_microlens(TINY, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real = microlens.pq.write_table
+    real = microlens_convert.pq.write_table
 
     def crash(table: object, where: Path, **kw: object) -> None:
         if Path(where).name == "interactions.parquet":
             raise OSError("disk full")
         real(table, where, **kw)
 
-    monkeypatch.setattr(microlens.pq, "write_table", crash)
+    monkeypatch.setattr(microlens_convert.pq, "write_table", crash)
     with pytest.raises(OSError, match="disk full"):
         convert_microlens(TINY, out, protocol="random")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old dataset, whole

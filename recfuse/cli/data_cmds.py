@@ -111,7 +111,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from recfuse.data.microlens import convert_microlens
+    from recfuse.data.microlens_convert import convert_microlens
 
     if args.max_items_per_user < 0:
         raise InvalidRequestError(f"`--max-items-per-user` must be >= 0 (0: all items), got {args.max_items_per_user}")
