@@ -173,6 +173,15 @@ def test_resume_continues_from_the_saved_epoch(trained) -> None:
     # re-running a finished run trains nothing and rewrites the same model
     again = train(more, ds, split, out, progress=False)
     assert again.epochs_run == 3 and np.isnan(again.examples_per_second)
+    # checkpoints of other settings are not continued as if they were this config's
+    other = dataclasses.replace(more, train=dataclasses.replace(more.train, batch_size=64, epochs=4))
+    with pytest.raises(ConfigError, match=r"holds checkpoints of a run with other settings \(train.batch_size: 128 -> 64\)"):
+        train(other, ds, split, out, progress=False)
+    from recfuse.data.splits import split_interactions
+
+    with pytest.raises(ConfigError, match=r"other settings \(split: '[0-9a-f]+' -> '[0-9a-f]+'\)"):
+        train(dataclasses.replace(more, train=dataclasses.replace(more.train, epochs=4)), ds,
+              split_interactions(ds.interactions, "random", 7), out, progress=False)  # fmt: skip
 
 
 def _tower_arrays(cfg: RecfuseConfig, n_users: int, prefix: Path, nested: bool) -> dict[str, np.ndarray]:

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,3 +110,40 @@ def _check_vector_column(items: pd.DataFrame, modality: str, column: str, dim: i
 
 def _is_na_scalar(value: object) -> bool:
     return isinstance(value, float) and np.isnan(value)
+
+
+def resumable_settings(cfg: RecfuseConfig, split: Any) -> dict[str, Any]:
+    """What a run's checkpoints depend on: the whole config except ``train.epochs`` / ``train.out_dir``
+    (raising the epoch cap or moving the directory is a legitimate resume) and the split's fingerprint."""
+    raw = cfg.to_dict()
+    raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("epochs", "out_dir")}
+    raw["split"] = split.fingerprint() if hasattr(split, "fingerprint") else None
+    return raw
+
+
+def check_resumable(saved: dict[str, Any] | None, current: dict[str, Any], out: Path) -> None:
+    """Raise :class:`ConfigError` when ``out``'s checkpoints were made with other settings.
+
+    Resuming them would continue a different model (another batch size, loss or split) and report
+    it as this config's. ``saved`` is None for runs written before settings were recorded: accepted.
+    """
+    if saved is None:
+        logger.warning("%s: the checkpoints record no settings; resuming them as they are", out)
+        return
+    changed = _diff(saved, current)
+    if changed:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise ConfigError(
+            f"{out} holds checkpoints of a run with other settings ({shown}{more}); resuming would continue "
+            f"that model. Train into another --out directory, or delete {out / 'checkpoints'} to start over"
+        )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if a == b else [(prefix, a, b)]

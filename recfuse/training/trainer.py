@@ -35,7 +35,7 @@ import tensorflow as tf
 from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
-from recfuse.training.checks import check_training_inputs
+from recfuse.training.checks import check_resumable, check_training_inputs, resumable_settings
 from recfuse.training.examples import build_examples
 from recfuse.training.model_dir import write_model_dir
 from recfuse.training.optimizer import make_optimizer
@@ -127,10 +127,14 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
     best_ckpt = tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower)
     best_prefix = out / "checkpoints" / "best" / "ckpt"
     state_path = out / "train_state.json"
-    state: dict[str, Any] = {"epoch": 0, "best_metric": None, "best_epoch": 0, "wait": 0, "history": []}
+    resume_key = resumable_settings(cfg, split)
+    state: dict[str, Any] = {"epoch": 0, "best_metric": None, "best_epoch": 0, "wait": 0, "history": [],
+                             "resume_key": resume_key}  # fmt: skip
     if manager.latest_checkpoint and state_path.exists():
+        saved = json.loads(state_path.read_text(encoding="utf-8"))
+        check_resumable(saved.get("resume_key"), resume_key, out)
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = {**saved, "resume_key": resume_key}
         state["epoch"] = int(epoch_var.numpy())
         state["history"] = [r for r in state.get("history", []) if r["epoch"] <= state["epoch"]]
         logger.info("resuming from %s (epoch %d)", manager.latest_checkpoint, state["epoch"])
