@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -55,7 +56,16 @@ PROTOCOLS = {
 }
 TEXT = {"name": "text", "kind": "text", "columns": ["title"], "min_item_count": 2}
 TAGS = {"name": "tags", "kind": "categorical", "columns": ["categories"]}
-VARIANTS: dict[str, list[dict[str, Any]]] = {"ids": [], "text": [TEXT], "text_tags": [TEXT, TAGS]}
+# name -> (modalities, model settings): ids only, token text, text + hashtags, and the same with the
+# sequence-aware (causal Transformer) query tower
+SEQ = {"query_encoder": "transformer"}
+VARIANTS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
+    "ids": ([], {}),
+    "text": ([TEXT], {}),
+    "text_tags": ([TEXT, TAGS], {}),
+    "ids_seq": ([], SEQ),
+    "text_tags_seq": ([TEXT, TAGS], SEQ),
+}
 KS = (10, 20)
 # λ = 100 won every protocol on MicroLens-50k's valid split with the library's five-value grid
 # (10 … 1000); three values around it keep both protocols' baselines inside ~10 minutes on 2 cores
@@ -97,7 +107,8 @@ def _config(data: DataConfig, variant: str, seed: int, epochs: int, history: str
             out: Path) -> RecfuseConfig:  # fmt: skip
     raw: dict[str, Any] = {
         "data": {"items": data.items, "interactions": data.interactions, "split": "column"},
-        "modalities": VARIANTS[variant],
+        "modalities": VARIANTS[variant][0],
+        "model": dict(VARIANTS[variant][1]),
         "train": {"seed": seed, "epochs": epochs, "out_dir": str(out)},
         "eval": {"mask": "train", "history": history},
         "variant": variant,
@@ -154,6 +165,8 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
         per_seed = []
         for seed in seeds:
             out = Path(args.work) / "models" / args.target / protocol / variant / f"seed-{seed}"
+            if out.exists():  # a fresh run each time: checkpoints of other settings are refused anyway
+                shutil.rmtree(out)
             cfg = _config(data, variant, seed, args.epochs, protocol_cfg.history, overrides, out)
             t1 = time.perf_counter()
             result = train(cfg, dataset, split, out, progress=False)

@@ -118,9 +118,9 @@ class BundleContents:
             dup = next(x for x in self.item_ids if x in seen or seen.add(x))  # type: ignore[func-returns-value]
             raise ArtifactError(f"`item_ids` must be unique, got duplicate {dup!r}")
         dim = vecs.shape[1]
-        if self.query_tower.dim != dim or self.query_tower.attn_w.shape[0] != dim:
+        if self.query_tower.dim != dim or self.query_tower.history_dim != dim:
             raise ArtifactError(
-                f"query tower output dim {self.query_tower.dim} / history input dim {self.query_tower.attn_w.shape[0]} "
+                f"query tower output dim {self.query_tower.dim} / history input dim {self.query_tower.history_dim} "
                 f"must equal the item embedding dim {dim}"
             )
         ue = self.query_tower.user_embedding

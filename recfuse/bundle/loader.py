@@ -142,10 +142,10 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
     dim, n = int(manifest["embedding_dim"]), int(manifest["item_count"])
 
     tower = NumpyQueryTower.load(vdir / mf.QUERY_TOWER)
-    if tower.dim != dim or tower.attn_w.shape[0] != dim:
+    if tower.dim != dim or tower.history_dim != dim:
         raise ArtifactError(
             f"{str(vdir / (mf.QUERY_TOWER + '.npz'))!r}: query tower dims (out {tower.dim}, history in "
-            f"{tower.attn_w.shape[0]}) do not match the manifest embedding_dim {dim}"
+            f"{tower.history_dim}) do not match the manifest embedding_dim {dim}"
         )
     item_ids, vectors = _read_embeddings(vdir / mf.EMBEDDINGS, n, dim)
     item_vocab = IdVocab.load(vdir / mf.VOCAB_ITEMS)

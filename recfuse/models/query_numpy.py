@@ -65,6 +65,11 @@ class NumpyQueryTower:
         return int(self.mlp[-1][0].shape[1])
 
     @property
+    def history_dim(self) -> int:
+        """Width ``d`` of the item vectors a history is read from (the item matrix's columns)."""
+        return int(self.attn_w.shape[0]) if self.sequence is None else int(self.sequence.dim)
+
+    @property
     def encoder(self) -> str:
         """``attention`` or ``transformer`` (``model.query_encoder``)."""
         return "attention" if self.sequence is None else "transformer"
