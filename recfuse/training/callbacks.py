@@ -94,6 +94,9 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         averaged: validate, and keep as the best weights, the optimizer's moving average of the
             weights (:func:`averaged_weights`; the optimizer must have ``use_ema``); training goes on
             from the trained weights.
+        on_epoch: ``(epoch, metric) -> stop`` called after each validation (epoch counted from 1);
+            returning True ends training as early stopping does (``stopped`` in the state), e.g. a
+            hyper-parameter search pruning an unpromising trial.
     """
 
     def __init__(
@@ -114,8 +117,10 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
         lr_decay_factor: float = 0.5,
         min_learning_rate: float = 0.0,
         averaged: bool = False,
+        on_epoch: Callable[[int, float], bool] | None = None,
     ) -> None:
         super().__init__()
+        self.on_epoch = on_epoch
         self.averaged = bool(averaged)
         self.evaluate = evaluate
         self.manager = manager
@@ -191,6 +196,10 @@ class ValidateAndCheckpoint(tf.keras.callbacks.Callback):
                     )
                     self.state["stopped"] = True
                     self.model.stop_training = True
+            if self.on_epoch is not None and self.on_epoch(epoch + 1, metric):
+                logger.info("epoch %d: stopped by the on_epoch hook at %s = %.4f", epoch + 1, self.metric_name, metric)
+                self.state["stopped"] = True
+                self.model.stop_training = True
         else:
             # no validation: the last epoch is the best one
             self.best_ckpt.write(str(self.best_prefix))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,14 @@ class TrainResult:
     examples_per_second: float = float("nan")
 
 
-def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, progress: bool = True) -> TrainResult:
+def train(
+    cfg: RecfuseConfig,
+    dataset: Any,
+    split: Any,
+    out_dir: str | Path,
+    progress: bool = True,
+    on_epoch: Callable[[int, float], bool] | None = None,
+) -> TrainResult:
     """Train (or resume) and write the model directory ``out_dir``.
 
     Args:
@@ -83,6 +91,8 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
         split: ``recfuse.data.splits.Split`` (``train``, ``val``, ``test``, ``cold_items``).
         out_dir: model directory; also holds ``checkpoints/`` and ``tensorboard/``.
         progress: show a Keras progress bar per epoch.
+        on_epoch: ``(epoch, val_metric) -> stop``, called after each validation (epoch counted from
+            1); True stops training like early stopping does (the best weights are still written).
 
     Returns:
         :class:`TrainResult`.
@@ -172,6 +182,7 @@ def train(cfg: RecfuseConfig, dataset: Any, split: Any, out_dir: str | Path, pro
                 cfg.train.lr_decay_factor,
                 cfg.train.min_learning_rate,
                 averaged=ema > 0,
+                on_epoch=on_epoch,
             ),
             ScalarLogger(out / "tensorboard"),
         ]
