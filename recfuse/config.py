@@ -375,6 +375,9 @@ class TrainConfig:
     # validation, early stopping, the best checkpoint and the exported model use the average;
     # training goes on from the trained weights
     ema_momentum: float = 0.0
+    # decoupled weight decay (AdamW): each step every weight but biases and normalisation parameters
+    # shrinks by learning_rate * weight_decay of itself (0 = plain Adam)
+    weight_decay: float = 0.0
     eval_every_epochs: int = 1
     # ``live``: history items go through the candidate tower in each step (gradient reaches item
     # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
@@ -409,6 +412,7 @@ class TrainConfig:
         _check_range("train", "lr_decay_factor", self.lr_decay_factor, 0.01, 0.99)
         _check_range("train", "min_learning_rate", self.min_learning_rate, 0.0, 10.0)
         _check_range("train", "ema_momentum", self.ema_momentum, 0.0, 0.9999)
+        _check_range("train", "weight_decay", self.weight_decay, 0.0, 1.0)
         _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
 

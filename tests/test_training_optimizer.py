@@ -43,3 +43,28 @@ def test_no_average_when_off() -> None:
     seen, final = _run(opt, 3)
     assert final == pytest.approx(seen[-1])
     np.testing.assert_array_less(seen[-1], 3.0)  # it trained
+
+
+def test_weight_decay_shrinks_weights_but_not_biases() -> None:
+    opt = make_optimizer(0.1, 0.0, weight_decay=0.5)
+    w = tf.Variable([2.0, -4.0], name="dense/kernel")
+    b = tf.Variable([2.0], name="dense/bias")
+    opt.build([w, b])
+    opt.apply_gradients([(tf.zeros(2), w), (tf.zeros(1), b)])  # no gradient: only the decay acts
+    # decoupled decay: w <- w - lr * wd * w = w * (1 - 0.05)
+    np.testing.assert_allclose(w.numpy(), [1.9, -3.8], rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), [2.0])
+    plain = make_optimizer(0.1, 0.0)
+    v = tf.Variable([2.0], name="kernel")
+    plain.build([v])
+    plain.apply_gradients([(tf.zeros(1), v)])
+    np.testing.assert_allclose(v.numpy(), [2.0])
+
+
+def test_weight_decay_config_range() -> None:
+    from recfuse.config import RecfuseConfig
+    from recfuse.errors import ConfigError
+
+    assert RecfuseConfig.from_dict({"modalities": [], "train": {"weight_decay": 0.01}}).train.weight_decay == 0.01
+    with pytest.raises(ConfigError, match=r"`train.weight_decay` must be in \[0.0, 1.0\], got -0.1"):
+        RecfuseConfig.from_dict({"modalities": [], "train": {"weight_decay": -0.1}})

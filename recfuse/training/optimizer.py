@@ -33,6 +33,26 @@ class WarmupEMAAdam(tf.keras.optimizers.Adam):  # type: ignore[misc]
             self._distribution_strategy.extended.update(average, update_average, args=(var,), group=False)
 
 
-def make_optimizer(learning_rate: float, ema_momentum: float) -> tf.keras.optimizers.Optimizer:
-    """Adam at ``learning_rate``; with ``ema_momentum > 0`` it also keeps the warmed-up average."""
-    return WarmupEMAAdam(learning_rate, use_ema=ema_momentum > 0, ema_momentum=ema_momentum or 0.99)
+#: variables never decayed: biases and normalisation scales/offsets (decaying them only shrinks
+#: activations, it does not regularise what the model has memorised)
+NO_DECAY = ("bias", "gamma", "beta")
+
+
+def make_optimizer(
+    learning_rate: float, ema_momentum: float, weight_decay: float = 0.0
+) -> tf.keras.optimizers.Optimizer:
+    """Adam at ``learning_rate``; with ``ema_momentum > 0`` it also keeps the warmed-up average.
+
+    ``weight_decay > 0`` makes it AdamW: each step every weight except biases and normalisation
+    parameters is shrunk by ``learning_rate * weight_decay`` of itself, decoupled from the gradient
+    (Loshchilov & Hutter), which also bounds the id embeddings of rarely seen users and items.
+    """
+    opt = WarmupEMAAdam(
+        learning_rate,
+        use_ema=ema_momentum > 0,
+        ema_momentum=ema_momentum or 0.99,
+        weight_decay=weight_decay if weight_decay > 0 else None,
+    )
+    if weight_decay > 0:
+        opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return opt

@@ -124,7 +124,7 @@ def train(
     rank_scale = model.item_scale  # the popularity prior's factor (None without one)
 
     ema = cfg.train.ema_momentum
-    optimizer = make_optimizer(cfg.train.learning_rate, ema)
+    optimizer = make_optimizer(cfg.train.learning_rate, ema, cfg.train.weight_decay)
     model.compile(optimizer=optimizer)
     ds = make_dataset(examples, user_vocab, cfg.train.batch_size, cfg.train.seed, cfg.train.user_dropout)
     # create every variable (towers + optimizer slots) so a checkpoint restores eagerly
