@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recfuse-installed
-EXTRAS ?= dev,ray,text
+EXTRAS ?= dev,ray,text,tune
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export OPENBLAS_NUM_THREADS ?= 1
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "recfuse.cli.embed_cmds",
     "recfuse.cli.bundle_cmds",
     "recfuse.cli.eval_cmds",
+    "recfuse.cli.tune_cmds",
 )
 
 Handler = Callable[[argparse.Namespace], int]
