@@ -375,6 +375,10 @@ class TrainConfig:
     # validation, early stopping, the best checkpoint and the exported model use the average;
     # training goes on from the trained weights
     ema_momentum: float = 0.0
+    # a training example's history: ``previous`` (the interactions before it: next-item prediction,
+    # what a leave-one-out split asks) or ``profile`` (all the user's other training interactions,
+    # most recent first: what a random per-user split asks, where the held-out items are anywhere)
+    example_history: str = "previous"
     # decoupled weight decay (AdamW): each step every weight but biases and normalisation parameters
     # shrinks by learning_rate * weight_decay of itself (0 = plain Adam)
     weight_decay: float = 0.0
@@ -413,6 +417,7 @@ class TrainConfig:
         _check_range("train", "min_learning_rate", self.min_learning_rate, 0.0, 10.0)
         _check_range("train", "ema_momentum", self.ema_momentum, 0.0, 0.9999)
         _check_range("train", "weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_choice("train", "example_history", self.example_history, ("previous", "profile"))
         _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
 

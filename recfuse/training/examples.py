@@ -58,8 +58,19 @@ def sort_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     return interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
-def build_examples(interactions: pd.DataFrame, item_vocab: IdVocab, user_vocab: IdVocab, max_history: int) -> Examples:
-    """One example per interaction whose item is in ``item_vocab`` (others are the caller's to count)."""
+def build_examples(
+    interactions: pd.DataFrame, item_vocab: IdVocab, user_vocab: IdVocab, max_history: int, history: str = "previous"
+) -> Examples:
+    """One example per interaction whose item is in ``item_vocab`` (others are the caller's to count).
+
+    Args:
+        history: what an example's history holds (``train.example_history``): ``previous`` (the
+            user's interactions before this one: next-item prediction) or ``profile`` (all the
+            user's other training interactions, most recent first: the held-out item is predicted
+            from the rest of the profile, as a random per-user split queries it).
+    """
+    if history not in ("previous", "profile"):
+        raise ValueError(f"`history` must be 'previous' or 'profile', got {history!r}")
     df = sort_interactions(interactions)
     items = item_vocab.lookup(df["item_id"].tolist())
     users = user_vocab.lookup(df["user_id"].tolist())
@@ -71,9 +82,18 @@ def build_examples(interactions: pd.DataFrame, item_vocab: IdVocab, user_vocab: 
     starts = np.r_[0, np.flatnonzero(np.diff(codes)) + 1] if n else np.zeros(0, np.int64)
     block_start = np.repeat(starts, np.diff(np.r_[starts, n])) if n else np.zeros(0, np.int64)
     pos_in_block = np.arange(n) - block_start
-    offsets = np.arange(1, max_history + 1)  # k-th previous interaction
-    src = np.arange(n)[:, None] - offsets[None, :]
-    valid = offsets[None, :] <= pos_in_block[:, None]
+    if history == "profile":
+        # k-th most recent of the user's OTHER interactions: block positions size-1, size-2, ...
+        # skipping the example's own position
+        block_size = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n])) if n else np.zeros(0, np.int64)
+        j = (block_size - 1)[:, None] - np.arange(max_history)[None, :]
+        j = np.where(j <= pos_in_block[:, None], j - 1, j)
+        valid = j >= 0
+        src = block_start[:, None] + j
+    else:
+        offsets = np.arange(1, max_history + 1)  # k-th previous interaction
+        src = np.arange(n)[:, None] - offsets[None, :]
+        valid = offsets[None, :] <= pos_in_block[:, None]
     hist = np.where(valid, items[np.clip(src, 0, None)] if n else src, -1).astype(np.int64)
     pos = np.broadcast_to(np.arange(max_history, dtype=np.float32), (n, max_history)).copy()
     return Examples(users.astype(np.int64), hist, pos, items.astype(np.int64))

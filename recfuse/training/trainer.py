@@ -111,7 +111,7 @@ def train(
 
     item_vocab = IdVocab.build(items["item_id"].tolist(), num_oov=0)
     user_vocab = IdVocab.build(sorted(set(map(str, train_df["user_id"]))), num_oov=cfg.model.user_oov_buckets)
-    examples = build_examples(train_df, item_vocab, user_vocab, cfg.data.max_history)
+    examples = build_examples(train_df, item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history)
     skipped = int(len(train_df) - len(examples))
     if skipped:
         logger.warning("%d training interactions point at items missing from the catalog; not used", skipped)
