@@ -273,6 +273,12 @@ class ModelConfig:
         query_heads: attention heads of the ``transformer`` query encoder; must divide ``dim``.
         query_dropout: dropout of the ``transformer`` query encoder while training (inputs,
             attention and feed-forward outputs).
+        softmax: the retrieval loss's candidate pool. ``sampled``: the batch's positives plus
+            ``mixed_negatives`` uniform catalog items, logQ-corrected (scales to any catalog).
+            ``full``: every catalog item is a candidate in every step (exact softmax, no sampling
+            bias and no correction; each step runs the item tower over the whole catalog and holds
+            a ``queries × items`` logit matrix, so it suits catalogs up to some 10⁵ items;
+            ``mixed_negatives`` must be 0).
     """
 
     dim: int = 64
@@ -304,6 +310,7 @@ class ModelConfig:
     remove_accidental_hits: bool = True
     mixed_negatives: int = 0
     popularity_prior: float = 0.0
+    softmax: str = "sampled"
 
     def __post_init__(self) -> None:
         _check_range("model", "popularity_prior", self.popularity_prior, 0.0, 10.0)
@@ -325,6 +332,12 @@ class ModelConfig:
         _check_range("model", "query_layers", self.query_layers, 1, 4)
         _check_range("model", "query_heads", self.query_heads, 1, 64)
         _check_range("model", "query_dropout", self.query_dropout, 0.0, 0.9)
+        _check_choice("model", "softmax", self.softmax, ("sampled", "full"))
+        if self.softmax == "full" and self.mixed_negatives:
+            raise ConfigError(
+                f"`model.mixed_negatives` = {self.mixed_negatives} has no effect with `model.softmax` = 'full' "
+                "(every catalog item is already a candidate); set it to 0, or use softmax = 'sampled'"
+            )
         if self.query_encoder == "transformer" and self.dim % self.query_heads:
             raise ConfigError(
                 f"`model.query_heads` = {self.query_heads} must divide `model.dim` = {self.dim} (each head reads "
@@ -379,6 +392,12 @@ class TrainConfig:
     # what a leave-one-out split asks) or ``profile`` (all the user's other training interactions,
     # most recent first: what a random per-user split asks, where the held-out items are anywhere)
     example_history: str = "previous"
+    # what each training example predicts: ``last`` (its own item, from the history before it) or
+    # ``all_positions`` (SASRec's training, ``model.query_encoder = "transformer"`` only): one example
+    # per window of ``data.max_history`` items of a user's sequence, and the causal encoder's output at
+    # every history position is a query for the item right after it, so one forward scores every
+    # next-item target of the window (each training interaction is a target once)
+    targets: str = "last"
     # decoupled weight decay (AdamW): each step every weight but biases and normalisation parameters
     # shrinks by learning_rate * weight_decay of itself (0 = plain Adam)
     weight_decay: float = 0.0
@@ -418,6 +437,13 @@ class TrainConfig:
         _check_range("train", "ema_momentum", self.ema_momentum, 0.0, 0.9999)
         _check_range("train", "weight_decay", self.weight_decay, 0.0, 1.0)
         _check_choice("train", "example_history", self.example_history, ("previous", "profile"))
+        _check_choice("train", "targets", self.targets, ("last", "all_positions"))
+        if self.targets == "all_positions" and self.example_history != "previous":
+            raise ConfigError(
+                f"`train.targets` = 'all_positions' reads each position's next item from the ordered history, "
+                f"which `train.example_history` = {self.example_history!r} does not keep; use example_history = "
+                "'previous', or targets = 'last'"
+            )
         _check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         _check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
 
@@ -531,6 +557,12 @@ class RecfuseConfig:
             raise ConfigError(
                 "`modalities` is empty and `model.item_id_embedding` is false: the item tower has no input; "
                 "declare a modality or enable the item-id embedding"
+            )
+        if self.train.targets == "all_positions" and self.model.query_encoder != "transformer":
+            raise ConfigError(
+                f"`train.targets` = 'all_positions' needs `model.query_encoder` = 'transformer' (a causal encoder "
+                f"has an output at every history position); got query_encoder = {self.model.query_encoder!r}: "
+                "set it to 'transformer', or targets = 'last'"
             )
         if not self.variant:
             object.__setattr__(self, "variant", self.model.fusion if self.modalities else "ids-only")

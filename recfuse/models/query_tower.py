@@ -148,6 +148,51 @@ class QueryTower(tf.keras.layers.Layer):
             x = tf.math.l2_normalize(x, axis=1, epsilon=1e-24)
         return x
 
+    def position_queries(
+        self,
+        item_matrix: tf.Tensor,
+        user_idx: tf.Tensor,
+        hist_idx: tf.Tensor,
+        hist_pos: tf.Tensor,
+        training: bool | None = None,
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Query vectors at every history position of the ``transformer`` encoder (SASRec's training readout).
+
+        The output at position ``j`` reads the items at ``j`` and older (the history as it stood before
+        the item at ``j - 1`` was consumed), so it is the query whose next item is ``hist_idx[:, j - 1]``
+        (for ``j = 0``: the example's own target). Each position goes through the same user-embedding /
+        MLP / normalisation head as :meth:`call`, and position 0 equals :meth:`call`'s query for a
+        non-empty history (tested).
+
+        Returns:
+            ``([b, L, d] queries, [b, L] bool)``: True where position ``j`` holds a real item.
+
+        Raises:
+            ValueError: the tower's encoder is not ``transformer`` (pooling has no per-position output).
+        """
+        if self.encoder != "transformer":
+            raise ValueError("position_queries needs encoder = 'transformer'; attention pooling has one output per row")
+        hist_idx = tf.cast(hist_idx, tf.int64)
+        mask = hist_idx >= 0
+        maskf = tf.cast(mask, tf.float32)
+        h = tf.gather(item_matrix, tf.where(mask, hist_idx, tf.zeros_like(hist_idx)))  # [b, L, d]
+        x = self.sequence.sequence_outputs(h, hist_pos, mask, training=training)
+        b, length = tf.shape(x)[0], tf.shape(x)[1]
+        # the final LayerNorm was built on [b, d] summaries: apply it row-wise to [b * L, d]
+        x = tf.reshape(self.sequence.ln(tf.reshape(x, [-1, self.dim])), [b, length, self.dim])
+        x = x * maskf[:, :, None]
+        parts = [x]
+        if self.user_embedding is not None:
+            u = self.user_embedding(tf.cast(user_idx, tf.int64))  # [b, du]
+            parts.append(tf.broadcast_to(u[:, None, :], [b, length, self.user_dim]))
+        parts.append(maskf[:, :, None])  # has_history: 1 at every real position
+        x = tf.concat(parts, axis=2)
+        for layer in self.mlp:
+            x = layer(x)
+        if self.normalize:
+            x = tf.math.l2_normalize(x, axis=2, epsilon=1e-24)
+        return x, mask
+
     def build_for(self, item_dim: int) -> None:
         """Create all variables by running a one-row forward (so checkpoints can be restored)."""
         self(

@@ -56,6 +56,8 @@ from recfuse.models.query_tower import QueryTower
 
 EXAMPLE_KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
 HISTORY_ENCODINGS = ("live", "memory_bank")
+TARGETS = ("last", "all_positions")
+SOFTMAXES = ("sampled", "full")
 
 
 class TwoTowerModel(tfrs.models.Model):
@@ -97,8 +99,18 @@ class TwoTowerModel(tfrs.models.Model):
         live_history_items: int = 0,
         modality_loss_weight: float = 0.0,
         item_scale: np.ndarray | None = None,
+        targets: str = "last",
+        softmax: str = "sampled",
     ) -> None:
         super().__init__()
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+        if softmax not in SOFTMAXES:
+            raise ValueError(f"softmax must be one of {SOFTMAXES}, got {softmax!r}")
+        if targets == "all_positions" and getattr(query_tower, "encoder", "") != "transformer":
+            raise ValueError("targets = 'all_positions' needs a query tower with encoder = 'transformer'")
+        self.targets, self.softmax = targets, softmax
+        self.temperature = float(temperature)
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.num_items = int(len(item_prob))
@@ -177,40 +189,80 @@ class TwoTowerModel(tfrs.models.Model):
         self.memory_bank.assign(matrix)
         return matrix
 
-    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    def _positives(self, features: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """``[Q]`` positive item indices and, with ``targets = "all_positions"``, the ``[b, L]`` mask of
+        the history positions they belong to (None: one positive per example, its ``item_idx``).
+
+        Position ``j`` of a history (most recent first) predicts the item just newer than it: the
+        example's ``item_idx`` for ``j = 0``, ``hist_idx[:, j - 1]`` otherwise.
+        """
         item_idx = tf.cast(features["item_idx"], tf.int64)
-        cand_idx = item_idx
-        batch = tf.cast(tf.shape(item_idx)[0], tf.float32)
-        if self.mixed_negatives > 0:
-            extra = self._rng.uniform((self.mixed_negatives,), 0, self.num_items, dtype=tf.int64)
-            cand_idx = tf.concat([item_idx, extra], axis=0)
-        if self.history_encoding == "live":
-            query, candidates, tokens, mask = self._live_towers(features, cand_idx, training)
+        if self.targets == "last":
+            return item_idx, None
+        hist = tf.cast(features["hist_idx"], tf.int64)
+        targets = tf.concat([item_idx[:, None], hist[:, :-1]], axis=1)
+        pick = hist >= 0
+        return tf.boolean_mask(targets, pick), pick
+
+    def _queries(
+        self,
+        item_matrix: tf.Tensor,
+        features: Mapping[str, tf.Tensor],
+        hist: tf.Tensor,
+        pick: tf.Tensor | None,
+        training: bool,
+    ) -> tf.Tensor:
+        """``[Q, d]`` training queries: one per example, or one per picked history position."""
+        if pick is None:
+            return self.query_tower(item_matrix, features["user_idx"], hist, features["hist_pos"], training=training)
+        q, _ = self.query_tower.position_queries(
+            item_matrix, features["user_idx"], hist, features["hist_pos"], training=training
+        )
+        return tf.boolean_mask(q, pick)
+
+    def compute_loss(self, features: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        pos_idx, pick = self._positives(features)
+        n_pos = tf.shape(pos_idx)[0]
+        if self.softmax == "full":
+            # every catalog item is a candidate, in index order: the positive's label is its index
+            cand_idx = tf.range(self.num_items, dtype=tf.int64)
         else:
-            query = self.query_embeddings(features, training=training)
+            cand_idx = pos_idx
+            if self.mixed_negatives > 0:
+                extra = self._rng.uniform((self.mixed_negatives,), 0, self.num_items, dtype=tf.int64)
+                cand_idx = tf.concat([pos_idx, extra], axis=0)
+        if self.history_encoding == "live":
+            rows, cand_rows, local_hist, tokens, mask = self._live_rows(features, cand_idx, training)
+            candidates = tf.gather(rows, cand_rows)
+            query = self._queries(rows, features, local_hist, pick, training)
+        else:
+            query = self._queries(self.memory_bank, features, features["hist_idx"], pick, training)
             candidates, tokens, mask = self._encode(cand_idx, training)
         if self._item_scale is not None:
             # popularity prior: candidates are scored by q . v * (1 + γ·log(1 + count)); the
             # auxiliary losses below score the plain modality tokens
             candidates = candidates * tf.gather(self._item_scale, cand_idx)[:, None]
         prob = None
-        if self.logq_correction:
-            # expected count of each candidate in the pool: in-batch (B * p) + uniform (M / N) ...
-            count = batch * tf.gather(self._item_prob, cand_idx) + float(self.mixed_negatives) / float(self.num_items)
+        if self.logq_correction and self.softmax == "sampled":
+            # expected count of each candidate in the pool: positives (Q * p) + uniform (M / N) ...
+            count = tf.cast(n_pos, tf.float32) * tf.gather(self._item_prob, cand_idx) + float(
+                self.mixed_negatives
+            ) / float(self.num_items)
             # ... divided by the pool's largest: TFRS clips the probability to [1e-6, 1], which would
             # flatten the correction of every item expected more than once per batch (on the sample,
             # the 17 most popular items at batch 256); a common factor cancels in the softmax.
             prob = count / tf.reduce_max(count)
-        loss = self._retrieval_loss(query, candidates, prob, cand_idx)
+        loss = self._retrieval_loss(query, candidates, prob, cand_idx, labels=pos_idx)
         if tokens is not None and mask is not None:
-            n_pos = tf.shape(item_idx)[0]
             normalize = bool(self.candidate_tower.cfg.model.normalize)  # a CandidateTower: it has tokens
             for m in range(self.aux_modalities):
                 present = mask[:, m]
                 token = tf.math.l2_normalize(tokens[:, m], axis=-1) if normalize else tokens[:, m]
                 token = token * present[:, None]  # an absent modality scores 0, not its zero-input encoding
+                # the positives' presence: the first Q candidates (sampled) or the positives' rows (full)
+                weight = tf.gather(present, pos_idx) if self.softmax == "full" else present[:n_pos]
                 loss += self.modality_loss_weight * self._retrieval_loss(
-                    query, token, prob, cand_idx, sample_weight=present[:n_pos]
+                    query, token, prob, cand_idx, sample_weight=weight, labels=pos_idx
                 )
         return loss
 
@@ -221,7 +273,20 @@ class TwoTowerModel(tfrs.models.Model):
         prob: tf.Tensor | None,
         cand_idx: tf.Tensor,
         sample_weight: tf.Tensor | None = None,
+        labels: tf.Tensor | None = None,
     ) -> tf.Tensor:
+        """Summed softmax cross-entropy of each query against the candidate pool.
+
+        ``sampled``: TFRS's in-batch loss (query ``i``'s positive is candidate ``i``; logQ correction
+        and accidental-hit removal). ``full``: the candidates are the whole catalog in index order and
+        ``labels`` are the positives' indices (nothing is sampled, so nothing is corrected).
+        """
+        if self.softmax == "full":
+            logits = tf.matmul(query, candidates, transpose_b=True) / self.temperature
+            per_query = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            if sample_weight is not None:
+                per_query = per_query * tf.cast(sample_weight, per_query.dtype)
+            return tf.reduce_sum(per_query)
         return self.task(
             query,
             candidates,
@@ -232,17 +297,18 @@ class TwoTowerModel(tfrs.models.Model):
             compute_batch_metrics=False,
         )
 
-    def _live_towers(
+    def _live_rows(
         self, features: Mapping[str, tf.Tensor], cand_idx: tf.Tensor, training: bool
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
-        """Query and candidate embeddings (plus the candidates' content tokens and mask when the
-        auxiliary loss is on) from ONE candidate-tower pass over the batch's unique items.
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
+        """ONE candidate-tower pass over the batch's unique items (candidates and history items).
 
-        The history indices are remapped to rows of that pass, so the query tower's pooling is
-        differentiable with respect to the item representations. With ``live_history_items > 0``
-        at most that many history-only items (drawn at random each step) are encoded live; the
-        rest of the history reads the memory bank (no gradient), which bounds the per-step cost
-        of expensive item towers on large catalogs.
+        Returns the encoded rows, the candidates' row numbers, the history remapped to those rows
+        (``-1`` padding kept), and the candidates' content tokens and mask when the auxiliary loss is
+        on. The history is read from the same rows, so the query tower's pooling is differentiable
+        with respect to the item representations. With ``live_history_items > 0`` at most that many
+        history-only items (drawn at random each step) are encoded live; the rest of the history
+        reads the memory bank (no gradient), which bounds the per-step cost of expensive item towers
+        on large catalogs.
         """
         hist = tf.cast(features["hist_idx"], tf.int64)
         valid = hist >= 0
@@ -260,15 +326,21 @@ class TwoTowerModel(tfrs.models.Model):
             rows = tf.tensor_scatter_nd_update(bank_rows, live_pos[:, None], live_rows)
         else:
             rows, tokens, mask = self._encode(uniq, training)
-        candidates = tf.gather(rows, inv[:n_cand])
+        cand_rows = inv[:n_cand]
         if tokens is not None and mask is not None:
             # the candidates' unique items are the first rows of both the live and the all-live pass
-            tokens, mask = tf.gather(tokens, inv[:n_cand]), tf.gather(mask, inv[:n_cand])
+            tokens, mask = tf.gather(tokens, cand_rows), tf.gather(mask, cand_rows)
         local_hist = tf.tensor_scatter_nd_update(
             tf.fill(tf.shape(hist), tf.constant(-1, tf.int64)), tf.where(valid), inv[n_cand:]
         )
-        query = self.query_tower(rows, features["user_idx"], local_hist, features["hist_pos"], training=training)
-        return query, candidates, tokens, mask
+        return rows, cand_rows, local_hist, tokens, mask
+
+    def _live_towers(
+        self, features: Mapping[str, tf.Tensor], cand_idx: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
+        """One query per example and the candidates' embeddings (plus tokens and mask), from one live pass."""
+        rows, cand_rows, local_hist, tokens, mask = self._live_rows(features, cand_idx, training)
+        return self._queries(rows, features, local_hist, None, training), tf.gather(rows, cand_rows), tokens, mask
 
     def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised as a whole
         raise NotImplementedError("TwoTowerModel is saved as a tf.train.Checkpoint of its towers")

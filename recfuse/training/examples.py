@@ -34,12 +34,24 @@ class Examples:
         hist_idx: ``[n, L]`` item indices, most recent first, ``-1`` padding.
         hist_pos: ``[n, L]`` float32 positions ``0..L-1``.
         item_idx: ``[n]`` positive item indices.
+        interactions: training interactions they were built from (items in the vocabulary).
+        targets: next-item targets per epoch: ``n``, or with ``all_positions`` one per history
+            position of every window.
     """
 
     user_idx: Int64Array
     hist_idx: Int64Array
     hist_pos: FloatArray
     item_idx: Int64Array
+    interactions: int = -1
+    targets: int = -1
+
+    def __post_init__(self) -> None:
+        n = int(len(self.item_idx))
+        if self.interactions < 0:
+            object.__setattr__(self, "interactions", n)
+        if self.targets < 0:
+            object.__setattr__(self, "targets", n)
 
     def __len__(self) -> int:
         return int(len(self.item_idx))
@@ -59,9 +71,20 @@ def sort_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_examples(
-    interactions: pd.DataFrame, item_vocab: IdVocab, user_vocab: IdVocab, max_history: int, history: str = "previous"
+    interactions: pd.DataFrame,
+    item_vocab: IdVocab,
+    user_vocab: IdVocab,
+    max_history: int,
+    history: str = "previous",
+    targets: str = "last",
 ) -> Examples:
     """One example per interaction whose item is in ``item_vocab`` (others are the caller's to count).
+
+    With ``targets = "all_positions"`` (``train.targets``) only one example per window of
+    ``max_history`` interactions is kept: each user's last interaction, the one ``max_history``
+    before it, and so on, none without a history. The model reads every position of such an
+    example's history as a query for the item after it, so each interaction but a user's first is
+    a target exactly once per epoch.
 
     Args:
         history: what an example's history holds (``train.example_history``): ``previous`` (the
@@ -71,6 +94,10 @@ def build_examples(
     """
     if history not in ("previous", "profile"):
         raise ValueError(f"`history` must be 'previous' or 'profile', got {history!r}")
+    if targets not in ("last", "all_positions"):
+        raise ValueError(f"`targets` must be 'last' or 'all_positions', got {targets!r}")
+    if targets == "all_positions" and history != "previous":
+        raise ValueError("`targets` = 'all_positions' needs `history` = 'previous' (the ordered sequence)")
     df = sort_interactions(interactions)
     items = item_vocab.lookup(df["item_id"].tolist())
     users = user_vocab.lookup(df["user_id"].tolist())
@@ -95,8 +122,18 @@ def build_examples(
         src = np.arange(n)[:, None] - offsets[None, :]
         valid = offsets[None, :] <= pos_in_block[:, None]
     hist = np.where(valid, items[np.clip(src, 0, None)] if n else src, -1).astype(np.int64)
-    pos = np.broadcast_to(np.arange(max_history, dtype=np.float32), (n, max_history)).copy()
-    return Examples(users.astype(np.int64), hist, pos, items.astype(np.int64))
+    users, items = users.astype(np.int64), items.astype(np.int64)
+    if targets == "all_positions":
+        block_size = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n])) if n else np.zeros(0, np.int64)
+        from_end = block_size - 1 - pos_in_block
+        window = (from_end % max_history == 0) & (pos_in_block > 0)
+        hist, users, items = hist[window], users[window], items[window]
+        # position j of a window's history predicts the item just newer than it: one target per position
+        n_targets = int((hist >= 0).sum())
+    else:
+        n_targets = len(items)
+    pos = np.broadcast_to(np.arange(max_history, dtype=np.float32), (len(items), max_history)).copy()
+    return Examples(users, hist, pos, items, interactions=n, targets=n_targets)
 
 
 def user_histories(interactions: pd.DataFrame) -> dict[str, list[str]]:

@@ -69,5 +69,7 @@ def build_model(
             if item_counts is not None and cfg.model.popularity_prior > 0
             else None
         ),
+        targets=cfg.train.targets,
+        softmax=cfg.model.softmax,
     )
     return BuiltModel(model, item_vocab, user_vocab, items, frozenset(warm_items))

@@ -61,7 +61,9 @@ class TrainResult:
         examples: number of training examples.
         skipped_interactions: training interactions whose item is not in the catalog.
         seconds: wall time of this call.
-        examples_per_second: training throughput of this call (``nan`` if no epoch ran).
+        examples_per_second: training throughput of this call, in next-item targets per second
+            (with ``train.targets = "all_positions"`` an example holds one per history position;
+            ``nan`` if no epoch ran).
     """
 
     model_dir: Path
@@ -111,8 +113,10 @@ def train(
 
     item_vocab = IdVocab.build(items["item_id"].tolist(), num_oov=0)
     user_vocab = IdVocab.build(sorted(set(map(str, train_df["user_id"]))), num_oov=cfg.model.user_oov_buckets)
-    examples = build_examples(train_df, item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history)
-    skipped = int(len(train_df) - len(examples))
+    examples = build_examples(
+        train_df, item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history, cfg.train.targets
+    )
+    skipped = int(len(train_df) - examples.interactions)
     if skipped:
         logger.warning("%d training interactions point at items missing from the catalog; not used", skipped)
     counts = np.bincount(examples.item_idx, minlength=len(item_vocab)).astype(np.float64)
@@ -191,7 +195,7 @@ def train(
             ds, epochs=cfg.train.epochs, initial_epoch=start_epoch, callbacks=callbacks, verbose=1 if progress else 0
         )
         fit_seconds = time.perf_counter() - t_fit
-        fit_examples = (int(state["epoch"]) - start_epoch) * len(examples)
+        fit_examples = (int(state["epoch"]) - start_epoch) * examples.targets
     if Path(str(best_prefix) + ".index").exists():
         best_ckpt.read(str(best_prefix)).assert_existing_objects_matched()
     model.refresh_memory_bank()
