@@ -11,6 +11,12 @@ git), once per protocol:
 - ``random``: per-user random 8:1:1 over the same interactions (the MMRec / Amazon-review protocol):
   the test query reads the training items only. Whole-profile models (EASE) are favoured here.
 
+- ``cold`` (``--protocols cold``, needs ``--text-vectors``): item cold start. 20% of the items
+  (seed 0) lose every interaction, which becomes the target; the rest is split per user at random.
+  The content variants given in ``--variants`` are scored beside text-kNN (each user's mean MiniLM
+  title vector over the training items, cosine to the items), Recall@20 of the held-out items
+  ranked among the held-out items only and ranked among all items (the served ranking).
+
 recfuse trains with the examples each protocol's query asks for (``train.example_history``:
 ``previous`` under ``loo``, ``profile`` under ``random``; ``--set train.example_history=…`` overrides
 both). Every model and baseline ranks the full catalog with the user's training items masked (HR@K equals
@@ -31,7 +37,7 @@ baseline.
 
 Usage:
     python bench/real_quality.py [--src ../shared/datasets/microlens-50k] [--work runs/real_quality]
-        [--protocols loo,random] [--target valid|test] [--baselines-only]
+        [--protocols loo,random,cold] [--target valid|test] [--baselines-only]
         [--baselines popularity,itemknn,ease] [--variants ids,text,text_tags] [--seeds 1,2]
         [--epochs 20] [--text-vectors FILE] [--set KEY=VALUE ...]
 """
@@ -78,6 +84,9 @@ VARIANTS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "minilm_tags": ([MINILM, TAGS], {}),
 }
 KS = (10, 20)
+# the cold-start protocol: this share of the items loses every interaction (the issue's 20%)
+COLD_FRACTION = 0.2
+COLD_KEYS = ("recall", "hit", "ndcg")
 # λ = 100 won every protocol on MicroLens-50k's valid split with the library's five-value grid
 # (10 … 1000); three values around it keep both protocols' baselines inside ~10 minutes on 2 cores
 EASE_LAMBDAS = (30.0, 100.0, 300.0)
@@ -107,6 +116,144 @@ def valid_target(split: Split, protocol: str, seed: int) -> Split:
     inner = split_interactions(split.train, "temporal" if protocol == "loo" else "random", seed)
     train = pd.concat([inner.train, inner.val], ignore_index=True)
     return Split(train=train, val=inner.test, test=split.val, cold_items=frozenset(), kind="column", seed=seed)
+
+
+def cold_target(interactions: pd.DataFrame, target: str, seed: int = 0) -> Split:
+    """The item-held-out (cold start) split: a ``COLD_FRACTION`` share of the items loses every interaction.
+
+    The test items are drawn with ``seed`` from every interacted item; with ``target = "test"`` their
+    interactions are the target. With ``target = "valid"`` the test items' interactions are set aside
+    entirely and a second ``COLD_FRACTION`` of the remaining items is drawn as the target, so
+    nothing is tuned on the test items. The other interactions are split per user at random
+    (``split_interactions(kind="random")``): the validation part drives early stopping and the rest
+    is trained on. The returned split's ``cold_items`` are the target items.
+    """
+    item_of = interactions["item_id"].astype(str)
+    rng = np.random.default_rng(seed)
+    items = np.array(sorted(item_of.unique()), dtype=object)
+    test_items = frozenset(str(i) for i in rng.choice(items, size=round(COLD_FRACTION * len(items)), replace=False))
+    pool = interactions
+    held = test_items
+    if target == "valid":
+        pool = interactions.loc[~item_of.isin(test_items)].reset_index(drop=True)
+        rest = np.array(sorted(pool["item_id"].astype(str).unique()), dtype=object)
+        held = frozenset(str(i) for i in rng.choice(rest, size=round(COLD_FRACTION * len(rest)), replace=False))
+    is_held = pool["item_id"].astype(str).isin(held).to_numpy()
+    warm = split_interactions(pool.loc[~is_held].reset_index(drop=True), "random", seed)
+    train = pd.concat([warm.train, warm.test], ignore_index=True)
+    return Split(train=train, val=warm.val, test=pool.loc[is_held].reset_index(drop=True), cold_items=held,
+                 kind="cold_start", seed=seed)  # fmt: skip
+
+
+def cold_metrics(queries: np.ndarray, vectors: np.ndarray, sets: Any) -> dict[str, float]:
+    """Recall / HR / NDCG @20 of the held-out items ranked among the held-out items only and among all items.
+
+    ``sets`` are the evaluation sets of a :func:`cold_target` split (every target item is a held-out
+    item). Among all items the user's training items are masked, as served; among the held-out items
+    nothing needs masking (none was ever trained on).
+    """
+    from recfuse.evaluation.fullrank import evaluate_embeddings
+
+    cold_idx = np.flatnonzero(sets.cold_mask)
+    position = np.full(len(sets.cold_mask), -1, np.int64)
+    position[cold_idx] = np.arange(len(cold_idx))
+    among_cold = evaluate_embeddings(queries, vectors[cold_idx], sets.users, [[] for _ in sets.users],
+                                     [position[np.asarray(t, np.int64)] for t in sets.test], ks=(20,))  # fmt: skip
+    among_all = evaluate_embeddings(queries, vectors, sets.users, sets.exclude, sets.test, ks=(20,))
+    out = {f"held-out {k}": float(v) for k, v in among_cold.means("all").items() if k.split("@")[0] in COLD_KEYS}
+    out.update({f"all {k}": float(v) for k, v in among_all.means("all").items() if k.split("@")[0] in COLD_KEYS})
+    return out
+
+
+def text_knn_queries(item_vectors: np.ndarray, item_ids: list[str], histories: list[list[str]]) -> np.ndarray:
+    """The text-kNN baseline's queries: each user's mean unit text vector over the items the query reads."""
+    unit = item_vectors / np.maximum(np.linalg.norm(item_vectors, axis=1, keepdims=True), 1e-12)
+    index = {item: i for i, item in enumerate(item_ids)}
+    out = np.zeros((len(histories), unit.shape[1]), np.float32)
+    for row, hist in enumerate(histories):
+        rows = [index[i] for i in hist if i in index]
+        if rows:
+            out[row] = unit[rows].mean(axis=0)
+    return out
+
+
+def run_cold(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The cold-start protocol: recfuse content variants beside text-kNN, both ways of ranking."""
+    from recfuse.config import ModalityConfig
+    from recfuse.data.validate import load_dataset
+    from recfuse.evaluation.fullrank import build_eval_sets
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training.trainer import train
+
+    if not args.text_vectors:
+        raise SystemExit("the cold protocol needs --text-vectors (the text-kNN baseline reads them)")
+    data_dir = _convert(Path(args.src), Path(args.work), "loo")
+    data = DataConfig(items=args.text_vectors, interactions=str(data_dir / "interactions.parquet"), split="column")
+    dataset = load_dataset(data, tuple(ModalityConfig(**m) for m in (TEXT, TAGS, MINILM)))
+    split = cold_target(dataset.interactions, args.target)
+    protocol_cfg = EvalConfig(mask="train", history="train")
+    item_ids = [str(i) for i in dataset.items["item_id"]]
+    sets = build_eval_sets(split, item_ids, protocol_cfg)
+    without = sum(1 for h in sets.histories if not h)
+    print(f"\n[cold] {len(split.cold_items)} held-out items, {len(split.train)} train / {len(split.val)} valid / "
+          f"{len(split.test)} target rows, {len(sets.users)} target users ({without} with no training item)",
+          flush=True)  # fmt: skip
+    vectors = np.stack(dataset.items["text_vec"].to_numpy()).astype(np.float32)
+    t0 = time.perf_counter()
+    knn = cold_metrics(text_knn_queries(vectors, item_ids, sets.histories),
+                       vectors / np.linalg.norm(vectors, axis=1, keepdims=True), sets)  # fmt: skip
+    rows = [{"name": "text-kNN (MiniLM)", "kind": "baseline", "means": knn, "train_s": 0.0,
+             "eval_s": time.perf_counter() - t0}]  # fmt: skip
+    print(f"  text-kNN: {knn}", flush=True)
+    for variant in [v for v in args.variants.split(",") if v]:
+        per_seed = []
+        for seed in [int(s) for s in args.seeds.split(",") if s]:
+            out = Path(args.work) / "models" / args.target / "cold" / variant / f"seed-{seed}"
+            if out.exists():
+                shutil.rmtree(out)
+            cfg = _config(data, variant, seed, args.epochs, "train", "profile", overrides, out)
+            t1 = time.perf_counter()
+            result = train(cfg, dataset, split, out, progress=False)
+            t_train = time.perf_counter() - t1
+            model = TrainedModel.load(result.model_dir)
+            if [str(i) for i in model.item_ids] != item_ids:
+                raise SystemExit("the model's catalog order differs from the dataset's; cannot score held-out items")
+            t2 = time.perf_counter()
+            queries = np.concatenate([model.query_embeddings(sets.users[i : i + 1024], sets.histories[i : i + 1024])
+                                      for i in range(0, len(sets.users), 1024)])  # fmt: skip
+            means = cold_metrics(queries, np.asarray(model.ranking_embeddings, np.float32), sets)
+            per_seed.append({"seed": seed, "means": means, "train_s": t_train, "eval_s": time.perf_counter() - t2,
+                             "epochs": result.epochs_run, "best_epoch": result.best_epoch})  # fmt: skip
+            print(f"  recfuse {variant} seed {seed}: {means} (epochs {result.epochs_run}, train {t_train:.0f} s)",
+                  flush=True)  # fmt: skip
+        keys = per_seed[0]["means"].keys()
+        rows.append({"name": f"recfuse {variant}", "kind": "recfuse", "seeds": per_seed,
+                     "means": {k: float(np.mean([s["means"][k] for s in per_seed])) for k in keys},
+                     "train_s": float(np.mean([s["train_s"] for s in per_seed])),
+                     "eval_s": float(np.mean([s["eval_s"] for s in per_seed]))})  # fmt: skip
+    return {"protocol": "cold", "label": f"item cold start, {COLD_FRACTION:.0%} of items held out", "rows": rows,
+            "history": "train", "sizes": {"train": len(split.train), "valid": len(split.val),
+                                          "target": len(split.test), "held_out_items": len(split.cold_items),
+                                          "users_without_history": without}}  # fmt: skip
+
+
+def render_cold(block: dict[str, Any]) -> list[str]:
+    base = next(r for r in block["rows"] if r["kind"] == "baseline")["means"]
+    cols = ["held-out recall@20", "held-out ndcg@20", "all recall@20", "all ndcg@20"]
+    lines = [
+        f"\n## cold: {block['label']} ({block['sizes']['held_out_items']} items, {block['sizes']['target']} target "
+        f"rows; query reads train; {block['sizes']['users_without_history']} target users have no training item)",
+        "",
+        "| model | Recall@20 among held-out | NDCG@20 among held-out | Recall@20 among all | NDCG@20 among all | "
+        "÷ text-kNN (held-out / all) | train s |",
+        "|---|" + "---:|" * 6,
+    ]  # fmt: skip
+    for r in block["rows"]:
+        m = r["means"]
+        ratio = " / ".join(f"{m[c] / base[c]:.2f}x" if base[c] > 0 else "–" for c in (cols[0], cols[2]))
+        lines.append(f"| {r['name']} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {ratio} | "
+                     f"{r['train_s']:.0f} |")  # fmt: skip
+    return lines
 
 
 def _means(result: Any) -> dict[str, float]:
@@ -250,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", default="../shared/datasets/microlens-50k", help="folder of the original files")
     p.add_argument("--work", default="runs/real_quality", help="converted data, models and results (git-ignored)")
-    p.add_argument("--protocols", default="loo,random", help="loo and/or random")
+    p.add_argument("--protocols", default="loo,random", help="loo, random and/or cold (item cold start; needs "
+                   "--text-vectors; trains the content variants given in --variants)")  # fmt: skip
     p.add_argument("--target", default="valid", choices=["valid", "test"], help="valid (tuning) or test (once)")
     p.add_argument("--baselines", default="popularity,itemknn,ease")
     p.add_argument("--baselines-only", action="store_true", help="train no recfuse model")
@@ -265,14 +413,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     overrides = {k: _value(v) for k, _, v in (o.partition("=") for o in args.overrides)}
     t0 = time.perf_counter()
-    blocks = [run_protocol(args, proto, overrides) for proto in args.protocols.split(",") if proto]
+    protocols = [p for p in args.protocols.split(",") if p]
+    unknown = sorted(set(protocols) - {*PROTOCOLS, "cold"})
+    if unknown:
+        raise SystemExit(f"--protocols: unknown {unknown}; choose from {[*PROTOCOLS, 'cold']}")
+    blocks = [run_protocol(args, proto, overrides) for proto in protocols if proto != "cold"]
+    cold = run_cold(args, overrides) if "cold" in protocols else None
     lines = [f"# MicroLens-50k, target split: {args.target}"]
     for b in blocks:
         lines += render(b)
+    if cold is not None:
+        lines += render_cold(cold)
     lines += ["", f"total {time.perf_counter() - t0:.0f} s", summary_line(blocks)]
     out = Path(args.work) / f"results-{args.target}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "blocks": blocks}, indent=1), encoding="utf-8")
+    out.write_text(json.dumps({"args": vars(args), "blocks": blocks, "cold": cold}, indent=1), encoding="utf-8")
     print("\n".join(lines))
     return 0
 

@@ -49,8 +49,15 @@ def test_windows_make_every_interaction_but_each_users_first_a_target_exactly_on
     a = ex.user_idx == users.lookup(["a"])[0]
     assert sorted(ex.item_idx[a].tolist()) == [4, 8]
     np.testing.assert_array_equal(ex.hist_idx[a][np.argsort(ex.item_idx[a])], [[3, 2, 1, 0], [7, 6, 5, 4]])
-    # the per-interaction examples of `last` are unchanged: one per interaction
-    assert len(build_examples(df, items, users, L)) == 17
+    # popularity and warmth count every interaction, not only the windows' own items: item i0 (user a's
+    # first) and i4 (user c's only item) are never a window's item but are trained on
+    want_counts = np.bincount(items.lookup(df["item_id"].tolist()), minlength=N)
+    np.testing.assert_array_equal(ex.item_counts, want_counts)
+    assert ex.item_counts[0] == 1 and ex.item_counts[4] == 2 and 0 not in ex.item_idx
+    # the per-interaction examples of `last` are unchanged: one per interaction, the same counts
+    last = build_examples(df, items, users, L)
+    assert len(last) == 17
+    np.testing.assert_array_equal(last.item_counts, want_counts)
 
 
 def test_bad_targets_are_rejected() -> None:

@@ -37,6 +37,8 @@ class Examples:
         interactions: training interactions they were built from (items in the vocabulary).
         targets: next-item targets per epoch: ``n``, or with ``all_positions`` one per history
             position of every window.
+        item_counts: ``[num_items]`` training interactions per item (all of them, whatever the
+            examples keep): the popularity the loss corrects for and what makes an item warm.
     """
 
     user_idx: Int64Array
@@ -45,6 +47,7 @@ class Examples:
     item_idx: Int64Array
     interactions: int = -1
     targets: int = -1
+    item_counts: Int64Array | None = None
 
     def __post_init__(self) -> None:
         n = int(len(self.item_idx))
@@ -123,6 +126,7 @@ def build_examples(
         valid = offsets[None, :] <= pos_in_block[:, None]
     hist = np.where(valid, items[np.clip(src, 0, None)] if n else src, -1).astype(np.int64)
     users, items = users.astype(np.int64), items.astype(np.int64)
+    item_counts = np.bincount(items, minlength=len(item_vocab)).astype(np.int64)
     if targets == "all_positions":
         block_size = np.repeat(np.diff(np.r_[starts, n]), np.diff(np.r_[starts, n])) if n else np.zeros(0, np.int64)
         from_end = block_size - 1 - pos_in_block
@@ -133,7 +137,7 @@ def build_examples(
     else:
         n_targets = len(items)
     pos = np.broadcast_to(np.arange(max_history, dtype=np.float32), (len(items), max_history)).copy()
-    return Examples(users, hist, pos, items, interactions=n, targets=n_targets)
+    return Examples(users, hist, pos, items, interactions=n, targets=n_targets, item_counts=item_counts)
 
 
 def user_histories(interactions: pd.DataFrame) -> dict[str, list[str]]:

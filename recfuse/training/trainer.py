@@ -119,7 +119,8 @@ def train(
     skipped = int(len(train_df) - examples.interactions)
     if skipped:
         logger.warning("%d training interactions point at items missing from the catalog; not used", skipped)
-    counts = np.bincount(examples.item_idx, minlength=len(item_vocab)).astype(np.float64)
+    # every training interaction counts (with targets = "all_positions" the examples keep one item per window)
+    counts = np.asarray(examples.item_counts, np.float64)
     warm = frozenset(str(item_vocab.ids[i]) for i in np.flatnonzero(counts))
     built = build_model(
         cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0), counts
