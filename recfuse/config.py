@@ -262,7 +262,14 @@ class ModelConfig:
             unscaled. Unit-norm embeddings cannot hold popularity and taste at once, and with the
             prior carrying popularity the fused model ranks better (sample, four seeds, γ = 0.1:
             0.2935 → 0.3198 test Recall@10; text-only 0.2528 → 0.2539; bench/README.md, "Quality").
-            Items with no training interactions (cold items) keep factor 1.
+            Items with no training interactions (cold items) get ``new_item_scale``.
+        new_item_scale: the ranking factor of items with no training interactions (cold items and
+            items added later with ``add-items``), applied wherever the popularity prior is (the
+            evaluation's and the exported index's item vectors; not the loss). Their vectors come
+            from content alone and score below warm items' content + id vectors, so among all
+            items new items rarely reach a top k; a factor above 1 lifts them (MicroLens,
+            bench/README.md "Cold start on real data"). Training is unchanged, so it can be set at
+            evaluation or export time.
         query_encoder: how the query tower reads the history (through the item tower's
             embeddings): ``attention`` (additive-attention pooling with a learned recency term,
             order-blind apart from it) or ``transformer`` (a SASRec-style causal self-attention
@@ -310,10 +317,12 @@ class ModelConfig:
     remove_accidental_hits: bool = True
     mixed_negatives: int = 0
     popularity_prior: float = 0.0
+    new_item_scale: float = 1.0
     softmax: str = "sampled"
 
     def __post_init__(self) -> None:
         _check_range("model", "popularity_prior", self.popularity_prior, 0.0, 10.0)
+        _check_range("model", "new_item_scale", self.new_item_scale, 0.1, 10.0)
         _check_choice("model", "fusion", self.fusion, FUSIONS)
         _check_choice("model", "alignment", self.alignment, ALIGNMENTS)
         _check_range("model", "dim", self.dim, 2, 4096)

@@ -21,19 +21,24 @@ import numpy.typing as npt
 from recfuse.types import FloatArray, Int64Array
 
 
-def popularity_scale(counts: npt.ArrayLike, prior: float) -> FloatArray:
+def popularity_scale(counts: npt.ArrayLike, prior: float, new_item_scale: float = 1.0) -> FloatArray:
     """Per-item factor ``1 + prior * log(1 + count)`` of the popularity prior (``model.popularity_prior``).
 
-    Item vectors are ranked multiplied by it (training counts; an item never trained on, such as a
-    cold item added later, keeps factor 1), so a score is ``q . v * factor``: the prior lifts items
-    in proportion to how well they already match, instead of adding popularity to every score.
+    Item vectors are ranked multiplied by it (training counts), so a score is ``q . v * factor``: the
+    prior lifts items in proportion to how well they already match, instead of adding popularity to
+    every score. An item never trained on (count 0: a cold item, or one added later) gets
+    ``new_item_scale`` (``model.new_item_scale``; 1 by default): its vector comes from content alone
+    and scores lower than warm items' content + id vectors, so ranked among all items new items can
+    need a lift to reach anyone's top k (bench/README.md, "Cold start on real data").
     """
     c = np.asarray(counts, dtype=np.float64)
     if c.size and (not np.isfinite(c).all() or c.min() < 0):
         raise ValueError(
             f"popularity counts must be finite and >= 0 (training interactions per item), got min {float(c.min())!r}"
         )
-    return (1.0 + float(prior) * np.log1p(c)).astype(np.float32)
+    if not (np.isfinite(new_item_scale) and new_item_scale > 0):
+        raise ValueError(f"new_item_scale must be a finite number > 0, got {new_item_scale!r}")
+    return np.where(c > 0, 1.0 + float(prior) * np.log1p(c), float(new_item_scale)).astype(np.float32)
 
 
 def masked_topk(

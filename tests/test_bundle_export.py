@@ -112,8 +112,9 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
     trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path
 ) -> None:
     """With ``model.popularity_prior`` the model, its evaluation and the served bundle rank by
-    ``v * (1 + γ·log(1 + count))`` while the query tower reads histories from the plain vectors: the
-    server's ids and scores equal an exact ranking of the trained model's own query vectors."""
+    ``v * (1 + γ·log(1 + count))`` (``v * new_item_scale`` for items never trained on) while the query
+    tower reads histories from the plain vectors: the server's ids and scores equal an exact ranking
+    of the trained model's own query vectors, for known users and for a history of a cold item."""
     from recfuse.data.splits import split_interactions
     from recfuse.data.validate import load_dataset
     from recfuse.evaluation.fullrank import evaluate_model
@@ -121,15 +122,15 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
     from recfuse.training.trainer import train
 
     data_dir, _model_dir, _items = trained
-    cfg = _cfg(data_dir, popularity_prior=0.5)
+    cfg = _cfg(data_dir, popularity_prior=0.5, new_item_scale=1.7)
     ds = load_dataset(cfg.data, cfg.modalities)
     split = split_interactions(ds.interactions, "random", 42)
     train(cfg, ds, split, tmp_path / "model", progress=False)
     m = TrainedModel.load(tmp_path / "model")
     counts = np.array([m.popularity.get(i, 0) for i in m.item_ids], np.float64)
-    factor = 1.0 + 0.5 * np.log1p(counts)
+    factor = np.where(counts > 0, 1.0 + 0.5 * np.log1p(counts), 1.7)
     np.testing.assert_allclose(m.ranking_embeddings, m.item_embeddings * factor[:, None], rtol=1e-6)
-    assert (counts == 0).any() and (counts > 2).any()  # cold rows keep factor 1, warm ones grow
+    assert (counts == 0).any() and (counts > 2).any()  # cold rows get new_item_scale, warm ones grow
     # offline evaluation ranks by the scaled vectors: the same as a model whose plain vectors are those
     view = SimpleNamespace(
         item_ids=m.item_ids,
@@ -156,6 +157,23 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
             top = np.argsort(-scores, kind="stable")[:10]
             assert [i.item_id for i in got.items] == [m.item_ids[j] for j in top]
             np.testing.assert_allclose([i.score for i in got.items], scores[top], rtol=1e-4, atol=1e-5)
+    # a history holding a cold item reads its plain vector (the factor 1.7 is divided back out)
+    cold = m.item_ids[int(np.flatnonzero(counts == 0)[0])]
+    got = Recommender.from_bundle(bundle.parent).recommend(history=[cold], k=10)
+    scores = (m.query_embeddings([None], [[cold]]) @ m.ranking_embeddings.T)[0]
+    top = np.argsort(-scores, kind="stable")[:10]
+    assert [i.item_id for i in got.items] == [m.item_ids[j] for j in top]
+    np.testing.assert_allclose([i.score for i in got.items], scores[top], rtol=1e-4, atol=1e-5)
+    # items added later are new items too: ranked with the same factor
+    new = ds.items[ds.items["item_id"].astype(str) == cold].copy()
+    new["item_id"] = ["added-1"]
+    new["image"] = [str(data_dir / p) if isinstance(p, str) else p for p in new["image"]]
+    new.to_parquet(tmp_path / "new.parquet")
+    added = add_items(bundle.parent, tmp_path / "new.parquet", allow_external_images=True)
+    assert added.added == 1
+    extended = load_bundle(added.path)
+    row = extended.item_ids.index("added-1")
+    np.testing.assert_allclose(extended.item_vectors[row], 1.7 * m.item_embeddings[m.item_ids.index(cold)], atol=1e-5)
 
 
 def _new_items(items: pd.DataFrame, data_dir: Path) -> tuple[pd.DataFrame, list[str]]:

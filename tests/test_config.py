@@ -69,6 +69,7 @@ columns = ["title"]
         ({"train": {"history_encoding": "stale"}}, r"`train.history_encoding` must be one of \[.live."),
         ({"train": {"epochs": 5, "min_epochs": 9}}, r"`train.min_epochs` must be in \[0, 5\], got 9"),
         ({"model": {"popularity_prior": -0.1}}, r"`model.popularity_prior` must be in \[0.0, 10.0\], got -0.1"),
+        ({"model": {"new_item_scale": 0.0}}, r"`model.new_item_scale` must be in \[0.1, 10.0\], got 0.0"),
         ({"train": {"lr_decay_factor": 1.5}}, r"`train.lr_decay_factor` must be in \[0.01, 0.99\], got 1.5"),
         ({"train": {"lr_decay_patience": -1}}, r"`train.lr_decay_patience` must be in \[0, 100000\], got -1"),
         ({"train": {"min_learning_rate": -0.1}}, r"`train.min_learning_rate` must be in \[0.0, 10.0\], got -0.1"),

@@ -183,3 +183,10 @@ def test_popularity_scale_is_one_plus_prior_times_log_count() -> None:
     np.testing.assert_array_equal(popularity_scale([0, 7], 0.0), [1.0, 1.0])
     with pytest.raises(ValueError, match=r"finite and >= 0 \(training interactions per item\), got min -1.0"):
         popularity_scale([3, -1], 0.1)
+
+
+def test_items_never_trained_on_get_the_new_item_scale() -> None:
+    np.testing.assert_allclose(popularity_scale([0, 1, 0], 0.5, 1.4), [1.4, 1.0 + 0.5 * np.log(2.0), 1.4], rtol=1e-6)
+    np.testing.assert_array_equal(popularity_scale([0, 7], 0.0, 2.0), [2.0, 1.0])
+    with pytest.raises(ValueError, match=r"new_item_scale must be a finite number > 0, got 0.0"):
+        popularity_scale([1], 0.1, 0.0)

@@ -189,10 +189,14 @@ def _extended(
     n = len(loaded.item_ids)
     cfg = loaded.index_config
     new_ids = [id_str(x) for x in new_items["item_id"]]
-    meta = metadata_frame(new_items, RecfuseConfig.from_dict(loaded.config))
-    vectors = np.concatenate([loaded.item_vectors, new_vectors.astype(np.float32)])
+    config = RecfuseConfig.from_dict(loaded.config)
+    meta = metadata_frame(new_items, config)
+    # new items have no training interactions: they are ranked with the count-0 factor, as cold items
+    # are at export (the Recommender divides it back out for histories)
+    new_vectors = new_vectors.astype(np.float32) * np.float32(config.model.new_item_scale)
+    vectors = np.concatenate([loaded.item_vectors, new_vectors])
     index = loaded.index
-    index.add(new_vectors.astype(np.float32), np.arange(n, n + len(new_ids), dtype=np.int64))
+    index.add(new_vectors, np.arange(n, n + len(new_ids), dtype=np.int64))
     if cfg.recall_queries > 0:
         index.recall = measure_recall(index, vectors, np.arange(len(vectors)), min(cfg.recall_queries, len(vectors)))
     else:

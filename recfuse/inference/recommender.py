@@ -474,12 +474,15 @@ class Recommender:
 
     def _history_matrix(self) -> FloatArray:
         """The item vectors the query tower reads a history from: the bundle's, with the popularity
-        prior (``model.popularity_prior`` of the stored config) divided back out."""
-        prior = float(self.bundle.config.get("model", {}).get("popularity_prior", 0.0) or 0.0)
-        if prior <= 0:
+        prior (``model.popularity_prior`` and ``model.new_item_scale`` of the stored config) divided
+        back out."""
+        model_cfg = self.bundle.config.get("model", {})
+        prior = float(model_cfg.get("popularity_prior", 0.0) or 0.0)
+        new_scale = float(model_cfg.get("new_item_scale", 1.0) or 1.0)
+        if prior <= 0 and new_scale == 1.0:
             return self._vectors
         # the same counts the export scaled by (the bundle's popularity table, per row; 0 if unlisted)
-        matrix = self._vectors / popularity_scale(self._tables.popular_counts, prior)[:, None]
+        matrix = self._vectors / popularity_scale(self._tables.popular_counts, prior, new_scale)[:, None]
         matrix.setflags(write=False)
         return matrix
 

@@ -127,15 +127,16 @@ class TrainedModel:
     @property
     def ranking_embeddings(self) -> FloatArray:
         """``[n, d]`` the vectors items are ranked by: :attr:`item_embeddings` times the popularity
-        prior's factor (``model.popularity_prior``; the embeddings themselves when it is 0).
+        prior's factor (``model.popularity_prior``, and ``model.new_item_scale`` for items with no
+        training interactions; the embeddings themselves when neither is set).
 
         :attr:`item_embeddings` stay what the query tower reads a history from.
         """
-        prior = self.config.model.popularity_prior
-        if prior <= 0:
+        prior, new_scale = self.config.model.popularity_prior, self.config.model.new_item_scale
+        if prior <= 0 and new_scale == 1.0:
             return self.item_embeddings
         counts = np.array([self.popularity.get(i, 0) for i in self.item_ids], np.float64)
-        return self.item_embeddings * popularity_scale(counts, prior)[:, None]
+        return self.item_embeddings * popularity_scale(counts, prior, new_scale)[:, None]
 
     # --- query side (numpy) -------------------------------------------------------------------
     def user_indices(self, user_ids: Sequence[str | None]) -> np.ndarray:
