@@ -62,3 +62,19 @@ def test_the_shipped_sample_covers_every_modality() -> None:
     raw["data"]["interactions"] = str(ROOT / "data_samples" / "interactions.parquet")
     cfg = RecfuseConfig.from_dict(raw)
     assert modality_warnings(cfg, load_dataset(cfg.data, cfg.modalities).items) == []
+
+
+def test_sparse_users_with_a_user_id_embedding_are_warned_about() -> None:
+    from recfuse.training.checks import sparsity_warnings
+
+    # four users with 3, 4, 4 and 12 distinct items (a repeat of one item counts once): median 4
+    rows = [("a", f"i{i}") for i in range(3)] + [("b", f"i{i}") for i in (0, 1, 2, 3, 3)]
+    rows += [("c", f"i{i}") for i in range(4)] + [("d", f"i{i}") for i in range(12)]
+    train = pd.DataFrame(rows, columns=["user_id", "item_id"])
+    notes = sparsity_warnings(RecfuseConfig.from_dict({"modalities": []}), train)
+    assert len(notes) == 1 and notes[0].startswith("users have a median of 4 distinct training items (< 10)")
+    assert "consider `model.user_id_embedding = false`" in notes[0]
+    off = RecfuseConfig.from_dict({"modalities": [], "model": {"user_id_embedding": False}})
+    assert sparsity_warnings(off, train) == []
+    dense = pd.DataFrame([(u, f"i{i}") for u in "ab" for i in range(10)], columns=["user_id", "item_id"])
+    assert sparsity_warnings(RecfuseConfig.from_dict({"modalities": []}), dense) == []
