@@ -37,6 +37,10 @@ def _cfg(data_dir: Path, **train: object) -> RecfuseConfig:
     return RecfuseConfig.from_dict(raw)
 
 
+def _decided(cfg: RecfuseConfig, **model: object) -> RecfuseConfig:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):
     from recfuse.data.splits import split_interactions
@@ -72,7 +76,10 @@ def test_training_lowers_the_loss_and_writes_the_model_dir(trained) -> None:
                  "history.json", "train_state.json", "candidate_vocabularies.json", "weights/ckpt.index"):  # fmt: skip
         assert (out / name).exists(), name
     assert (out / "checkpoints").is_dir() and any((out / "tensorboard").rglob("events.*"))
-    assert RecfuseConfig.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    # the stored config is the one trained: "auto" settings decided (80 users with ~19 training items each)
+    stored = RecfuseConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert cfg.model.user_id_embedding == "auto" and stored.model.user_id_embedding is True
+    assert stored == _decided(cfg, user_id_embedding=True)
     assert not list(out.parent.glob(f".{out.name}.tmp-*"))
     assert not list(out.rglob("*.pkl")) and not list(out.rglob("*.pickle"))
     # the split it was trained on is recorded, so evaluation can check it scores the same one
@@ -88,7 +95,7 @@ def test_trained_model_loads_with_identical_embeddings_and_queries(trained, tmp_
 
     cfg, ds, split, out, _result = trained
     m = TrainedModel.load(out)
-    assert m.config == cfg
+    assert m.config == _decided(cfg, user_id_embedding=True)
     assert m.item_ids == [str(x) for x in ds.items["item_id"]]
     assert m.item_embeddings.shape == (len(ds.items), 16)
     np.testing.assert_allclose(np.linalg.norm(m.item_embeddings, axis=1), 1.0, atol=1e-4)
@@ -113,6 +120,28 @@ def test_trained_model_loads_with_identical_embeddings_and_queries(trained, tmp_
     m2 = TrainedModel.load(out)
     np.testing.assert_array_equal(m2.item_embeddings, m.item_embeddings)
     np.testing.assert_array_equal(m2.query_embeddings(users, hists), q[:5])
+
+
+def test_sparse_users_train_without_a_user_id_embedding_by_default(data, tmp_path: Path) -> None:
+    from recfuse.data.splits import Split
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training.trainer import train
+
+    _root, cfg, ds, split = data
+    # at most 4 training interactions per user: below the median of 10 that "auto" keeps the row for
+    sparse = split.train.groupby("user_id", group_keys=False).head(4)
+    small = Split(train=sparse, val=split.val, test=split.test, cold_items=split.cold_items, kind=split.kind,
+                  seed=split.seed)  # fmt: skip
+    light = RecfuseConfig.from_dict({**cfg.to_dict(), "modalities": [cfg.to_dict()["modalities"][1]],
+                                     "train": {**cfg.to_dict()["train"], "epochs": 1}})  # fmt: skip
+    train(light, ds, small, tmp_path / "m", progress=False)
+    m = TrainedModel.load(tmp_path / "m")
+    assert m.config.model.user_id_embedding is False
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model"]["user_id_embedding"] is False
+    # the query is the history alone: a known user's query equals an anonymous one with the same history
+    users = sorted(m.user_histories)[:4]
+    hists = [m.user_histories[u] for u in users]
+    np.testing.assert_allclose(m.query_embeddings(users, hists), m.query_embeddings([None] * 4, hists), atol=1e-6)
 
 
 def test_same_config_and_seed_give_the_same_model(trained, tmp_path: Path) -> None:

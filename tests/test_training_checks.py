@@ -71,10 +71,42 @@ def test_sparse_users_with_a_user_id_embedding_are_warned_about() -> None:
     rows = [("a", f"i{i}") for i in range(3)] + [("b", f"i{i}") for i in (0, 1, 2, 3, 3)]
     rows += [("c", f"i{i}") for i in range(4)] + [("d", f"i{i}") for i in range(12)]
     train = pd.DataFrame(rows, columns=["user_id", "item_id"])
-    notes = sparsity_warnings(RecfuseConfig.from_dict({"modalities": []}), train)
+    on = RecfuseConfig.from_dict({"modalities": [], "model": {"user_id_embedding": True}})
+    notes = sparsity_warnings(on, train)
     assert len(notes) == 1 and notes[0].startswith("users have a median of 4 distinct training items (< 10)")
     assert "consider `model.user_id_embedding = false`" in notes[0]
     off = RecfuseConfig.from_dict({"modalities": [], "model": {"user_id_embedding": False}})
     assert sparsity_warnings(off, train) == []
     dense = pd.DataFrame([(u, f"i{i}") for u in "ab" for i in range(10)], columns=["user_id", "item_id"])
-    assert sparsity_warnings(RecfuseConfig.from_dict({"modalities": []}), dense) == []
+    assert sparsity_warnings(on, dense) == []
+    # the default "auto" decides by the same threshold instead of warning
+    assert sparsity_warnings(RecfuseConfig.from_dict({"modalities": []}), train) == []
+
+
+def test_auto_user_id_embedding_is_decided_by_the_median_user(caplog: pytest.LogCaptureFixture) -> None:
+    from recfuse.training.checks import resolve_auto_settings
+
+    auto = RecfuseConfig.from_dict({"modalities": []})
+    assert auto.model.user_id_embedding == "auto"
+    # median 9 distinct items: off; median 10: on (the threshold is inclusive)
+    sparse = pd.DataFrame([(u, f"i{i}") for u in "abc" for i in range(9)], columns=["user_id", "item_id"])
+    dense = pd.DataFrame([(u, f"i{i}") for u in "abc" for i in range(10)], columns=["user_id", "item_id"])
+    with caplog.at_level(logging.INFO, logger="recfuse.training.checks"):
+        off = resolve_auto_settings(auto, sparse)
+    assert off.model.user_id_embedding is False
+    assert "median 9 distinct training items per user" in caplog.text
+    assert resolve_auto_settings(auto, dense).model.user_id_embedding is True
+    # everything else is kept, and an explicit value is never overridden
+    assert off.model.dim == auto.model.dim and off.train == auto.train
+    explicit = RecfuseConfig.from_dict({"modalities": [], "model": {"user_id_embedding": True}})
+    assert resolve_auto_settings(explicit, sparse).model.user_id_embedding is True
+    # the resolved config round-trips through the model directory's config.json
+    assert RecfuseConfig.from_dict(off.to_dict()).model.user_id_embedding is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, None])
+def test_user_id_embedding_accepts_only_true_false_or_auto(value: object) -> None:
+    from recfuse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`model.user_id_embedding` must be true, false or \"auto\", got"):
+        RecfuseConfig.from_dict({"modalities": [], "model": {"user_id_embedding": value}})

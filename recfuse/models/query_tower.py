@@ -268,13 +268,14 @@ def build_query_tower(cfg: Any, user_rows: int) -> QueryTower:
     """The query tower of a :class:`recfuse.config.RecfuseConfig` (``user_rows``: user vocab size).
 
     The user-id embedding is used when ``cfg.model.user_id_embedding`` (anonymous users hit an OOV
-    bucket, and ``has_history``/the history carry the rest). The history encoder is
-    ``cfg.model.query_encoder``; a ``transformer`` one has ``cfg.data.max_history`` positions.
+    bucket, and ``has_history``/the history carry the rest); training decides ``"auto"`` first
+    (:func:`recfuse.training.checks.resolve_auto_settings`), and an undecided ``"auto"`` counts as on.
+    The history encoder is ``cfg.model.query_encoder``; a ``transformer`` one has ``cfg.data.max_history`` positions.
     """
     m = cfg.model
     return QueryTower(
         dim=m.dim,
-        user_rows=user_rows if m.user_id_embedding else 0,
+        user_rows=user_rows if m.user_id_embedding is not False else 0,
         hidden=tuple(m.query_hidden),
         normalize=m.normalize,
         encoder=m.query_encoder,

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -58,24 +59,53 @@ def check_training_inputs(cfg: RecfuseConfig, items: pd.DataFrame, train: pd.Dat
 SPARSE_USERS_MEDIAN = 10
 
 
+def median_user_items(train: pd.DataFrame) -> float:
+    """Median number of distinct training items per user (0 for an empty split)."""
+    if train.empty:
+        return 0.0
+    return float(train.groupby("user_id")["item_id"].nunique().median())
+
+
+def resolve_auto_settings(cfg: RecfuseConfig, train: pd.DataFrame) -> RecfuseConfig:
+    """``cfg`` with its data-dependent ``"auto"`` settings decided on the training split.
+
+    ``model.user_id_embedding = "auto"`` becomes true when the median user has at least
+    :data:`SPARSE_USERS_MEDIAN` distinct training items and false below (see
+    :func:`sparsity_warnings` for why). The decision is logged; the returned config is the one the
+    model is built from and stored with.
+    """
+    if cfg.model.user_id_embedding != "auto":
+        return cfg
+    median = median_user_items(train)
+    use = median >= SPARSE_USERS_MEDIAN
+    logger.info(
+        'model.user_id_embedding = "auto": %s (median %g distinct training items per user, threshold %d)',
+        "on" if use else "off, the query is the history alone",
+        median,
+        SPARSE_USERS_MEDIAN,
+    )
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, user_id_embedding=use))
+
+
 def sparsity_warnings(cfg: RecfuseConfig, train: pd.DataFrame) -> list[str]:
     """What the config will likely overfit on this training split (nothing is changed).
 
     A user-id embedding row is trained on its user's training targets only; with a handful per user
     it learns to point at items that are masked at test time. On MicroLens-50k (median 4 training
     items per user) turning it off lifted validation HR@10 from 1.00x to 1.43x EASE under
-    leave-one-out (bench/README.md, "What holds recfuse back on real data").
+    leave-one-out (bench/README.md, "What holds recfuse back on real data"). Only an explicit
+    ``true`` is warned about: ``"auto"`` decides by the same threshold.
     """
-    if not cfg.model.user_id_embedding or train.empty:
+    if cfg.model.user_id_embedding is not True or train.empty:
         return []
-    median = float(train.groupby("user_id")["item_id"].nunique().median())
+    median = median_user_items(train)
     if median >= SPARSE_USERS_MEDIAN:
         return []
     return [
         f"users have a median of {median:g} distinct training items (< {SPARSE_USERS_MEDIAN}) and "
         "`model.user_id_embedding` is true: on data this sparse the user-id row overfits its few targets "
         "(MicroLens-50k: HR@10 +43% without it); consider `model.user_id_embedding = false`, which builds the "
-        "query from the history alone"
+        'query from the history alone (or "auto", the default, which decides by this threshold)'
     ]
 
 

@@ -36,7 +36,7 @@ import tensorflow as tf
 from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
-from recfuse.training.checks import check_resumable, check_training_inputs, resumable_settings
+from recfuse.training.checks import check_resumable, check_training_inputs, resolve_auto_settings, resumable_settings
 from recfuse.training.examples import build_examples
 from recfuse.training.model_dir import write_model_dir
 from recfuse.training.optimizer import make_optimizer
@@ -105,6 +105,7 @@ def train(
     t0 = time.perf_counter()
     items, train_df, val_df = dataset.items, split.train, split.val
     check_training_inputs(cfg, items, train_df)
+    cfg = resolve_auto_settings(cfg, train_df)  # the stored config holds the decided values
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tf.keras.utils.set_random_seed(cfg.train.seed)
