@@ -39,7 +39,7 @@ Usage:
     python bench/real_quality.py [--src ../shared/datasets/microlens-50k] [--work runs/real_quality]
         [--protocols loo,random,cold] [--target valid|test] [--baselines-only]
         [--baselines popularity,itemknn,ease] [--variants ids,text,text_tags] [--seeds 1,2]
-        [--epochs 20] [--text-vectors FILE] [--set KEY=VALUE ...]
+        [--epochs 20] [--reuse] [--text-vectors FILE] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ VARIANTS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
     "minilm_tags": ([MINILM, TAGS], {}),
 }
 KS = (10, 20)
+Rows = list[dict[str, Any]]
 # the cold-start protocol: this share of the items loses every interaction (the issue's 20%)
 COLD_FRACTION = 0.2
 COLD_KEYS = ("recall", "hit", "ndcg")
@@ -349,38 +350,48 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
                      "train_s": about["fit_seconds"], "eval_s": about["eval_seconds"],
                      "seconds": time.perf_counter() - t1})  # fmt: skip
         print(f"  {name}: {rows[-1]['means']} {about['params']} ({rows[-1]['seconds']:.1f} s)", flush=True)
+    paired: list[dict[str, Any]] = []
     if not args.baselines_only:
-        rows += _train_variants(args, protocol, dataset, split, data, protocol_cfg, overrides)
-    return {"protocol": protocol, "label": label, "history": history, "rows": rows,
+        trained, paired = _train_variants(args, protocol, dataset, split, data, protocol_cfg, overrides)
+        rows += trained
+    return {"protocol": protocol, "label": label, "history": history, "rows": rows, "paired": paired,
             "sizes": {"train": len(split.train), "valid": len(split.val), "target": len(split.test)}}  # fmt: skip
 
 
 def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split: Split, data: DataConfig,
-                    protocol_cfg: EvalConfig, overrides: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+                    protocol_cfg: EvalConfig, overrides: dict[str, Any]) -> tuple[Rows, Rows]:  # fmt: skip
     from recfuse.evaluation.fullrank import evaluate_model
     from recfuse.models.trained import TrainedModel
     from recfuse.training.trainer import train
 
     rows = []
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    results: dict[str, dict[int, Any]] = {}  # variant -> seed -> EvalResult, for the paired comparison
     for variant in [v for v in args.variants.split(",") if v]:
-        per_seed = []
+        per_seed: Rows = []
         for seed in seeds:
             out = Path(args.work) / "models" / args.target / protocol / variant / f"seed-{seed}"
-            if out.exists():  # a fresh run each time: checkpoints of other settings are refused anyway
-                shutil.rmtree(out)
             examples = PROTOCOLS[protocol][2]
             cfg = _config(data, variant, seed, args.epochs, protocol_cfg.history, examples, overrides, out)
+            reused = _reusable(out, cfg, split) if args.reuse else None
             t1 = time.perf_counter()
-            result = train(cfg, dataset, split, out, progress=False)
-            t_train = time.perf_counter() - t1
+            if reused is None:
+                if out.exists():  # a fresh run each time: checkpoints of other settings are refused anyway
+                    shutil.rmtree(out)
+                result = train(cfg, dataset, split, out, progress=False)
+                model_dir, epochs_run, best_epoch = result.model_dir, result.epochs_run, result.best_epoch
+                t_train = time.perf_counter() - t1
+            else:
+                model_dir, (epochs_run, best_epoch), t_train = out, reused, float("nan")
             t2 = time.perf_counter()
-            res = evaluate_model(TrainedModel.load(result.model_dir), split, ks=KS, protocol=protocol_cfg)
+            res = evaluate_model(TrainedModel.load(model_dir), split, ks=KS, protocol=protocol_cfg)
             t_eval = time.perf_counter() - t2
+            results.setdefault(variant, {})[seed] = res
             per_seed.append({"seed": seed, "means": _means(res), "train_s": t_train, "eval_s": t_eval,
-                             "epochs": result.epochs_run, "best_epoch": result.best_epoch})  # fmt: skip
-            print(f"  recfuse {variant} seed {seed}: {per_seed[-1]['means']} (epochs {result.epochs_run}, best "
-                  f"{result.best_epoch}, train {t_train:.0f} s, eval {t_eval:.0f} s)", flush=True)  # fmt: skip
+                             "epochs": epochs_run, "best_epoch": best_epoch, "reused": reused is not None})  # fmt: skip
+            how = "reused" if reused is not None else f"train {t_train:.0f} s"
+            print(f"  recfuse {variant} seed {seed}: {per_seed[-1]['means']} (epochs {epochs_run}, best "
+                  f"{best_epoch}, {how}, eval {t_eval:.0f} s)", flush=True)  # fmt: skip
         keys = per_seed[0]["means"].keys()
         rows.append({
             "name": f"recfuse {variant}", "kind": "recfuse", "seeds": per_seed,
@@ -389,7 +400,42 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
             "train_s": float(np.mean([s["train_s"] for s in per_seed])),
             "eval_s": float(np.mean([s["eval_s"] for s in per_seed])),
         })  # fmt: skip
-    return rows
+    return rows, paired_rows(results)
+
+
+def paired_rows(results: dict[str, dict[int, Any]], control: str = "ids") -> list[dict[str, Any]]:
+    """Each variant against ``control`` with the test ``recfuse experiment`` runs (paired over users,
+    seeds averaged per user, bootstrap CI, sign-flip p-value, Holm-corrected); empty without both."""
+    from recfuse.evaluation.compare import compare_runs
+
+    if control not in results or len(results) < 2:
+        return []
+    analysis = compare_runs(results, control=control, primary="hit@10")
+    return [
+        {"variant": c.variant, "control": c.control, "metric": c.metric, "delta": c.delta, "lo": c.lo, "hi": c.hi,
+         "p_holm": c.p_holm, "seed_spread": c.seed_spread, "verdict": c.verdict, "users": c.n_users}
+        for c in analysis.comparisons
+        if c.segment == "all" and c.metric in ("hit@10", "ndcg@10")
+    ]  # fmt: skip
+
+
+def _reusable(out: Path, cfg: RecfuseConfig, split: Split) -> tuple[int, int] | None:
+    """``(epochs run, best epoch)`` of a model directory trained with exactly ``cfg`` on ``split``
+    (``"auto"`` settings decided as training decides them), else None (and why, printed)."""
+    from recfuse.training.checks import resolve_auto_settings
+
+    if not (out / "model.json").exists():
+        return None
+    stored = RecfuseConfig.from_dict(json.loads((out / "config.json").read_text(encoding="utf-8")))
+    record = json.loads((out / "model.json").read_text(encoding="utf-8")).get("split") or {}
+    if stored != resolve_auto_settings(cfg, split.train):
+        print(f"  {out}: trained with another config; training again", flush=True)
+        return None
+    if record.get("fingerprint") != split.fingerprint():
+        print(f"  {out}: trained on another split; training again", flush=True)
+        return None
+    state = json.loads((out / "train_state.json").read_text(encoding="utf-8"))
+    return int(state["epoch"]), int(state["best_epoch"])
 
 
 def render(block: dict[str, Any]) -> list[str]:
@@ -413,8 +459,18 @@ def render(block: dict[str, Any]) -> list[str]:
         chosen = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items())
         if r["kind"] == "recfuse":
             chosen = f"{len(r['seeds'])} seed(s), epochs " + "/".join(str(s["epochs"]) for s in r["seeds"])
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {ratio_cell} | {r['train_s']:.0f} | "
+        train_s = "reused" if np.isnan(r["train_s"]) else f"{r['train_s']:.0f}"
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {ratio_cell} | {train_s} | "
                      f"{r['eval_s']:.0f} | {chosen} |")  # fmt: skip
+    if block.get("paired"):
+        lines += ["", "Paired over users against recfuse ids (seeds averaged per user; 95% bootstrap CI; sign-flip "
+                  "p-value, Holm-corrected; the test `recfuse experiment` runs):", "",
+                  "| variant | metric | Δ vs ids | 95% CI | p (Holm) | seed spread | verdict | users |",
+                  "|---|---|---:|---|---:|---:|---|---:|"]  # fmt: skip
+        for c in block["paired"]:
+            lines.append(f"| recfuse {c['variant']} | {c['metric'].replace('hit', 'HR').replace('ndcg', 'NDCG')} | "
+                         f"{c['delta']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['p_holm']:.4f} | "
+                         f"{c['seed_spread']:.4f} | {c['verdict']} | {c['users']} |")  # fmt: skip
     return lines
 
 
@@ -451,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-vectors", default="", help="catalog with a 384-d text_vec column (recfuse features --text) "
                    "for the minilm_tags variant; the same item ids as the converted catalog")  # fmt: skip
     p.add_argument("--epochs", type=int, default=20, help="train.epochs cap (early stopping on valid)")
+    p.add_argument("--reuse", action="store_true", help="evaluate a model directory left by an earlier run when its "
+                   "stored config and split are exactly this run's (else train it again)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every recfuse variant, e.g. train.batch_size=1024")  # fmt: skip
     args = p.parse_args(argv)
