@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import tomllib
 import types
@@ -637,12 +638,17 @@ class RecfuseConfig:
                     node = named[0]
                     continue
                 if part not in node or not isinstance(node[part], (dict, list)):
-                    raise ConfigError(f"override {dotted!r}: unknown section {part!r}")
+                    sections = {k for k, v in node.items() if isinstance(v, (dict, list))}
+                    close = _closest(part, sections)
+                    hint = f"; did you mean {close[0]!r}?" if close else f"; sections: {sorted(sections)}"
+                    raise ConfigError(f"override {dotted!r}: unknown section {part!r}{hint}")
                 node = node[part]
             if isinstance(node, list):
                 raise ConfigError(f"override {dotted!r}: name a modality, e.g. 'modalities.text.{parts[-1]}'")
             if parts[-1] not in node:
-                raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
+                close = _closest(parts[-1], set(node))
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}{hint}; known: {sorted(node)}")
             node[parts[-1]] = value
         return RecfuseConfig.from_dict(raw)
 
@@ -668,7 +674,9 @@ def _build(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in `{section or 'config'}`; known keys: {sorted(known)}")
+        hints = [f"{k!r} -> did you mean {close[0]!r}?" for k in unknown if (close := _closest(k, known))]
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise ConfigError(f"unknown key(s) {unknown} in `{section or 'config'}`{hint}; known keys: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         where = f"{section}.{name}" if section else name
@@ -677,6 +685,11 @@ def _build(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"`{section or 'config'}`: {err}") from None
+
+
+def _closest(key: str, known: set[str]) -> list[str]:
+    """The known key a misspelled ``key`` most likely meant (empty when none is close)."""
+    return difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

@@ -68,11 +68,48 @@ def test_train_command_prints_progress_recall_and_model_dir(
     out = tmp_path / "model"
     code = main(["train", "--config", str(cfg), "--out", str(out), "--epochs", "1", "--set", "model.fusion=gated",
                  "--no-progress"])  # fmt: skip
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert code == 0, text
     assert "epoch 1:" in text and "epoch 2:" not in text and "val_recall@10=" in text
+    # the live line of each validated epoch, on stderr, carries the same figure as the summary
+    live = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    assert len(live) == 1 and live[0].startswith("epoch 1/1: val_recall@10 = ")
+    summary = next(line for line in text.splitlines() if line.startswith("epoch 1:"))
+    assert f"val_recall@10={float(live[0].split(' = ')[1].split()[0]):.4f}" in summary
     assert "val Recall@10:" in text and f"model directory: {out.resolve()}" in text
     assert '"fusion": "gated"' in (out / "config.json").read_text()
+
+
+def test_a_misspelled_key_is_named_with_its_likely_meaning_before_tensorflow_loads(
+    config_path: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config_path.read_text().replace("batch_size = 128", "batch_sise = 128"), encoding="utf-8")
+    code = (
+        "import sys\nfrom recfuse.cli.main import main\n"
+        f"rc = main(['train', '--config', {str(bad)!r}, '--out', {str(tmp_path / 'm')!r}])\n"
+        "print('rc', rc, 'tensorflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().endswith("rc 2 False"), done.stdout + done.stderr
+    assert "unknown key(s) ['batch_sise'] in `train` ('batch_sise' -> did you mean 'batch_size'?)" in done.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_misspelled_overrides_suggest_the_key() -> None:
+    from recfuse.config import RecfuseConfig
+
+    cfg = RecfuseConfig()
+    with pytest.raises(ConfigError, match="unknown section 'trian'; did you mean 'train'\\?"):
+        cfg.with_overrides({"trian.epochs": 1})
+    with pytest.raises(ConfigError, match="unknown key 'epoch'; did you mean 'epochs'\\?; known: "):
+        cfg.with_overrides({"train.epoch": 1})
+    with pytest.raises(ConfigError, match="unknown key 'zzz'; known: "):  # nothing close: no guess
+        cfg.with_overrides({"train.zzz": 1})
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import tomllib
 from typing import Any
 
@@ -56,8 +57,9 @@ def _train(args: argparse.Namespace) -> int:
     from recfuse.config import RecfuseConfig
     from recfuse.data.splits import split_for
     from recfuse.data.validate import load_dataset
-    from recfuse.training.trainer import train
 
+    # the config and the data are checked before TensorFlow is imported (seconds of start-up), so a
+    # misspelled key or a bad row is reported at once
     cfg = RecfuseConfig.from_toml(args.config)
     overrides = parse_overrides(args.overrides)
     if args.epochs is not None:
@@ -67,6 +69,9 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or cfg.train.out_dir
     dataset = load_dataset(cfg.data, cfg.modalities)
     split = split_for(dataset.interactions, cfg.data)
+
+    from recfuse.training.trainer import train
+
     mods = ", ".join(f"{m.name} ({m.kind}/{m.source})" for m in cfg.modalities) or "none: item ids only"
     print(
         f"training {cfg.variant!r}: {len(dataset.items)} items, {len(split.train)} train / "
@@ -74,8 +79,19 @@ def _train(args: argparse.Namespace) -> int:
         f"modalities: {mods}; fusion {cfg.model.fusion}",
         flush=True,
     )
-    # Keras' carriage-return bar only helps on a terminal; logs and `make demo` get the per-epoch lines.
-    result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty())
+    # Keras' carriage-return bar only helps on a terminal; every run also gets a line per validated
+    # epoch on stderr as it ends (logs, `nohup`, CI and `make demo` see training move), and the
+    # summary table on stdout at the end
+    started = time.perf_counter()
+
+    def epoch_line(epoch: int, metric: float) -> bool:
+        print(f"epoch {epoch}/{cfg.train.epochs}: val_recall@{cfg.train.eval_k} = {metric:.4f} "
+              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+        return False
+
+    result = train(
+        cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line
+    )
     for rec in result.history:
         extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
         print(f"epoch {rec['epoch']}: {extras}")
