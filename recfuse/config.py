@@ -674,8 +674,8 @@ def _build(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        hints = [f"{k!r} -> did you mean {close[0]!r}?" for k in unknown if (close := _closest(k, known))]
-        hint = f" ({'; '.join(hints)})" if hints else ""
+        guesses = [f"{k!r} -> did you mean {close[0]!r}?" for k in unknown if (close := _closest(k, known))]
+        hint = f" ({'; '.join(guesses)})" if guesses else ""
         raise ConfigError(f"unknown key(s) {unknown} in `{section or 'config'}`{hint}; known keys: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
