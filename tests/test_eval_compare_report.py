@@ -141,6 +141,12 @@ def test_report_json_and_plots(tmp_path: Path) -> None:
         with Image.open(p) as img:
             assert img.format == "PNG" and img.size[0] > 200
         assert f"plots/{p.name}" in md
+    # the ablation chart's right panel draws the paired Δ in the verdict's colour: "good" is better
+    # than the control, so tab:green (44, 160, 44) marks appear there
+    with Image.open(tmp_path / "plots" / "ablation.png") as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    green = (np.abs(rgb - np.array([44, 160, 44])).sum(axis=2) < 30).sum()
+    assert green > 20 and rgb.shape[1] > 1.8 * rgb.shape[0]
 
 
 def test_too_few_users_is_a_data_error() -> None:

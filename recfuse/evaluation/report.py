@@ -5,8 +5,8 @@ global pyplot state or display is involved; every file is written atomically.
 
 - ``plots/curves_<segment>.png`` — metric@K curves (primary metric and NDCG) per variant with the
   bootstrap CI over users as a band.
-- ``plots/ablation.png`` — the primary metric per variant (label: its modality subset) with CI error
-  bars and one dot per seed.
+- ``plots/ablation.png`` — the primary metric per variant (label: its modality subset) with one dot
+  per seed, beside each challenger's paired Δ vs the control with its paired CI and verdict.
 
 Example:
     >>> results, report, plots = write_report(out, spec, records, runs, analysis, split.summary())  # doctest: +SKIP
@@ -225,21 +225,39 @@ def plot_curves(spec: ExperimentSpec, analysis: ExperimentAnalysis, segment: str
 
 
 def plot_ablation(spec: ExperimentSpec, analysis: ExperimentAnalysis, path: Path) -> Path:
-    """Primary metric per variant (labelled by modality subset) with CI bars and per-seed dots."""
+    """Left: the primary metric per variant (labelled by modality subset) with one dot per seed.
+    Right: each challenger's paired Δ vs the control with the paired CI, coloured by the verdict.
+
+    Per-variant CIs over users overlap whenever users differ a lot from each other, even when the
+    paired test says one variant is worse for most users; the right panel shows what the test says.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(5, 1.6 * len(spec.variants)), 4))
-    ax = fig.subplots()
+    n = len(spec.variants)
+    fig = Figure(figsize=(max(9, 2.6 * n), 4))
+    left, right = fig.subplots(1, 2)
     for i, v in enumerate(spec.variants):
         s = analysis.summary(v.name, spec.metric)
-        color = "tab:gray" if v.name == spec.control else "tab:blue"
-        ax.bar(i, s.mean, color=color, yerr=[[s.mean - s.lo], [s.hi - s.mean]], capsize=4)
+        left.bar(i, s.mean, color="tab:gray" if v.name == spec.control else "tab:blue")
         seeds = list(s.per_seed.values())
-        ax.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
-    ax.set_xticks(range(len(spec.variants)))
-    ax.set_xticklabels([f"{v.name}\n[{_modalities(spec, v.name)}]" for v in spec.variants], fontsize=8)
-    ax.set_ylabel(spec.metric)
-    ax.set_title(f"{spec.metric} by variant / modality subset (bars: CI over users, dots: seeds)")
+        left.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
+    left.set_xticks(range(n))
+    left.set_xticklabels([f"{v.name}\n[{_modalities(spec, v.name)}]" for v in spec.variants], fontsize=8)
+    left.set_ylabel(spec.metric)
+    left.set_title(f"{spec.metric} by variant (dots: seeds)")
+    challengers = [v.name for v in spec.variants if v.name != spec.control]
+    colors = {"better": "tab:green", "worse": "tab:red"}
+    for i, name in enumerate(challengers):
+        c = analysis.comparison(name, spec.metric)
+        right.errorbar(i, c.delta, yerr=[[c.delta - c.lo], [c.hi - c.delta]], fmt="o", capsize=5,
+                       color=colors.get(c.verdict, "tab:gray"))  # fmt: skip
+        right.annotate(c.verdict, (i, c.hi), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+    right.axhline(0.0, color="black", linewidth=0.8)
+    right.set_xticks(range(len(challengers)))
+    right.set_xticklabels(challengers, fontsize=8)
+    right.set_xlim(-0.5, max(len(challengers), 1) - 0.5)
+    right.set_ylabel(f"Δ {spec.metric} vs {spec.control}")
+    right.set_title(f"paired Δ vs {spec.control} ({1 - analysis.alpha:.0%} CI over users)")
     return _save(fig, path)
 
 
