@@ -76,7 +76,6 @@ class ServerInfo:
     variants: list[VariantInfo]
     default_variant: str
     server_version: str
-    ab_salt: str
 
 
 @dataclass(frozen=True)
@@ -276,7 +275,6 @@ class RecfuseClient:
             ],
             default_variant=msg.default_variant,
             server_version=msg.server_version,
-            ab_salt=msg.ab_salt,
         )
 
     def reload(self, timeout: float | None = None) -> tuple[list[str], list[str]]:

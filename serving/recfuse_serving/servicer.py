@@ -221,7 +221,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             variants=[convert.to_variant_info(recs[v].info(), self.registry.share_of(v)) for v in sorted(recs)],
             default_variant=default,
             server_version=SERVER_VERSION,
-            ab_salt=self.registry.ab.salt if self.registry.ab.shares else "",
         )
 
     def _reload_rpc(self, request: pb.ReloadRequest, request_id: str) -> pb.ReloadResponse:

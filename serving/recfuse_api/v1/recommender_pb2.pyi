@@ -147,16 +147,14 @@ class VariantInfo(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., model_version: _Optional[str] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., dim: _Optional[int] = ..., ann_recall: _Optional[float] = ..., created_at: _Optional[str] = ..., traffic_share: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("variants", "default_variant", "server_version", "ab_salt")
+    __slots__ = ("variants", "default_variant", "server_version")
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VARIANT_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
-    AB_SALT_FIELD_NUMBER: _ClassVar[int]
     variants: _containers.RepeatedCompositeFieldContainer[VariantInfo]
     default_variant: str
     server_version: str
-    ab_salt: str
-    def __init__(self, variants: _Optional[_Iterable[_Union[VariantInfo, _Mapping]]] = ..., default_variant: _Optional[str] = ..., server_version: _Optional[str] = ..., ab_salt: _Optional[str] = ...) -> None: ...
+    def __init__(self, variants: _Optional[_Iterable[_Union[VariantInfo, _Mapping]]] = ..., default_variant: _Optional[str] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ()
