@@ -14,7 +14,7 @@ Metrics per variant (users are the randomisation unit, so uncertainty is cluster
 - Difference variant − control: CI from the two independent standard errors, two-sided z-test p.
 
 Sample-ratio mismatch (SRM): users per variant against the configured shares with a chi-square
-goodness-of-fit test (survival via the regularised incomplete gamma, :func:`stats.chi2_sf`). A p-value
+goodness-of-fit test (survival from scipy.stats, :func:`stats.chi2_sf`). A p-value
 below ``srm_alpha`` (default 0.001, the usual SRM threshold) means assignment or logging is broken
 and every other number is suspect: it is logged as an ERROR and flagged in the report. Users seen in
 more than one variant (broken stickiness) are counted too.

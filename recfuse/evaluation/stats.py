@@ -1,15 +1,14 @@
-"""Significance machinery for paired per-user metrics (numpy + math; no scipy).
+"""Significance machinery for paired per-user metrics (numpy; distributions from scipy.stats).
 
 - :func:`paired_bootstrap_ci` — percentile CI of the mean difference ``b − a`` by resampling users
-  (vectorised: multinomial resampling counts in blocks, seeded).
+  (vectorised: multinomial resampling counts in blocks, seeded; many metrics and variants share one
+  set of draws, which ``scipy.stats.bootstrap`` does not offer).
 - :func:`paired_permutation_test` — two-sided sign-flip randomisation test of mean difference 0;
   p = (1 + #{|mean(s·d)| ≥ |mean(d)|}) / (1 + n_perm), never 0.
-- :func:`paired_t_test` — Student t on the differences; the two-sided p-value uses the exact t
-  distribution through the regularised incomplete beta function, P(|T| > t) = I_{df/(df+t²)}(df/2, ½)
-  (continued fraction, Numerical Recipes ``betacf``), accurate to ~1e-12.
+- :func:`paired_t_test` — Student t on the differences (``scipy.stats.t``).
 - :func:`holm` — Holm step-down adjustment of a family of p-values (controls family-wise error).
-- :func:`chi2_sf` — chi-square survival function via the regularised upper incomplete gamma
-  Q(df/2, x/2) (series below a+1, continued fraction above), for the sample-ratio-mismatch check.
+- :func:`chi2_sf` — chi-square survival function (``scipy.stats.chi2``), for the sample-ratio-mismatch
+  check.
 - :func:`verdict` — "better" / "worse" / "no significant difference" / "within seed noise".
 
 Example:
@@ -134,52 +133,13 @@ def paired_permutation_test(a: npt.ArrayLike, b: npt.ArrayLike, n_perm: int = 10
     return float(sign_flip_pvalues(_paired(a, b), n_perm, seed))
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b) for a, b > 0 and 0 ≤ x ≤ 1."""
-    if a <= 0 or b <= 0 or not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc needs a, b > 0 and x in [0, 1], got a={a}, b={b}, x={x}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_sf_two_sided(t: float, df: float) -> float:
     """P(|T| > |t|) for Student's t with ``df`` degrees of freedom."""
     if df <= 0:
         raise ValueError(f"`df` must be > 0, got {df}")
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+    from scipy import stats
+
+    return float(2.0 * stats.t.sf(abs(t), df))
 
 
 def paired_t_test(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[float, float, float]:
@@ -203,19 +163,12 @@ def normal_sf_two_sided(z: float) -> float:
 
 
 def normal_ppf(p: float) -> float:
-    """Standard normal quantile by bisection on ``erfc`` (to ~1e-13; used for CI half-widths)."""
+    """Standard normal quantile (used for CI half-widths)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"`p` must be in (0, 1), got {p}")
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        if 0.5 * math.erfc(-mid / math.sqrt(2.0)) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-13:
-            break
-    return (lo + hi) / 2.0
+    from scipy import stats
+
+    return float(stats.norm.ppf(p))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -242,40 +195,8 @@ def seed_spread(per_seed_means: Sequence[float]) -> float:
     return float(x.std(ddof=1)) if len(x) >= 2 else 0.0
 
 
-def _gamma_series(a: float, x: float) -> float:
-    total = term = 1.0 / a
-    ap = a
-    for _ in range(100_000):
-        ap += 1.0
-        term *= x / ap
-        total += term
-        if abs(term) < abs(total) * 1e-15:
-            break
-    return total * math.exp(-x + a * math.log(x) - math.lgamma(a))
-
-
-def _gamma_cf(a: float, x: float) -> float:
-    tiny = 1e-300
-    b = x + 1.0 - a
-    c = 1.0 / tiny
-    d = 1.0 / b
-    h = d
-    for i in range(1, 100_000):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = b + an / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
-
-
 def chi2_sf(x: float, df: int) -> float:
-    """Chi-square survival P(X > x) with ``df`` degrees of freedom (regularised upper gamma Q(df/2, x/2)).
+    """Chi-square survival P(X > x) with ``df`` degrees of freedom.
 
     Example:
         >>> round(chi2_sf(3.841458820694124, 1), 6)
@@ -285,10 +206,9 @@ def chi2_sf(x: float, df: int) -> float:
         raise ValueError(f"`df` must be >= 1, got {df}")
     if x <= 0:
         return 1.0
-    a, h = df / 2.0, x / 2.0
-    if h < a + 1.0:
-        return max(0.0, 1.0 - _gamma_series(a, h))
-    return _gamma_cf(a, h)
+    from scipy import stats
+
+    return float(stats.chi2.sf(x, df))
 
 
 VERDICTS = ("better", "worse", "no significant difference", "within seed noise")
