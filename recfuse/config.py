@@ -511,6 +511,11 @@ class EvalConfig:
         return f"ranking excludes each user's {self.mask} items; the query reads {self.resolved_history(split_kind)}"
 
 
+#: efSearch / nprobe where neither the config nor export's tuning sets one
+DEFAULT_EF_SEARCH = 128
+DEFAULT_NPROBE = 32
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """FAISS index choice: the factory string is the index type (``auto`` picks by catalog size).
@@ -527,13 +532,24 @@ class IndexConfig:
         threads: faiss OpenMP threads set on build/load (``0`` leaves faiss's default; 1 suits
             single-query serving).
         seed: seed of the training sample and the recall queries.
+        ef_search / nprobe: HNSW efSearch / IVF nprobe. Unset, export picks the smallest value of a
+            grid whose served recall meets ``target_recall`` (and stores it in the bundle), or uses
+            :data:`DEFAULT_EF_SEARCH` / :data:`DEFAULT_NPROBE` where nothing is tuned; a value set
+            here always wins and its served recall is only reported.
+        target_recall: Recall@10 against exact search that export tunes efSearch / nprobe to, measured
+            with the query vectors the index will see (``served_queries`` of them: known users' query
+            vectors and history-only queries from the model's own query tower); 0 turns tuning off.
+        served_queries: how many such query vectors export draws (and stores in the bundle, so
+            ``add-items`` measures and tunes on the same queries).
     """
 
     factory: str = "auto"
     metric: str = "ip"
-    ef_search: int = 128
+    ef_search: int | None = None
     ef_construction: int = 80
-    nprobe: int = 32
+    nprobe: int | None = None
+    target_recall: float = 0.95
+    served_queries: int = 2000
     recall_floor: float = 0.9
     on_low_recall: str = "warn"
     recall_queries: int = 200
@@ -552,10 +568,19 @@ class IndexConfig:
         _check_range("index", "ef_construction", self.ef_construction, 1, 100_000)
         _check_choice("index", "on_low_recall", self.on_low_recall, ("raise", "warn"))
         _check_range("index", "recall_floor", self.recall_floor, 0.0, 1.0)
-        _check_range("index", "ef_search", self.ef_search, 1, 100_000)
-        _check_range("index", "nprobe", self.nprobe, 1, 1_000_000)
+        if self.ef_search is not None:
+            _check_range("index", "ef_search", self.ef_search, 1, 100_000)
+        if self.nprobe is not None:
+            _check_range("index", "nprobe", self.nprobe, 1, 1_000_000)
+        _check_range("index", "target_recall", self.target_recall, 0.0, 1.0)
+        _check_range("index", "served_queries", self.served_queries, 0, 1_000_000)
         if not self.factory.strip():
             raise ConfigError("`index.factory` must be a faiss factory string or 'auto', got ''")
+
+    def search_params(self) -> tuple[int, int]:
+        """``(efSearch, nprobe)`` in force: the configured values, else the defaults."""
+        ef = DEFAULT_EF_SEARCH if self.ef_search is None else self.ef_search
+        return ef, DEFAULT_NPROBE if self.nprobe is None else self.nprobe
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -174,6 +175,52 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
     extended = load_bundle(added.path)
     row = extended.item_ids.index("added-1")
     np.testing.assert_allclose(extended.item_vectors[row], 1.7 * m.item_embeddings[m.item_ids.index(cold)], atol=1e-5)
+
+
+def test_export_measures_served_recall_on_model_queries_and_tunes_ef_search(
+    trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    from recfuse.config import IndexConfig
+    from recfuse.index.factory import inner_index
+    from recfuse.index.served import EF_SEARCH_GRID, served_recall
+    from recfuse.models.trained import TrainedModel
+
+    data_dir, model_dir, _items = trained
+    cfg = IndexConfig(factory="HNSW4", ef_construction=8, target_recall=0.99, served_queries=50, recall_queries=50)
+    path = export_model(model_dir, tmp_path / "b", cfg)
+    b = load_bundle(path)
+    served = b.manifest["served_recall"]
+    model = TrainedModel.load(model_dir)
+    # the queries: 40 known users' query vectors and 10 history-only ones, from the model's own tower
+    queries = np.load(path / "served_queries.npy", allow_pickle=False)
+    assert queries.shape == (50, 16) and served["n_queries"] == 50 and served["queries"].startswith("40 known")
+    users = sorted(u for u, h in model.user_histories.items() if h)
+    every = model.query_embeddings(users, [model.user_histories[u] for u in users])
+    nearest = np.abs(queries[:40, None, :] - every[None, :, :]).max(axis=2).min(axis=1)
+    assert nearest.max() < 1e-5  # each is a known user's query vector
+    # tuned: the cheapest efSearch of the grid that meets the target, stored and applied at load
+    ef = served["tuned"]["ef_search"]
+    assert served["met"] and served["recall"] >= 0.99 and ef in EF_SEARCH_GRID
+    assert [v for v, _ in served["tried"]][-1] == ef and all(r < 0.99 for _, r in served["tried"][:-1])
+    assert b.manifest["index_config"]["ef_search"] == ef and inner_index(b.index.faiss_index).hnsw.efSearch == ef
+    assert served_recall(b.index, b.item_vectors, queries) == pytest.approx(served["recall"])
+    info = Recommender.from_bundle(path).info()
+    assert info.served_recall == pytest.approx(served["recall"]) and info.search_params == f"efSearch={ef} (tuned to 0.99)"
+    # an efSearch the config sets wins: only measured, never tuned
+    fixed = load_bundle(export_model(model_dir, tmp_path / "f", dataclasses.replace(cfg, ef_search=1)))
+    assert fixed.manifest["served_recall"]["tuned"] is None and fixed.manifest["index_config"]["ef_search"] == 1
+    assert Recommender.from_bundle(fixed.path).info().search_params == "efSearch=1"
+    # an exact index serves exact results
+    flat = load_bundle(export_model(model_dir, tmp_path / "x", dataclasses.replace(cfg, factory="Flat")))
+    assert flat.manifest["served_recall"]["recall"] == pytest.approx(1.0)
+    # add-items measures again on the stored queries and tunes again for the grown catalog
+    new, _ = _new_items(_items, data_dir)
+    new.to_parquet(tmp_path / "new.parquet")
+    grown = load_bundle(add_items(path.parent, tmp_path / "new.parquet", allow_external_images=True).path)
+    again = grown.manifest["served_recall"]
+    assert again["n_queries"] == 50 and again["queries"] == served["queries"] and again["recall"] >= 0.99
+    assert again["tuned"] is not None and grown.manifest["index_config"]["ef_search"] == again["tuned"]["ef_search"]
+    np.testing.assert_array_equal(np.load(grown.path / "served_queries.npy", allow_pickle=False), queries)
 
 
 def _new_items(items: pd.DataFrame, data_dir: Path) -> tuple[pd.DataFrame, list[str]]:

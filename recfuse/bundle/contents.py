@@ -72,6 +72,11 @@ class BundleContents:
         query_savedmodel_dir: optional TF SavedModel of the query tower copied to
             ``query_tower_savedmodel/``.
         parent_version: bundle version this one was derived from (incremental add), else ``""``.
+        served_queries: ``[m, d]`` query vectors like the ones the index will serve (from the model's
+            query tower); export measures the index's served recall on them and tunes efSearch /
+            nprobe to ``index_config.target_recall``, and stores them for ``add-items``. None: only
+            the item-vector recall is measured.
+        served_queries_about: what ``served_queries`` are, for the manifest.
     """
 
     variant: str
@@ -90,6 +95,8 @@ class BundleContents:
     model_dir: Path | None = None
     query_savedmodel_dir: Path | None = None
     parent_version: str = ""
+    served_queries: FloatArray | None = None
+    served_queries_about: str = ""
 
     def validate(self) -> None:
         """Check shapes, dtypes and id relations; normalises ``item_ids``/``items`` in place.

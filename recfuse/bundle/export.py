@@ -32,6 +32,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recfuse.bundle.contents import BundleContents
@@ -93,6 +94,7 @@ def contents_from_model(
 ) -> BundleContents:
     """The :class:`BundleContents` of a trained model (no SavedModel, no model copy)."""
     items = _metadata(model, catalog)
+    queries, about = served_query_vectors(model, index_cfg.served_queries, index_cfg.seed)
     return BundleContents(
         variant=model.config.variant,
         model_version=model_version_of(model.model_dir),
@@ -106,7 +108,38 @@ def contents_from_model(
         user_history=model.user_histories,
         config=model.config.to_dict(),
         index_config=index_cfg,
+        served_queries=queries,
+        served_queries_about=about,
     )
+
+
+def served_query_vectors(model: TrainedModel, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Query vectors like the ones the index will serve, from the model's own query tower.
+
+    Four in five are known users' query vectors (user id and stored history, drawn at random), one
+    in five history-only queries (an anonymous user with a prefix of a drawn user's history, most
+    recent first, as a client sends one). Returns ``([m, d] float32, a description for the
+    manifest)``; ``m`` is 0 when ``n`` is 0 or the model has no user history.
+    """
+    users = sorted(u for u, h in model.user_histories.items() if len(h))
+    dim = model.item_embeddings.shape[1]
+    if n <= 0 or not users:
+        return np.zeros((0, dim), np.float32), "none"
+    rng = np.random.default_rng(seed)
+    n_known = min(len(users), n - n // 5)
+    known = [users[i] for i in rng.choice(len(users), n_known, replace=False)]
+    drawn = [users[i] for i in rng.integers(0, len(users), n // 5)]
+    prefixes = [list(model.user_histories[u])[: int(rng.integers(1, len(model.user_histories[u]) + 1))] for u in drawn]
+    parts = []
+    for i in range(0, n_known, 1024):
+        chunk = known[i : i + 1024]
+        parts.append(model.query_embeddings(chunk, [model.user_histories[u] for u in chunk]))
+    for i in range(0, len(prefixes), 1024):
+        chunk = prefixes[i : i + 1024]
+        parts.append(model.query_embeddings([None] * len(chunk), chunk))
+    queries = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    about = f"{n_known} known users' query vectors + {len(prefixes)} history-only queries (model query tower)"
+    return queries, about
 
 
 def model_version_of(model_dir: Path) -> str:

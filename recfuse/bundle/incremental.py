@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ def add_items(
 
     contents, index = _extended(loaded, valid, vectors)
     path = write_bundle(
-        root or loaded.root, contents, loaded.index_config, version=version, index=index, keep_versions=keep_versions
+        root or loaded.root, contents, contents.index_config, version=version, index=index, keep_versions=keep_versions
     )
     logger.info(
         "add_items: %d added, %d existing skipped, %d rejected -> %s", len(valid), len(existing), n_rejected, path
@@ -187,7 +188,15 @@ def _extended(
 ) -> tuple[BundleContents, ItemIndex]:
     """Contents of ``loaded`` with the new items appended, and its index with them added."""
     n = len(loaded.item_ids)
+    # a search parameter export tuned is tuned again for the grown catalog; one the config set stays
+    tuned = (loaded.manifest.get("served_recall") or {}).get("tuned") or {}
     cfg = loaded.index_config
+    if "ef_search" in tuned:
+        cfg = dataclasses.replace(cfg, ef_search=None)
+    if "nprobe" in tuned:
+        cfg = dataclasses.replace(cfg, nprobe=None)
+    queries_file = loaded.path / mf.SERVED_QUERIES
+    queries = np.load(queries_file, allow_pickle=False) if queries_file.is_file() else None
     new_ids = [id_str(x) for x in new_items["item_id"]]
     config = RecfuseConfig.from_dict(loaded.config)
     meta = metadata_frame(new_items, config)
@@ -219,5 +228,7 @@ def _extended(
         model_dir=loaded.model_dir,
         query_savedmodel_dir=saved if saved.is_dir() else None,
         parent_version=loaded.version,
+        served_queries=queries,
+        served_queries_about=(loaded.manifest.get("served_recall") or {}).get("queries", ""),
     )
     return contents, index

@@ -2,9 +2,12 @@
 
 ``manifest.json`` is written last inside the temporary directory. It records the format version,
 the recfuse version, the model version, the fusion variant, the embedding dim, the metric, the
-faiss factory string, the item count, the measured ANN Recall@10, the training and index configs,
-the UTC creation time, and the sha256 + size of every other file (paths relative to the version
-directory, ``/``-separated).
+faiss factory string, the item count, the measured ANN Recall@10 (item vectors as queries), the
+served recall (``served_recall``: Recall@10 on the query vectors in ``served_queries.npy``, the
+target, whether efSearch / nprobe were tuned to it and every value tried; absent in bundles
+written before it), the training and index configs (with any tuned value, which the loader
+applies), the UTC creation time, and the sha256 + size of every other file (paths relative to the
+version directory, ``/``-separated).
 
 A manifest is untrusted input: every file entry must be a relative path that stays inside the
 version directory (no ``..``, no absolute path, no symlink leading out), checked before anything
@@ -38,6 +41,8 @@ MANIFEST = "manifest.json"
 QUERY_TOWER = "query_tower"  # prefix: query_tower.npz + query_tower.json
 EMBEDDINGS = "embeddings.parquet"
 INDEX = "index.faiss"
+# query vectors the served recall is measured on (export draws them; add-items measures again on them)
+SERVED_QUERIES = "served_queries.npy"
 VOCAB_USERS = "vocab_users.json"
 VOCAB_ITEMS = "vocab_items.json"
 VOCAB_CATEGORIES = "vocab_categories.json"

@@ -44,8 +44,12 @@ from recfuse.config import IndexConfig
 from recfuse.errors import ArtifactError
 from recfuse.fsio import fsync_dir, fsync_tree
 from recfuse.index import ItemIndex, build_index
+from recfuse.index.served import TuneResult, served_recall, tunable_param, tune_search
 
 logger = logging.getLogger(__name__)
+
+#: the cut-off of the served recall recorded in the manifest
+SERVED_K = 10
 
 StepHook = Callable[[str], None]
 
@@ -103,8 +107,10 @@ def write_bundle(
         try:
             _write_files(tmp, contents, hook)
             built = _write_index(tmp, contents, cfg, index)
+            served = _served(tmp, contents, cfg, built)
             hook("index_built")
-            manifest = _manifest(tmp, contents, cfg, built, version)
+            manifest = _manifest(tmp, contents, built.config, built, version)
+            manifest["served_recall"] = served
             (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
             hook("manifest_written")
             fsync_tree(tmp)
@@ -203,6 +209,37 @@ def _write_index(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemInde
         )
     index.save(tmp / mf.INDEX)
     return index
+
+
+def _served(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex) -> dict[str, Any] | None:
+    """Served recall of ``index`` on the contents' query vectors, after tuning efSearch / nprobe to
+    ``cfg.target_recall`` when the config leaves them unset; the queries are stored beside it."""
+    queries = c.served_queries
+    if queries is None or len(queries) == 0:
+        return None
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    np.save(tmp / mf.SERVED_QUERIES, queries, allow_pickle=False)
+    param = tunable_param(index)
+    tuned: TuneResult | None = None
+    if cfg.target_recall > 0 and param and getattr(cfg, param) is None:
+        tuned = tune_search(index, c.item_vectors, queries, cfg.target_recall, k=SERVED_K)
+        recall = tuned.recall
+    else:
+        recall = served_recall(index, c.item_vectors, queries, k=SERVED_K)
+    ef, nprobe = index.config.search_params()
+    logger.info("index %s: served recall@%d %.4f on %d queries (%s)", index.factory, SERVED_K, recall, len(queries),
+                f"tuned {param} = {tuned.value}" if tuned else "not tuned")  # fmt: skip
+    return {
+        "recall": recall,
+        "k": SERVED_K,
+        "queries": c.served_queries_about or f"{len(queries)} query vectors",
+        "n_queries": len(queries),
+        "target": cfg.target_recall,
+        "met": None if cfg.target_recall <= 0 else bool(recall >= cfg.target_recall),
+        "tuned": {param: tuned.value} if tuned is not None else None,
+        "tried": [[v, r] for v, r in tuned.tried] if tuned is not None else [],
+        "search_params": {"ef_search": ef, "nprobe": nprobe} if param else {},
+    }
 
 
 def _manifest(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex, version: str) -> dict[str, Any]:

@@ -62,7 +62,7 @@ class ItemIndex:
         if cfg.filter_mode == "selector" and not self._selector_ok:
             logger.warning("index %s does not honour ID selectors; filtering by over-fetch and refill", factory)
         self.filter_mode = "selector" if cfg.filter_mode != "refill" and self._selector_ok else "refill"
-        apply_search_params(index, cfg.ef_search, cfg.nprobe)
+        apply_search_params(index, *cfg.search_params())
         if cfg.threads > 0:
             faiss.omp_set_num_threads(cfg.threads)
 

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
 from recfuse.bundle import LoadedBundle, load_bundle
 from recfuse.errors import ArtifactError, InvalidRequestError, NotFoundError
+from recfuse.index.factory import inner_index, ivf_of
 from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.limits import Limits
@@ -146,6 +148,7 @@ class Recommender:
         #: for requests without history rows; None when off or over budget (read-only)
         self.user_vectors: FloatArray | None = self._user_query_vectors(float(user_vectors_mb))
         m = self.bundle.manifest
+        served = m.get("served_recall") or {}
         self._info = BundleInfo(
             variant=self.bundle.variant,
             version=self.bundle.version,
@@ -162,6 +165,9 @@ class Recommender:
             path=str(self.bundle.path),
             max_k=self.limits.max_k,
             category_count=len(self._tables.category_rows),
+            served_recall=None if served.get("recall") is None else float(served["recall"]),
+            served_recall_queries=str(served.get("queries", "")),
+            search_params=_search_params(self._index.faiss_index, served),
         )
 
     @classmethod
@@ -579,3 +585,18 @@ class Recommender:
             take = np.argsort(rank, kind="stable")[: p.k]
             rows = allowed[take]
         return rows.astype(np.int64), t.popular_counts[rows]
+
+
+def _search_params(index: Any, served: Mapping[str, Any]) -> str:
+    """``efSearch=48 (tuned to 0.95)``-style text of the search parameters in force ("" for exact)."""
+    inner = inner_index(index)
+    ivf = ivf_of(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        name, value = "efSearch", int(inner.hnsw.efSearch)
+    elif ivf is not None:
+        name, value = "nprobe", int(ivf.nprobe)
+    else:
+        return ""
+    tuned = served.get("tuned") or {}
+    how = f" (tuned to {served.get('target')})" if tuned else ""
+    return f"{name}={value}{how}"

@@ -111,3 +111,8 @@ class BundleInfo:
     path: str
     max_k: int = 1000
     category_count: int = 0
+    # Recall@10 against exact search on query vectors like the served ones, measured at export /
+    # add-items (None: not measured), what those queries were, and the search parameters in force
+    served_recall: float | None = None
+    served_recall_queries: str = ""
+    search_params: str = ""

@@ -69,6 +69,8 @@ class VariantInfo:
     ann_recall: float
     created_at: str
     traffic_share: float
+    served_recall: float = 0.0
+    search_params: str = ""
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,8 @@ class RecfuseClient:
                     v.ann_recall,
                     v.created_at,
                     v.traffic_share,
+                    v.served_recall,
+                    v.search_params,
                 )
                 for v in msg.variants
             ],

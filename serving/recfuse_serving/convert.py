@@ -113,4 +113,6 @@ def to_variant_info(info: BundleInfo, share: float) -> pb.VariantInfo:
         ann_recall=info.ann_recall or 0.0,
         created_at=info.created_at,
         traffic_share=share,
+        served_recall=info.served_recall or 0.0,
+        search_params=info.search_params,
     )

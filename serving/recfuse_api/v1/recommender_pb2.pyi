@@ -127,7 +127,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VariantInfo(_message.Message):
-    __slots__ = ("variant", "model_version", "index_type", "item_count", "dim", "ann_recall", "created_at", "traffic_share")
+    __slots__ = ("variant", "model_version", "index_type", "item_count", "dim", "ann_recall", "created_at", "traffic_share", "served_recall", "search_params")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,8 @@ class VariantInfo(_message.Message):
     ANN_RECALL_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_RECALL_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_PARAMS_FIELD_NUMBER: _ClassVar[int]
     variant: str
     model_version: str
     index_type: str
@@ -144,7 +146,9 @@ class VariantInfo(_message.Message):
     ann_recall: float
     created_at: str
     traffic_share: float
-    def __init__(self, variant: _Optional[str] = ..., model_version: _Optional[str] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., dim: _Optional[int] = ..., ann_recall: _Optional[float] = ..., created_at: _Optional[str] = ..., traffic_share: _Optional[float] = ...) -> None: ...
+    served_recall: float
+    search_params: str
+    def __init__(self, variant: _Optional[str] = ..., model_version: _Optional[str] = ..., index_type: _Optional[str] = ..., item_count: _Optional[int] = ..., dim: _Optional[int] = ..., ann_recall: _Optional[float] = ..., created_at: _Optional[str] = ..., traffic_share: _Optional[float] = ..., served_recall: _Optional[float] = ..., search_params: _Optional[str] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("variants", "default_variant", "server_version")

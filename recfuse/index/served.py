@@ -1,0 +1,129 @@
+"""Served recall: how close the index's answers are to exact search, for the queries it will serve.
+
+Item vectors used as queries overstate an ANN index's recall (each is its own nearest neighbour, in
+a dense region of the graph); the queries a recommender serves are users' query vectors, which sit
+elsewhere. :func:`served_recall` measures Recall@k of the index against exact inner-product (or L2)
+search over the same vectors with given query vectors, and :func:`tune_search` picks the smallest
+efSearch (HNSW) or nprobe (IVF) of a grid whose served recall meets a target.
+
+Example:
+    >>> result = tune_search(index, vectors, queries, target=0.95)    # doctest: +SKIP
+    >>> result.ef_search, round(result.recall, 3)                     # doctest: +SKIP
+    (48, 0.957)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from recfuse.index.factory import apply_search_params, faiss_metric, inner_index, ivf_of
+from recfuse.index.item_index import ItemIndex
+from recfuse.types import FloatArray
+
+logger = logging.getLogger(__name__)
+
+#: efSearch values tried for an HNSW index, cheapest first
+EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+#: nprobe values tried for an IVF index (clipped to its number of lists), cheapest first
+NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune_search` chose.
+
+    Attributes:
+        param: ``ef_search``, ``nprobe`` or ``""`` (nothing to tune: an exact index).
+        value: the chosen value (0 when nothing was tuned).
+        recall: served Recall@k at that value.
+        met: whether ``recall`` reaches the target.
+        tried: ``[(value, recall)]`` in the order tried.
+    """
+
+    param: str
+    value: int
+    recall: float
+    met: bool
+    tried: list[tuple[int, float]] = field(default_factory=list)
+
+
+def exact_topk(index: ItemIndex, vectors: FloatArray, queries: FloatArray, k: int) -> np.ndarray:
+    """``[m, k]`` rows of ``vectors`` (ids ``0..n-1``) nearest each query by the index's metric."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    _, rows = faiss.knn(q, x, min(k, len(x)), metric=faiss_metric(index.metric))
+    return rows
+
+
+def served_recall(
+    index: ItemIndex, vectors: FloatArray, queries: FloatArray, k: int = 10, exact: np.ndarray | None = None
+) -> float:
+    """Mean over ``queries`` of ``|index top-k ∩ exact top-k| / k`` (``vectors``: the indexed rows,
+    ids ``0..n-1``; ``k`` clipped to ``n``; ``exact``: :func:`exact_topk`, computed when not given)."""
+    k = min(k, len(vectors))
+    if len(queries) == 0 or k == 0:
+        return float("nan")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    truth = exact_topk(index, vectors, q, k) if exact is None else exact
+    ann, _ = index.search(q, k)
+    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(ann, truth, strict=True))
+    return float(hits / (len(q) * k))
+
+
+def tunable_param(index: ItemIndex) -> str:
+    """``ef_search`` (HNSW), ``nprobe`` (IVF) or ``""`` (nothing to tune)."""
+    if isinstance(inner_index(index.faiss_index), faiss.IndexHNSW):
+        return "ef_search"
+    return "nprobe" if ivf_of(index.faiss_index) is not None else ""
+
+
+def tune_search(
+    index: ItemIndex, vectors: FloatArray, queries: FloatArray, target: float, k: int = 10
+) -> TuneResult:
+    """Set ``index`` to the smallest efSearch / nprobe of the grid whose served recall meets ``target``.
+
+    Where no grid value meets it, the index keeps the value with the best recall (the largest that
+    helped) and the result says ``met = False``: a bigger index (more HNSW links, more IVF lists, or
+    ``Flat``) is needed. ``index.config`` records the chosen value.
+    """
+    param = tunable_param(index)
+    exact = exact_topk(index, vectors, queries, k)
+    if not param:
+        recall = served_recall(index, vectors, queries, k, exact)
+        return TuneResult("", 0, recall, recall >= target)
+    ef, nprobe = index.config.search_params()
+    grid: tuple[int, ...] = EF_SEARCH_GRID if param == "ef_search" else NPROBE_GRID
+    if param == "nprobe":
+        nlist = int(ivf_of(index.faiss_index).nlist)  # type: ignore[union-attr]
+        grid = tuple(sorted({min(v, nlist) for v in grid}))
+    tried: list[tuple[int, float]] = []
+    best = (grid[-1], -1.0)
+    for value in grid:
+        _apply(index, param, value, ef, nprobe)
+        recall = served_recall(index, vectors, queries, k, exact)
+        tried.append((value, recall))
+        if recall > best[1] + 1e-9:
+            best = (value, recall)
+        if recall >= target:
+            return TuneResult(param, value, recall, True, tried)
+    _apply(index, param, best[0], ef, nprobe)
+    logger.warning(
+        "index %s: served recall@%d %.3f at %s = %d is below the target %.2f; use a larger index "
+        "(more HNSW links or IVF lists, or Flat) or lower index.target_recall",
+        index.factory, k, best[1], param, best[0], target,
+    )  # fmt: skip
+    return TuneResult(param, best[0], best[1], False, tried)
+
+
+def _apply(index: ItemIndex, param: str, value: int, ef: int, nprobe: int) -> None:
+    ef, nprobe = (value, nprobe) if param == "ef_search" else (ef, value)
+    apply_search_params(index.faiss_index, ef, nprobe)
+    if param == "ef_search":
+        index.config = dataclasses.replace(index.config, ef_search=value)
+    else:
+        index.config = dataclasses.replace(index.config, nprobe=value)
