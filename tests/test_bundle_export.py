@@ -205,7 +205,8 @@ def test_export_measures_served_recall_on_model_queries_and_tunes_ef_search(
     assert b.manifest["index_config"]["ef_search"] == ef and inner_index(b.index.faiss_index).hnsw.efSearch == ef
     assert served_recall(b.index, b.item_vectors, queries) == pytest.approx(served["recall"])
     info = Recommender.from_bundle(path).info()
-    assert info.served_recall == pytest.approx(served["recall"]) and info.search_params == f"efSearch={ef} (tuned to 0.99)"
+    assert info.served_recall == pytest.approx(served["recall"])
+    assert info.search_params == f"efSearch={ef} (tuned to 0.99)"
     # an efSearch the config sets wins: only measured, never tuned
     fixed = load_bundle(export_model(model_dir, tmp_path / "f", dataclasses.replace(cfg, ef_search=1)))
     assert fixed.manifest["served_recall"]["tuned"] is None and fixed.manifest["index_config"]["ef_search"] == 1
