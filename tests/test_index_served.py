@@ -38,10 +38,13 @@ def test_hnsw_is_tuned_to_the_smallest_ef_search_that_meets_the_target() -> None
     index = build_index(x, np.arange(len(x)), IndexConfig(factory="HNSW8", recall_queries=0))
     result = tune_search(index, x, q, target=0.95)
     assert result.param == "ef_search" and result.met and result.recall >= 0.95
-    values = [v for v, _ in result.tried]
-    assert values == list(EF_SEARCH_GRID[: len(values)]) and values[-1] == result.value
-    # cheaper settings were tried and missed the target: the choice is the cheapest that meets it
-    assert len(values) > 1 and all(r < 0.95 for _, r in result.tried[:-1])
+    tried = dict(result.tried)
+    # bisected: far fewer tries than grid values, and the grid value just below the choice missed
+    assert len(tried) <= 5 and tried[result.value] == result.recall
+    below = EF_SEARCH_GRID[EF_SEARCH_GRID.index(result.value) - 1]
+    assert result.value > EF_SEARCH_GRID[0] and tried[below] < 0.95
+    assert all(r < 0.95 for v, r in tried.items() if v < result.value)
+    assert all(r >= 0.95 for v, r in tried.items() if v >= result.value)
     assert index.config.ef_search == result.value and inner_index(index.faiss_index).hnsw.efSearch == result.value
     assert served_recall(index, x, q) == pytest.approx(result.recall)
 
@@ -50,8 +53,10 @@ def test_ivf_is_tuned_by_nprobe_and_an_unreachable_target_keeps_the_best() -> No
     x, q = _world(8_000, 16, 200)
     index = build_index(x, np.arange(len(x)), IndexConfig(factory="IVF64,Flat", recall_queries=0))
     result = tune_search(index, x, q, target=0.9)
-    assert result.param == "nprobe" and result.met and 1 <= result.value <= 64
-    assert all(r < 0.9 for _, r in result.tried[:-1])
+    assert result.param == "nprobe" and result.met and 1 < result.value <= 64
+    assert all(r < 0.9 for v, r in result.tried if v < result.value)
+    # the chosen value is the one in force
+    assert index.config.nprobe == result.value and served_recall(index, x, q) == pytest.approx(result.recall)
     # PQ codes cap what any nprobe reaches: the target is missed, and the best value found is kept
     pq = build_index(x, np.arange(len(x)), IndexConfig(factory="IVF16,PQ2x4", recall_queries=0))
     missed = tune_search(pq, x, q, target=0.99)

@@ -42,7 +42,7 @@ class TuneResult:
         value: the chosen value (0 when nothing was tuned).
         recall: served Recall@k at that value.
         met: whether ``recall`` reaches the target.
-        tried: ``[(value, recall)]`` in the order tried.
+        tried: ``[(value, recall)]`` of every value tried, in the order tried.
     """
 
     param: str
@@ -87,9 +87,11 @@ def tune_search(
 ) -> TuneResult:
     """Set ``index`` to the smallest efSearch / nprobe of the grid whose served recall meets ``target``.
 
-    Where no grid value meets it, the index keeps the value with the best recall (the largest that
-    helped) and the result says ``met = False``: a bigger index (more HNSW links, more IVF lists, or
-    ``Flat``) is needed. ``index.config`` records the chosen value.
+    Recall grows with efSearch and nprobe, so the grid is bisected: the largest value is tried
+    first (when even it misses the target, the index keeps it and the result says ``met = False``:
+    a bigger index, with more HNSW links or IVF lists, or ``Flat``, is needed), then about
+    log2(len(grid)) more. The value just below the chosen one has always been tried and missed.
+    ``index.config`` records the chosen value.
     """
     param = tunable_param(index)
     exact = exact_topk(index, vectors, queries, k)
@@ -101,28 +103,37 @@ def tune_search(
     if param == "nprobe":
         nlist = int(ivf_of(index.faiss_index).nlist)  # type: ignore[union-attr]
         grid = tuple(sorted({min(v, nlist) for v in grid}))
-    tried: list[tuple[int, float]] = []
-    best = (grid[-1], -1.0)
-    for value in grid:
-        _apply(index, param, value, ef, nprobe)
-        recall = served_recall(index, vectors, queries, k, exact)
-        tried.append((value, recall))
-        if recall > best[1] + 1e-9:
-            best = (value, recall)
-        if recall >= target:
-            return TuneResult(param, value, recall, True, tried)
-    _apply(index, param, best[0], ef, nprobe)
-    logger.warning(
-        "index %s: served recall@%d %.3f at %s = %d is below the target %.2f; use a larger index "
-        "(more HNSW links or IVF lists, or Flat) or lower index.target_recall",
-        index.factory, k, best[1], param, best[0], target,
-    )  # fmt: skip
-    return TuneResult(param, best[0], best[1], False, tried)
+    tried: dict[int, float] = {}
+
+    def recall_at(i: int) -> float:
+        _apply(index, param, grid[i], ef, nprobe)
+        tried[grid[i]] = served_recall(index, vectors, queries, k, exact)
+        return tried[grid[i]]
+
+    if recall_at(len(grid) - 1) < target:
+        logger.warning(
+            "index %s: served recall@%d %.3f at %s = %d is below the target %.2f; use a larger index "
+            "(more HNSW links or IVF lists, or Flat) or lower index.target_recall",
+            index.factory, k, tried[grid[-1]], param, grid[-1], target,
+        )  # fmt: skip
+        return TuneResult(param, grid[-1], tried[grid[-1]], False, list(tried.items()))
+    lo, hi = 0, len(grid) - 1  # grid[hi] meets the target; everything below lo misses it
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if recall_at(mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    _apply(index, param, grid[hi], ef, nprobe)  # measured: hi is the largest value or a passing midpoint
+    return TuneResult(param, grid[hi], tried[grid[hi]], True, list(tried.items()))
+
+
+def _params(param: str, value: int, ef: int, nprobe: int) -> tuple[int, int]:
+    return (value, nprobe) if param == "ef_search" else (ef, value)
 
 
 def _apply(index: ItemIndex, param: str, value: int, ef: int, nprobe: int) -> None:
-    ef, nprobe = (value, nprobe) if param == "ef_search" else (ef, value)
-    apply_search_params(index.faiss_index, ef, nprobe)
+    apply_search_params(index.faiss_index, *_params(param, value, ef, nprobe))
     if param == "ef_search":
         index.config = dataclasses.replace(index.config, ef_search=value)
     else:

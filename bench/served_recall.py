@@ -1,0 +1,101 @@
+"""Served recall: what an ANN index gives the queries it serves, and what tuning efSearch to a target costs.
+
+Over clustered unit vectors (as ``index_bench.py``), an HNSW32 index is built with recfuse's
+``build_index``; its Recall@10 against exact search is measured two ways at each efSearch:
+
+- with item vectors as queries (what ``ann_recall`` in a manifest reports), and
+- with history-like queries: the normalised mean of 1–5 random items' vectors, as a pooled history
+  or a user's query vector lies between items, not on one (what ``served_recall`` reports).
+
+Then :func:`recfuse.index.served.tune_search` picks the cheapest efSearch reaching ``--target`` on
+the history-like queries; its time is set beside the index build time measured in the same run
+(export adds both). Batch-1 search latency (1 thread) is printed for the chosen efSearch and for
+the library's former fixed default 128.
+
+Usage:
+    python bench/served_recall.py [--items 100000] [--queries 2000] [--target 0.95]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from recfuse.config import DEFAULT_EF_SEARCH, IndexConfig  # noqa: E402
+from recfuse.index import build_index  # noqa: E402
+from recfuse.index.factory import apply_search_params  # noqa: E402
+from recfuse.index.served import EF_SEARCH_GRID, exact_topk, served_recall, tune_search  # noqa: E402
+
+D = 64
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(10, n // 1000), D)).astype(np.float32)
+    x = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.standard_normal((n, D)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def history_queries(x: np.ndarray, m: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 6, m)
+    q = np.stack([x[rng.integers(0, len(x), s)].mean(axis=0) for s in sizes]).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def p50_ms(index, queries: np.ndarray) -> float:
+    faiss.omp_set_num_threads(1)
+    out = []
+    for i in range(min(500, len(queries))):
+        t = time.perf_counter()
+        index.search(queries[i : i + 1], 10)
+        out.append(time.perf_counter() - t)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return float(np.median(out) * 1e3)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--target", type=float, default=0.95)
+    args = p.parse_args()
+    x = clustered(args.items)
+    t0 = time.perf_counter()
+    index = build_index(x, np.arange(len(x)), IndexConfig(factory="HNSW32", recall_queries=0))
+    build_s = time.perf_counter() - t0
+    items_q = x[np.random.default_rng(2).choice(len(x), args.queries, replace=False)]
+    hist_q = history_queries(x, args.queries)
+    exact_items = exact_topk(index, x, items_q, 10)
+    exact_hist = exact_topk(index, x, hist_q, 10)
+    print(f"HNSW32 over {args.items:,} clustered {D}-d vectors: built in {build_s:.1f} s; "
+          f"{args.queries} queries each\n")  # fmt: skip
+    print("| efSearch | Recall@10, item vectors as queries | Recall@10, history-like queries |")
+    print("|---:|---:|---:|")
+    for ef in EF_SEARCH_GRID[:9]:
+        apply_search_params(index.faiss_index, ef, 1)
+        r_items = served_recall(index, x, items_q, exact=exact_items)
+        r_hist = served_recall(index, x, hist_q, exact=exact_hist)
+        print(f"| {ef} | {r_items:.4f} | {r_hist:.4f} |")
+    t1 = time.perf_counter()
+    result = tune_search(index, x, hist_q, args.target)
+    tune_s = time.perf_counter() - t1
+    tuned_ms = p50_ms(index, hist_q)
+    apply_search_params(index.faiss_index, DEFAULT_EF_SEARCH, 1)
+    default_ms = p50_ms(index, hist_q)
+    default_recall = served_recall(index, x, hist_q, exact=exact_hist)
+    print(f"\ntuned to {args.target}: efSearch {result.value}, served recall {result.recall:.4f} "
+          f"(met: {result.met}); tuning took {tune_s:.1f} s = {tune_s / build_s:.2f}x the build")  # fmt: skip
+    print(f"batch-1 p50 (1 thread): {tuned_ms:.3f} ms at efSearch {result.value} vs {default_ms:.3f} ms at "
+          f"{DEFAULT_EF_SEARCH} (served recall {default_recall:.4f}); ratio {tuned_ms / default_ms:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
