@@ -128,6 +128,26 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     run = next(r for r in results["runs"] if (r["variant"], r["seed"]) == ("concat", 1))
     assert EvalResult.load(eval_json).means("all") == run["means"]["all"]
 
+    # what the exported bundle serves (its Recommender and index, k as served) beside the exact ranking:
+    # a Flat index serves the exact ranking, so every metric is within 1% (served recall 1.0)
+    bundles = tmp_path / "bundles"
+    assert main(["export", "--model", str(model_dir), "--out", str(bundles)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_dir), "--bundle", str(bundles), "--ks", "10,20"]) == 0
+    printed = capsys.readouterr().out
+    assert "(exact ranking)" in printed and "(as served: Flat, served recall@10 1.0000)" in printed
+    lines = printed.splitlines()
+    ratios = lines[lines.index("served / exact (all test items):") + 2].split()
+    assert len(ratios) == 6 and all(0.99 <= float(r.rstrip("x")) <= 1.01 for r in ratios), ratios
+    # the bundle alone: its stored training config gives the data, the split and the protocol
+    assert main(["evaluate", "--bundle", str(bundles), "--ks", "10"]) == 0
+    alone = capsys.readouterr().out
+    assert "(as served: Flat" in alone and "served / exact" not in alone
+    recall_line = next(line for line in alone.splitlines() if line.strip().startswith("recall@10"))
+    assert f"{run['means']['all']['recall@10']:.4f}" in recall_line  # the experiment's number for this model
+    assert main(["evaluate", "--ks", "10"]) == 2
+    assert "give --model" in capsys.readouterr().err
+
     # a model whose recorded split differs from what the data gives now is refused, not scored
     moved = tmp_path / "moved-model"
     import shutil

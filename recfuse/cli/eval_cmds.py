@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,11 @@ def register(sub: Any) -> None:
         "reads), and print Recall/NDCG/HitRate/Precision/MRR/novelty/coverage/Gini per segment (all, warm, cold). "
         "--baselines scores simple baselines on the same split and protocol beside the model.",
     )
-    e.add_argument("--model", required=True, help="model directory written by `recfuse train`")
+    e.add_argument("--model", default=None, help="model directory written by `recfuse train`: its exact ranking")
+    e.add_argument("--bundle", default=None, help="bundle (root, ROOT/<variant> or a version): what it serves, "
+                   "through its Recommender and index as served; with --model too, both side by side")  # fmt: skip
+    e.add_argument("--config", default=None, help="with --bundle: a config whose [data] and [eval] to use "
+                   "(default: the training config stored in the bundle)")  # fmt: skip
     e.add_argument("--ks", default="10,20,50", help="cut-offs, comma-separated (default 10,20,50)")
     e.add_argument("--baselines", default="", help="comma-separated baselines to score beside the model: "
                    "popularity, itemknn, ease (hyper-parameters chosen on the valid split)")  # fmt: skip
@@ -137,48 +142,103 @@ def _evaluate(args: argparse.Namespace) -> int:
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     import dataclasses
 
+    from recfuse.config import RecfuseConfig
     from recfuse.data.splits import check_same_split, split_for
     from recfuse.data.validate import load_dataset
     from recfuse.errors import ConfigError
     from recfuse.evaluation.baseline_eval import evaluate_baseline
     from recfuse.evaluation.baselines import BASELINES
-    from recfuse.evaluation.fullrank import evaluate_model
-    from recfuse.models.trained import TrainedModel
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}, comma-separated")
-    model = TrainedModel.load(args.model)
-    data = model.config.data
-    protocol = model.config.eval
+    if not args.model and not args.bundle:
+        raise ConfigError("give --model (the trained model's exact ranking), --bundle (what a bundle serves), or both")
+    model = recommender = None
+    if args.bundle:
+        from recfuse.inference import Recommender
+
+        recommender = Recommender.from_bundle(args.bundle)
+    if args.model:
+        from recfuse.models.trained import TrainedModel
+
+        model = TrainedModel.load(args.model)
+    if args.config:
+        cfg = RecfuseConfig.from_toml(args.config)
+    elif model is not None:
+        cfg = model.config
+    else:
+        cfg = RecfuseConfig.from_dict(recommender.bundle.manifest["training_config"])  # type: ignore[union-attr]
+    data, protocol = cfg.data, cfg.eval
     if args.mask or args.history:
         protocol = dataclasses.replace(protocol, mask=args.mask or protocol.mask,
                                        history=args.history or protocol.history)  # fmt: skip
-    dataset = load_dataset(data, model.config.modalities)
+    dataset = load_dataset(data, cfg.modalities)
     split = split_for(dataset.interactions, data)
-    check_same_split(split, model.split_record, f"model {args.model!r}")
-    result = evaluate_model(model, split, ks=ks, protocol=protocol)
+    if model is not None:
+        check_same_split(split, model.split_record, f"model {args.model!r}")
+    if recommender is not None:
+        check_same_split(split, _bundle_split_record(recommender), f"bundle {args.bundle!r}")
+    results = []
+    if model is not None:
+        from recfuse.evaluation.fullrank import evaluate_model
+
+        results.append((f"model {args.model} (exact ranking)", evaluate_model(model, split, ks=ks, protocol=protocol)))
+    if recommender is not None:
+        from recfuse.evaluation.bundle_eval import evaluate_bundle
+
+        served = evaluate_bundle(recommender, split, ks=ks, protocol=protocol)
+        about = served.info["served"]
+        recall = "unknown" if about["served_recall"] is None else f"{about['served_recall']:.4f}"
+        results.append((f"bundle {about['version']} (as served: {about['index']}"
+                        f"{', ' + about['search_params'] if about['search_params'] else ''}, served recall@10 "
+                        f"{recall})", served))  # fmt: skip
+    result = results[0][1]
     names = [f"{m}@{k}" for k in result.ks for m in ("recall", "ndcg", "hit", "precision", "mrr")]
-    print(f"model {args.model}: {result.n_items} items, split {data.split} (seed {data.split_seed}, "
+    print(f"{result.n_items} items, split {data.split} (seed {data.split_seed}, "
           f"{len(split.train)} train / {len(split.val)} val / {len(split.test)} test rows)")  # fmt: skip
     print(f"protocol: {result.info['protocol']}")
-    for seg_name, seg in result.segments.items():
-        means = seg.means()
-        print(f"\n[{seg_name}] {len(seg.users)} users evaluated, {seg.skipped_users} without test items skipped")
-        for name in names + [f"{m}@{k}" for k in result.ks for m in ("novelty", "coverage", "gini")]:
-            if name in means:
-                print(f"  {name:<14} {means[name]:.4f}")
-    print("\ncounts: " + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+    for label, res in results:
+        print(f"\n{label}")
+        for seg_name, seg in res.segments.items():
+            means = seg.means()
+            print(f"[{seg_name}] {len(seg.users)} users evaluated, {seg.skipped_users} without test items skipped")
+            for name in names + [f"{m}@{k}" for k in res.ks for m in ("novelty", "coverage", "gini")]:
+                if name in means:
+                    print(f"  {name:<14} {means[name]:.4f}")
+        print("counts: " + ", ".join(f"{k}={v}" for k, v in res.counts.items()))
+    if len(results) == 2:
+        print(_served_vs_exact(results[0][1], results[1][1]))
     if baselines:
-        rows = [(f"model ({model.config.variant})", result, "")]
+        label = f"model ({cfg.variant})" if model is not None else "bundle (served)"
+        rows = [(label, result, "")]
+        item_ids = list(model.item_ids) if model is not None else list(recommender.bundle.item_ids)  # type: ignore[union-attr]
         for name in baselines:
-            res = evaluate_baseline(name, split, model.item_ids, protocol, ks=ks)
+            res = evaluate_baseline(name, split, item_ids, protocol, ks=ks)
             params = ", ".join(f"{k}={v}" for k, v in res.info["baseline"]["params"].items())
             rows.append((name, res, params))
         print(_comparison_table(rows, result.ks))
     if args.out:
         print(f"per-user metrics: {result.save(args.out)}")
     return 0
+
+
+def _bundle_split_record(recommender: Any) -> dict[str, Any] | None:
+    """The split record of the model a bundle was exported from (None when it carries no model copy)."""
+    model_dir = recommender.bundle.model_dir
+    if model_dir is None or not (model_dir / "model.json").is_file():
+        return None
+    record = json.loads((model_dir / "model.json").read_text(encoding="utf-8")).get("split")
+    return record if isinstance(record, dict) else None
+
+
+def _served_vs_exact(exact: Any, served: Any) -> str:
+    """Served ÷ exact per metric (all test items): what the approximate index costs."""
+    cols = [f"{m}@{k}" for k in exact.ks for m in ("recall", "ndcg", "hit")]
+    e, s = exact.means("all"), served.means("all")
+    lines = ["", "served / exact (all test items):", "  " + "".join(f"{c:>11}" for c in cols),
+             "  " + "".join(f"{(s[c] / e[c] if e[c] > 0 else float('nan')):>10.3f}x" for c in cols)]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _comparison_table(rows: list[tuple[str, Any, str]], ks: tuple[int, ...]) -> str:
