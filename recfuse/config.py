@@ -262,9 +262,6 @@ class ModelConfig:
         attention_layers: Transformer blocks of masked self-attention over the modality tokens before
             the ``attention`` fusion pools them (each modality's token then carries what the others
             say about the item); 0 pools the aligned tokens directly.
-        attention_user_conditioned: must stay false (kept so stored configs load): item embeddings
-            go into a FAISS index, so they cannot depend on the user. ``AttentionFusion(...)(tokens,
-            mask, context=...)`` takes a context vector for models built on top (e.g. a re-ranker).
         temperature: softmax temperature of the retrieval loss.
         mixed_negatives: extra uniformly sampled catalog items per batch (0 disables).
         popularity_prior: γ of a popularity prior trained into the model (0 disables): each item's
@@ -310,7 +307,6 @@ class ModelConfig:
     learn_lambda: bool = True
     attention_heads: int | None = None
     attention_layers: int = 0
-    attention_user_conditioned: bool = False
     modality_dropout: float = 0.1
     item_id_embedding: bool = True
     item_id_dropout: float = 0.5
@@ -369,12 +365,6 @@ class ModelConfig:
                 f"`model.query_heads` = {self.query_heads} must divide `model.dim` = {self.dim} (each head reads "
                 f"dim / heads dimensions); choose a divisor of {self.dim}, e.g. "
                 f"{max(h for h in range(1, self.query_heads) if self.dim % h == 0)}"
-            )
-        if self.attention_user_conditioned is not False:
-            raise ConfigError(
-                f"`model.attention_user_conditioned` = {self.attention_user_conditioned!r} is not supported: the "
-                "item tower's embeddings are indexed by FAISS once for all users, so the fusion cannot depend on "
-                "the user; remove the key or set it to false (the user side is the query tower's history pooling)"
             )
 
 
@@ -631,7 +621,7 @@ class RecfuseConfig:
                 "for your catalog's columns, or `modalities = []` (top level) for an item-id-only model",
                 ", ".join(f"{m.name} ({m.kind}, columns {list(m.columns)})" for m in default_modalities()),
             )
-        return _build(cls, raw, "")
+        return _build(cls, _migrated(raw), "")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RecfuseConfig:
@@ -694,6 +684,28 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
     return value
+
+
+def _migrated(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` without keys that no longer exist (stored configs keep loading), each with a warning.
+
+    ``model.attention_user_conditioned`` could only be false: item embeddings go into a FAISS index
+    once for all users, so the fusion cannot depend on the user (the user side is the query tower's
+    history pooling; ``AttentionFusion(...)(tokens, mask, context=...)`` takes a context vector for
+    models built on top, e.g. a re-ranker).
+    """
+    model = raw.get("model") if isinstance(raw, Mapping) else None
+    if not isinstance(model, Mapping) or "attention_user_conditioned" not in model:
+        return raw
+    value = model["attention_user_conditioned"]
+    if value is not False:
+        raise ConfigError(
+            f"`model.attention_user_conditioned` = {value!r} is not supported: the item tower's embeddings are "
+            "indexed by FAISS once for all users, so the fusion cannot depend on the user; remove the key (the "
+            "user side is the query tower's history pooling)"
+        )
+    logger.warning("`model.attention_user_conditioned` is no longer a setting (it could only be false); ignored")
+    return {**raw, "model": {k: v for k, v in model.items() if k != "attention_user_conditioned"}}
 
 
 def _build(cls: type[Any], raw: Mapping[str, Any], section: str) -> Any:

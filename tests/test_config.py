@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ columns = ["title"]
         ({"train": {"epochs": 0}}, r"`train.epochs` must be in \[1, 100000\], got 0"),
         (
             {"model": {"attention_user_conditioned": True}},
-            r"`model.attention_user_conditioned` = True is not supported: .*indexed by FAISS.*set it to false",
+            r"`model.attention_user_conditioned` = True is not supported: .*indexed by FAISS.*remove the key",
         ),
         ({"model": {"item_id_embedding": False}, "modalities": []}, r"the item tower has no input"),
         ({"data": {"split": "weird"}}, r"`data.split` must be one of"),
@@ -207,3 +208,13 @@ def test_eval_protocol_config() -> None:
         RecfuseConfig.from_dict({"modalities": [], "eval": {"mask": "all"}})
     with pytest.raises(ConfigError, match=r"`eval.history` must be one of \['auto', 'train', 'train\+valid'\]"):
         RecfuseConfig.from_dict({"modalities": [], "eval": {"history": "test"}})
+
+
+def test_a_stored_config_with_a_removed_key_still_loads_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    raw = RecfuseConfig().to_dict()
+    raw["model"]["attention_user_conditioned"] = False  # what configs stored before its removal hold
+    with caplog.at_level(logging.WARNING, logger="recfuse.config"):
+        cfg = RecfuseConfig.from_dict(raw)
+    assert "attention_user_conditioned` is no longer a setting" in caplog.text
+    assert cfg == RecfuseConfig() and "attention_user_conditioned" not in cfg.to_dict()["model"]
+
