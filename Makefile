@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m recfuse_serving.demo --workdir runs/demo
+	$(PY) serving/demo.py --workdir runs/demo
 
 lint: setup
-	$(VENV)/bin/ruff check recfuse serving/recfuse_serving tests bench proto data_samples
+	$(VENV)/bin/ruff check recfuse serving/recfuse_serving serving/demo.py tests bench proto data_samples
 
 typecheck: setup
 	$(VENV)/bin/mypy

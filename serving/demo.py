@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 from recfuse_serving.client import Query, RecfuseClient, Recommendations
 
 SAMPLE_CONFIG = "data_samples/recfuse.toml"
