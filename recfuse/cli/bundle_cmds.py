@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--user", default=None, help="user id (stored history + user embedding when known)")
     p.add_argument("--history", default="", help="comma-separated item ids, most recent first")
     p.add_argument("--similar-to", default=None, help="item id: nearest neighbours instead of user recommendations")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="items to return (default: 10)")
     p.add_argument("--exclude", default="", help="comma-separated item ids never to return")
     p.add_argument("--exclude-seen", action="store_true", help="drop items in the user's (and request) history")
     p.add_argument("--category", action="append", default=[], help="only items in this category (repeatable)")
@@ -65,8 +65,8 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("bundle-info", help="verify a bundle and print its manifest summary")
     p.add_argument("--bundle", required=True, help="bundles root, ROOT/<variant> or a version directory")
-    p.add_argument("--variant", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--variant", default=None, help="variant of a root holding several")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(handler=_bundle_info)
 
 

@@ -24,9 +24,19 @@ def register(sub: Any) -> None:
     p.add_argument("--catalog", required=True, help="catalog Parquet file (item_id + content columns)")
     p.add_argument("--out", required=True, help="output directory of part-*.parquet shards")
     p.add_argument("--images-dir", default="", help="base of relative image paths (default: the catalog's dir)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--batches-per-shard", type=int, default=16)
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process; ray: batches over a Ray cluster (`ray` extra) (default: local)",
+    )
+    p.add_argument("--batch-size", type=int, default=512, help="items embedded per batch (default: 512)")
+    p.add_argument(
+        "--batches-per-shard",
+        type=int,
+        default=16,
+        help="batches per part-*.parquet shard; a resumed job skips finished shards (default: 16)",
+    )
     p.set_defaults(handler=run_embed)
 
 

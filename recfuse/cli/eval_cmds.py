@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
     e.set_defaults(handler=_evaluate)
 
     ab = sub.add_parser("ab", help="online A/B test tools", description="Online A/B test tools.")
-    ab_sub = ab.add_subparsers(dest="ab_command", metavar="COMMAND")
+    ab_sub = ab.add_subparsers(dest="ab_command", metavar="COMMAND", help="`analyze`: exposures + clicks -> report")
     ab_sub.required = True
     a = ab_sub.add_parser(
         "analyze",
