@@ -87,7 +87,7 @@ def served_recall(bundles: Path, n_users: int = 500, k: int = 10) -> float:
     rec = Recommender.from_bundle(bundles, user_vectors_mb=256)
     voc = rec.bundle.user_vocab
     users = [f"u{j}" for j in np.random.default_rng(0).choice(N_USERS, n_users, replace=False)]
-    vecs = np.asarray(rec.bundle.item_vectors, np.float32)
+    vecs = np.asarray(rec.bundle.ranked_vectors, np.float32)
     assert rec.user_vectors is not None  # N_USERS x 64-d fits the default budget
     queries = rec.user_vectors[[voc.lookup_one(u) - voc.num_oov for u in users]]
     hits = 0

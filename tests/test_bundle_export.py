@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 tf = pytest.importorskip("tensorflow")
@@ -18,6 +22,7 @@ from recfuse.bundle.incremental import add_items  # noqa: E402
 from recfuse.cli.main import main  # noqa: E402
 from recfuse.config import RecfuseConfig  # noqa: E402
 from recfuse.errors import ArtifactError, DataError  # noqa: E402
+from recfuse.fsio import sha256_file  # noqa: E402
 from recfuse.inference import Recommender  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -148,7 +153,28 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
 
     bundle = export_model(tmp_path / "model", tmp_path / "bundles")
     b = load_bundle(bundle)
-    np.testing.assert_allclose(b.item_vectors, m.ranking_embeddings, rtol=1e-6)
+    # one representation on disk: the plain vectors and each item's factor; the index holds their product
+    np.testing.assert_array_equal(b.item_vectors, m.item_embeddings)
+    np.testing.assert_allclose(b.item_scale, factor, rtol=1e-6)
+    np.testing.assert_allclose(b.ranked_vectors, m.ranking_embeddings, rtol=1e-6)
+    stored = pq.read_table(bundle / "embeddings.parquet").column("rank_scale").to_numpy()
+    np.testing.assert_allclose(stored, factor, rtol=1e-6)
+    # a bundle written before the factors were stored (ranked vectors, no rank_scale) still loads as the same
+    legacy = tmp_path / "legacy" / bundle.parent.name / bundle.name
+    shutil.copytree(bundle, legacy)
+    table = pq.read_table(legacy / "embeddings.parquet").drop(["rank_scale"])
+    ranked = pa.FixedSizeListArray.from_arrays(pa.array(m.ranking_embeddings.reshape(-1), pa.float32()), 16)
+    pq.write_table(table.set_column(table.schema.get_field_index("vector"), "vector", ranked),
+                   legacy / "embeddings.parquet")  # fmt: skip
+    manifest = json.loads((legacy / "manifest.json").read_text())
+    entry = legacy / "embeddings.parquet"
+    manifest["files"]["embeddings.parquet"] = {"sha256": sha256_file(entry), "size": entry.stat().st_size}
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    old = load_bundle(legacy)
+    np.testing.assert_allclose(old.item_vectors, m.item_embeddings, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(old.item_scale, factor, rtol=1e-6)
+    then, now = Recommender.from_bundle(legacy), Recommender.from_bundle(bundle)
+    assert then.recommend(user_id=users[0], k=10).item_ids == now.recommend(user_id=users[0], k=10).item_ids
     for mb in (0.0, 16.0):  # encoded per request, and precomputed at load
         rec = Recommender.from_bundle(bundle.parent, user_vectors_mb=mb)
         for user in users[:5]:
@@ -158,7 +184,7 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
             top = np.argsort(-scores, kind="stable")[:10]
             assert [i.item_id for i in got.items] == [m.item_ids[j] for j in top]
             np.testing.assert_allclose([i.score for i in got.items], scores[top], rtol=1e-4, atol=1e-5)
-    # a history holding a cold item reads its plain vector (the factor 1.7 is divided back out)
+    # a history holding a cold item reads its plain vector (the factor 1.7 only ranks it)
     cold = m.item_ids[int(np.flatnonzero(counts == 0)[0])]
     got = Recommender.from_bundle(bundle.parent).recommend(history=[cold], k=10)
     scores = (m.query_embeddings([None], [[cold]]) @ m.ranking_embeddings.T)[0]
@@ -174,7 +200,12 @@ def test_popularity_prior_ranks_by_scaled_vectors_in_evaluation_and_serving(
     assert added.added == 1
     extended = load_bundle(added.path)
     row = extended.item_ids.index("added-1")
-    np.testing.assert_allclose(extended.item_vectors[row], 1.7 * m.item_embeddings[m.item_ids.index(cold)], atol=1e-5)
+    np.testing.assert_allclose(extended.item_vectors[row], m.item_embeddings[m.item_ids.index(cold)], atol=1e-5)
+    assert extended.item_scale[row] == pytest.approx(1.7)
+    np.testing.assert_allclose(extended.item_scale[: len(m.item_ids)], factor, rtol=1e-6)
+    # the grown index holds the added item's scaled vector
+    held = extended.index.faiss_index.reconstruct(row)
+    np.testing.assert_allclose(held, 1.7 * m.item_embeddings[m.item_ids.index(cold)], atol=1e-5)
 
 
 def test_export_measures_served_recall_on_model_queries_and_tunes_ef_search(
@@ -203,7 +234,7 @@ def test_export_measures_served_recall_on_model_queries_and_tunes_ef_search(
     assert served["met"] and served["recall"] >= 0.99 and ef in EF_SEARCH_GRID
     assert all(r < 0.99 for v, r in served["tried"] if v < ef) and dict(served["tried"])[ef] == served["recall"]
     assert b.manifest["index_config"]["ef_search"] == ef and inner_index(b.index.faiss_index).hnsw.efSearch == ef
-    assert served_recall(b.index, b.item_vectors, queries) == pytest.approx(served["recall"])
+    assert served_recall(b.index, b.ranked_vectors, queries) == pytest.approx(served["recall"])
     info = Recommender.from_bundle(path).info()
     assert info.served_recall == pytest.approx(served["recall"])
     assert info.search_params == f"efSearch={ef} (tuned to 0.99)"

@@ -54,13 +54,13 @@ class BundleContents:
         variant: fusion variant name (the bundle's directory under the root).
         model_version: id of the trained model (kept across incremental adds).
         item_ids: ``[n]`` catalog item ids (str), unique; row order of everything item-shaped.
-        item_vectors: ``[n, d]`` float32 item embeddings as ranked (the index's vectors): with the
-            training config's ``model.popularity_prior`` > 0, each is the embedding times
-            ``1 + γ·log(1 + popularity count)``.
+        item_vectors: ``[n, d]`` float32 item embeddings, what the query tower reads a history from.
+        item_scale: ``[n]`` positive factor each item is ranked by (the popularity prior's
+            ``1 + γ·log(1 + count)``, ``model.new_item_scale`` for items never trained on); the
+            index holds ``item_vectors × item_scale``. None: 1 for every item.
         items: display/filter metadata with columns ``item_id``, ``title`` and ``categories``
             (list of str); items without a row get title ``""`` and no categories.
-        query_tower: numpy query tower with output dim ``d`` (its item matrix is ``item_vectors``, with
-            the popularity prior's factor divided back out by :class:`recfuse.inference.Recommender`).
+        query_tower: numpy query tower with output dim ``d`` (its item matrix is ``item_vectors``).
         user_vocab: user id vocabulary (OOV buckets for unknown users).
         category_vocab: category vocabulary of the model (may be empty).
         popularity: item id -> interaction count, for cold-start fallbacks.
@@ -97,6 +97,15 @@ class BundleContents:
     parent_version: str = ""
     served_queries: FloatArray | None = None
     served_queries_about: str = ""
+    item_scale: FloatArray | None = None
+
+    @property
+    def ranked_vectors(self) -> FloatArray:
+        """``[n, d]`` the vectors the index ranks by: ``item_vectors × item_scale``."""
+        vectors = np.asarray(self.item_vectors, dtype=np.float32)
+        if self.item_scale is None:
+            return vectors
+        return np.ascontiguousarray(vectors * np.asarray(self.item_scale, np.float32)[:, None])
 
     def validate(self) -> None:
         """Check shapes, dtypes and id relations; normalises ``item_ids``/``items`` in place.
@@ -120,6 +129,14 @@ class BundleContents:
             bad = int(np.flatnonzero(~np.isfinite(vecs).all(axis=1))[0])
             raise ArtifactError(f"`item_vectors` row {bad} (item {self.item_ids[bad]!r}) has NaN/inf values")
         self.item_vectors = np.ascontiguousarray(vecs, dtype=np.float32)
+        if self.item_scale is not None:
+            scale = np.asarray(self.item_scale, dtype=np.float32)
+            if scale.shape != (len(self.item_ids),) or not (np.isfinite(scale) & (scale > 0)).all():
+                raise ArtifactError(
+                    f"`item_scale` must hold one positive finite factor per item ({len(self.item_ids)}), got shape "
+                    f"{scale.shape} with min {float(scale.min()) if scale.size else 'n/a'}"
+                )
+            self.item_scale = scale
         if len(set(self.item_ids)) != len(self.item_ids):
             seen: set[str] = set()
             dup = next(x for x in self.item_ids if x in seen or seen.add(x))  # type: ignore[func-returns-value]

@@ -99,7 +99,8 @@ def contents_from_model(
         variant=model.config.variant,
         model_version=model_version_of(model.model_dir),
         item_ids=list(model.item_ids),
-        item_vectors=model.ranking_embeddings,  # popularity prior applied (the index ranks by these)
+        item_vectors=model.item_embeddings,
+        item_scale=model.ranking_scale,  # the popularity prior's factor: the index ranks by vectors x scale
         items=items,
         query_tower=model.query_tower,
         user_vocab=model.user_vocab,

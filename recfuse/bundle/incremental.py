@@ -201,13 +201,17 @@ def _extended(
     config = RecfuseConfig.from_dict(loaded.config)
     meta = metadata_frame(new_items, config)
     # new items have no training interactions: they are ranked with the count-0 factor, as cold items
-    # are at export (the Recommender divides it back out for histories)
-    new_vectors = new_vectors.astype(np.float32) * np.float32(config.model.new_item_scale)
+    # are at export (model.new_item_scale; the popularity prior's factor is 1 at count 0)
+    new_vectors = new_vectors.astype(np.float32)
+    new_scale = np.full(len(new_ids), config.model.new_item_scale, np.float32)
+    old_scale = np.ones(n, np.float32) if loaded.item_scale is None else loaded.item_scale
+    scale = np.concatenate([old_scale, new_scale])
     vectors = np.concatenate([loaded.item_vectors, new_vectors])
     index = loaded.index
-    index.add(new_vectors, np.arange(n, n + len(new_ids), dtype=np.int64))
+    index.add(new_vectors * new_scale[:, None], np.arange(n, n + len(new_ids), dtype=np.int64))
     if cfg.recall_queries > 0:
-        index.recall = measure_recall(index, vectors, np.arange(len(vectors)), min(cfg.recall_queries, len(vectors)))
+        ranked = vectors * scale[:, None]
+        index.recall = measure_recall(index, ranked, np.arange(len(ranked)), min(cfg.recall_queries, len(ranked)))
     else:
         index.recall = loaded.manifest.get("ann_recall")
     history = dict(zip(loaded.user_history["user_id"], (list(x) for x in loaded.user_history["items"])))
@@ -217,6 +221,7 @@ def _extended(
         model_version=loaded.model_version,
         item_ids=[*loaded.item_ids, *new_ids],
         item_vectors=vectors,
+        item_scale=None if bool((scale == 1.0).all()) else scale,
         items=pd.concat([loaded.items, meta], ignore_index=True),
         query_tower=loaded.query_tower,
         user_vocab=loaded.user_vocab,

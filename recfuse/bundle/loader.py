@@ -33,6 +33,7 @@ from recfuse.data.vocab import IdVocab
 from recfuse.errors import ArtifactError
 from recfuse.index import ItemIndex
 from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.ranking import popularity_scale
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ class LoadedBundle:
         variant, version, model_version: names from the manifest.
         manifest: the parsed ``manifest.json``.
         item_ids: ``[n]`` item ids in row order (row = vocab index = FAISS id).
-        item_vectors: ``[n, d]`` float32 item embeddings as ranked (popularity prior applied, if any).
+        item_vectors: ``[n, d]`` float32 item embeddings, what the query tower reads a history from.
+        item_scale: ``[n]`` each item's ranking factor (the popularity prior's; 1 without one): the
+            index ranks by ``item_vectors × item_scale`` (:attr:`ranked_vectors`).
         items: ``item_id, title, categories`` (list of str), one row per item in row order.
         query_tower: numpy query tower (output dim ``d``).
         user_vocab, item_vocab, category_vocab: id vocabularies.
@@ -75,6 +78,14 @@ class LoadedBundle:
     config: dict[str, Any]
     index_config: IndexConfig
     index: ItemIndex
+    item_scale: FloatArray | None = None
+
+    @property
+    def ranked_vectors(self) -> FloatArray:
+        """``[n, d]`` the vectors the index holds: :attr:`item_vectors` × :attr:`item_scale`."""
+        if self.item_scale is None:
+            return self.item_vectors
+        return np.ascontiguousarray(self.item_vectors * self.item_scale[:, None])
 
     @property
     def dim(self) -> int:
@@ -147,7 +158,7 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
             f"{str(vdir / (mf.QUERY_TOWER + '.npz'))!r}: query tower dims (out {tower.dim}, history in "
             f"{tower.history_dim}) do not match the manifest embedding_dim {dim}"
         )
-    item_ids, vectors = _read_embeddings(vdir / mf.EMBEDDINGS, n, dim)
+    item_ids, vectors, scale = _read_embeddings(vdir / mf.EMBEDDINGS, n, dim)
     item_vocab = IdVocab.load(vdir / mf.VOCAB_ITEMS)
     if item_vocab.num_oov != 0 or list(item_vocab.ids) != item_ids:
         raise ArtifactError(
@@ -183,6 +194,9 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
             f"{str(vdir / mf.INDEX)!r}: index metric {index_metric!r}, manifest says {index_cfg.metric!r}"
         )
     config = json.loads((vdir / mf.CONFIG).read_text(encoding="utf-8"))
+    popularity = _read_parquet(vdir / mf.POPULARITY)
+    if scale is None:  # written before rank_scale was stored: the vectors are the ranked ones
+        vectors, scale = _legacy_plain(vectors, item_ids, popularity, config)
     bundle = LoadedBundle(
         path=vdir,
         variant=str(manifest["variant"]),
@@ -196,11 +210,12 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
         user_vocab=user_vocab,
         item_vocab=item_vocab,
         category_vocab=IdVocab.load(vdir / mf.VOCAB_CATEGORIES),
-        popularity=_read_parquet(vdir / mf.POPULARITY),
+        popularity=popularity,
         user_history=_read_parquet(vdir / mf.USER_HISTORY),
         config=config,
         index_config=index_cfg,
         index=index,
+        item_scale=None if scale is None or bool((scale == 1.0).all()) else scale,
     )
     logger.info("loaded bundle %s (%d items, dim %d, %s)", vdir, n, dim, manifest["index_factory"])
     return bundle
@@ -213,9 +228,11 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise ArtifactError(f"bundle file {str(path)!r} is not readable Parquet: {err}") from None
 
 
-def _read_embeddings(path: Path, n: int, dim: int) -> tuple[list[str], FloatArray]:
+def _read_embeddings(path: Path, n: int, dim: int) -> tuple[list[str], FloatArray, FloatArray | None]:
+    """Item ids, vectors and ranking factors (None for a file written before they were stored)."""
     try:
-        table = pq.read_table(path, columns=["item_id", "vector"])
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=["item_id", "vector", *(["rank_scale"] if "rank_scale" in names else [])])
     except (OSError, pa.ArrowException) as err:
         raise ArtifactError(f"bundle file {str(path)!r} is not readable Parquet: {err}") from None
     col = table.column("vector").combine_chunks()
@@ -226,4 +243,23 @@ def _read_embeddings(path: Path, n: int, dim: int) -> tuple[list[str], FloatArra
     if table.num_rows != n:
         raise ArtifactError(f"{str(path)!r}: {table.num_rows} rows, manifest item_count says {n}")
     vectors = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, dim)
-    return [str(x) for x in table.column("item_id").to_pylist()], np.ascontiguousarray(vectors)
+    scale = None
+    if "rank_scale" in table.column_names:
+        scale = np.asarray(table.column("rank_scale").to_numpy(zero_copy_only=False), dtype=np.float32)
+        if not (np.isfinite(scale) & (scale > 0)).all():
+            raise ArtifactError(f"{str(path)!r}: column 'rank_scale' holds a non-positive or non-finite factor")
+    return [str(x) for x in table.column("item_id").to_pylist()], np.ascontiguousarray(vectors), scale
+
+
+def _legacy_plain(
+    ranked: FloatArray, item_ids: list[str], popularity: pd.DataFrame, config: dict[str, Any]
+) -> tuple[FloatArray, FloatArray]:
+    """Plain vectors and factors of a bundle that stored its vectors already multiplied by the
+    popularity prior's factor (from its training config and popularity table)."""
+    model_cfg = config.get("model", {}) if isinstance(config, dict) else {}
+    prior = float(model_cfg.get("popularity_prior", 0.0) or 0.0)
+    new_scale = float(model_cfg.get("new_item_scale", 1.0) or 1.0)
+    counts_of = dict(zip(popularity["item_id"].astype(str), popularity["count"].astype(np.int64)))
+    counts = np.array([counts_of.get(i, 0) for i in item_ids], np.float64)
+    scale = popularity_scale(counts, prior, new_scale).astype(np.float32)
+    return np.ascontiguousarray(ranked / scale[:, None]), scale

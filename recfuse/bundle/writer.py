@@ -142,10 +142,12 @@ def _write_files(tmp: Path, c: BundleContents, hook: StepHook) -> None:
     hook(f"wrote:{mf.QUERY_TOWER}")
     n, d = c.item_vectors.shape
     vec = pa.FixedSizeListArray.from_arrays(pa.array(c.item_vectors.reshape(-1), pa.float32()), d)
+    scale = np.ones(n, np.float32) if c.item_scale is None else np.asarray(c.item_scale, np.float32)
     table = pa.table(
         {
             "item_id": pa.array(list(c.item_ids), pa.string()),
             "vector": vec,
+            "rank_scale": pa.array(scale, pa.float32()),
             "variant": pa.array([c.variant] * n, pa.string()).dictionary_encode(),
         }
     )
@@ -201,11 +203,11 @@ def _write_files(tmp: Path, c: BundleContents, hook: StepHook) -> None:
 def _write_index(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex | None) -> ItemIndex:
     n, d = c.item_vectors.shape
     if index is None:
-        index = build_index(c.item_vectors, np.arange(n, dtype=np.int64), cfg)
+        index = build_index(c.ranked_vectors, np.arange(n, dtype=np.int64), cfg)
     elif index.ntotal != n or index.dim != d:
         raise ArtifactError(
             f"`index` holds {index.ntotal} vectors of dim {index.dim}, but the bundle has {n} items of dim {d}; "
-            "pass an index over exactly `item_vectors` (ids 0..n-1) or None to build one"
+            "pass an index over exactly `ranked_vectors` (ids 0..n-1) or None to build one"
         )
     index.save(tmp / mf.INDEX)
     return index
@@ -222,10 +224,10 @@ def _served(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex) ->
     param = tunable_param(index)
     tuned: TuneResult | None = None
     if cfg.target_recall > 0 and param and getattr(cfg, param) is None:
-        tuned = tune_search(index, c.item_vectors, queries, cfg.target_recall, k=SERVED_K)
+        tuned = tune_search(index, c.ranked_vectors, queries, cfg.target_recall, k=SERVED_K)
         recall = tuned.recall
     else:
-        recall = served_recall(index, c.item_vectors, queries, k=SERVED_K)
+        recall = served_recall(index, c.ranked_vectors, queries, k=SERVED_K)
     ef, nprobe = index.config.search_params()
     logger.info("index %s: served recall@%d %.4f on %d queries (%s)", index.factory, SERVED_K, recall, len(queries),
                 f"tuned {param} = {tuned.value}" if tuned else "not tuned")  # fmt: skip

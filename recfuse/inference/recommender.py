@@ -49,7 +49,7 @@ from recfuse.inference.types import (
     ScoredItem,
 )
 from recfuse.models.query_numpy import QueryEncoder
-from recfuse.ranking import masked_topk, popularity_scale
+from recfuse.ranking import masked_topk
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)
@@ -127,10 +127,11 @@ class Recommender:
         self._tables = CatalogTables.from_bundle(self.bundle)
         self._tower = self.bundle.query_tower
         # the index's vectors: what items are ranked by (popularity prior applied at export)
-        self._vectors = self.bundle.item_vectors
+        # what the index ranks by (exact filtered searches and similar-item queries use the same)
+        self._vectors = self.bundle.ranked_vectors
         # Per-item attention logits etc. computed once here (cold items of an incremental bundle are
         # rows of this matrix, so they get theirs too); a request runs the short forward.
-        self._encoder = QueryEncoder(self._tower, self._history_matrix())
+        self._encoder = QueryEncoder(self._tower, self.bundle.item_vectors)
         self._item_id_list: list[str] = [str(i) for i in self._tables.item_ids]
         #: id and title of each catalog row, for callers of :meth:`rank` (read-only tuples)
         self.item_id_of_row: tuple[str, ...] = tuple(self._item_id_list)
@@ -477,20 +478,6 @@ class Recommender:
         if self.user_vectors is None or request_rows or user_idx < self._user_vocab.num_oov:
             return -1
         return user_idx - self._user_vocab.num_oov
-
-    def _history_matrix(self) -> FloatArray:
-        """The item vectors the query tower reads a history from: the bundle's, with the popularity
-        prior (``model.popularity_prior`` and ``model.new_item_scale`` of the stored config) divided
-        back out."""
-        model_cfg = self.bundle.config.get("model", {})
-        prior = float(model_cfg.get("popularity_prior", 0.0) or 0.0)
-        new_scale = float(model_cfg.get("new_item_scale", 1.0) or 1.0)
-        if prior <= 0 and new_scale == 1.0:
-            return self._vectors
-        # the same counts the export scaled by (the bundle's popularity table, per row; 0 if unlisted)
-        matrix = self._vectors / popularity_scale(self._tables.popular_counts, prior, new_scale)[:, None]
-        matrix.setflags(write=False)
-        return matrix
 
     def _user_query_vectors(self, budget_mb: float) -> FloatArray | None:
         """Every vocabulary user's query vector with no request history, batched (see ``user_vectors_mb``)."""

@@ -132,11 +132,18 @@ class TrainedModel:
 
         :attr:`item_embeddings` stay what the query tower reads a history from.
         """
+        scale = self.ranking_scale
+        return self.item_embeddings if scale is None else self.item_embeddings * scale[:, None]
+
+    @property
+    def ranking_scale(self) -> FloatArray | None:
+        """``[n]`` each item's ranking factor (:attr:`ranking_embeddings` ÷ :attr:`item_embeddings`),
+        or None when neither ``model.popularity_prior`` nor ``model.new_item_scale`` is set."""
         prior, new_scale = self.config.model.popularity_prior, self.config.model.new_item_scale
         if prior <= 0 and new_scale == 1.0:
-            return self.item_embeddings
+            return None
         counts = np.array([self.popularity.get(i, 0) for i in self.item_ids], np.float64)
-        return self.item_embeddings * popularity_scale(counts, prior, new_scale)[:, None]
+        return popularity_scale(counts, prior, new_scale).astype(np.float32)
 
     # --- query side (numpy) -------------------------------------------------------------------
     def user_indices(self, user_ids: Sequence[str | None]) -> np.ndarray:
