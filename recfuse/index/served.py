@@ -4,12 +4,12 @@ Item vectors used as queries overstate an ANN index's recall (each is its own ne
 a dense region of the graph); the queries a recommender serves are users' query vectors, which sit
 elsewhere. :func:`served_recall` measures Recall@k of the index against exact inner-product (or L2)
 search over the same vectors with given query vectors, and :func:`tune_search` picks the smallest
-efSearch (HNSW) or nprobe (IVF) of a grid whose served recall meets a target.
+efSearch (HNSW) or nprobe (IVF) of a grid whose served recall meets a target (by bisection).
 
 Example:
     >>> result = tune_search(index, vectors, queries, target=0.95)    # doctest: +SKIP
-    >>> result.ef_search, round(result.recall, 3)                     # doctest: +SKIP
-    (48, 0.957)
+    >>> result.param, result.value, round(result.recall, 3)           # doctest: +SKIP
+    ('ef_search', 48, 0.957)
 """
 
 from __future__ import annotations
