@@ -232,9 +232,6 @@ class ModelConfig:
         weighted_lambda: λ of the ``weighted`` fusion, Z = (1−λ)·image + λ·others.
         modality_dropout: probability of masking each present modality per item while training.
         item_id_dropout: probability of hiding the item-id embedding while training (cold-start robustness).
-        mask_history_negatives: a candidate that is in a training example's own history is not a
-            negative for it (removed from its softmax like an accidental hit), as a user's seen
-            items are never ranked at serving or evaluation (``train.targets = "last"`` only).
         user_id_embedding: give each training user an embedding row in the query tower (``true``), or
             build the query from the history alone (``false``). ``"auto"`` (the default) decides at
             training from the training split: on when the median user has at least
@@ -327,7 +324,6 @@ class ModelConfig:
     popularity_prior: float = 0.0
     new_item_scale: float = 1.0
     softmax: str = "sampled"
-    mask_history_negatives: bool = False
 
     def __post_init__(self) -> None:
         _check_range("model", "popularity_prior", self.popularity_prior, 0.0, 10.0)

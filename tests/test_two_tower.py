@@ -126,34 +126,6 @@ def test_accidental_hits_are_removed() -> None:
     np.testing.assert_allclose(float(remove.compute_loss(unique)), float(keep.compute_loss(unique)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("softmax", ["sampled", "full"])
-def test_history_items_are_removed_from_the_negatives(softmax: str) -> None:
-    masked, plain = _pair({"mask_history_negatives": True, "softmax": softmax}, {"softmax": softmax})
-    # _batch's histories hold item + 1: none of 1, 3, 5, 7 is another row's positive in the sampled pool,
-    # so the written-out loss equals TFRS's
-    apart = _batch([1, 3, 5, 7])
-    if softmax == "sampled":
-        np.testing.assert_allclose(float(masked.compute_loss(apart)), float(plain.compute_loss(apart)), rtol=1e-5)
-    # rows 0 and 1 have items 2 and 3 in their histories, and those are rows 1 and 2's positives
-    batch = _batch([1, 2, 3, 9])
-    got = float(masked.compute_loss(batch))
-    assert got < float(plain.compute_loss(batch))
-    # by hand: each row's softmax over its candidates without the items of its history
-    rows = plain.memory_bank.numpy()
-    query = plain._queries(plain.memory_bank, batch, batch["hist_idx"], None, False).numpy()
-    cands = np.arange(20) if softmax == "full" else np.array([1, 2, 3, 9])
-    logits = query @ rows[cands].T / plain.temperature
-    if softmax == "sampled":
-        count = 4 * plain._item_prob.numpy()[cands]
-        logits -= np.log(np.clip(count / count.max(), 1e-6, 1.0))
-    want = 0.0
-    for i, (pos, hist) in enumerate(zip([1, 2, 3, 9], batch["hist_idx"].numpy(), strict=True)):
-        keep = [j for j, c in enumerate(cands) if c == pos or c not in set(hist.tolist())]
-        z = logits[i, keep]
-        want += np.log(np.exp(z - z.max()).sum()) + z.max() - logits[i, list(cands).index(pos)]
-    np.testing.assert_allclose(got, want, rtol=2e-4)
-
-
 def test_mixed_negatives_add_candidates_and_raise_the_loss() -> None:
     batch = _batch([0, 1, 2, 3])
     # more negatives in the softmax denominator -> loss can only grow (logQ off to compare raw softmax)

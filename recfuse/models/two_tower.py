@@ -58,8 +58,6 @@ EXAMPLE_KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
 HISTORY_ENCODINGS = ("live", "memory_bank")
 TARGETS = ("last", "all_positions")
 SOFTMAXES = ("sampled", "full")
-# what TFRS adds to an accidental hit's logit (tfrs.layers.loss.MIN_FLOAT)
-_MIN_FLOAT = float(np.finfo(np.float32).min / 100.0)
 
 
 class TwoTowerModel(tfrs.models.Model):
@@ -84,9 +82,6 @@ class TwoTowerModel(tfrs.models.Model):
             ignored for a candidate tower with a single token or without ``embed_with_tokens``).
         item_scale: ``[num_items]`` factor each candidate's embedding is multiplied by in the
             retrieval loss (the popularity prior, :func:`recfuse.ranking.popularity_scale`); None: 1.
-        mask_history_negatives: a candidate in the example's own history is not a negative for it
-            (its logit is removed like an accidental hit), as a user's seen items are never ranked
-            at serving or evaluation; with ``targets = "last"`` only.
     """
 
     def __init__(
@@ -106,7 +101,6 @@ class TwoTowerModel(tfrs.models.Model):
         item_scale: np.ndarray | None = None,
         targets: str = "last",
         softmax: str = "sampled",
-        mask_history_negatives: bool = False,
     ) -> None:
         super().__init__()
         if targets not in TARGETS:
@@ -116,8 +110,6 @@ class TwoTowerModel(tfrs.models.Model):
         if targets == "all_positions" and getattr(query_tower, "encoder", "") != "transformer":
             raise ValueError("targets = 'all_positions' needs a query tower with encoder = 'transformer'")
         self.targets, self.softmax = targets, softmax
-        self.mask_history_negatives = bool(mask_history_negatives) and targets == "last"
-        self.remove_accidental_hits = bool(remove_accidental_hits)
         self.temperature = float(temperature)
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
@@ -260,8 +252,7 @@ class TwoTowerModel(tfrs.models.Model):
             # flatten the correction of every item expected more than once per batch (on the sample,
             # the 17 most popular items at batch 256); a common factor cancels in the softmax.
             prob = count / tf.reduce_max(count)
-        seen = tf.cast(features["hist_idx"], tf.int64) if self.mask_history_negatives else None
-        loss = self._retrieval_loss(query, candidates, prob, cand_idx, labels=pos_idx, seen=seen)
+        loss = self._retrieval_loss(query, candidates, prob, cand_idx, labels=pos_idx)
         if tokens is not None and mask is not None:
             normalize = bool(self.candidate_tower.cfg.model.normalize)  # a CandidateTower: it has tokens
             for m in range(self.aux_modalities):
@@ -271,7 +262,7 @@ class TwoTowerModel(tfrs.models.Model):
                 # the positives' presence: the first Q candidates (sampled) or the positives' rows (full)
                 weight = tf.gather(present, pos_idx) if self.softmax == "full" else present[:n_pos]
                 loss += self.modality_loss_weight * self._retrieval_loss(
-                    query, token, prob, cand_idx, sample_weight=weight, labels=pos_idx, seen=seen
+                    query, token, prob, cand_idx, sample_weight=weight, labels=pos_idx
                 )
         return loss
 
@@ -283,18 +274,13 @@ class TwoTowerModel(tfrs.models.Model):
         cand_idx: tf.Tensor,
         sample_weight: tf.Tensor | None = None,
         labels: tf.Tensor | None = None,
-        seen: tf.Tensor | None = None,
     ) -> tf.Tensor:
         """Summed softmax cross-entropy of each query against the candidate pool.
 
         ``sampled``: TFRS's in-batch loss (query ``i``'s positive is candidate ``i``; logQ correction
         and accidental-hit removal). ``full``: the candidates are the whole catalog in index order and
         ``labels`` are the positives' indices (nothing is sampled, so nothing is corrected).
-        ``seen``: ``[b, L]`` item indices of each query's history (``-1`` padding); a candidate among
-        them, other than the query's own positive, is removed from its softmax.
         """
-        if seen is not None:
-            return self._masked_loss(query, candidates, prob, cand_idx, labels, seen, sample_weight)
         if self.softmax == "full":
             logits = tf.matmul(query, candidates, transpose_b=True) / self.temperature
             per_query = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -310,42 +296,6 @@ class TwoTowerModel(tfrs.models.Model):
             compute_metrics=False,
             compute_batch_metrics=False,
         )
-
-    def _masked_loss(
-        self,
-        query: tf.Tensor,
-        candidates: tf.Tensor,
-        prob: tf.Tensor | None,
-        cand_idx: tf.Tensor,
-        labels: tf.Tensor | None,
-        seen: tf.Tensor,
-        sample_weight: tf.Tensor | None,
-    ) -> tf.Tensor:
-        """The loss of :meth:`_retrieval_loss` with each query's history removed from its negatives.
-
-        The sampled softmax is TFRS's ``Retrieval`` written out (scores / temperature, minus
-        ``log clip(q, 1e-6, 1)``, accidental hits and now seen items pushed to TFRS's ``MIN_FLOAT``),
-        so with an empty history it gives the same loss.
-        """
-        scores = tf.matmul(query, candidates, transpose_b=True) / self.temperature
-        n_q = tf.shape(scores)[0]
-        if self.softmax == "full":
-            target = tf.one_hot(labels, tf.shape(scores)[1], dtype=scores.dtype)
-            positive_ids = tf.cast(labels, tf.int64)
-        else:
-            target = tf.eye(n_q, tf.shape(scores)[1], dtype=scores.dtype)
-            positive_ids = cand_idx[:n_q]
-            if prob is not None:
-                scores -= tf.math.log(tf.clip_by_value(prob, 1e-6, 1.0))
-        removed = tf.reduce_any(seen[:, :, None] == cand_idx[None, None, :], axis=1)
-        if self.remove_accidental_hits and self.softmax == "sampled":
-            removed |= positive_ids[:, None] == cand_idx[None, :]
-        removed = tf.cast(removed, scores.dtype) * (1.0 - target)  # never the query's own positive
-        scores += removed * _MIN_FLOAT
-        per_query = tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=scores)
-        if sample_weight is not None:
-            per_query = per_query * tf.cast(sample_weight, per_query.dtype)
-        return tf.reduce_sum(per_query)
 
     def _live_rows(
         self, features: Mapping[str, tf.Tensor], cand_idx: tf.Tensor, training: bool

@@ -71,6 +71,5 @@ def build_model(
         ),
         targets=cfg.train.targets,
         softmax=cfg.model.softmax,
-        mask_history_negatives=cfg.model.mask_history_negatives,
     )
     return BuiltModel(model, item_vocab, user_vocab, items, frozenset(warm_items))
