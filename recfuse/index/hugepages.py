@@ -3,8 +3,8 @@
 A graph search reads a few thousand vectors and neighbour lists scattered over the whole index.
 With 4 KiB pages almost every such read is also a TLB miss, and a page walk is dearer still inside
 a VM (two levels of page tables). With 2 MiB pages a 1M x 64-d HNSW32 index (~0.5 GiB) needs ~250
-TLB entries instead of ~125,000. Measured on the 2-core VM (bench/README.md, session 14), CPU per
-single-query search: -15% at 1M items, -6% at 100k.
+TLB entries instead of ~125,000. Measured on the 2-core VM (bench/README.md, "Known users' query
+vectors at load"), CPU per single-query search: -15% at 1M items, -6% at 100k.
 
 :func:`advise_hugepages` asks the kernel (``madvise``) to back the index's big arrays with huge pages
 and to do it now (``MADV_COLLAPSE``, Linux >= 6.1). Only memory faiss owns is touched: the flat

@@ -88,9 +88,10 @@ class Recommender:
             (their stored history and user embedding) is computed once at load, in one batched
             forward, if they fit in this many MiB (``users x dim x 4`` bytes: 20k users at 64-d are
             5 MiB, 1M are 256 MiB); a Recommend by user id then skips the query forward
-            (bench/README.md, session 14). Over the budget every request runs the forward. 0, the
-            default, keeps start-up short for one-shot uses (``recfuse recommend``, ``bundle info``);
-            the server turns it on (``ServerConfig.user_vectors_mb``, 256).
+            (bench/README.md, "Known users' query vectors at load"). Over the budget every request
+            runs the forward. 0, the default, keeps start-up short for one-shot uses (``recfuse
+            recommend``, ``bundle info``); the server turns it on (``ServerConfig.user_vectors_mb``,
+            256).
         hugepages: back the index's large arrays with 2 MiB transparent huge pages at load (Linux;
             :func:`recfuse.index.hugepages.advise_hugepages`): a graph search's scattered reads then
             miss the TLB far less (-15% search CPU at 1M HNSW items, -6% at 100k), for ~1.2 s of
