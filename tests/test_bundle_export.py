@@ -319,14 +319,18 @@ def test_cli_export_and_add_items(
     data_dir, model_dir, items = trained
     root = tmp_path / "bundles"
     assert main(["export", "--model", str(model_dir), "--out", str(root), "--factory", "HNSW16"]) == 0
-    assert "exported bundle" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    served = load_bundle(root).manifest["served_recall"]
+    assert "exported bundle" in printed and f"served recall@10 {served['recall']:.4f} on " in printed
+    assert f"tuned ef_search={served['tuned']['ef_search']} to 0.95" in printed and "; target met" in printed
     assert "HNSW" in load_bundle(root).manifest["index_factory"]
     new, _ = _new_items(items, data_dir)
     relative = [str(Path(p).relative_to(data_dir)) if isinstance(p, str) else p for p in new["image"].iloc[:2]]
     new.iloc[:2].assign(image=relative).to_parquet(tmp_path / "n.parquet")  # image paths inside --images-dir
     catalog = ["--catalog", str(tmp_path / "n.parquet"), "--images-dir", str(data_dir)]
     assert main(["add-items", "--bundle", str(root / "attention"), *catalog]) == 0
-    assert "added 2 item(s), skipped 0 already present, rejected 0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "added 2 item(s), skipped 0 already present, rejected 0" in printed and "served recall@10" in printed
     assert len(list_versions(root / "attention")) == 2
     assert main(["export", "--model", str(tmp_path / "nope"), "--out", str(root)]) == 5
     assert "error:" in capsys.readouterr().err

@@ -81,7 +81,24 @@ def _export(args: argparse.Namespace) -> int:
         args.model, args.out, factory=args.factory, catalog=args.catalog, keep_versions=args.keep_versions
     )
     print(f"exported bundle {path}")
+    print(_index_line(path))
     return 0
+
+
+def _index_line(path: Path) -> str:
+    """One line on the published index: its factory, the search parameters and the served recall."""
+    from recfuse.bundle.manifest import read_manifest
+
+    m = read_manifest(path)
+    served = m.get("served_recall") or {}
+    if not served:
+        return f"  index {m['index_factory']}: served recall not measured (no query vectors)"
+    params = ", ".join(f"{k}={v}" for k, v in served.get("search_params", {}).items())
+    tuned = served.get("tuned")
+    how = f"tuned {', '.join(f'{k}={v}' for k, v in tuned.items())} to {served['target']}" if tuned else "not tuned"
+    met = "" if served.get("met") is None else ("; target met" if served["met"] else "; TARGET NOT MET")
+    return (f"  index {m['index_factory']} ({params or 'exact'}; {how}): served recall@{served['k']} "
+            f"{served['recall']:.4f} on {served['queries']}{met}")  # fmt: skip
 
 
 def _add_items(args: argparse.Namespace) -> int:
@@ -92,6 +109,7 @@ def _add_items(args: argparse.Namespace) -> int:
         f"added {result.added} item(s), skipped {result.skipped_existing} already present, "
         f"rejected {result.rejected}; published {result.path}"
     )
+    print(_index_line(Path(result.path)))
     for item_id, reason in result.rejects[:20]:
         print(f"  rejected {item_id}: {reason}", file=sys.stderr)
     return 0
