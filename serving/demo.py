@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from recfuse_serving.client import Query, RecfuseClient, Recommendations
@@ -66,6 +67,19 @@ def _wait_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 
             return int(port_file.read_text().strip())
         time.sleep(0.1)
     raise SystemExit(f"recfuse-serve did not report a port within {timeout:.0f} s")
+
+
+def _wait_loaded(client: RecfuseClient, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> Any:
+    """The server's Info once it lists a loaded bundle (the port opens before the first load ends)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"recfuse-serve exited early with code {proc.returncode}")
+        info = client.info()
+        if info.variants:
+            return info
+        time.sleep(0.1)
+    raise SystemExit(f"recfuse-serve loaded no bundle within {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         port = _wait_port(port_file, server)
         with RecfuseClient(f"127.0.0.1:{port}", timeout=10.0) as client:
-            info = client.info()
+            info = _wait_loaded(client, server)
             print(f"server on 127.0.0.1:{port}, default variant {info.default_variant or '(the only one loaded)'}")
             for v in info.variants:
                 print(
                     f"  variant {v.variant}: model {v.model_version}, {v.item_count} items x {v.dim}-d, "
-                    f"index {v.index_type}, ANN recall@10 {v.ann_recall:.3f}, share {v.traffic_share:.0%}"
+                    f"index {v.index_type}{' ' + v.search_params if v.search_params else ''}, served recall@10 "
+                    f"{v.served_recall:.3f}, share {v.traffic_share:.0%}"
                 )
             recent = interactions[interactions.user_id == user].sort_values("timestamp", ascending=False)
             print(f"\nuser {user} recently liked: {_latent(items, recent.item_id.head(6).tolist())}")
