@@ -200,6 +200,19 @@ def test_dim_mismatches_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"metric 'l2' differs from index_config\.metric 'ip'"):
         load_bundle(vdir)
 
+    # a ranking factor that is not a positive number cannot rank anything
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vdir = make_bundle(tmp_path / "f", n_items=40, dim=4)
+    table = pq.read_table(vdir / "embeddings.parquet")
+    scale = pa.array(np.r_[np.ones(39), -1.0].astype(np.float32))
+    pq.write_table(table.set_column(table.schema.get_field_index("rank_scale"), "rank_scale", scale),
+                   vdir / "embeddings.parquet")  # fmt: skip
+    _rehash(vdir)
+    with pytest.raises(ArtifactError, match=r"embeddings\.parquet'.*column 'rank_scale' holds a non-positive"):
+        load_bundle(vdir)
+
 
 def test_invalid_contents_rejected_before_writing(tmp_path: Path) -> None:
     root = tmp_path / "b"
@@ -232,6 +245,10 @@ def test_invalid_contents_rejected_before_writing(tmp_path: Path) -> None:
     )
     bad(r"`variant` must be 1-128 characters.*got '\.\./x'", variant="../x")
     bad(r"`model_version` must be a non-empty string", model_version="")
+    bad(r"`item_scale` must hold one positive finite factor per item \(30\), got shape \(29,\)",
+        item_scale=np.ones(29, np.float32))  # fmt: skip
+    bad(r"`item_scale` must hold one positive finite factor per item \(30\), got shape \(30,\) with min 0\.0",
+        item_scale=np.r_[np.ones(29), 0.0].astype(np.float32))  # fmt: skip
     items = c0.items.copy()
     items.loc[0, "item_id"] = "ghost"
     bad(r"`items` has 1 item id\(s\) with no vector, e.g. \['ghost'\]", items=items)

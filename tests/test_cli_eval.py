@@ -147,6 +147,12 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     assert f"{run['means']['all']['recall@10']:.4f}" in recall_line  # the experiment's number for this model
     assert main(["evaluate", "--ks", "10"]) == 2
     assert "give --model" in capsys.readouterr().err
+    from recfuse.errors import ConfigError
+    from recfuse.evaluation.bundle_eval import evaluate_bundle
+    from recfuse.inference import Recommender
+
+    with pytest.raises(ConfigError, match=r"`ks` max 5000 exceeds the bundle's max_k 1000; use smaller cut-offs"):
+        evaluate_bundle(Recommender.from_bundle(bundles), None, ks=(10, 5000))  # type: ignore[arg-type]
 
     # a model whose recorded split differs from what the data gives now is refused, not scored
     moved = tmp_path / "moved-model"

@@ -106,8 +106,9 @@ def write_bundle(
         hook("tmp_created")
         try:
             _write_files(tmp, contents, hook)
-            built = _write_index(tmp, contents, cfg, index)
-            served = _served(tmp, contents, cfg, built)
+            ranked = contents.ranked_vectors  # what the index holds: computed once for build and recall
+            built = _write_index(tmp, ranked, cfg, index)
+            served = _served(tmp, contents, ranked, cfg, built)
             hook("index_built")
             manifest = _manifest(tmp, contents, built.config, built, version)
             manifest["served_recall"] = served
@@ -200,10 +201,10 @@ def _write_files(tmp: Path, c: BundleContents, hook: StepHook) -> None:
         hook(f"wrote:{mf.SAVEDMODEL_DIR}")
 
 
-def _write_index(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex | None) -> ItemIndex:
-    n, d = c.item_vectors.shape
+def _write_index(tmp: Path, ranked: np.ndarray, cfg: IndexConfig, index: ItemIndex | None) -> ItemIndex:
+    n, d = ranked.shape
     if index is None:
-        index = build_index(c.ranked_vectors, np.arange(n, dtype=np.int64), cfg)
+        index = build_index(ranked, np.arange(n, dtype=np.int64), cfg)
     elif index.ntotal != n or index.dim != d:
         raise ArtifactError(
             f"`index` holds {index.ntotal} vectors of dim {index.dim}, but the bundle has {n} items of dim {d}; "
@@ -213,7 +214,9 @@ def _write_index(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemInde
     return index
 
 
-def _served(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex) -> dict[str, Any] | None:
+def _served(
+    tmp: Path, c: BundleContents, ranked: np.ndarray, cfg: IndexConfig, index: ItemIndex
+) -> dict[str, Any] | None:
     """Served recall of ``index`` on the contents' query vectors, after tuning efSearch / nprobe to
     ``cfg.target_recall`` when the config leaves them unset; the queries are stored beside it."""
     queries = c.served_queries
@@ -224,10 +227,10 @@ def _served(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex) ->
     param = tunable_param(index)
     tuned: TuneResult | None = None
     if cfg.target_recall > 0 and param and getattr(cfg, param) is None:
-        tuned = tune_search(index, c.ranked_vectors, queries, cfg.target_recall, k=SERVED_K)
+        tuned = tune_search(index, ranked, queries, cfg.target_recall, k=SERVED_K)
         recall = tuned.recall
     else:
-        recall = served_recall(index, c.ranked_vectors, queries, k=SERVED_K)
+        recall = served_recall(index, ranked, queries, k=SERVED_K)
     ef, nprobe = index.config.search_params()
     logger.info("index %s: served recall@%d %.4f on %d queries (%s)", index.factory, SERVED_K, recall, len(queries),
                 f"tuned {param} = {tuned.value}" if tuned else "not tuned")  # fmt: skip

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recfuse.config import EvalConfig
+from recfuse.errors import ConfigError
 from recfuse.evaluation.fullrank import SplitLike, build_eval_sets, evaluate_scores
 from recfuse.evaluation.result import EvalResult
 from recfuse.inference import Recommender
@@ -43,7 +44,7 @@ def evaluate_bundle(
     Args:
         recommender: the bundle as served.
         split: the split the bundle's model was trained on.
-        ks: cut-offs (the largest must not exceed the bundle's ``max_k``).
+        ks: cut-offs (the largest must not exceed the bundle's ``max_k``, else :class:`ConfigError`).
         protocol: masks and query history (default ``EvalConfig()``), as in ``evaluate_model``.
         batch: queries per ``recommend_batch`` call.
 
@@ -51,11 +52,11 @@ def evaluate_bundle(
         :class:`EvalResult`; ``info["served"]`` names the bundle version and its search parameters.
     """
     info = recommender.info()
-    item_ids = list(recommender.bundle.item_ids)
-    sets = build_eval_sets(split, item_ids, protocol or EvalConfig())
     k_max = max(ks)
     if k_max > info.max_k:
-        raise ValueError(f"`ks` max {k_max} exceeds the bundle's max_k {info.max_k}; use smaller cut-offs")
+        raise ConfigError(f"`ks` max {k_max} exceeds the bundle's max_k {info.max_k}; use smaller cut-offs")
+    item_ids = list(recommender.bundle.item_ids)
+    sets = build_eval_sets(split, item_ids, protocol or EvalConfig())
     max_history = int(recommender.bundle.manifest.get("max_history", 20))
     row_of = {item: i for i, item in enumerate(item_ids)}
     truncated = 0

@@ -23,6 +23,7 @@ from recfuse.config import IndexConfig
 from recfuse.errors import ConfigError, SchemaError
 from recfuse.index.factory import faiss_metric, inner_index, resolve_factory
 from recfuse.index.item_index import ItemIndex
+from recfuse.index.served import served_recall
 from recfuse.index.validate import check_ids, check_vectors
 from recfuse.types import FloatArray
 
@@ -109,12 +110,7 @@ def measure_recall(
     k = min(k, n)
     rng = np.random.default_rng(seed)
     rows = rng.choice(n, min(n_queries, n), replace=False)
-    queries = x[rows]
-    _, exact_rows = faiss.knn(queries, x, k, metric=faiss_metric(index.metric))
-    exact = id_arr[exact_rows]
-    ann, _ = index.search(queries, k)
-    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(ann, exact))
-    return float(hits / (len(queries) * k))
+    return served_recall(index, x, x[rows], k, ids=id_arr)
 
 
 def _check_recall(recall: float, factory: str, cfg: IndexConfig) -> None:

@@ -52,24 +52,33 @@ class TuneResult:
     tried: list[tuple[int, float]] = field(default_factory=list)
 
 
-def exact_topk(index: ItemIndex, vectors: FloatArray, queries: FloatArray, k: int) -> np.ndarray:
-    """``[m, k]`` rows of ``vectors`` (ids ``0..n-1``) nearest each query by the index's metric."""
+def exact_topk(
+    index: ItemIndex, vectors: FloatArray, queries: FloatArray, k: int, ids: np.ndarray | None = None
+) -> np.ndarray:
+    """``[m, k]`` ids of the ``vectors`` nearest each query by the index's metric (``ids[row]``, or
+    the row itself when ``ids`` is None)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     _, rows = faiss.knn(q, x, min(k, len(x)), metric=faiss_metric(index.metric))
-    return rows
+    return rows if ids is None else np.asarray(ids, dtype=np.int64)[rows]
 
 
 def served_recall(
-    index: ItemIndex, vectors: FloatArray, queries: FloatArray, k: int = 10, exact: np.ndarray | None = None
+    index: ItemIndex,
+    vectors: FloatArray,
+    queries: FloatArray,
+    k: int = 10,
+    exact: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
 ) -> float:
     """Mean over ``queries`` of ``|index top-k ∩ exact top-k| / k`` (``vectors``: the indexed rows,
-    ids ``0..n-1``; ``k`` clipped to ``n``; ``exact``: :func:`exact_topk`, computed when not given)."""
+    held under ``ids``, default ``0..n-1``; ``k`` clipped to ``n``; ``exact``: :func:`exact_topk`,
+    computed when not given)."""
     k = min(k, len(vectors))
     if len(queries) == 0 or k == 0:
         return float("nan")
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    truth = exact_topk(index, vectors, q, k) if exact is None else exact
+    truth = exact_topk(index, vectors, q, k, ids) if exact is None else exact
     ann, _ = index.search(q, k)
     hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(ann, truth, strict=True))
     return float(hits / (len(q) * k))

@@ -35,8 +35,9 @@ import numpy as np
 
 from recfuse.bundle import LoadedBundle, load_bundle
 from recfuse.errors import ArtifactError, InvalidRequestError, NotFoundError
-from recfuse.index.factory import inner_index, ivf_of
+from recfuse.index import ItemIndex
 from recfuse.index.hugepages import advise_hugepages
+from recfuse.index.served import tunable_param
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.limits import Limits
 from recfuse.inference.types import (
@@ -169,7 +170,7 @@ class Recommender:
             category_count=len(self._tables.category_rows),
             served_recall=None if served.get("recall") is None else float(served["recall"]),
             served_recall_queries=str(served.get("queries", "")),
-            search_params=_search_params(self._index.faiss_index, served),
+            search_params=_search_params(self._index, served),
         )
 
     @classmethod
@@ -575,16 +576,11 @@ class Recommender:
         return rows.astype(np.int64), t.popular_counts[rows]
 
 
-def _search_params(index: Any, served: Mapping[str, Any]) -> str:
+def _search_params(index: ItemIndex, served: Mapping[str, Any]) -> str:
     """``efSearch=48 (tuned to 0.95)``-style text of the search parameters in force ("" for exact)."""
-    inner = inner_index(index)
-    ivf = ivf_of(index)
-    if isinstance(inner, faiss.IndexHNSW):
-        name, value = "efSearch", int(inner.hnsw.efSearch)
-    elif ivf is not None:
-        name, value = "nprobe", int(ivf.nprobe)
-    else:
+    param = tunable_param(index)
+    if not param:
         return ""
-    tuned = served.get("tuned") or {}
-    how = f" (tuned to {served.get('target')})" if tuned else ""
-    return f"{name}={value}{how}"
+    ef, nprobe = index.config.search_params()
+    text = f"efSearch={ef}" if param == "ef_search" else f"nprobe={nprobe}"
+    return text + (f" (tuned to {served.get('target')})" if served.get("tuned") else "")
