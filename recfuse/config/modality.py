@@ -1,0 +1,134 @@
+"""``[[modalities]]``: one item modality each (a branch of the candidate tower)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recfuse.config.checks import check_choice, check_range
+from recfuse.errors import ConfigError
+
+MODALITY_KINDS = ("image", "text", "vector", "categorical")
+IMAGE_SOURCES = ("raw", "backbone", "vector")
+TEXT_SOURCES = ("tokens", "vector")
+TEXT_ENCODERS = ("mean", "transformer")
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    """One item modality (a branch of the candidate tower).
+
+    Attributes:
+        name: unique name (``image``, ``text``, ``audio``…); used as the modality token name.
+        kind: ``image`` | ``text`` | ``vector`` | ``categorical``.
+        source: for images ``raw`` (small trainable CNN), ``backbone`` (keras.applications, local
+            weights) or ``vector`` (precomputed column); for text ``tokens`` or ``vector``.
+        columns: catalog columns feeding this modality (text: concatenated; vector/image: one).
+        dim: width of a precomputed vector column (required when ``source``/``kind`` is vector).
+        augment: raw-image CNN only: random left-right flips and shifts of up to 1/8 of the side
+            while training (inference unchanged). Default on; set false for pictures whose
+            orientation carries meaning (text in the image, for example).
+        min_item_count: text tokens found in fewer catalog items than this map to OOV (default 1:
+            keep all). 2 keeps a token unique to one item from acting as that item's id.
+        token_dropout: token text only: probability of hiding each token of an item's text while
+            training (word dropout; default 0: off). Inference is unchanged.
+    """
+
+    name: str
+    kind: str
+    source: str = ""
+    columns: tuple[str, ...] = ()
+    dim: int = 0
+    # image options
+    image_size: int = 64
+    backbone: str = "mobilenet_v3_small"
+    backbone_weights: str = ""
+    trainable: bool = False
+    # text options
+    encoder: str = "mean"
+    vocab_size: int = 20000
+    min_item_count: int = 1
+    token_dropout: float = 0.0
+    max_tokens: int = 64
+    char_ngrams: int = 2
+    embedding_dim: int = 64
+    encoder_layers: int = 1
+    encoder_heads: int = 2
+    # raw-image CNN: output channels of each conv block (the last one is the feature width). Four
+    # blocks, trained with flips and shifts (``augment``): on the sample, a probe that trains the CNN
+    # on the planted image style (bench/cnn_probe.py) reads it with 0.85 held-out accuracy, against
+    # 0.73 for three blocks with augmentation and 0.62-0.65 for either without
+    cnn_filters: tuple[int, ...] = (16, 32, 64, 128)
+    # raw-image CNN: 3x3 conv layers per block. 2 reads the sample's style better when trained on it
+    # (probe 0.92 vs 0.85) at ~2x the CNN's cost, but the fused model ranked warm items lower with it
+    # (0.2825 vs 0.2917, seeds 42 / 7; bench/README.md), so 1 stays the default
+    cnn_convs_per_block: int = 1
+    # raw-image CNN: random flips and shifts while training (cold start on the sample, seeds 42 / 7:
+    # content tower 5.4x -> 5.9x random with the four-block CNN; without augmentation the bigger CNN
+    # memorises warm items' pictures and cold start falls to 4.8x; bench/README.md). Unset: on for a
+    # raw-image CNN, off (and not allowed) elsewhere
+    augment: bool | None = None
+
+    def __post_init__(self) -> None:
+        sec = f"modalities.{self.name or '?'}"
+        if not self.name:
+            raise ConfigError("`modalities[].name` must be a non-empty string, got ''")
+        check_choice(sec, "kind", self.kind, MODALITY_KINDS)
+        if self.kind == "image":
+            object.__setattr__(self, "source", self.source or "raw")
+            check_choice(sec, "source", self.source, IMAGE_SOURCES)
+            object.__setattr__(self, "columns", tuple(self.columns) or ("image",))
+        elif self.kind == "text":
+            object.__setattr__(self, "source", self.source or "tokens")
+            check_choice(sec, "source", self.source, TEXT_SOURCES)
+            check_choice(sec, "encoder", self.encoder, TEXT_ENCODERS)
+            object.__setattr__(self, "columns", tuple(self.columns) or ("title", "description"))
+        elif self.kind == "vector":
+            object.__setattr__(self, "source", "vector")
+            object.__setattr__(self, "columns", tuple(self.columns) or (f"{self.name}_vec",))
+        else:
+            object.__setattr__(self, "source", "categorical")
+            object.__setattr__(self, "columns", tuple(self.columns) or ("categories",))
+        if self.source == "vector" and self.dim <= 0:
+            raise ConfigError(f"`{sec}.dim` must be the width of column {self.columns[0]!r} (> 0), got {self.dim}")
+        check_range(sec, "image_size", self.image_size, 16, 1024)
+        check_range(sec, "max_tokens", self.max_tokens, 1, 4096)
+        check_range(sec, "vocab_size", self.vocab_size, 3, 10_000_000)
+        check_range(sec, "min_item_count", self.min_item_count, 1, 1_000_000)
+        raw_image = self.kind == "image" and self.source == "raw"
+        if self.augment is None:
+            object.__setattr__(self, "augment", raw_image)
+        if self.augment and not raw_image:
+            raise ConfigError(
+                f"`{sec}.augment` applies to the raw-image CNN only (kind 'image', source 'raw'), "
+                f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
+        if self.min_item_count != 1 and not (self.kind == "text" and self.source == "tokens"):
+            raise ConfigError(
+                f"`{sec}.min_item_count` applies to token text only (kind 'text', source 'tokens'), "
+                f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
+        check_range(sec, "token_dropout", self.token_dropout, 0.0, 0.9)
+        if self.token_dropout and not (self.kind == "text" and self.source == "tokens"):
+            raise ConfigError(
+                f"`{sec}.token_dropout` applies to token text only (kind 'text', source 'tokens'), "
+                f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
+        check_range(sec, "char_ngrams", self.char_ngrams, 1, 8)
+        check_range(sec, "embedding_dim", self.embedding_dim, 1, 65536)
+        check_range(sec, "encoder_layers", self.encoder_layers, 1, 24)
+        check_range(sec, "encoder_heads", self.encoder_heads, 1, 64)
+        check_range(sec, "cnn_convs_per_block", self.cnn_convs_per_block, 1, 8)
+        if not self.cnn_filters or min(self.cnn_filters) < 1:
+            raise ConfigError(f"`{sec}.cnn_filters` must be a non-empty list of positive ints, got {self.cnn_filters}")
+
+    @property
+    def column(self) -> str:
+        return self.columns[0]
+
+
+def default_modalities() -> tuple[ModalityConfig, ...]:
+    return (
+        ModalityConfig(name="image", kind="image"),
+        ModalityConfig(name="text", kind="text"),
+        ModalityConfig(name="categories", kind="categorical"),
+    )

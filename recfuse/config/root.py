@@ -1,0 +1,145 @@
+"""The whole configuration (:class:`RecfuseConfig`): its sections, loading, overrides and migration."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recfuse.config.data import DataConfig
+from recfuse.config.evaluation import EvalConfig
+from recfuse.config.index import IndexConfig
+from recfuse.config.modality import ModalityConfig, default_modalities
+from recfuse.config.model import ModelConfig
+from recfuse.config.parse import build_section, closest, to_plain
+from recfuse.config.train import TrainConfig
+from recfuse.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecfuseConfig:
+    """The whole configuration of a training run (stored beside the weights and in each bundle)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    modalities: tuple[ModalityConfig, ...] = field(default_factory=default_modalities)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    variant: str = ""
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.modalities]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"`modalities[].name` must be unique, got duplicates {dupes}")
+        if not self.modalities and not self.model.item_id_embedding:
+            raise ConfigError(
+                "`modalities` is empty and `model.item_id_embedding` is false: the item tower has no input; "
+                "declare a modality or enable the item-id embedding"
+            )
+        if self.train.targets == "all_positions" and self.model.query_encoder != "transformer":
+            raise ConfigError(
+                f"`train.targets` = 'all_positions' needs `model.query_encoder` = 'transformer' (a causal encoder "
+                f"has an output at every history position); got query_encoder = {self.model.query_encoder!r}: "
+                "set it to 'transformer', or targets = 'last'"
+            )
+        if not self.variant:
+            object.__setattr__(self, "variant", self.model.fusion if self.modalities else "ids-only")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RecfuseConfig:
+        """Build from a plain dict (parsed TOML/JSON); unknown keys raise :class:`ConfigError`.
+
+        A dict without ``modalities`` gets :func:`default_modalities` (image, text, categories) and a
+        warning that says so: declare ``[[modalities]]``, or ``modalities = []`` for an id-only model.
+        """
+        if isinstance(raw, Mapping) and "modalities" not in raw:
+            logger.warning(
+                "the config declares no [[modalities]], so the default ones are used: %s; declare [[modalities]] "
+                "for your catalog's columns, or `modalities = []` (top level) for an item-id-only model",
+                ", ".join(f"{m.name} ({m.kind}, columns {list(m.columns)})" for m in default_modalities()),
+            )
+        return build_section(cls, _migrated(raw), "")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> RecfuseConfig:
+        """Load a TOML file. Relative data paths stay as written (resolved by the caller's cwd)."""
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing TOML file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {err}") from None
+        return cls.from_dict(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""
+        return to_plain(dataclasses.asdict(self))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RecfuseConfig:
+        """Apply dotted overrides (``{"model.fusion": "max"}``), as given on a command line.
+
+        A modality is addressed by its name: ``{"modalities.text.token_dropout": 0.2}``.
+        """
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            parts = dotted.split(".")
+            node = raw
+            for part in parts[:-1]:
+                if isinstance(node, list):  # [[modalities]]: pick the entry by name
+                    named = [m for m in node if isinstance(m, dict) and m.get("name") == part]
+                    if not named:
+                        names = [m.get("name") for m in node if isinstance(m, dict)]
+                        raise ConfigError(f"override {dotted!r}: no modality named {part!r}; configured: {names}")
+                    node = named[0]
+                    continue
+                if part not in node or not isinstance(node[part], (dict, list)):
+                    sections = {k for k, v in node.items() if isinstance(v, (dict, list))}
+                    close = closest(part, sections)
+                    hint = f"; did you mean {close[0]!r}?" if close else f"; sections: {sorted(sections)}"
+                    raise ConfigError(f"override {dotted!r}: unknown section {part!r}{hint}")
+                node = node[part]
+            if isinstance(node, list):
+                raise ConfigError(f"override {dotted!r}: name a modality, e.g. 'modalities.text.{parts[-1]}'")
+            if parts[-1] not in node:
+                close = closest(parts[-1], set(node))
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}{hint}; known: {sorted(node)}")
+            node[parts[-1]] = value
+        return RecfuseConfig.from_dict(raw)
+
+    def modality(self, name: str) -> ModalityConfig:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no modality named {name!r}; configured: {[m.name for m in self.modalities]}")
+
+
+def _migrated(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` without keys that no longer exist (stored configs keep loading), each with a warning.
+
+    ``model.attention_user_conditioned`` could only be false: item embeddings go into a FAISS index
+    once for all users, so the fusion cannot depend on the user (the user side is the query tower's
+    history pooling; ``AttentionFusion(...)(tokens, mask, context=...)`` takes a context vector for
+    models built on top, e.g. a re-ranker).
+    """
+    model = raw.get("model") if isinstance(raw, Mapping) else None
+    if not isinstance(model, Mapping) or "attention_user_conditioned" not in model:
+        return raw
+    value = model["attention_user_conditioned"]
+    if value is not False:
+        raise ConfigError(
+            f"`model.attention_user_conditioned` = {value!r} is not supported: the item tower's embeddings are "
+            "indexed by FAISS once for all users, so the fusion cannot depend on the user; remove the key (the "
+            "user side is the query tower's history pooling)"
+        )
+    logger.warning("`model.attention_user_conditioned` is no longer a setting (it could only be false); ignored")
+    return {**raw, "model": {k: v for k, v in model.items() if k != "attention_user_conditioned"}}

@@ -1,0 +1,112 @@
+"""``[train]``: optimisation, checkpoints and early stopping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recfuse.config.checks import check_choice, check_range
+from recfuse.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, checkpoints and early stopping.
+
+    ``epochs`` is a cap: early stopping on validation Recall@K ends a run after
+    ``early_stopping_patience`` evaluations without improvement and keeps the best epoch. The
+    id/user embeddings learn for tens of epochs after the content signal has plateaued (on the
+    sample, validation recall is flat for ~5 epochs before it climbs), so the patience must outlast
+    such plateaus and the noise of the validation metric.
+    """
+
+    epochs: int = 50
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    seed: int = 42
+    eval_k: int = 10
+    early_stopping_patience: int = 5
+    # early stopping never ends a run before this many epochs (validation recall can sit on a
+    # plateau while the towers reorganise; the best epoch is still the one kept). Unset: a quarter
+    # of ``epochs`` (12 of the default 50; see ``effective_min_epochs``), because content towers
+    # without an auxiliary loss (one modality) sit on a popularity-level plateau for their first
+    # 6-12 epochs and patience 5 ended such runs there (bench/README.md); 0 turns the hold-off off
+    min_epochs: int | None = None
+    # reduce-on-plateau: after this many evaluations without a better validation recall the
+    # learning rate is multiplied by lr_decay_factor (0 = constant learning rate), never below
+    # min_learning_rate; not before min_epochs. Off by default: on the sample, patience 2 left warm
+    # items within seed noise and lowered cold-start recall on both seeds (bench/README.md)
+    lr_decay_patience: int = 0
+    lr_decay_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    # exponential moving average of the weights, updated every step with this momentum, warmed up as
+    # min(momentum, (1 + step) / (10 + step)) so a short run's average is not its initialisation
+    # (recfuse.training.optimizer; 0 = off):
+    # validation, early stopping, the best checkpoint and the exported model use the average;
+    # training goes on from the trained weights
+    ema_momentum: float = 0.0
+    # a training example's history: ``previous`` (the interactions before it: next-item prediction,
+    # what a leave-one-out split asks) or ``profile`` (all the user's other training interactions,
+    # most recent first: what a random per-user split asks, where the held-out items are anywhere)
+    example_history: str = "previous"
+    # what each training example predicts: ``last`` (its own item, from the history before it) or
+    # ``all_positions`` (SASRec's training, ``model.query_encoder = "transformer"`` only): one example
+    # per window of ``data.max_history`` items of a user's sequence, and the causal encoder's output at
+    # every history position is a query for the item right after it, so one forward scores every
+    # next-item target of the window (each training interaction is a target once)
+    targets: str = "last"
+    # decoupled weight decay (AdamW): each step every weight but biases and normalisation parameters
+    # shrinks by learning_rate * weight_decay of itself (0 = plain Adam)
+    weight_decay: float = 0.0
+    eval_every_epochs: int = 1
+    # ``live``: history items go through the candidate tower in each step (gradient reaches item
+    # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
+    history_encoding: str = "live"
+    # with ``live``: the most history-only items run through the candidate tower per step, drawn at
+    # random (0 = all, up to batch_size x max_history); the rest read the memory bank. Encoding all
+    # of them made the fused tower 2.6x the id-only cost per example on cached features (sample,
+    # batch 256); 256 keeps it at ~1.3x (bench/README.md, "Training speed").
+    live_history_items: int = 256
+    memory_refresh_steps: int = 0
+    out_dir: str = "runs/model"
+    # share of examples whose user id is replaced by its hashed OOV bucket, so anonymous and new
+    # users (who land in those buckets at serving time) get trained rows, not random ones
+    user_dropout: float = 0.1
+    # TensorFlow op determinism (tf.config.experimental.enable_op_determinism), so the same config
+    # and seed give the same model: without it multi-threaded CPU kernels reorder float sums and
+    # two runs of the sample differed by 0.02-0.03 Recall@10. Process-wide once on (a later run in
+    # the same process with `false` stays deterministic); on a GPU an op without a deterministic
+    # kernel raises an error naming it: set `false` there, or for the last bit of speed.
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("train", "epochs", self.epochs, 1, 100_000)
+        check_range("train", "batch_size", self.batch_size, 2, 1_000_000)
+        check_range("train", "learning_rate", self.learning_rate, 1e-7, 10.0)
+        check_range("train", "eval_k", self.eval_k, 1, 10_000)
+        check_range("train", "user_dropout", self.user_dropout, 0.0, 1.0)
+        check_range("train", "memory_refresh_steps", self.memory_refresh_steps, 0, 10_000_000)
+        if self.min_epochs is not None:
+            check_range("train", "min_epochs", self.min_epochs, 0, self.epochs)
+        check_range("train", "lr_decay_patience", self.lr_decay_patience, 0, 100_000)
+        check_range("train", "lr_decay_factor", self.lr_decay_factor, 0.01, 0.99)
+        check_range("train", "min_learning_rate", self.min_learning_rate, 0.0, 10.0)
+        check_range("train", "ema_momentum", self.ema_momentum, 0.0, 0.9999)
+        check_range("train", "weight_decay", self.weight_decay, 0.0, 1.0)
+        check_choice("train", "example_history", self.example_history, ("previous", "profile"))
+        check_choice("train", "targets", self.targets, ("last", "all_positions"))
+        if self.targets == "all_positions" and self.example_history != "previous":
+            raise ConfigError(
+                f"`train.targets` = 'all_positions' reads each position's next item from the ordered history, "
+                f"which `train.example_history` = {self.example_history!r} does not keep; use example_history = "
+                "'previous', or targets = 'last'"
+            )
+        check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
+        check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
+
+    @property
+    def effective_min_epochs(self) -> int:
+        """``min_epochs``, or a quarter of ``epochs`` when it is unset.
+
+        Resolved when used, not stored, so overriding ``epochs`` alone moves it along.
+        """
+        return self.epochs // 4 if self.min_epochs is None else self.min_epochs
