@@ -53,19 +53,13 @@ class ModalityConfig:
     embedding_dim: int = 64
     encoder_layers: int = 1
     encoder_heads: int = 2
-    # raw-image CNN: output channels of each conv block (the last one is the feature width). Four
-    # blocks, trained with flips and shifts (``augment``): on the sample, a probe that trains the CNN
-    # on the planted image style (bench/cnn_probe.py) reads it with 0.85 held-out accuracy, against
-    # 0.73 for three blocks with augmentation and 0.62-0.65 for either without
+    # raw-image CNN: output channels of each conv block (the last one is the feature width); four
+    # blocks by default, trained with flips and shifts (``augment``)
     cnn_filters: tuple[int, ...] = (16, 32, 64, 128)
-    # raw-image CNN: 3x3 conv layers per block. 2 reads the sample's style better when trained on it
-    # (probe 0.92 vs 0.85) at ~2x the CNN's cost, but the fused model ranked warm items lower with it
-    # (0.2825 vs 0.2917, seeds 42 / 7; bench/README.md), so 1 stays the default
+    # raw-image CNN: 3x3 conv layers per block (default 1)
     cnn_convs_per_block: int = 1
-    # raw-image CNN: random flips and shifts while training (cold start on the sample, seeds 42 / 7:
-    # content tower 5.4x -> 5.9x random with the four-block CNN; without augmentation the bigger CNN
-    # memorises warm items' pictures and cold start falls to 4.8x; bench/README.md). Unset: on for a
-    # raw-image CNN, off (and not allowed) elsewhere
+    # raw-image CNN: random flips and shifts while training. Unset: on for a raw-image CNN, off (and
+    # not allowed) elsewhere
     augment: bool | None = None
 
     def __post_init__(self) -> None:

@@ -32,25 +32,19 @@ class ModelConfig:
             training from the training split: on when the median user has at least
             :data:`recfuse.training.checks.SPARSE_USERS_MEDIAN` (10) distinct training items, off
             below. A user-id row learns only from its own user's targets, so with a handful of them it
-            overfits (MicroLens-50k, median 4: +43% HR@10 without it under leave-one-out, +31% under a
-            random split); the sample (median 17-22 by split) keeps it. The model directory stores the resolved
-            value.
+            overfits. The model directory stores the resolved value.
         contrastive_weight: weight of the InfoNCE image–text alignment loss (0 disables it).
         modality_loss_weight: weight of the per-modality auxiliary retrieval losses (0 disables
             them): each content modality's aligned token is also scored alone against the query
             with the main loss, so that a fast-learning branch cannot leave the others untrained
-            (see :mod:`recfuse.models.two_tower`). Ignored for a tower with a single token. The
-            default 0.1 lets content towers learn from the first epochs instead of after a plateau
-            that early stopping can end runs on (bench/README.md, "Quality").
+            (see :mod:`recfuse.models.two_tower`). Ignored for a tower with a single token.
+            Default 0.1.
         attention_heads: heads of the ``attention`` fusion. Each head pools the modality tokens with
             its own softmax, so with fewer heads than tokens the fused embedding is a blend of at
             most that many weightings. Unset, it resolves to ``dim // 16`` clamped to [2, 4] (and
             is stored resolved): 4 at the default ``dim = 64``, so image, text, categories and one
-            more modality can each keep a head (sample, four seeds: test Recall@10 0.2889 -> 0.2935,
-            cold start 5.57x -> 5.73x random; bench/README.md "Quality"), and 2 for ``dim < 48``,
-            where four heads would be under 16 dimensions each. (TensorFlow's oneDNN CPU kernels
-            corrupted the heap in 4 of 7 trainings at ``dim = 16`` with 4 heads over 4 tokens, never
-            with 2; see bench/README.md.)
+            more modality can each keep a head, and 2 for ``dim < 48``, where four heads would be
+            under 16 dimensions each.
         attention_layers: Transformer blocks of masked self-attention over the modality tokens before
             the ``attention`` fusion pools them (each modality's token then carries what the others
             say about the item); 0 pools the aligned tokens directly.
@@ -60,17 +54,15 @@ class ModelConfig:
             vector is ranked multiplied by ``1 + γ·log(1 + training count)``
             (:func:`recfuse.ranking.popularity_scale`), in the retrieval loss, in validation, in
             evaluation and in the exported index. The query tower still reads history items
-            unscaled. Unit-norm embeddings cannot hold popularity and taste at once, and with the
-            prior carrying popularity the fused model ranks better (sample, four seeds, γ = 0.1:
-            0.2935 → 0.3198 test Recall@10; text-only 0.2528 → 0.2539; bench/README.md, "Quality").
-            Items with no training interactions (cold items) get ``new_item_scale``.
+            unscaled (unit-norm embeddings cannot hold popularity and taste at once; the prior
+            carries popularity). Items with no training interactions (cold items) get
+            ``new_item_scale``.
         new_item_scale: the ranking factor of items with no training interactions (cold items and
             items added later with ``add-items``), applied wherever the popularity prior is (the
             evaluation's and the exported index's item vectors; not the loss). Their vectors come
             from content alone and score below warm items' content + id vectors, so among all
-            items new items rarely reach a top k; a factor above 1 lifts them (MicroLens,
-            bench/README.md "Cold start on real data"). Training is unchanged, so it can be set at
-            evaluation or export time.
+            items new items rarely reach a top k; a factor above 1 lifts them. Training is
+            unchanged, so it can be set at evaluation or export time.
         query_encoder: how the query tower reads the history (through the item tower's
             embeddings): ``attention`` (additive-attention pooling with a learned recency term,
             order-blind apart from it) or ``transformer`` (a SASRec-style causal self-attention

@@ -14,9 +14,8 @@ class TrainConfig:
 
     ``epochs`` is a cap: early stopping on validation Recall@K ends a run after
     ``early_stopping_patience`` evaluations without improvement and keeps the best epoch. The
-    id/user embeddings learn for tens of epochs after the content signal has plateaued (on the
-    sample, validation recall is flat for ~5 epochs before it climbs), so the patience must outlast
-    such plateaus and the noise of the validation metric.
+    id/user embeddings learn for tens of epochs after the content signal has plateaued, so the
+    patience must outlast such plateaus and the noise of the validation metric.
     """
 
     epochs: int = 50
@@ -27,14 +26,11 @@ class TrainConfig:
     early_stopping_patience: int = 5
     # early stopping never ends a run before this many epochs (validation recall can sit on a
     # plateau while the towers reorganise; the best epoch is still the one kept). Unset: a quarter
-    # of ``epochs`` (12 of the default 50; see ``effective_min_epochs``), because content towers
-    # without an auxiliary loss (one modality) sit on a popularity-level plateau for their first
-    # 6-12 epochs and patience 5 ended such runs there (bench/README.md); 0 turns the hold-off off
+    # of ``epochs`` (12 of the default 50; see ``effective_min_epochs``); 0 turns the hold-off off
     min_epochs: int | None = None
     # reduce-on-plateau: after this many evaluations without a better validation recall the
     # learning rate is multiplied by lr_decay_factor (0 = constant learning rate), never below
-    # min_learning_rate; not before min_epochs. Off by default: on the sample, patience 2 left warm
-    # items within seed noise and lowered cold-start recall on both seeds (bench/README.md)
+    # min_learning_rate; not before min_epochs. Off by default
     lr_decay_patience: int = 0
     lr_decay_factor: float = 0.5
     min_learning_rate: float = 1e-5
@@ -62,9 +58,7 @@ class TrainConfig:
     # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
     history_encoding: str = "live"
     # with ``live``: the most history-only items run through the candidate tower per step, drawn at
-    # random (0 = all, up to batch_size x max_history); the rest read the memory bank. Encoding all
-    # of them made the fused tower 2.6x the id-only cost per example on cached features (sample,
-    # batch 256); 256 keeps it at ~1.3x (bench/README.md, "Training speed").
+    # random (0 = all, up to batch_size x max_history); the rest read the memory bank (default 256)
     live_history_items: int = 256
     memory_refresh_steps: int = 0
     out_dir: str = "runs/model"
@@ -73,7 +67,7 @@ class TrainConfig:
     user_dropout: float = 0.1
     # TensorFlow op determinism (tf.config.experimental.enable_op_determinism), so the same config
     # and seed give the same model: without it multi-threaded CPU kernels reorder float sums and
-    # two runs of the sample differed by 0.02-0.03 Recall@10. Process-wide once on (a later run in
+    # two runs differ. Process-wide once on (a later run in
     # the same process with `false` stays deterministic); on a GPU an op without a deterministic
     # kernel raises an error naming it: set `false` there, or for the last bit of speed.
     deterministic: bool = True
