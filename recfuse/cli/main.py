@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "recfuse.cli.bundle_cmds",
     "recfuse.cli.eval_cmds",
     "recfuse.cli.tune_cmds",
+    "recfuse.cli.config_ref",
 )
 
 Handler = Callable[[argparse.Namespace], int]
