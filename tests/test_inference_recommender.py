@@ -220,7 +220,7 @@ def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
     for got, want in zip(rec.recommend_batch(queries), off.recommend_batch(queries)):
         assert got.item_ids == want.item_ids and got.fallback == want.fallback
     # Over the memory budget (60 users x 16 x 4 bytes = 3.75 KiB): off, logged, same answers.
-    with caplog.at_level("INFO", logger="recfuse.inference.recommender"):
+    with caplog.at_level("INFO", logger="recfuse.inference.query_vectors"):
         small = Recommender(rec.bundle, user_vectors_mb=0.001)
     assert small.user_vectors is None
     assert "60 known users' query vectors (0.00366 MiB) exceed user_vectors_mb=0.001" in caplog.text
@@ -335,7 +335,7 @@ def test_search_threads_set_for_single_requests(tmp_path: Path) -> None:
 
 def test_small_allow_lists_ranked_exactly_same_as_index_path(rec: Recommender) -> None:
     via_index = Recommender(rec.bundle, exact_filter_max=0)  # every filter through ItemIndex.search
-    assert rec._exact_filters and via_index._exact_filter_max == 0  # noqa: SLF001
+    assert rec._searcher.exact_filters and via_index._searcher.exact_filter_max == 0  # noqa: SLF001
     for user, cats, excl in [("u3", ["c1"], []), ("u7", ["c2", "t3"], ["t0"]), ("u9", ["t1"], ["c1"])]:
         a = rec.recommend(user_id=user, k=15, include_categories=cats, exclude_categories=excl, exclude_seen=True)
         b = via_index.recommend(user_id=user, k=15, include_categories=cats, exclude_categories=excl, exclude_seen=True)

@@ -1,0 +1,53 @@
+"""What a Recommender reports about the bundle it serves (``Info`` RPCs, ``recfuse recommend --json``).
+
+Example:
+    >>> info = bundle_info(load_bundle("bundles/attention"), max_k=1000, category_count=12)  # doctest: +SKIP
+    >>> info.search_params                                                                # doctest: +SKIP
+    'efSearch=48 (tuned to 0.95)'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from recfuse.bundle import LoadedBundle
+from recfuse.index import ItemIndex
+from recfuse.index.served import tunable_param
+from recfuse.inference.types import BundleInfo
+
+
+def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> BundleInfo:
+    """The :class:`BundleInfo` of a loaded bundle, served with request limit ``max_k``."""
+    m = bundle.manifest
+    served = m.get("served_recall") or {}
+    return BundleInfo(
+        variant=bundle.variant,
+        version=bundle.version,
+        model_version=bundle.model_version,
+        created_at=str(m["created_at"]),
+        item_count=int(m["item_count"]),
+        user_count=len(bundle.user_vocab),
+        dim=bundle.dim,
+        metric=str(m["metric"]),
+        index_factory=str(m["index_factory"]),
+        ann_recall=None if m["ann_recall"] is None else float(m["ann_recall"]),
+        format_version=int(m["format_version"]),
+        recfuse_version=str(m["recfuse_version"]),
+        path=str(bundle.path),
+        max_k=max_k,
+        category_count=category_count,
+        served_recall=None if served.get("recall") is None else float(served["recall"]),
+        served_recall_queries=str(served.get("queries", "")),
+        search_params=search_params_text(bundle.index, served),
+    )
+
+
+def search_params_text(index: ItemIndex, served: Mapping[str, Any]) -> str:
+    """``efSearch=48 (tuned to 0.95)``-style text of the search parameters in force ("" for exact)."""
+    param = tunable_param(index)
+    if not param:
+        return ""
+    ef, nprobe = index.config.search_params()
+    text = f"efSearch={ef}" if param == "ef_search" else f"nprobe={nprobe}"
+    return text + (f" (tuned to {served.get('target')})" if served.get("tuned") else "")

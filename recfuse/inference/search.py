@@ -1,0 +1,121 @@
+"""The Recommender's ranking step: index search with per-query filters, and the popularity fallback.
+
+:class:`FilteredSearch` answers a batch of query vectors, each with its :class:`QueryPlan`'s
+exclusions and allow-list, from one bundle's index; small allow-lists are ranked exactly over their
+own vectors instead. :func:`popular_rows` ranks by popularity under the same filters, for queries
+without a user signal.
+
+Example:
+    >>> search = FilteredSearch(bundle.index, bundle.ranked_vectors, n_items, exact_filters=True)  # doctest: +SKIP
+    >>> (rows, scores), = search.search(query_vectors, [plan])                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+
+from recfuse.index import ItemIndex
+from recfuse.inference.catalog import CatalogTables
+from recfuse.inference.plan import EMPTY_RESULT, QueryPlan
+from recfuse.ranking import masked_topk
+from recfuse.types import FloatArray, Int64Array
+
+
+class FilteredSearch:
+    """Top-k catalog rows for query vectors, each query with its own exclusions and allow-list.
+
+    Args:
+        index: the bundle's index.
+        vectors: ``[n_items, d]`` the vectors the index ranks (exact filtered searches use them).
+        n_items: catalog rows.
+        search_threads: faiss OpenMP threads for the searches (``None``: left alone); applied in
+            every calling thread, since OpenMP keeps the setting per thread.
+        exact_filter_max: allow-lists up to this many items are ranked exactly.
+        exact_filters: whether exact ranking is allowed at all (inner-product bundles).
+    """
+
+    def __init__(
+        self,
+        index: ItemIndex,
+        vectors: FloatArray,
+        n_items: int,
+        search_threads: int | None = 1,
+        exact_filter_max: int = 20_000,
+        exact_filters: bool = True,
+    ) -> None:
+        self.index = index
+        self.vectors = vectors
+        self.n_items = int(n_items)
+        self.search_threads = search_threads
+        self.exact_filter_max = int(exact_filter_max)
+        self.exact_filters = exact_filters
+
+    def apply_search_threads(self) -> None:
+        """``search_threads`` for the calling thread (OpenMP keeps it per thread)."""
+        if self.search_threads is not None and faiss.omp_get_max_threads() != self.search_threads:
+            faiss.omp_set_num_threads(self.search_threads)
+
+    def search_one(self, query: FloatArray, k: int) -> tuple[list[int], list[float]]:
+        """Rows and scores of one unfiltered query ``[1, d]`` (the serving fast path)."""
+        self.apply_search_threads()
+        return self.index.search_one(query, min(k, self.n_items))
+
+    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[tuple[Int64Array, FloatArray]]:
+        """Search with per-query exclusions and allow-lists (``None``: unrestricted).
+
+        Queries whose allow-list is small (``<= exact_filter_max`` items, inner-product bundles) are
+        ranked exactly over just those items with :func:`recfuse.ranking.masked_topk` — a sparse
+        allow-list is the worst case of a graph index (it must wander far to find k allowed items),
+        while scoring a few thousand vectors directly takes microseconds. The rest go to the index in
+        one batched call.
+        """
+        self.apply_search_threads()
+        out: list[tuple[Int64Array, FloatArray]] = [EMPTY_RESULT] * len(plans)
+        if len(plans) == 1 and plans[0].allow is None and not len(plans[0].exclude):
+            # The common serving call: one unfiltered query straight to the index.
+            ids, scores = self.index.search(queries, min(plans[0].k, self.n_items))
+            keep = ids[0] >= 0
+            return [(ids[0], scores[0]) if keep.all() else (ids[0][keep], scores[0][keep])]
+        rest = []
+        for j, p in enumerate(plans):
+            if p.allow is not None and len(p.allow) == 0:
+                continue  # nothing may be returned
+            if p.allow is not None and self.exact_filters and len(p.allow) <= self.exact_filter_max:
+                idx, scores = masked_topk(queries[j : j + 1], self.vectors[p.allow], p.k)
+                out[j] = (p.allow[idx[0]], scores[0])
+            else:
+                rest.append(j)
+        if not rest:
+            return out
+        k = min(max(plans[j].k for j in rest), self.n_items)
+        # Lists, not arrays: ItemIndex tests emptiness with `not ids` (ambiguous for numpy arrays).
+        excl = [plans[j].exclude.tolist() for j in rest]
+        allow = [None if plans[j].allow is None else plans[j].allow.tolist() for j in rest]  # type: ignore[union-attr]
+        ids, scores = self.index.search(
+            queries if len(rest) == len(plans) else queries[rest],
+            k,
+            exclude=excl if any(len(e) for e in excl) else None,
+            allow=allow if any(a is not None for a in allow) else None,
+        )
+        for r, j in enumerate(rest):
+            keep = ids[r] >= 0
+            out[j] = (ids[r][keep][: plans[j].k], scores[r][keep][: plans[j].k])
+        return out
+
+
+def popular_rows(tables: CatalogTables, p: QueryPlan) -> tuple[Int64Array, FloatArray]:
+    """Popularity order with the same filters as the model path: ``(rows, counts)``."""
+    t = tables
+    if p.allow is None:
+        # At most len(exclude) of the first k + len(exclude) popular rows can be excluded.
+        cand = t.popular_rows[: p.k + len(p.exclude)]
+        rows = cand[~np.isin(cand, p.exclude)][: p.k] if len(p.exclude) else cand
+    else:
+        allowed = np.setdiff1d(p.allow, p.exclude, assume_unique=True) if len(p.exclude) else p.allow
+        rank = t.popular_rank[allowed]
+        take = np.argsort(rank, kind="stable")[: p.k]
+        rows = allowed[take]
+    return rows.astype(np.int64), t.popular_counts[rows]
