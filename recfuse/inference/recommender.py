@@ -66,22 +66,20 @@ class Recommender:
         user_vectors_mb: when > 0, the query vector of every known user with no request history
             (their stored history and user embedding) is computed once at load, in one batched
             forward, if they fit in this many MiB (``users x dim x 4`` bytes: 20k users at 64-d are
-            5 MiB, 1M are 256 MiB); a Recommend by user id then skips the query forward
-            (bench/README.md, "Known users' query vectors at load"). Over the budget every request
-            runs the forward. 0, the default, keeps start-up short for one-shot uses (``recfuse
-            recommend``, ``bundle info``); the server turns it on (``ServerConfig.user_vectors_mb``,
-            256).
+            5 MiB, 1M are 256 MiB); a Recommend by user id then skips the query forward. Over the
+            budget every request runs the forward. 0, the default, keeps start-up short for one-shot
+            uses (``recfuse recommend``, ``bundle info``); the server turns it on
+            (``ServerConfig.user_vectors_mb``, 256).
         hugepages: back the index's large arrays with 2 MiB transparent huge pages at load (Linux;
             :func:`recfuse.index.hugepages.advise_hugepages`): a graph search's scattered reads then
-            miss the TLB far less (-15% search CPU at 1M HNSW items, -6% at 100k), for ~1.2 s of
-            start-up per 0.5 GB of index. A no-op where the kernel does not allow it. Off by default
-            for one-shot uses; the server turns it on (``ServerConfig.hugepages``).
+            miss the TLB far less, for some start-up time per GB of index. A no-op where the kernel
+            does not allow it. Off by default for one-shot uses; the server turns it on
+            (``ServerConfig.hugepages``).
         search_threads: faiss OpenMP threads for this Recommender's searches. 1, the default, is
-            right for single requests: with more, every small search pays thread wake-ups, which on
-            a busy 2-core machine cost ~15 ms at p50 (bench/recommend_bench.py). OpenMP keeps this
-            setting per calling thread (``omp_set_num_threads`` in one thread leaves the others at
-            the default, all cores), so it is applied in every thread that searches — e.g. each
-            gRPC worker thread, not only the thread that loaded the bundle. ``None`` leaves it
+            right for single requests: with more, every small search pays thread wake-ups. OpenMP
+            keeps this setting per calling thread (``omp_set_num_threads`` in one thread leaves the
+            others at the default, all cores), so it is applied in every thread that searches — e.g.
+            each gRPC worker thread, not only the thread that loaded the bundle. ``None`` leaves it
             alone (e.g. for large offline batches).
 
     Example:
