@@ -206,7 +206,7 @@ def bench_query_engines(path: Path, n: int, savedmodel_dir: Path | None = None) 
         compiled, eager = None, None  # a real bundle: its SavedModel is the only TF artefact to compare
     sig = tf.saved_model.load(str(savedmodel_dir)).signatures["serving_default"]
 
-    from recfuse.models.query_numpy import QueryEncoder
+    from recfuse.forward.query import QueryEncoder
 
     encoder = QueryEncoder(np_tower, b.item_vectors)  # what Recommender builds at load
     hist_rows = [h[0][h[0] >= 0] for h in hist]
@@ -240,7 +240,7 @@ def bench_history_encoders(n_items: int, dim: int, length: int, n: int) -> list[
     """Serving forward (``QueryEncoder.encode_one``) and ``tf.function`` of each history encoder, batch 1."""
     import tensorflow as tf
 
-    from recfuse.models.query_numpy import QueryEncoder
+    from recfuse.forward.query import QueryEncoder
 
     rng = np.random.default_rng(2)
     items = rng.normal(size=(n_items, dim)).astype(np.float32)

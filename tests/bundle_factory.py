@@ -25,7 +25,7 @@ import pandas as pd
 from recfuse.bundle import BundleContents, write_bundle
 from recfuse.config import FUSIONS, IndexConfig, ModelConfig, RecfuseConfig
 from recfuse.data.vocab import IdVocab
-from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.forward.query import NumpyQueryTower
 
 
 def item_category(i: int, n_categories: int = 8) -> str:

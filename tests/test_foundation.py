@@ -12,7 +12,7 @@ import pytest
 
 from recfuse.data.vocab import IdVocab, id_str
 from recfuse.errors import ArtifactError, ConfigError, NotFoundError, SchemaError, exit_code_for
-from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.forward.query import NumpyQueryTower
 from recfuse.ranking import masked_topk
 
 

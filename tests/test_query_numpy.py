@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recfuse.models.query_numpy import NumpyQueryTower, QueryEncoder
+from recfuse.forward.query import NumpyQueryTower, QueryEncoder
 
 
 def _tower(rng: np.random.Generator, d: int = 8, du: int = 4, users: int = 10, layers: int = 2) -> NumpyQueryTower:

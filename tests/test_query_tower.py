@@ -7,7 +7,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from recfuse.models.query_numpy import NumpyQueryTower  # noqa: E402
+from recfuse.forward.query import NumpyQueryTower  # noqa: E402
 from recfuse.models.query_tower import QueryTower  # noqa: E402
 
 

@@ -14,7 +14,7 @@ tf = pytest.importorskip("tensorflow")
 
 from recfuse.config import RecfuseConfig  # noqa: E402
 from recfuse.errors import ArtifactError, ConfigError  # noqa: E402
-from recfuse.models.query_numpy import SEQUENCE_FORMAT, NumpyQueryTower, QueryEncoder  # noqa: E402
+from recfuse.forward.query import SEQUENCE_FORMAT, NumpyQueryTower, QueryEncoder  # noqa: E402
 from recfuse.models.query_tower import QueryTower  # noqa: E402
 from recfuse.models.sequence_encoder import CausalSelfAttentionBlock, CausalSequenceEncoder  # noqa: E402
 

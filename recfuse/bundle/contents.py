@@ -31,7 +31,7 @@ import pandas as pd
 from recfuse.config import IndexConfig
 from recfuse.data.vocab import IdVocab, id_str
 from recfuse.errors import ArtifactError
-from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.forward.query import NumpyQueryTower
 from recfuse.types import FloatArray
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")

@@ -31,8 +31,8 @@ from recfuse.bundle.writer import index_config_from_dict
 from recfuse.config import IndexConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.errors import ArtifactError
+from recfuse.forward.query import NumpyQueryTower
 from recfuse.index import ItemIndex
-from recfuse.models.query_numpy import NumpyQueryTower
 from recfuse.ranking import popularity_scale
 from recfuse.types import FloatArray
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from recfuse.data.vocab import IdVocab
 from recfuse.errors import ArtifactError
+from recfuse.forward.query import QueryEncoder
 from recfuse.inference.plan import QueryPlan
-from recfuse.models.query_numpy import QueryEncoder
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)

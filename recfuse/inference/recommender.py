@@ -33,6 +33,7 @@ import numpy as np
 
 from recfuse.bundle import LoadedBundle, load_bundle
 from recfuse.errors import InvalidRequestError, NotFoundError
+from recfuse.forward.query import QueryEncoder
 from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.info import bundle_info
@@ -49,7 +50,6 @@ from recfuse.inference.types import (
     RecommendQuery,
     ScoredItem,
 )
-from recfuse.models.query_numpy import QueryEncoder
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)

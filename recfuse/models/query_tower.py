@@ -1,4 +1,4 @@
-"""Query (user) tower in TensorFlow, the exact twin of :class:`recfuse.models.query_numpy.NumpyQueryTower`.
+"""Query (user) tower in TensorFlow, the exact twin of :class:`recfuse.forward.query.NumpyQueryTower`.
 
 The user's recent items are encoded through the candidate tower's item representations: the tower
 receives the item matrix ``E [num_items, d]`` (a non-trainable memory bank while training, the
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from recfuse.models.query_numpy import NumpyQueryTower
+from recfuse.forward.query import NumpyQueryTower
 from recfuse.models.sequence_encoder import CausalSequenceEncoder
 
 QUERY_ENCODERS = ("attention", "transformer")

@@ -1,6 +1,6 @@
 """Causal self-attention encoder of a user's history (SASRec-style), the ``transformer`` query encoder.
 
-The exact twin of :class:`recfuse.models.sequence_numpy.NumpySequenceEncoder` (formulas and array
+The exact twin of :class:`recfuse.forward.sequence.NumpySequenceEncoder` (formulas and array
 names there); :meth:`CausalSequenceEncoder.export_arrays` returns its weights in that layout.
 
 Design: pre-LN blocks (LayerNorm before attention and before the point-wise feed-forward, residual
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from recfuse.models.sequence_numpy import LAYER_NORM_EPSILON, MASKED
+from recfuse.forward.sequence import LAYER_NORM_EPSILON, MASKED
 
 
 @tf.keras.utils.register_keras_serializable(package="recfuse")
@@ -197,14 +197,14 @@ class CausalSequenceEncoder(tf.keras.layers.Layer):
         return x, tf.logical_and(causal[None, None], mask[:, None, None, :])
 
     def variables_by_name(self) -> dict[str, tf.Variable]:
-        """Every variable under its :class:`~recfuse.models.sequence_numpy.NumpySequenceEncoder` array name."""
+        """Every variable under its :class:`~recfuse.forward.sequence.NumpySequenceEncoder` array name."""
         out = {"seq_pos": self.positions.embeddings, "seq_ln_g": self.ln.gamma, "seq_ln_b": self.ln.beta}
         for i, block in enumerate(self.blocks):
             out.update({f"seq_{i}_{k}": v for k, v in block.variables_by_name().items()})
         return out
 
     def export_arrays(self) -> dict[str, np.ndarray]:
-        """Weights under the :class:`~recfuse.models.sequence_numpy.NumpySequenceEncoder` names."""
+        """Weights under the :class:`~recfuse.forward.sequence.NumpySequenceEncoder` names."""
         out = {k: v.numpy() for k, v in self.variables_by_name().items()}
         out["seq_heads"] = np.asarray([self.heads], np.int64)
         return out

@@ -29,8 +29,8 @@ import tensorflow as tf
 from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.errors import ArtifactError
+from recfuse.forward.query import NumpyQueryTower
 from recfuse.models.history import history_arrays
-from recfuse.models.query_numpy import NumpyQueryTower
 from recfuse.models.query_tower import QueryTower, build_query_tower
 from recfuse.ranking import popularity_scale
 from recfuse.types import FloatArray

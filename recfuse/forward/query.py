@@ -11,7 +11,7 @@ Architecture (shared with the TF tower):
 
   - attention pooling: ``s_j = v · tanh(E[h_j] W_a + b_a) + r · log1p(pos_j)``, masked softmax
     over valid ``j``, ``pooled = Σ α_j E[h_j]`` (zeros when there is no history);
-  - a causal self-attention encoder (``sequence``, :mod:`recfuse.models.sequence_numpy`) read out
+  - a causal self-attention encoder (``sequence``, :mod:`recfuse.forward.sequence`) read out
     at the most recent item (zeros when there is no history). Such a tower has no attention
     scorer: its ``attn_w`` is ``[d, 0]`` (so ``attn_w.shape[0]`` is the history width ``d`` for
     either kind), ``attn_b``/``attn_v`` are empty and ``recency`` is 0.
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from recfuse.errors import ArtifactError
-from recfuse.models.sequence_numpy import FastSequenceEncoder, NumpySequenceEncoder
+from recfuse.forward.sequence import FastSequenceEncoder, NumpySequenceEncoder
 from recfuse.types import FloatArray, Int64Array
 
 FORMAT = "recfuse.query_tower.numpy/1"
@@ -239,7 +239,7 @@ class QueryEncoder:
     blocks and, for attention pooling, the per-item attention logits
     (:meth:`NumpyQueryTower.attention_logits`) and the recency term per position; for a sequence
     encoder, its LayerNorms folded into the matmuls that follow them
-    (:class:`~recfuse.models.sequence_numpy.FastSequenceEncoder`; nothing per item can be cached,
+    (:class:`~recfuse.forward.sequence.FastSequenceEncoder`; nothing per item can be cached,
     since an item's representation depends on its position and its neighbours). :meth:`encode_one`
     then runs one query as a handful of small numpy calls on the valid history rows — no padding, no
     concatenation. It computes what :meth:`NumpyQueryTower.encode` computes (tested equal to float32
