@@ -57,7 +57,7 @@ def test_catalog_vocabulary_applies_the_modality_min_item_count() -> None:
     import pandas as pd
 
     from recfuse.config import ModalityConfig, RecfuseConfig
-    from recfuse.models.candidate_tower import catalog_vocabularies
+    from recfuse.data.modality_vocab import catalog_vocabularies
 
     items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "title": ["red shoe zz", "red hat", "blue shoe"]})
 

@@ -13,9 +13,10 @@ text tokens of items having both is added with ``add_loss``.
 
 The input is the dict of :func:`recfuse.data.item_features.build_item_features` (rows gathered per
 batch). Vocabularies (text tokens, categories) are computed on the catalog by
-:func:`build_candidate_tower` and stored in the tower's config (:meth:`CandidateTower.get_config`),
-so a tower rebuilt from ``CandidateTower.from_config(tower.get_config())`` (or with the saved
-``tower.vocabularies``) accepts the same weights.
+:func:`build_candidate_tower` (with :func:`recfuse.data.modality_vocab.catalog_vocabularies`) and
+stored in the tower's config (:meth:`CandidateTower.get_config`), so a tower rebuilt from
+``CandidateTower.from_config(tower.get_config())`` (or with the saved ``tower.vocabularies``) accepts
+the same weights.
 
 Example:
     >>> tower = build_candidate_tower(cfg, items, item_vocab)                    # doctest: +SKIP
@@ -35,8 +36,8 @@ import pandas as pd
 import tensorflow as tf
 
 from recfuse.config import ModalityConfig, RecfuseConfig
-from recfuse.data.item_features import CATEGORY_SEPARATOR, category_strings, check_modality_names, text_tokens
-from recfuse.data.text_tokens import build_vocabulary
+from recfuse.data.item_features import CATEGORY_SEPARATOR, check_modality_names
+from recfuse.data.modality_vocab import catalog_vocabularies
 from recfuse.data.vocab import IdVocab
 from recfuse.errors import ConfigError, SchemaError
 from recfuse.layers.alignment import ModalityProjection, info_nce
@@ -300,31 +301,6 @@ class CandidateTower(tf.keras.Model):
     def build_with_dummy(self) -> None:
         """Create every variable by calling the tower once on an all-missing batch."""
         self(dummy_features(self.cfg, 1), training=False)
-
-
-def catalog_vocabularies(items: pd.DataFrame, cfg: RecfuseConfig) -> dict[str, list[str]]:
-    """Token / category vocabularies of the text-token and categorical modalities, from the catalog.
-
-    Text: the ``vocab_size - 2`` most frequent tokens found in at least ``min_item_count`` items (2 ids
-    are padding and OOV; rarer tokens map to OOV). Categories: every
-    category value (at most ``vocab_size - 2``), most frequent first.
-    """
-    vocabs: dict[str, list[str]] = {}
-    for m in cfg.modalities:
-        if m.kind == "text" and m.source == "tokens":
-            vocabs[m.name] = build_vocabulary(text_tokens(items, m).tolist(), m.vocab_size - 2, m.min_item_count)
-        elif m.kind == "categorical":
-            # category values may contain spaces: split on the separator, not with build_vocabulary
-            joined = category_strings(items, m).tolist()
-            counts: dict[str, int] = {}
-            for s in joined:
-                for v in s.split(CATEGORY_SEPARATOR) if s else ():
-                    counts[v] = counts.get(v, 0) + 1
-            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            vocabs[m.name] = [v for v, _ in ranked[: m.vocab_size - 2]]
-        if m.name in vocabs:
-            logger.info("modality %s: vocabulary of %d entries", m.name, len(vocabs[m.name]))
-    return vocabs
 
 
 def build_candidate_tower(
