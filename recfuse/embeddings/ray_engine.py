@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recfuse.embeddings.encoder import EncoderFactory
-from recfuse.embeddings.job import EmbedReport, Progress, encode_checked, finalize
+from recfuse.embeddings.engine import EmbedReport, Progress, encode_checked, finalize
 from recfuse.embeddings.shards import atomic_write_table, embeddings_table, rejects_table, shard_name
 from recfuse.errors import ConfigError
 
@@ -99,7 +99,8 @@ def run_ray(
     batches_per_shard: int,
     progress: Callable[[Progress], None] | None,
 ) -> EmbedReport:
-    """Run the job on Ray Data; results stream back in order and are sharded like the local engine."""
+    """The Ray engine (:class:`~recfuse.embeddings.engine.Engine`): Ray Data actors, results streamed back
+    in order and sharded like the local engine."""
     ray = import_ray()
     if not ray.is_initialized():
         _check_local_ray_binds_loopback(ray)
