@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "recfuse.cli.features_cmds",
     "recfuse.cli.train_cmds",
     "recfuse.cli.embed_cmds",
+    "recfuse.cli.index_cmds",
     "recfuse.cli.bundle_cmds",
     "recfuse.cli.eval_cmds",
     "recfuse.cli.tune_cmds",
