@@ -144,14 +144,12 @@ def _text_features(args: argparse.Namespace) -> int:
 
 
 def _image_features(args: argparse.Namespace) -> int:
-    import pyarrow as pa
     from tqdm import tqdm
 
     from recfuse.config import ModalityConfig, RecfuseConfig
-    from recfuse.errors import ConfigError, SchemaError
+    from recfuse.embeddings.image_vectors import add_image_vectors, backbone_encoder, check_image_column
+    from recfuse.errors import ConfigError
     from recfuse.fsio import atomic_write_parquet
-    from recfuse.layers.backbone_features import compute_backbone_features
-    from recfuse.layers.image import BackboneEncoder
 
     cfg = RecfuseConfig.from_toml(args.config) if args.config else RecfuseConfig()
     images = [m for m in cfg.modalities if m.kind == "image"]
@@ -165,30 +163,15 @@ def _image_features(args: argparse.Namespace) -> int:
     out = _check_common(args)
     column = args.column or "image_vec"
     table = _read_catalog(items_path)
-    if image_col not in table.column_names:
-        raise SchemaError(
-            f"catalog {str(items_path)!r} has no image column {image_col!r} (columns: {table.column_names}); "
-            "pass --image-column"
-        )
-    ids = table.column("item_id").to_pylist() if "item_id" in table.column_names else list(range(table.num_rows))
-    encoder = BackboneEncoder(
-        args.backbone or m.backbone, image_size, m.backbone_weights if args.weights is None else args.weights
-    )
+    check_image_column(table, image_col, str(items_path))
+    weights = m.backbone_weights if args.weights is None else args.weights
+    encoder = backbone_encoder(args.backbone or m.backbone, image_size, weights)
     with tqdm(total=table.num_rows, desc=f"{encoder.backbone} features", unit="item") as bar:
-        res = compute_backbone_features(
-            table.column(image_col).to_pylist(),
-            ids,
-            images_dir,
-            encoder,
-            args.batch_size,
-            on_batch=bar.update,
+        table, res = add_image_vectors(
+            table, encoder, image_col, images_dir, column, args.batch_size, on_batch=bar.update, source=str(items_path)
         )
     dim = res.vectors.shape[1]
-    flat = pa.array(res.vectors.reshape(-1), type=pa.float32())
-    vec = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~res.present))
-    if column in table.column_names:
-        table = table.drop_columns([column])
-    atomic_write_parquet(out, table.append_column(column, vec))
+    atomic_write_parquet(out, table)
     print(
         f"wrote {table.num_rows} items to {out} with column {column!r} ({dim} floats, backbone "
         f"{encoder.backbone}, image size {image_size}): {int(res.present.sum())} vectors, "

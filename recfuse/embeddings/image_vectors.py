@@ -1,14 +1,15 @@
-"""Run an image backbone once over a catalog (the ``recfuse features`` command's engine).
+"""Image backbone vectors for a catalog, computed once (the ``recfuse features`` job).
 
 Variants that read the cached vectors (``source = "vector"``) then train without decoding or
 convolving a single image. Images are decoded in a thread pool, one batch ahead of the backbone.
-Items without an image, and items whose image cannot be read, get no vector (``None``) and are
-counted, never silently dropped.
+Items without an image, and items whose image cannot be read, get no vector (null) and are
+counted, never silently dropped. :func:`add_image_vectors` returns the catalog with the vectors as a
+new fixed-size list column; :func:`compute_backbone_features` is the loop underneath.
 
 Example:
-    >>> enc = BackboneEncoder("mobilenet_v3_small", image_size=32)
-    >>> res = compute_backbone_features(images, item_ids, "data", enc)  # doctest: +SKIP
-    >>> res.vectors.shape, res.n_missing                               # doctest: +SKIP
+    >>> enc = backbone_encoder("mobilenet_v3_small", image_size=32)
+    >>> table, res = add_image_vectors(catalog, enc, "image", "data")  # doctest: +SKIP
+    >>> res.vectors.shape, res.n_missing                              # doctest: +SKIP
     ((1500, 576), 12)
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 
 from recfuse.data.images import load_image
@@ -119,3 +121,57 @@ def compute_backbone_features(
         len(result.unreadable),
     )
     return result
+
+
+def backbone_encoder(backbone: str, image_size: int, weights: str = "") -> BackboneEncoder:
+    """The headless ``tf.keras.applications`` backbone named ``backbone`` in inference mode
+    (``weights``: a local weights file, never downloaded; ``""`` = random init)."""
+    return BackboneEncoder(backbone, image_size, weights)
+
+
+def check_image_column(table: pa.Table, image_column: str, source: str = "catalog") -> None:
+    """Raise :class:`SchemaError` when ``table`` (named ``source`` in the message) has no ``image_column``."""
+    if image_column not in table.column_names:
+        raise SchemaError(
+            f"catalog {source!r} has no image column {image_column!r} (columns: {table.column_names}); "
+            "pass --image-column"
+        )
+
+
+def add_image_vectors(
+    table: pa.Table,
+    encoder: BackboneEncoder,
+    image_column: str,
+    images_dir: str | Path,
+    column: str = "image_vec",
+    batch_size: int = 64,
+    on_batch: Callable[[int], object] | None = None,
+    source: str = "catalog",
+) -> tuple[pa.Table, BackboneFeatures]:
+    """``table`` with a ``column`` of backbone vectors (``fixed_size_list<float32>[F]``, null where
+    there is no readable image) replacing any column of that name, and the run's counts.
+
+    Args:
+        table: the catalog (``item_id`` names items in messages; row numbers when it has none).
+        encoder: the backbone (:func:`backbone_encoder`).
+        image_column: column holding image paths (relative to ``images_dir``) or bytes.
+        images_dir: base of relative image paths.
+        column: name of the new vector column.
+        batch_size: images per forward pass.
+        on_batch: called with the number of items processed in each batch (progress bars).
+        source: how messages name the catalog (its path).
+
+    Raises:
+        SchemaError: ``table`` has no ``image_column``.
+    """
+    check_image_column(table, image_column, source)
+    ids = table.column("item_id").to_pylist() if "item_id" in table.column_names else list(range(table.num_rows))
+    res = compute_backbone_features(
+        table.column(image_column).to_pylist(), ids, images_dir, encoder, batch_size, on_batch=on_batch
+    )
+    dim = res.vectors.shape[1]
+    flat = pa.array(res.vectors.reshape(-1), type=pa.float32())
+    vec = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(~res.present))
+    if column in table.column_names:
+        table = table.drop_columns([column])
+    return table.append_column(column, vec), res
