@@ -2,6 +2,10 @@
 
 Example:
     $ recfuse train --config data_samples/recfuse.toml --out runs/model --set model.fusion='"gated"' --epochs 5
+    $ recfuse train --config data_samples/recfuse.toml --out runs/model --engine ray --workers 2
+
+Several workers: set ``TF_CONFIG`` in each process (Kubernetes, by hand) and run the same command in
+each, or let Ray Train start them with ``--engine ray --workers N`` (recfuse.training.distribute).
 """
 
 from __future__ import annotations
@@ -35,6 +39,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (one worker of a cluster when TF_CONFIG is set); ray: Ray Train starts "
+        "--workers processes (needs the ray extra) (default: %(default)s)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="training processes for --engine ray (default: %(default)s)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="running Ray cluster for --engine ray (default: a local session on 127.0.0.1)",
+    )
     p.set_defaults(handler=_train)
 
 
@@ -67,6 +84,8 @@ def _train(args: argparse.Namespace) -> int:
     if overrides:
         cfg = cfg.with_overrides(overrides)
     out = args.out or cfg.train.out_dir
+    if args.engine == "ray":
+        return _train_on_ray(args, cfg, overrides, out)
     dataset = load_dataset(cfg.data, cfg.modalities)
     split = split_for(dataset.interactions, cfg.data)
 
@@ -89,9 +108,7 @@ def _train(args: argparse.Namespace) -> int:
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
         return False
 
-    result = train(
-        cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line
-    )
+    result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line)
     for rec in result.history:
         extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
         print(f"epoch {rec['epoch']}: {extras}")
@@ -99,5 +116,27 @@ def _train(args: argparse.Namespace) -> int:
     print(f"val Recall@{cfg.train.eval_k}: {metric} (best epoch {result.best_epoch} of {result.epochs_run})")
     if result.skipped_interactions:
         print(f"skipped {result.skipped_interactions} training interactions whose item is not in the catalog")
+    if not result.is_chief:
+        print(f"worker of {result.workers}: trained; the chief writes the model directory {result.model_dir}")
+        return 0
     print(f"model directory: {result.model_dir}")
+    return 0
+
+
+def _train_on_ray(args: argparse.Namespace, cfg: Any, overrides: dict[str, Any], out: str) -> int:
+    import json
+    from pathlib import Path
+
+    from recfuse.data.validate import load_dataset
+
+    load_dataset(cfg.data, cfg.modalities)  # bad data is reported here, before any Ray worker starts
+    from recfuse.training.ray_train import train_on_ray
+
+    print(f"training {cfg.variant!r} on Ray Train with {args.workers} workers -> {out}", flush=True)
+    model_dir = train_on_ray(args.config, overrides, out, args.workers, address=args.ray_address)
+    state = json.loads((Path(model_dir) / "train_state.json").read_text(encoding="utf-8"))
+    best = state.get("best_metric")
+    metric = "n/a (no validation split)" if best is None else f"{best:.4f}"
+    print(f"val Recall@{cfg.train.eval_k}: {metric} (best epoch {state.get('best_epoch')} of {state.get('epoch')})")
+    print(f"model directory: {model_dir}")
     return 0

@@ -48,6 +48,7 @@ class Examples:
     interactions: int = -1
     targets: int = -1
     item_counts: Int64Array | None = None
+    per_position: bool = False
 
     def __post_init__(self) -> None:
         n = int(len(self.item_idx))
@@ -58,6 +59,20 @@ class Examples:
 
     def __len__(self) -> int:
         return int(len(self.item_idx))
+
+    def take(self, rows: np.ndarray) -> Examples:
+        """The examples at ``rows`` (one worker's shard); ``interactions`` and ``item_counts`` stay global."""
+        hist = self.hist_idx[rows]
+        return Examples(
+            self.user_idx[rows],
+            hist,
+            self.hist_pos[rows],
+            self.item_idx[rows],
+            interactions=self.interactions,
+            targets=int((hist >= 0).sum()) if self.per_position else len(rows),
+            item_counts=self.item_counts,
+            per_position=self.per_position,
+        )
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {
@@ -137,7 +152,16 @@ def build_examples(
     else:
         n_targets = len(items)
     pos = np.broadcast_to(np.arange(max_history, dtype=np.float32), (len(items), max_history)).copy()
-    return Examples(users, hist, pos, items, interactions=n, targets=n_targets, item_counts=item_counts)
+    return Examples(
+        users,
+        hist,
+        pos,
+        items,
+        interactions=n,
+        targets=n_targets,
+        item_counts=item_counts,
+        per_position=targets == "all_positions",
+    )
 
 
 def user_histories(interactions: pd.DataFrame) -> dict[str, list[str]]:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +39,8 @@ from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
 from recfuse.training.checks import check_resumable, check_training_inputs, resolve_auto_settings, resumable_settings
-from recfuse.training.examples import build_examples
+from recfuse.training.distribute import Cluster, cluster_from_env, make_strategy, shard_rows, worker_batch
+from recfuse.training.examples import Examples, build_examples
 from recfuse.training.model_dir import write_model_dir
 from recfuse.training.optimizer import make_optimizer
 from recfuse.training.pipeline import make_dataset
@@ -63,7 +66,9 @@ class TrainResult:
         seconds: wall time of this call.
         examples_per_second: training throughput of this call, in next-item targets per second
             (with ``train.targets = "all_positions"`` an example holds one per history position;
-            ``nan`` if no epoch ran).
+            ``nan`` if no epoch ran); on several workers, this worker's share of it.
+        workers: training processes of the run (``TF_CONFIG``; 1 without it).
+        is_chief: whether this process wrote ``model_dir`` (the others only trained).
     """
 
     model_dir: Path
@@ -75,6 +80,8 @@ class TrainResult:
     skipped_interactions: int = 0
     seconds: float = 0.0
     examples_per_second: float = float("nan")
+    workers: int = 1
+    is_chief: bool = True
 
 
 def train(
@@ -96,6 +103,9 @@ def train(
         on_epoch: ``(epoch, val_metric) -> stop``, called after each validation (epoch counted from
             1); True stops training like early stopping does (the best weights are still written).
 
+    Under a multi-worker ``TF_CONFIG`` every worker calls this with the same arguments (and the
+    same ``out_dir`` on storage all of them read, for resuming); see :mod:`recfuse.training.distribute`.
+
     Returns:
         :class:`TrainResult`.
 
@@ -103,11 +113,38 @@ def train(
         ConfigError, SchemaError, DataError: bad input, before training starts.
     """
     t0 = time.perf_counter()
-    items, train_df, val_df = dataset.items, split.train, split.val
-    check_training_inputs(cfg, items, train_df)
+    cluster = cluster_from_env()
+    strategy = make_strategy(cluster)  # before any other TensorFlow op of the process
+    train_df = split.train
+    check_training_inputs(cfg, dataset.items, train_df)
+    per_worker = worker_batch(cfg.train.batch_size, cluster)
     cfg = resolve_auto_settings(cfg, train_df)  # the stored config holds the decided values
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if cluster.is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+    # only the chief writes under out_dir; another worker writes into a private dir, removed at the end
+    work = out if cluster.is_chief else Path(tempfile.mkdtemp(prefix=f"recfuse-worker{cluster.index}-"))
+    try:
+        return _train(cfg, dataset, split, out, work, cluster, strategy, per_worker, progress, on_epoch, t0)
+    finally:
+        if work != out:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _train(
+    cfg: RecfuseConfig,
+    dataset: Any,
+    split: Any,
+    out: Path,
+    work: Path,
+    cluster: Cluster,
+    strategy: Any,
+    per_worker: int,
+    progress: bool,
+    on_epoch: Callable[[int, float], bool] | None,
+    t0: float,
+) -> TrainResult:
+    items, train_df, val_df = dataset.items, split.train, split.val
     tf.keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()  # process-wide; see TrainConfig.deterministic
@@ -123,37 +160,39 @@ def train(
     # every training interaction counts (with targets = "all_positions" the examples keep one item per window)
     counts = np.asarray(examples.item_counts, np.float64)
     warm = frozenset(str(item_vocab.ids[i]) for i in np.flatnonzero(counts))
-    built = build_model(
-        cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0), counts
-    )
-    model = built.model
-    rank_scale = model.item_scale  # the popularity prior's factor (None without one)
-
     ema = cfg.train.ema_momentum
-    optimizer = make_optimizer(cfg.train.learning_rate, ema, cfg.train.weight_decay)
-    model.compile(optimizer=optimizer)
-    ds = make_dataset(examples, user_vocab, cfg.train.batch_size, cfg.train.seed, cfg.train.user_dropout)
-    # create every variable (towers + optimizer slots) so a checkpoint restores eagerly
-    model.compute_loss({k: v[:2] for k, v in examples.as_dict().items()}, training=False)
-    optimizer.build(model.trainable_variables)
+    with strategy.scope():  # the towers' and the optimizer's variables are mirrored across workers
+        built = build_model(
+            cfg, items, dataset.images_dir, item_vocab, user_vocab, warm, counts / max(counts.sum(), 1.0), counts
+        )
+        model = built.model
+        optimizer = make_optimizer(cfg.train.learning_rate, ema, cfg.train.weight_decay)
+        model.compile(optimizer=optimizer)
+        # create every variable (towers + optimizer slots) so a checkpoint restores eagerly
+        model.compute_loss({k: v[:2] for k, v in examples.as_dict().items()}, training=False)
+        optimizer.build(model.trainable_variables)
+    rank_scale = model.item_scale  # the popularity prior's factor (None without one)
+    ds, steps = _input(examples, user_vocab, cfg, cluster, strategy, per_worker)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-    manager = tf.train.CheckpointManager(ckpt, str(out / "checkpoints"), max_to_keep=2)
+    manager = tf.train.CheckpointManager(ckpt, str(work / "checkpoints"), max_to_keep=2)
     best_ckpt = tf.train.Checkpoint(query_tower=model.query_tower, candidate_tower=model.candidate_tower)
-    best_prefix = out / "checkpoints" / "best" / "ckpt"
-    state_path = out / "train_state.json"
+    best_prefix = work / "checkpoints" / "best" / "ckpt"
+    state_path = work / "train_state.json"
     resume_key = resumable_settings(cfg, split)
     state: dict[str, Any] = {"epoch": 0, "best_metric": None, "best_epoch": 0, "wait": 0, "history": [],
                              "resume_key": resume_key}  # fmt: skip
-    if manager.latest_checkpoint and state_path.exists():
-        saved = json.loads(state_path.read_text(encoding="utf-8"))
+    # every worker resumes from the chief's checkpoint (the same weights and epoch everywhere)
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    if latest and (out / "train_state.json").exists():
+        saved = json.loads((out / "train_state.json").read_text(encoding="utf-8"))
         check_resumable(saved.get("resume_key"), resume_key, out)
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        ckpt.restore(latest).assert_existing_objects_matched()
         state = {**saved, "resume_key": resume_key}
         state["epoch"] = int(epoch_var.numpy())
         state["history"] = [r for r in state.get("history", []) if r["epoch"] <= state["epoch"]]
-        logger.info("resuming from %s (epoch %d)", manager.latest_checkpoint, state["epoch"])
+        logger.info("resuming from %s (epoch %d)", latest, state["epoch"])
 
     metric_name = f"val_recall@{cfg.train.eval_k}"
     vq = build_val_queries(train_df, val_df, item_vocab, user_vocab, cfg.data.max_history) if len(val_df) else None
@@ -164,7 +203,7 @@ def train(
         ranked = items_m.numpy() if rank_scale is None else items_m.numpy() * rank_scale[:, None]
         return recall_at_k(q, ranked, vq, cfg.train.eval_k)  # type: ignore[arg-type]
 
-    writer = tf.summary.create_file_writer(str(out / "tensorboard" / "validation"))
+    writer = tf.summary.create_file_writer(str(work / "tensorboard" / "validation"))
     start_epoch = int(state["epoch"])
     fit_seconds, fit_examples = 0.0, 0
     if start_epoch < cfg.train.epochs and not state.get("stopped"):
@@ -190,18 +229,25 @@ def train(
                 averaged=ema > 0,
                 on_epoch=on_epoch,
             ),
-            ScalarLogger(out / "tensorboard"),
+            ScalarLogger(work / "tensorboard"),
         ]
         t_fit = time.perf_counter()
         model.fit(
-            ds, epochs=cfg.train.epochs, initial_epoch=start_epoch, callbacks=callbacks, verbose=1 if progress else 0
+            ds,
+            epochs=cfg.train.epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=1 if progress else 0,
         )
         fit_seconds = time.perf_counter() - t_fit
-        fit_examples = (int(state["epoch"]) - start_epoch) * examples.targets
+        fit_examples = (int(state["epoch"]) - start_epoch) * ds_targets(examples, cluster, cfg.train.seed)
     if Path(str(best_prefix) + ".index").exists():
         best_ckpt.read(str(best_prefix)).assert_existing_objects_matched()
     model.refresh_memory_bank()
-    model_dir = write_model_dir(out, cfg, built, model, split, counts, state)
+    # every worker writes (a checkpoint's save reads variables collectively); the chief's copy is the one kept
+    written = write_model_dir(out if cluster.is_chief else work / "model", cfg, built, model, split, counts, state)
+    model_dir = written if cluster.is_chief else out
     return TrainResult(
         model_dir=model_dir,
         epochs_run=int(state["epoch"]),
@@ -212,4 +258,46 @@ def train(
         skipped_interactions=skipped,
         seconds=time.perf_counter() - t0,
         examples_per_second=fit_examples / fit_seconds if fit_seconds > 0 else float("nan"),
+        workers=cluster.workers,
+        is_chief=cluster.is_chief,
     )
+
+
+def ds_targets(examples: Examples, cluster: Cluster, seed: int) -> int:
+    """Next-item targets this worker trains on per epoch."""
+    if not cluster.distributed:
+        return examples.targets
+    return examples.take(shard_rows(len(examples), cluster, seed)).targets
+
+
+def _input(
+    examples: Examples, user_vocab: IdVocab, cfg: RecfuseConfig, cluster: Cluster, strategy: Any, per_worker: int
+) -> tuple[Any, int | None]:
+    """The training input and its steps per epoch (``None``: one pass of the dataset).
+
+    One process reads one dataset. On several workers each reads its own shard, repeated, for the
+    same number of steps per epoch on every worker (a distributed dataset has no end Keras can see).
+    """
+    if not cluster.distributed:
+        ds = make_dataset(examples, user_vocab, cfg.train.batch_size, cfg.train.seed, cfg.train.user_dropout)
+        return ds, None
+    shard = examples.take(shard_rows(len(examples), cluster, cfg.train.seed))
+    logger.info(
+        "worker %d: %d of %d examples, batch %d of the global %d",
+        cluster.index,
+        len(shard),
+        len(examples),
+        per_worker,
+        cfg.train.batch_size,
+    )
+
+    def per_replica(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        # one input pipeline per worker, already sharded above: the batch is the replica's share
+        batch = ctx.get_per_replica_batch_size(cfg.train.batch_size)
+        ds = make_dataset(shard, user_vocab, batch, cfg.train.seed, cfg.train.user_dropout)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.repeat().with_options(options)  # each pass reshuffles: one pass is one epoch
+
+    steps = -(-len(shard) // (cfg.train.batch_size // strategy.num_replicas_in_sync))
+    return strategy.distribute_datasets_from_function(per_replica), steps
