@@ -137,7 +137,7 @@ def _shard_dim(path: Path) -> int:
 
 
 def _batches(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+    yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False)
 
 
 def _matrix(column: pa.Array, dim: int) -> tuple[FloatArray, np.ndarray]:
