@@ -205,6 +205,14 @@ def _train_one_process(cfg: Path, out: Path) -> float:
     return _val_recall(out)
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+    """The small config trained in one process: (config, model dir, validation Recall@10)."""
+    tmp = tmp_path_factory.mktemp("one_process")
+    cfg = _small_config(tmp, epochs=2)
+    return cfg, tmp / "single", _train_one_process(cfg, tmp / "single")
+
+
 # Seed noise of this config's validation Recall@10 (2 epochs, one process, seeds 1-3) is about
 # ±0.005; two workers differ from one process by their in-batch negatives (half the batch each)
 # and their example order, not by what they learn, so the bar is a few times that noise.
@@ -212,12 +220,13 @@ TOLERANCE = 0.02
 
 
 @pytest.mark.slow
-def test_two_workers_on_loopback_match_one_process(tmp_path: Path, short_tmp: Path) -> None:
+def test_two_workers_on_loopback_match_one_process(
+    tmp_path: Path, short_tmp: Path, one_process: tuple[Path, Path, float]
+) -> None:
     why = _namespace_ok()
     if why:
         pytest.skip(why)
-    cfg = _small_config(tmp_path, epochs=2)
-    single = _train_one_process(cfg, tmp_path / "single")
+    cfg, single_dir, single = one_process
 
     out = tmp_path / "multi"
     workers = ["127.0.0.1:23456", "127.0.0.1:23457"]
@@ -238,7 +247,7 @@ def test_two_workers_on_loopback_match_one_process(tmp_path: Path, short_tmp: Pa
     assert f"worker of 2: trained; the chief writes the model directory {out}" in logs[1]
     from recfuse.models.trained import TrainedModel
 
-    model, reference = TrainedModel.load(out), TrainedModel.load(tmp_path / "single")
+    model, reference = TrainedModel.load(out), TrainedModel.load(single_dir)
     assert list(model.item_ids) == list(reference.item_ids)
     assert model.item_embeddings.shape == reference.item_embeddings.shape
     assert np.isfinite(model.item_embeddings).all()
@@ -256,12 +265,14 @@ def test_two_workers_on_loopback_match_one_process(tmp_path: Path, short_tmp: Pa
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_train_two_workers_on_loopback(tmp_path: Path, short_tmp: Path) -> None:
+def test_ray_train_two_workers_on_loopback(
+    tmp_path: Path, short_tmp: Path, one_process: tuple[Path, Path, float]
+) -> None:
     pytest.importorskip("ray.train.tensorflow")
     why = _namespace_ok()
     if why:
         pytest.skip(why)
-    cfg = _small_config(tmp_path, epochs=2)
+    cfg, _, single = one_process
     out = tmp_path / "ray_model"
     script = f"{sys.executable} -m recfuse train --config {cfg} --out {out} --engine ray --workers 2 --no-progress\n"
     run = _run_in_namespace(script, short_tmp, timeout=420)
@@ -271,5 +282,4 @@ def test_ray_train_two_workers_on_loopback(tmp_path: Path, short_tmp: Path) -> N
     from recfuse.models.trained import TrainedModel
 
     TrainedModel.load(out)
-    single = _train_one_process(cfg, tmp_path / "single")
     assert abs(_val_recall(out) - single) <= TOLERANCE, (_val_recall(out), single)

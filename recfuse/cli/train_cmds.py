@@ -116,6 +116,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"val Recall@{cfg.train.eval_k}: {metric} (best epoch {result.best_epoch} of {result.epochs_run})")
     if result.skipped_interactions:
         print(f"skipped {result.skipped_interactions} training interactions whose item is not in the catalog")
+    if result.examples_per_second == result.examples_per_second:  # not nan: an epoch ran in this call
+        who = "this worker" if result.workers > 1 else "one process"
+        print(f"throughput: {result.examples_per_second:.0f} examples/s ({who})")
     if not result.is_chief:
         print(f"worker of {result.workers}: trained; the chief writes the model directory {result.model_dir}")
         return 0
