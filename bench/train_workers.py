@@ -5,7 +5,8 @@ on this machine, each with its own ``TF_CONFIG``, inside a private network names
 interface is loopback (TensorFlow's worker servers listen on every interface; ``unshare -rn`` keeps
 them off the network). Every process's peak RSS comes from ``/usr/bin/time``. The one-process run is
 the baseline: the table gives examples/s summed over workers and its ratio to the baseline, the
-validation Recall@10 of each, and wall time. On one machine the workers share its cores, so the
+validation Recall@10 of each, and wall time (examples/s of several workers = workers × the slowest
+worker's rate, since they step together). On one machine the workers share its cores, so the
 ratio measures the cost of the strategy (gradient all-reduce each step, every worker validating),
 not the speed-up of adding machines.
 
@@ -86,14 +87,15 @@ def main() -> None:
         work = Path(td)
         base, base_wall = one_process(args.config, work, args.epochs)
         per, wall = workers_run(args.config, work, args.epochs, args.workers)
-    total = sum(p.get("eps", 0.0) for p in per)
+    # the workers step together: the run goes at its slowest worker's pace, on every worker
+    total = args.workers * min(p.get("eps", 0.0) for p in per)
     print(f"config {args.config}, {args.epochs} epochs, {os.cpu_count()} cores on this machine\n")
     print("| run | examples/s | ÷ one process | val Recall@10 | peak RSS per process MB | wall s |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| one process | {base.get('eps', 0):.0f} | 1.00× | {base.get('recall', float('nan')):.4f} | "
           f"{base.get('rss_mb', 0):.0f} | {base_wall:.0f} |")  # fmt: skip
     rss = max(p.get("rss_mb", 0.0) for p in per)
-    print(f"| {args.workers} workers (sum) | {total:.0f} | {total / max(base.get('eps', 1.0), 1.0):.2f}× | "
+    print(f"| {args.workers} workers | {total:.0f} | {total / max(base.get('eps', 1.0), 1.0):.2f}× | "
           f"{per[0].get('recall', float('nan')):.4f} | {rss:.0f} | {wall:.0f} |")  # fmt: skip
     for i, p in enumerate(per):
         print(f"|  worker {i} | {p.get('eps', 0):.0f} | | {p.get('recall', float('nan')):.4f} | "
