@@ -63,7 +63,7 @@ def _recommend(rng: random.Random) -> pb.RecommendRequest:
     return pb.RecommendRequest(
         user_id=_text(rng),
         history=[_text(rng) for _ in range(rng.randrange(4))],
-        k=rng.choice([0, 1, 10, 100, 1000, 1001, 2**31, 2**32 - 1, rng.randrange(50)]),
+        k=rng.choice([0, 1, 10, 100, 1000, 1001, -1, 2**31 - 1, -(2**31), rng.randrange(50)]),
         exclude_item_ids=[_text(rng) for _ in range(rng.randrange(3))],
         exclude_seen=rng.random() < 0.3,
         include_categories=[_text(rng) for _ in range(rng.randrange(2))],
@@ -81,7 +81,7 @@ def _case(rng: random.Random) -> tuple[str, bytes]:
             msg = pb.RecommendBatchRequest(requests=[_recommend(rng) for _ in range(n)])
         elif method.endswith("SimilarItems"):
             msg = pb.SimilarItemsRequest(
-                item_id=_text(rng), k=rng.choice([0, 5, 1000, 2**32 - 1]), request_id=_text(rng)
+                item_id=_text(rng), k=rng.choice([0, 5, 1000, -1, 2**31 - 1]), request_id=_text(rng)
             )
         else:
             msg = _recommend(rng)

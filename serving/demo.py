@@ -45,7 +45,7 @@ def _bin(name: str) -> str:
 def _show(title: str, recs: Recommendations, items: pd.DataFrame) -> None:
     fallback = f", fallback={recs.fallback}" if recs.fallback else ""
     print(
-        f"{title}  [variant={recs.variant} model={recs.model_version}{fallback} "
+        f"{title}  [variant={recs.variant} bundle={recs.bundle_version}{fallback} "
         f"query {recs.query_ms:.2f} ms, search {recs.search_ms:.2f} ms, total {recs.total_ms:.2f} ms]"
     )
     for rank, it in enumerate(recs.items, 1):
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server on 127.0.0.1:{port}, default variant {info.default_variant or '(the only one loaded)'}")
             for v in info.variants:
                 print(
-                    f"  variant {v.variant}: model {v.model_version}, {v.item_count} items x {v.dim}-d, "
+                    f"  variant {v.variant}: bundle {v.bundle_version} (model {v.model_id}), "
+                    f"{v.item_count} items x {v.dim}-d, "
                     f"index {v.index_type}{' ' + v.search_params if v.search_params else ''}, served recall@10 "
                     f"{v.served_recall:.3f}, share {v.traffic_share:.0%}"
                 )

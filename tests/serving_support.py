@@ -50,6 +50,10 @@ def stub(channel: grpc.Channel) -> pb_grpc.RecommenderStub:
     return pb_grpc.RecommenderStub(channel)
 
 
+def admin_stub(channel: grpc.Channel) -> pb_grpc.RecommenderAdminStub:
+    return pb_grpc.RecommenderAdminStub(channel)
+
+
 def self_signed(tmp: Path, host: str = "localhost") -> tuple[Path, Path]:
     """A self-signed server certificate for ``host`` and 127.0.0.1 (cert, key PEM paths)."""
     import ipaddress

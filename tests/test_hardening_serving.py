@@ -22,7 +22,7 @@ from recfuse_serving import sizes
 from recfuse_serving.config import AuthConfig, ServerConfig, TLSConfig
 from recfuse_serving.interceptors import AdminInterceptor, clean_request_id, is_loopback_peer
 from recfuse_serving.server import create_server
-from serving_support import DIM, N_ITEMS, make_root, running, stub
+from serving_support import DIM, N_ITEMS, admin_stub, make_root, running, stub
 
 from recfuse.bundle.publish import list_versions
 from recfuse.bundle.writer import write_bundle
@@ -41,6 +41,7 @@ ALLOWED = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 SERVICE = "/recfuse_api.v1.Recommender/"
+ADMIN_SERVICE = "/recfuse_api.v1.RecommenderAdmin/"
 METHODS = [SERVICE + m for m in ("Recommend", "RecommendBatch", "SimilarItems", "Info")] + [
     "/grpc.health.v1.Health/Check"
 ]
@@ -73,7 +74,7 @@ recommend = st.builds(
     pb.RecommendRequest,
     user_id=ids,
     history=st.lists(ids, max_size=5),
-    k=st.one_of(st.integers(0, 30), st.integers(0, 2**32 - 1)),
+    k=st.one_of(st.integers(0, 30), st.integers(-(2**31), 2**31 - 1)),
     exclude_item_ids=st.lists(ids, max_size=3),
     exclude_seen=st.booleans(),
     include_categories=st.lists(ids, max_size=2),
@@ -84,7 +85,7 @@ recommend = st.builds(
 similar = st.builds(
     pb.SimilarItemsRequest,
     item_id=ids,
-    k=st.one_of(st.integers(0, 30), st.integers(0, 2**32 - 1)),
+    k=st.one_of(st.integers(0, 30), st.integers(-(2**31), 2**31 - 1)),
     exclude_item_ids=st.lists(ids, max_size=3),
     variant=st.one_of(st.just(""), ids),
     request_id=ids,
@@ -247,7 +248,7 @@ def test_start_with_corrupt_current_serves_newest_good_version(tmp_path, caplog)
     caplog.set_level(logging.ERROR)
     with running(tmp_path, reload_interval_s=0) as (server, channel):
         assert server.registry.get("attention").version == good
-        assert stub(channel).Recommend(pb.RecommendRequest(user_id="u1", k=2)).model_version == good
+        assert stub(channel).Recommend(pb.RecommendRequest(user_id="u1", k=2)).bundle_version == good
         text = server.metrics.render().decode()
         assert 'recfuse_reloads_total{result="fallback",variant="attention"} 1.0' in text
         assert server.reload().rejected == []  # the broken CURRENT is not retried until it changes
@@ -283,18 +284,47 @@ def test_tokens_over_plaintext_on_a_public_address_refuse_to_start(tmp_path):
 def test_reload_needs_an_admin_token(root):
     auth = AuthConfig(tokens=(READ,), admin_tokens=(ADMIN,))
     with running(root, auth=auth, reload_interval_s=0) as (_, channel):
-        s = stub(channel)
+        s, admin = stub(channel), admin_stub(channel)
         with pytest.raises(grpc.RpcError) as e:
-            s.Reload(pb.ReloadRequest(), metadata=(("authorization", f"Bearer {READ}"),), timeout=10)
+            admin.Reload(pb.ReloadRequest(), metadata=(("authorization", f"Bearer {READ}"),), timeout=10)
         assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED and "admin token" in e.value.details()
-        assert s.Reload(pb.ReloadRequest(), metadata=(("authorization", f"Bearer {ADMIN}"),), timeout=30)
+        assert "/recfuse_api.v1.RecommenderAdmin/Reload" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            admin.Reload(pb.ReloadRequest(), timeout=10)
+        assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert admin.Reload(pb.ReloadRequest(), metadata=(("authorization", f"Bearer {ADMIN}"),), timeout=30)
         assert s.Info(pb.InfoRequest(), metadata=(("authorization", f"Bearer {ADMIN}"),)).variants
         assert s.Info(pb.InfoRequest(), metadata=(("authorization", f"Bearer {READ}"),)).variants
     with running(root, auth=AuthConfig(admin_tokens=(ADMIN,)), reload_interval_s=0) as (_, channel):
         with pytest.raises(grpc.RpcError) as e:
-            stub(channel).Reload(pb.ReloadRequest(), timeout=10)
+            admin_stub(channel).Reload(pb.ReloadRequest(), timeout=10)
         assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert stub(channel).Info(pb.InfoRequest()).variants  # read methods stay open without [auth] tokens
+
+
+def test_admin_service_needs_a_read_token_when_auth_is_on_without_admin_tokens(root):
+    """`auth.tokens` without `auth.admin_tokens`: the admin service wants a configured token (from loopback)."""
+    with running(root, auth=AuthConfig(tokens=(READ,)), reload_interval_s=0) as (server, channel):
+        admin = admin_stub(channel)
+        with pytest.raises(grpc.RpcError, match="missing `authorization` metadata") as e:
+            admin.Reload(pb.ReloadRequest(), timeout=10)
+        assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError, match="wrong bearer token") as e:
+            admin.Reload(pb.ReloadRequest(), metadata=(("authorization", "Bearer not-a-token"),), timeout=10)
+        assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        # this test's channel comes from 127.0.0.1, which is what lets a read token through here
+        reloaded = admin.Reload(pb.ReloadRequest(), metadata=(("authorization", f"Bearer {READ}"),), timeout=30)
+        assert list(reloaded.reloaded) == [] and list(reloaded.rejected) == []
+        text = server.metrics.render().decode()
+        assert 'recfuse_errors_total{code="UNAUTHENTICATED",rpc="Reload"} 2.0' in text
+
+
+def test_reload_is_not_on_the_public_service(root):
+    with running(root, reload_interval_s=0) as (_, channel):
+        with pytest.raises(grpc.RpcError) as e:
+            _raw(channel, SERVICE + "Reload")(pb.ReloadRequest().SerializeToString(), timeout=10)
+        assert e.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert _status(_raw(channel, ADMIN_SERVICE + "Reload"), b"") is grpc.StatusCode.OK
 
 
 class _Aborted(Exception):
@@ -316,7 +346,7 @@ class _Ctx:
 
 def test_reload_without_admin_tokens_only_from_loopback():
     class Details:
-        method, invocation_metadata = SERVICE + "Reload", ()
+        method, invocation_metadata = ADMIN_SERVICE + "Reload", ()
 
     handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: "reloaded")
     guarded = AdminInterceptor(()).intercept_service(lambda _d: handler, Details())

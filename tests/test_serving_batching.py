@@ -166,5 +166,5 @@ def test_server_with_batching_answers_like_without(tmp_path) -> None:
     for a, b in zip(plain, batched):
         assert [it.item_id for it in a.items] == [it.item_id for it in b.items]
         assert [it.score for it in a.items] == pytest.approx([it.score for it in b.items], abs=1e-5)
-        assert (a.fallback, a.variant, a.model_version) == (b.fallback, b.variant, b.model_version)
+        assert (a.fallback, a.variant, a.bundle_version) == (b.fallback, b.variant, b.bundle_version)
         assert [it.title for it in a.items] == [it.title for it in b.items]

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from bundle_factory import make_bundle
 from recfuse_api.v1 import recommender_pb2 as pb
-from serving_support import DIM, N_ITEMS, running, stub
+from serving_support import DIM, N_ITEMS, admin_stub, running, stub
 
 from recfuse.bundle.publish import publish_current
 
@@ -31,7 +31,7 @@ def test_hot_reload_under_load_has_zero_failures(tmp_path):
                 try:
                     r = s.Recommend(pb.RecommendRequest(user_id=f"u{slot}", k=5), timeout=5)
                     assert len(r.items) == 5
-                    seen[slot].append(r.model_version)
+                    seen[slot].append(r.bundle_version)
                 except BaseException as exc:  # any failure counts
                     errors.append(exc)
 
@@ -60,7 +60,7 @@ def test_corrupted_new_bundle_is_rejected_and_old_keeps_serving(tmp_path):
     v1 = make_bundle(root, n_items=N_ITEMS, dim=DIM, seed=0).name
     other = make_bundle(tmp_path / "other", n_items=N_ITEMS, dim=DIM, seed=1)
     with running(root, reload_interval_s=0) as (server, channel):
-        s = stub(channel)
+        s, admin = stub(channel), admin_stub(channel)
         before = s.Recommend(pb.RecommendRequest(user_id="u1", k=5), timeout=5)
         bad = root / "attention" / "20991231T000000.000000Z-badbad"
         shutil.copytree(other, bad)
@@ -69,22 +69,22 @@ def test_corrupted_new_bundle_is_rejected_and_old_keeps_serving(tmp_path):
         data[len(data) // 2] ^= 0xFF
         index.write_bytes(bytes(data))
         publish_current(root / "attention", bad.name)
-        first = s.Reload(pb.ReloadRequest(), timeout=30)
+        first = admin.Reload(pb.ReloadRequest(), timeout=30)
         assert list(first.reloaded) == [] and len(first.rejected) == 1
         assert first.rejected[0].startswith(f"attention:{bad.name}: ") and "index.faiss" in first.rejected[0]
         # The next pass does not retry the same broken version.
-        second = s.Reload(pb.ReloadRequest(), timeout=30)
+        second = admin.Reload(pb.ReloadRequest(), timeout=30)
         assert list(second.reloaded) == [] and list(second.rejected) == []
         after = s.Recommend(pb.RecommendRequest(user_id="u1", k=5), timeout=5)
-        assert after.model_version == v1 and [i.item_id for i in after.items] == [i.item_id for i in before.items]
+        assert after.bundle_version == v1 and [i.item_id for i in after.items] == [i.item_id for i in before.items]
         text = server.metrics.render().decode()
         assert 'recfuse_reloads_total{result="failed",variant="attention"} 1.0' in text
         assert f'recfuse_bundle_info{{variant="attention",version="{v1}"}} 1.0' in text
         # A fixed version published later is picked up.
         shutil.rmtree(bad)
         good = make_bundle(root, n_items=N_ITEMS, dim=DIM, seed=2).name
-        assert list(s.Reload(pb.ReloadRequest(), timeout=30).reloaded) == [f"attention:{good}"]
-        assert s.Recommend(pb.RecommendRequest(user_id="u1"), timeout=5).model_version == good
+        assert list(admin.Reload(pb.ReloadRequest(), timeout=30).reloaded) == [f"attention:{good}"]
+        assert s.Recommend(pb.RecommendRequest(user_id="u1"), timeout=5).bundle_version == good
 
 
 def test_reload_reports_the_checksum_failure(tmp_path):

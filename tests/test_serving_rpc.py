@@ -3,6 +3,7 @@ metrics, request ids, A/B routing with exposures."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
 import time
@@ -52,7 +53,7 @@ def test_recommend_known_user_history_and_popular_fallback(served):
     r = s.Recommend(pb.RecommendRequest(user_id="u1", k=5, request_id="req-1"), timeout=5)
     assert len(r.items) == 5 and r.fallback == pb.FALLBACK_NONE and r.request_id == "req-1"
     assert r.variant == assign_variant("u1", "exp1", SHARES)
-    assert r.model_version and r.timing.total_ms >= r.timing.search_ms > 0
+    assert r.bundle_version and r.timing.total_ms >= r.timing.search_ms > 0
     assert all(it.HasField("title") and it.title for it in r.items)
     scores = [it.score for it in r.items]
     assert scores == sorted(scores, reverse=True)
@@ -104,7 +105,8 @@ def test_recommend_answers_what_the_library_answers_and_logs_exposures(served):
         assert [it.item_id for it in r.items] == want.item_ids, case
         assert [it.score for it in r.items] == pytest.approx([it.score for it in want.items], rel=1e-6)
         assert [it.title for it in r.items] == [rec.item_title(i) for i in want.item_ids]
-        assert r.fallback_reason == want.fallback and r.model_version == want.model_version == rec.version
+        assert r.fallback_reason == want.fallback and r.bundle_version == want.model_version == rec.version
+        assert r.fallback == (pb.FALLBACK_POPULAR if want.fallback else pb.FALLBACK_NONE)
         assert r.variant == "concat" and r.request_id == f"lib-{i}"
     server.exposures.flush()
     table = read_exposures(exposures).to_pandas()
@@ -145,26 +147,39 @@ def test_recommend_batch_keeps_order_and_routes_per_user(served):
 
 
 def test_similar_items_and_info(served):
-    _, channel, _ = served
+    server, channel, _ = served
     s = stub(channel)
     r = s.SimilarItems(pb.SimilarItemsRequest(item_id="i6", k=5), timeout=5)
     ids = [it.item_id for it in r.items]
     assert len(ids) == 5 and "i6" not in ids
+    assert r.bundle_version == server.registry.get("attention").version
     assert sum(int(i[1:]) % 8 == 6 for i in ids) >= 4
     info = s.Info(pb.InfoRequest(), timeout=5)
     assert [v.variant for v in info.variants] == ["attention", "concat"]
     assert info.default_variant == "attention"
     # the salt stays on the server: with it any client could compute every user's arm
     assert "ab_salt" not in {f.name for f in pb.InfoResponse.DESCRIPTOR.fields} and "exp1" not in str(info)
-    for v in info.variants:
+    for seed, v in enumerate(info.variants):  # make_root: seed 0, 1 in variant order
         assert v.item_count == N_ITEMS and v.dim == 16 and v.index_type == "Flat" and v.traffic_share == 0.5
-        assert v.model_version and v.created_at.endswith("Z") and v.ann_recall == pytest.approx(1.0)
+        bundle = server.registry.get(v.variant).bundle
+        assert v.bundle_version == bundle.version and v.model_id == bundle.model_version == f"random-seed{seed}"
+        # created_at is a Timestamp equal to the manifest's ISO text, to the microsecond
+        assert v.HasField("created_at") and v.ann_recall == pytest.approx(1.0)
+        written = dt.datetime.fromisoformat(bundle.manifest["created_at"])
+        assert v.created_at.ToDatetime(tzinfo=dt.UTC) == written and written.tzinfo is not None
+    with RecfuseClient(f"127.0.0.1:{server.port}") as client:
+        first = client.info().variants[0]
+    assert (first.bundle_version, first.model_id) == (info.variants[0].bundle_version, "random-seed0")
+    assert first.created_at == info.variants[0].created_at.ToDatetime(tzinfo=dt.UTC)
+    assert first.created_at.utcoffset() == dt.timedelta(0)
 
 
 @pytest.mark.parametrize(
     ("request_", "match"),
     [
         (pb.RecommendRequest(user_id="u1", k=51), r"`k` must be in \[1, 50\], got 51"),
+        (pb.RecommendRequest(user_id="u1", k=-1), r"`k` must be >= 0 \(0 = the server default of 10, .*got -1$"),
+        (pb.RecommendRequest(user_id="u1", k=-(2**31), exclude_seen=True), r"`k` must be >= 0 .*got -2147483648$"),
         (pb.RecommendRequest(user_id="x" * 300), r"`user_id` is 300 characters long"),
         (pb.RecommendRequest(history=["i1"] * 1001), r"`history` has 1001 entries; at most 1000"),
         (pb.RecommendRequest(history=["i1", ""]), r"`history\[1\]` is an empty string"),
@@ -195,6 +210,13 @@ def test_batch_and_similar_errors(served):
     with pytest.raises(grpc.RpcError, match=r"`item_id` 'nope' is not in bundle attention/") as e:
         s.SimilarItems(pb.SimilarItemsRequest(item_id="nope"), timeout=5)
     assert e.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError, match=r"`k` must be >= 0 \(0 = the server default of 10, ") as e:
+        s.SimilarItems(pb.SimilarItemsRequest(item_id="i6", k=-3), timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and e.value.details().endswith("got -3")
+    negative = [pb.RecommendRequest(user_id="u1", k=2), pb.RecommendRequest(user_id="u2", k=-2)]
+    with pytest.raises(grpc.RpcError, match=r"`requests\[1\]\.k` must be >= 0 ") as e:
+        s.RecommendBatch(pb.RecommendBatchRequest(requests=negative), timeout=5)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and e.value.details().endswith("got -2")
 
 
 def test_deadline_exceeded(served):
@@ -229,12 +251,17 @@ def test_request_id_in_trailing_metadata_and_generated(served):
 def test_health_serving_and_reflection_lists_services(served):
     _, channel, _ = served
     h = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "recfuse_api.v1.Recommender"):
+    for service in ("", "recfuse_api.v1.Recommender", "recfuse_api.v1.RecommenderAdmin"):
         assert h.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == 1  # SERVING
     r = reflection_pb2_grpc.ServerReflectionStub(channel)
     answers = list(r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     names = {s.name for s in answers[0].list_services_response.service}
-    assert {"recfuse_api.v1.Recommender", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert {
+        "recfuse_api.v1.Recommender",
+        "recfuse_api.v1.RecommenderAdmin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
 
 
 def test_exposures_written_per_variant_and_metrics_scraped(served):
@@ -267,11 +294,15 @@ def test_unavailable_then_serving_after_publish(root, tmp_path):
     with running(empty, ready=False, reload_interval_s=0) as (server, channel):
         h = health_pb2_grpc.HealthStub(channel)
         assert h.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 2  # NOT_SERVING
+        admin = health_pb2.HealthCheckRequest(service="recfuse_api.v1.RecommenderAdmin")
+        assert h.Check(admin, timeout=5).status == 1  # the admin service works before any bundle loads
         with pytest.raises(grpc.RpcError, match="no bundle is loaded yet") as e:
             stub(channel).Recommend(pb.RecommendRequest(user_id="u1"), timeout=5)
         assert e.value.code() is grpc.StatusCode.UNAVAILABLE
         make_root(empty, ("attention",))
-        reloaded = stub(channel).Reload(pb.ReloadRequest(), timeout=30).reloaded
+        with RecfuseClient(f"127.0.0.1:{server.port}") as client:
+            reloaded, rejected = client.reload()
+        assert rejected == []
         assert len(reloaded) == 1 and reloaded[0].startswith("attention:")
         assert h.Check(health_pb2.HealthCheckRequest(service="recfuse_api.v1.Recommender"), timeout=5).status == 1
         assert len(stub(channel).Recommend(pb.RecommendRequest(user_id="u1", k=2), timeout=5).items) == 2

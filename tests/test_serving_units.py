@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ import pytest
 from recfuse_api.v1 import recommender_pb2 as pb
 from recfuse_serving import convert
 from recfuse_serving.config import ServerConfig
-from recfuse_serving.interceptors import AuthInterceptor, TokenBucket
+from recfuse_serving.interceptors import ADMIN_METHODS, ADMIN_PREFIX, AuthInterceptor, TokenBucket
 from recfuse_serving.logs import REQUEST_ID, JsonFormatter
 from recfuse_serving.metrics import ServingMetrics
 from recfuse_serving.status import DeadlineExceededError, UnauthenticatedError, UnavailableError, code_for
@@ -24,7 +25,7 @@ from recfuse.errors import (
     RecfuseError,
     ResourceExhaustedError,
 )
-from recfuse.inference import Recommendation, ScoredItem
+from recfuse.inference import BundleInfo, Recommendation, ScoredItem
 
 
 def test_config_from_toml_with_sections(tmp_path):
@@ -102,6 +103,48 @@ def test_convert_query_defaults_and_response():
     assert (msg.timing.query_ms, msg.timing.search_ms, msg.timing.total_ms) == pytest.approx((0.1, 0.2, 1.5))
     other = convert.to_response(Recommendation([], "cold", "v1", "a", 0, 0), "r2", 0.0)
     assert other.fallback == pb.FALLBACK_OTHER and other.fallback_reason == "cold"
+    model = convert.to_response(Recommendation([], "", "v7", "a", 0, 0), "r3", 0.0)
+    assert model.fallback == pb.FALLBACK_NONE != pb.FALLBACK_UNSPECIFIED and model.bundle_version == "v7"
+    assert convert.to_similar_response(rec, "r4", 1.0).bundle_version == "v1"
+
+
+def test_k_zero_is_the_default_and_negative_k_is_refused():
+    assert (convert.k_of(0, 10), convert.k_of(3, 10)) == (10, 3)
+    with pytest.raises(InvalidRequestError, match=r"^`k` must be >= 0 \(0 = the server default of 10, .*got -1$"):
+        convert.k_of(-1, 10)
+    with pytest.raises(InvalidRequestError, match=r"^`requests\[2\]\.k` must be >= 0 .*got -5$"):
+        convert.k_of(-5, 10, "requests[2].k")
+    with pytest.raises(InvalidRequestError, match=r"`k` must be >= 0 .*got -7$"):
+        convert.to_query(pb.RecommendRequest(user_id="u1", k=-7), default_k=10)
+
+
+def _bundle_info(created_at: str) -> BundleInfo:
+    return BundleInfo("attention", "20260102T030405.000000Z-abc", "model-7", created_at, 300, 40, 16, "ip",
+                      "HNSW32", 0.9, 3, "0.1.0", "/b", search_params="efSearch=48")  # fmt: skip
+
+
+def test_variant_info_names_bundle_version_and_model_id_and_carries_a_timestamp():
+    msg = convert.to_variant_info(_bundle_info("2026-01-02T03:04:05.123456Z"), 0.25)
+    assert (msg.bundle_version, msg.model_id) == ("20260102T030405.000000Z-abc", "model-7")
+    assert (msg.item_count, msg.dim, msg.traffic_share, msg.search_params) == (300, 16, 0.25, "efSearch=48")
+    assert msg.created_at.ToDatetime(tzinfo=dt.UTC) == dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
+    assert msg.created_at.ToJsonString() == "2026-01-02T03:04:05.123456Z"
+    # another offset is converted to UTC; no offset is read as UTC (bundles write UTC)
+    east = convert.to_variant_info(_bundle_info("2026-01-02T05:04:05+02:00"), 1.0).created_at
+    naive = convert.to_variant_info(_bundle_info("2026-01-02T03:04:05"), 1.0).created_at
+    assert east.ToJsonString() == naive.ToJsonString() == "2026-01-02T03:04:05Z"
+
+
+def test_variant_info_leaves_an_unparseable_created_at_unset(caplog):
+    with caplog.at_level(logging.WARNING, logger="recfuse_serving.convert"):
+        msg = convert.to_variant_info(_bundle_info("last tuesday"), 1.0)
+    assert not msg.HasField("created_at")
+    assert "created_at 'last tuesday' is not an ISO 8601 time" in caplog.text
+
+
+def test_admin_guard_covers_the_whole_admin_service():
+    assert ADMIN_PREFIX == "/recfuse_api.v1.RecommenderAdmin/"
+    assert ADMIN_METHODS == ("/recfuse_api.v1.RecommenderAdmin/Reload",)
 
 
 def test_json_log_lines_carry_request_id():

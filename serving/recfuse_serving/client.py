@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,8 @@ from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
 T = TypeVar("T")
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
-_FALLBACK_NAMES = {pb.FALLBACK_NONE: "", pb.FALLBACK_POPULAR: "popular"}
+# FALLBACK_UNSPECIFIED is never sent by the server; a message that lacks the field says so rather than "".
+_FALLBACK_NAMES = {pb.FALLBACK_NONE: "", pb.FALLBACK_POPULAR: "popular", pb.FALLBACK_UNSPECIFIED: "unspecified"}
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,13 @@ class Recommendations:
     """A Recommend/SimilarItems answer.
 
     Attributes:
-        items: best first. variant / model_version: who answered. fallback: "" (model) or e.g. "popular".
+        items: best first. variant / bundle_version: who answered. fallback: "" (model) or e.g. "popular".
         query_ms / search_ms / total_ms: server-side timings. request_id: the id the server logged.
     """
 
     items: list[Item]
     variant: str
-    model_version: str
+    bundle_version: str
     fallback: str
     query_ms: float
     search_ms: float
@@ -61,16 +63,25 @@ class Recommendations:
 
 @dataclass(frozen=True)
 class VariantInfo:
+    """One served variant (``Info``).
+
+    Attributes:
+        bundle_version: the bundle version serving now. model_id: the trained model it was exported from.
+        created_at: when the bundle was written (aware UTC; None when the server does not know).
+        ann_recall / served_recall: recall@10 vs exact search (0 = unknown).
+    """
+
     variant: str
-    model_version: str
+    bundle_version: str
     index_type: str
     item_count: int
     dim: int
     ann_recall: float
-    created_at: str
+    created_at: dt.datetime | None
     traffic_share: float
     served_recall: float = 0.0
     search_params: str = ""
+    model_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,7 +127,7 @@ def _recs(msg: pb.RecommendResponse) -> Recommendations:
     return Recommendations(
         items=_items(msg),
         variant=msg.variant,
-        model_version=msg.model_version,
+        bundle_version=msg.bundle_version,
         fallback=msg.fallback_reason or _FALLBACK_NAMES.get(msg.fallback, "other"),
         query_ms=msg.timing.query_ms,
         search_ms=msg.timing.search_ms,
@@ -136,11 +147,12 @@ class RetryPolicy:
 
 
 class RecfuseClient:
-    """Blocking client of ``recfuse_api.v1.Recommender``.
+    """Blocking client of ``recfuse_api.v1.Recommender`` and (:meth:`reload`) ``recfuse_api.v1.RecommenderAdmin``.
 
     Args:
         target: ``host:port``.
-        token: bearer token sent as ``authorization: Bearer <token>`` (None: none).
+        token: bearer token sent as ``authorization: Bearer <token>`` on every call (None: none); an
+            admin token (server ``auth.admin_tokens``) is accepted by the read methods too.
         root_cert: PEM file (or bytes) of the CA/server certificate; given -> TLS channel.
         timeout: default deadline per call in seconds (each retry gets its own).
         retry: backoff policy for UNAVAILABLE (server starting, restarting, or no bundle yet).
@@ -170,6 +182,7 @@ class RecfuseClient:
         else:
             self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._admin = pb_grpc.RecommenderAdminStub(self._channel)
 
     # ---------------------------------------------------------------- plumbing
     def _invoke(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
@@ -250,7 +263,7 @@ class RecfuseClient:
         return Recommendations(
             _items(msg),
             msg.variant,
-            msg.model_version,
+            msg.bundle_version,
             "",
             0.0,
             msg.timing.search_ms,
@@ -265,15 +278,16 @@ class RecfuseClient:
             variants=[
                 VariantInfo(
                     v.variant,
-                    v.model_version,
+                    v.bundle_version,
                     v.index_type,
                     v.item_count,
                     v.dim,
                     v.ann_recall,
-                    v.created_at,
+                    v.created_at.ToDatetime(tzinfo=dt.UTC) if v.HasField("created_at") else None,
                     v.traffic_share,
                     v.served_recall,
                     v.search_params,
+                    v.model_id,
                 )
                 for v in msg.variants
             ],
@@ -282,6 +296,10 @@ class RecfuseClient:
         )
 
     def reload(self, timeout: float | None = None) -> tuple[list[str], list[str]]:
-        """Ask the server to reload bundles now; returns (reloaded, rejected)."""
-        msg = self._invoke(self._stub.Reload, pb.ReloadRequest(), timeout)
+        """``RecommenderAdmin.Reload``: reload bundles now; returns (reloaded, rejected).
+
+        Needs an admin token (``token``) when the server has ``auth.admin_tokens``; without them the
+        server accepts it only from its own host (PERMISSION_DENIED otherwise).
+        """
+        msg = self._invoke(self._admin.Reload, pb.ReloadRequest(), timeout)
         return list(msg.reloaded), list(msg.rejected)

@@ -21,7 +21,7 @@ Example ``server.toml``::
 
     [auth]
     tokens = ["s3cret-read"]
-    admin_tokens = ["s3cret-admin"]   # may call Reload
+    admin_tokens = ["s3cret-admin"]   # may also call the RecommenderAdmin service (Reload)
 
 Example:
     >>> ServerConfig.from_dict({"max_k": 50, "ab": {"shares": {"a": 1.0}}}).ab.shares
@@ -117,8 +117,9 @@ class AuthConfig:
 
     Attributes:
         tokens: bearer tokens accepted for the read methods (Recommend, RecommendBatch, SimilarItems, Info).
-        admin_tokens: bearer tokens that may also call ``Reload``. Without any, ``Reload`` is accepted only
-            from connections on the server's own host (127.0.0.1 / ::1), whatever token they carry.
+        admin_tokens: bearer tokens that may also call the ``RecommenderAdmin`` service (``Reload``). Without
+            any, it is accepted only from connections on the server's own host (127.0.0.1 / ::1), and only
+            with one of ``tokens`` when those are set.
         allow_insecure: accept tokens over plaintext on a non-loopback address (they cross the network in
             the clear). Off: such a config refuses to start; configure ``[tls]`` instead.
     """
@@ -182,7 +183,7 @@ class ServerConfig:
         fallback: at start-up, a variant whose ``CURRENT`` does not load serves the newest version
             that verifies (``newest``, ERROR log + ``recfuse_reloads_total{result="fallback"}``), or
             the server refuses to start (``none``).
-        reload_interval_s: poll ``CURRENT`` files this often (0 = only on SIGHUP / Reload RPC).
+        reload_interval_s: poll ``CURRENT`` files this often (0 = only on SIGHUP / the admin Reload RPC).
         grace_s: how long in-flight calls may drain on SIGTERM.
         shutdown_delay_s: on SIGTERM, keep answering this long after health goes NOT_SERVING (load
             balancers notice; calls already on the wire are not cancelled), then stop accepting.

@@ -1,4 +1,7 @@
-"""Proto messages <-> recfuse.inference dataclasses (no logic beyond field mapping).
+"""Proto messages <-> recfuse.inference dataclasses (field mapping, ``k`` defaulting, time formats).
+
+The library's ``Recommendation.model_version`` / ``BundleInfo.version`` is the bundle version: on the
+wire it is ``bundle_version``; ``BundleInfo.model_version`` (the trained model) is ``model_id``.
 
 Example:
     >>> q = to_query(pb.RecommendRequest(user_id="u1", k=0), default_k=10)
@@ -8,22 +11,44 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 from collections.abc import Callable
 
 from recfuse_api.v1 import recommender_pb2 as pb
 
+from recfuse.errors import InvalidRequestError
 from recfuse.inference import BundleInfo, RankedRows, Recommendation, RecommendQuery
 from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR
+
+logger = logging.getLogger(__name__)
 
 _FALLBACKS = {FALLBACK_NONE: pb.FALLBACK_NONE, FALLBACK_POPULAR: pb.FALLBACK_POPULAR}
 
 
+def k_of(k: int, default_k: int, field: str = "k") -> int:
+    """The ``k`` a request asks for: ``default_k`` for 0, ``k`` when positive.
+
+    Raises:
+        InvalidRequestError: ``k`` is negative (the message names ``field`` and the value).
+    """
+    if k < 0:
+        raise InvalidRequestError(
+            f"`{field}` must be >= 0 (0 = the server default of {default_k}, else the number of items), got {k}"
+        )
+    return k or default_k
+
+
 def to_query(request: pb.RecommendRequest, default_k: int) -> RecommendQuery:
-    """A library query from a ``RecommendRequest`` (``k=0`` means ``default_k``; "" user = anonymous)."""
+    """A library query from a ``RecommendRequest`` (``k=0`` means ``default_k``; "" user = anonymous).
+
+    Raises:
+        InvalidRequestError: ``k`` is negative.
+    """
     return RecommendQuery(
         user_id=request.user_id or None,
         history=list(request.history),
-        k=int(request.k) or default_k,
+        k=k_of(request.k, default_k),
         exclude_item_ids=list(request.exclude_item_ids),
         exclude_seen=bool(request.exclude_seen),
         include_categories=list(request.include_categories),
@@ -33,7 +58,7 @@ def to_query(request: pb.RecommendRequest, default_k: int) -> RecommendQuery:
 
 def _header(
     variant: str,
-    model_version: str,
+    bundle_version: str,
     fallback: str,
     request_id: str,
     query_ms: float,
@@ -43,7 +68,7 @@ def _header(
     """A ``RecommendResponse`` without items: who answered, the fallback, the timings."""
     out = pb.RecommendResponse(
         variant=variant,
-        model_version=model_version,
+        bundle_version=bundle_version,
         fallback=_FALLBACKS.get(fallback, pb.FALLBACK_OTHER),
         fallback_reason=fallback,
         request_id=request_id,
@@ -74,14 +99,14 @@ def to_response(
 def ranked_to_response(
     ranked: RankedRows,
     variant: str,
-    model_version: str,
+    bundle_version: str,
     request_id: str,
     total_ms: float,
     item_id_of_row: tuple[str, ...],
     title_of_row: tuple[str, ...],
 ) -> pb.RecommendResponse:
     """A ``RecommendResponse`` from catalog rows (``Recommender.rank``): ids and titles by row."""
-    out = _header(variant, model_version, ranked.fallback, request_id, ranked.query_ms, ranked.search_ms, total_ms)
+    out = _header(variant, bundle_version, ranked.fallback, request_id, ranked.query_ms, ranked.search_ms, total_ms)
     add = out.items.add
     for r, s in zip(ranked.rows, ranked.scores):
         add(item_id=item_id_of_row[r], score=s, title=title_of_row[r])
@@ -96,7 +121,7 @@ def to_similar_response(
     return pb.SimilarItemsResponse(
         items=full.items,
         variant=full.variant,
-        model_version=full.model_version,
+        bundle_version=full.bundle_version,
         timing=full.timing,
         request_id=request_id,
     )
@@ -104,15 +129,38 @@ def to_similar_response(
 
 def to_variant_info(info: BundleInfo, share: float) -> pb.VariantInfo:
     """``VariantInfo`` of one loaded bundle and its configured traffic share."""
-    return pb.VariantInfo(
+    out = pb.VariantInfo(
         variant=info.variant,
-        model_version=info.version,
+        bundle_version=info.version,
+        model_id=info.model_version,
         index_type=info.index_factory,
         item_count=info.item_count,
         dim=info.dim,
         ann_recall=info.ann_recall or 0.0,
-        created_at=info.created_at,
         traffic_share=share,
         served_recall=info.served_recall or 0.0,
         search_params=info.search_params,
     )
+    created = parse_utc(info.created_at)
+    if created is not None:
+        out.created_at.FromDatetime(created)
+    else:
+        logger.warning(
+            "bundle %s/%s: created_at %r is not an ISO 8601 time; Info leaves it unset",
+            info.variant,
+            info.version,
+            info.created_at,
+        )
+    return out
+
+
+def parse_utc(text: str) -> dt.datetime | None:
+    """An ISO 8601 time (``2026-01-02T03:04:05.123456Z``) as an aware UTC datetime; None when it does not parse.
+
+    A time without an offset is taken as UTC (bundles write UTC).
+    """
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)

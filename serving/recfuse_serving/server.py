@@ -1,8 +1,10 @@
 """The recfuse gRPC server: ``create_server(config, bundles_dir) -> (server, port)`` and ``recfuse-serve``.
 
-What one server process runs: the Recommender service behind interceptors (JSON access log +
-metrics, bearer auth, concurrency/rate limits), grpc health (``NOT_SERVING`` until every routed
-variant has a bundle, then ``SERVING``; overall and per service) and reflection, a reload watcher
+What one server process runs: the Recommender service and the RecommenderAdmin service (``Reload``;
+admin token, or the server's own host when no admin tokens are configured) behind interceptors (JSON
+access log + metrics, bearer auth, the admin guard, concurrency/rate limits), grpc health
+(overall and ``Recommender``: ``NOT_SERVING`` until every routed variant has a bundle, then
+``SERVING``; ``RecommenderAdmin``: ``SERVING`` from the start) and reflection, a reload watcher
 thread, an optional exposure logger and a Prometheus endpoint on 127.0.0.1. SIGTERM/SIGINT: health
 goes ``NOT_SERVING`` (``enter_graceful_shutdown``), in-flight calls drain for ``grace_s``, the
 exposure logger is flushed, exit 0. SIGHUP: reload bundles now.
@@ -50,12 +52,13 @@ from recfuse_serving.logs import configure_json_logging
 from recfuse_serving.metrics import ServingMetrics
 from recfuse_serving.registry import VariantRegistry
 from recfuse_serving.reload import ReloadWatcher
-from recfuse_serving.servicer import RecommenderServicer
+from recfuse_serving.servicer import RecommenderAdminServicer, RecommenderServicer
 from recfuse_serving.threads import limit_blas_threads
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
 
 
 def limits_of(config: ServerConfig) -> Limits:
@@ -124,11 +127,15 @@ class RecfuseServer:
         self.grpc_server = grpc.server(self._pool, interceptors=interceptors, options=grpc_options(config, reuse_port))
         self.servicer = RecommenderServicer(self.registry, config, self.exposures)
         pb_grpc.add_RecommenderServicer_to_server(self.servicer, self.grpc_server)
+        self.admin = RecommenderAdminServicer(self.registry.reload)
+        pb_grpc.add_RecommenderAdminServicer_to_server(self.admin, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
         self._update_health()
+        # Admin actions work before any bundle has loaded (a Reload is how an operator fixes that).
+        self.health.set(ADMIN_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         address = f"{config.host}:{config.port}"
         if config.tls.enabled:
             creds = grpc.ssl_server_credentials(

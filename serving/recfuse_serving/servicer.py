@@ -1,13 +1,18 @@
-"""The Recommender gRPC servicer: route, call the library, convert; errors go through ONE wrapper.
+"""The gRPC servicers: route, call the library, convert; errors go through ONE wrapper.
 
-Every RPC method is ``return self._call(context, <handler>, request)``: :meth:`RecommenderServicer._call`
-checks the deadline first, runs the handler and maps any exception through
-:func:`recfuse_serving.status.abort_with` — no handler aborts on its own. Before any work each handler
-bounds its response (``recfuse_serving.sizes``: ``k`` × the bundle's largest item, per sub-request of
-a batch) against ``max_message_bytes``, so no answer is computed that grpc could not send.
+:class:`RecommenderServicer` serves ``recfuse_api.v1.Recommender`` (the read methods);
+:class:`RecommenderAdminServicer` serves ``recfuse_api.v1.RecommenderAdmin`` (``Reload``), whose
+callers the admin interceptor restricts (``recfuse_serving.interceptors.auth``).
+
+Every RPC method is ``return call(context, <handler>, request)``: :func:`call` checks the deadline
+first, runs the handler and maps any exception through :func:`recfuse_serving.status.abort_with` — no
+handler aborts on its own. Before any work each handler bounds its response
+(``recfuse_serving.sizes``: ``k`` × the bundle's largest item, per sub-request of a batch) against
+``max_message_bytes``, so no answer is computed that grpc could not send.
 
 Example:
     >>> servicer = RecommenderServicer(registry, config, exposures=None)   # doctest: +SKIP
+    >>> admin = RecommenderAdminServicer(registry.reload)                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from recfuse_api.v1 import recommender_pb2 as pb
@@ -29,7 +34,7 @@ from recfuse_serving.batcher import RecommendBatcher
 from recfuse_serving.config import ServerConfig
 from recfuse_serving.interceptors import clean_request_id
 from recfuse_serving.logs import REQUEST_ID
-from recfuse_serving.registry import Served, VariantRegistry
+from recfuse_serving.registry import ReloadResult, Served, VariantRegistry
 from recfuse_serving.status import DeadlineExceededError, abort_with
 
 logger = logging.getLogger(__name__)
@@ -57,6 +62,16 @@ def _check_deadline(context: grpc.ServicerContext, what: str) -> None:
         )
 
 
+def call(context: grpc.ServicerContext, handler: Callable[[Req, str], Resp], request: Req) -> Resp:
+    """The one error wrapper: deadline check, ``handler(request, request_id)``, any exception -> status."""
+    request_id = REQUEST_ID.get() or getattr(request, "request_id", "")
+    try:
+        _check_deadline(context, "before the request started")
+        return handler(request, request_id)
+    except Exception as exc:
+        abort_with(context, exc, request_id)
+
+
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Adapter from ``recfuse_api.v1.Recommender`` to :class:`recfuse.inference.Recommender` per variant.
 
@@ -64,7 +79,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         registry: loaded variants and routing.
         config: limits (``default_k``, ``max_batch``).
         exposures: where each served Recommend is logged (None: not logged).
-        reload: the admin reload action (the server passes ``registry.reload`` via its watcher).
     """
 
     def __init__(
@@ -72,40 +86,26 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         registry: VariantRegistry,
         config: ServerConfig,
         exposures: ExposureLogger | None = None,
-        reload: Callable[[], Any] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.exposures = exposures
-        self._reload = reload or registry.reload
         self.batcher = RecommendBatcher(min(config.batch_max_size, config.max_batch)) if config.batching else None
-
-    # ---------------------------------------------------------------- the one error wrapper
-    def _call(self, context: grpc.ServicerContext, handler: Callable[[Req, str], Resp], request: Req) -> Resp:
-        request_id = REQUEST_ID.get() or getattr(request, "request_id", "")
-        try:
-            _check_deadline(context, "before the request started")
-            return handler(request, request_id)
-        except Exception as exc:
-            abort_with(context, exc, request_id)
 
     # ---------------------------------------------------------------- RPCs
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
-        return self._call(context, lambda req, request_id: self._recommend(req, request_id, context), request)
+        return call(context, lambda req, request_id: self._recommend(req, request_id, context), request)
 
     def RecommendBatch(
         self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
     ) -> pb.RecommendBatchResponse:
-        return self._call(context, self._recommend_batch, request)
+        return call(context, self._recommend_batch, request)
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
-        return self._call(context, self._similar, request)
+        return call(context, self._similar, request)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
-        return self._call(context, self._info, request)
-
-    def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:
-        return self._call(context, self._reload_rpc, request)
+        return call(context, self._info, request)
 
     # ---------------------------------------------------------------- handlers
     def _recommend(
@@ -115,7 +115,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         variant = self.registry.route(request.user_id, request.variant)
         served = self.registry.served(variant)
         rec = served.rec
-        k = int(request.k) or self.config.default_k
+        k = convert.k_of(request.k, self.config.default_k)
         if k > served.fit_k:
             self._check_size("k", k, served)
         if self.batcher is None and not (
@@ -171,7 +171,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         for variant, rows in groups.items():
             view = views[variant]
             for i in rows:
-                ks.append(int(request.requests[i].k) or self.config.default_k)
+                ks.append(convert.k_of(request.requests[i].k, self.config.default_k, f"requests[{i}].k"))
                 item_bytes.append(view.item_bytes)
                 header_bytes.append(view.header_bytes)
         if max(ks, default=0) <= self.config.max_k:  # larger k: the library names the limit
@@ -202,7 +202,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         start = time.perf_counter()
         variant = self.registry.route("", request.variant)
         served = self.registry.served(variant)
-        k = int(request.k) or self.config.default_k
+        k = convert.k_of(request.k, self.config.default_k)
         if k > served.fit_k:
             self._check_size("k", k, served)
         answer = served.rec.similar_items(
@@ -223,10 +223,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             server_version=SERVER_VERSION,
         )
 
-    def _reload_rpc(self, request: pb.ReloadRequest, request_id: str) -> pb.ReloadResponse:
-        result = self._reload()
-        return pb.ReloadResponse(reloaded=result.reloaded, rejected=result.rejected)
-
     def _log_exposure(self, request_id: str, user_id: str, answer: Recommendation) -> None:
         if self.exposures is not None:
             self._log(request_id, user_id, answer.variant, answer.item_ids, [it.score for it in answer.items])
@@ -236,3 +232,25 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.exposures.log(
             Exposure(request_id=request_id, user_id=user_id, variant=variant, item_ids=item_ids, scores=scores)
         )
+
+
+class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):
+    """``recfuse_api.v1.RecommenderAdmin``: operator actions on the same server and port.
+
+    Who may call it is decided before the call reaches here (``AdminInterceptor``: an admin token, or
+    a connection from the server's own host when no admin tokens are configured).
+
+    Args:
+        reload: the reload action (the server passes ``registry.reload``); returns a
+            :class:`~recfuse_serving.registry.ReloadResult`.
+    """
+
+    def __init__(self, reload: Callable[[], ReloadResult]) -> None:
+        self._reload = reload
+
+    def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:
+        return call(context, self._reload_rpc, request)
+
+    def _reload_rpc(self, request: pb.ReloadRequest, request_id: str) -> pb.ReloadResponse:
+        result = self._reload()
+        return pb.ReloadResponse(reloaded=result.reloaded, rejected=result.rejected)

@@ -50,7 +50,7 @@ class UnauthenticatedError(RecfuseError):
 
 
 class PermissionDeniedError(RecfuseError):
-    """An authenticated caller asked for something its token does not allow (``Reload`` without an admin token)."""
+    """An authenticated caller asked for what its token does not allow (``RecommenderAdmin`` without an admin token)."""
 
 
 class UnavailableError(RecfuseError):

@@ -24,43 +24,46 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recfuse_api/v1/recommender.proto\x12\x0erecfuse_api.v1\"\xcc\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12\x1a\n\x12include_categories\x18\x06 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x07 \x03(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"J\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_title\"?\n\x06Timing\x12\x10\n\x08query_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xe7\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recfuse_api.v1.ScoredItem\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12*\n\x08\x66\x61llback\x18\x04 \x01(\x0e\x32\x18.recfuse_api.v1.Fallback\x12\x17\n\x0f\x66\x61llback_reason\x18\x05 \x01(\t\x12&\n\x06timing\x18\x06 \x01(\x0b\x32\x16.recfuse_api.v1.Timing\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"K\n\x15RecommendBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .recfuse_api.v1.RecommendRequest\"N\n\x16RecommendBatchResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.recfuse_api.v1.RecommendResponse\"\xa8\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x1a\n\x12include_categories\x18\x04 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x05 \x03(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\xa5\x01\n\x14SimilarItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recfuse_api.v1.ScoredItem\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12&\n\x06timing\x18\x04 \x01(\x0b\x32\x16.recfuse_api.v1.Timing\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\r\n\x0bInfoRequest\"\xd7\x01\n\x0bVariantInfo\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nindex_type\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x04\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x12\n\nann_recall\x18\x06 \x01(\x01\x12\x12\n\ncreated_at\x18\x07 \x01(\t\x12\x15\n\rtraffic_share\x18\x08 \x01(\x01\x12\x15\n\rserved_recall\x18\t \x01(\x01\x12\x15\n\rsearch_params\x18\n \x01(\t\"}\n\x0cInfoResponse\x12-\n\x08variants\x18\x01 \x03(\x0b\x32\x1b.recfuse_api.v1.VariantInfo\x12\x17\n\x0f\x64\x65\x66\x61ult_variant\x18\x02 \x01(\t\x12\x16\n\x0eserver_version\x18\x03 \x01(\tJ\x04\x08\x04\x10\x05R\x07\x61\x62_salt\"\x0f\n\rReloadRequest\"4\n\x0eReloadResponse\x12\x10\n\x08reloaded\x18\x01 \x03(\t\x12\x10\n\x08rejected\x18\x02 \x03(\t*G\n\x08\x46\x61llback\x12\x11\n\rFALLBACK_NONE\x10\x00\x12\x14\n\x10\x46\x41LLBACK_POPULAR\x10\x01\x12\x12\n\x0e\x46\x41LLBACK_OTHER\x10\x02\x32\xa7\x03\n\x0bRecommender\x12P\n\tRecommend\x12 .recfuse_api.v1.RecommendRequest\x1a!.recfuse_api.v1.RecommendResponse\x12_\n\x0eRecommendBatch\x12%.recfuse_api.v1.RecommendBatchRequest\x1a&.recfuse_api.v1.RecommendBatchResponse\x12Y\n\x0cSimilarItems\x12#.recfuse_api.v1.SimilarItemsRequest\x1a$.recfuse_api.v1.SimilarItemsResponse\x12\x41\n\x04Info\x12\x1b.recfuse_api.v1.InfoRequest\x1a\x1c.recfuse_api.v1.InfoResponse\x12G\n\x06Reload\x12\x1d.recfuse_api.v1.ReloadRequest\x1a\x1e.recfuse_api.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n recfuse_api/v1/recommender.proto\x12\x0erecfuse_api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x14\n\x0c\x65xclude_seen\x18\x05 \x01(\x08\x12\x1a\n\x12include_categories\x18\x06 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x07 \x03(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"J\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\x05title\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_title\"?\n\x06Timing\x12\x10\n\x08query_ms\x18\x01 \x01(\x01\x12\x11\n\tsearch_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xe8\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recfuse_api.v1.ScoredItem\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12*\n\x08\x66\x61llback\x18\x04 \x01(\x0e\x32\x18.recfuse_api.v1.Fallback\x12\x17\n\x0f\x66\x61llback_reason\x18\x05 \x01(\t\x12&\n\x06timing\x18\x06 \x01(\x0b\x32\x16.recfuse_api.v1.Timing\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"K\n\x15RecommendBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .recfuse_api.v1.RecommendRequest\"N\n\x16RecommendBatchResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.recfuse_api.v1.RecommendResponse\"\xa8\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x1a\n\x12include_categories\x18\x04 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x05 \x03(\t\x12\x0f\n\x07variant\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\xa6\x01\n\x14SimilarItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recfuse_api.v1.ScoredItem\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12&\n\x06timing\x18\x04 \x01(\x0b\x32\x16.recfuse_api.v1.Timing\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\r\n\x0bInfoRequest\"\x86\x02\n\x0bVariantInfo\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nindex_type\x18\x03 \x01(\t\x12\x12\n\nitem_count\x18\x04 \x01(\x03\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x12\n\nann_recall\x18\x06 \x01(\x01\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rtraffic_share\x18\x08 \x01(\x01\x12\x15\n\rserved_recall\x18\t \x01(\x01\x12\x15\n\rsearch_params\x18\n \x01(\t\x12\x10\n\x08model_id\x18\x0b \x01(\t\"}\n\x0cInfoResponse\x12-\n\x08variants\x18\x01 \x03(\x0b\x32\x1b.recfuse_api.v1.VariantInfo\x12\x17\n\x0f\x64\x65\x66\x61ult_variant\x18\x02 \x01(\t\x12\x16\n\x0eserver_version\x18\x03 \x01(\tJ\x04\x08\x04\x10\x05R\x07\x61\x62_salt\"\x0f\n\rReloadRequest\"4\n\x0eReloadResponse\x12\x10\n\x08reloaded\x18\x01 \x03(\t\x12\x10\n\x08rejected\x18\x02 \x03(\t*a\n\x08\x46\x61llback\x12\x18\n\x14\x46\x41LLBACK_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41LLBACK_POPULAR\x10\x01\x12\x12\n\x0e\x46\x41LLBACK_OTHER\x10\x02\x12\x11\n\rFALLBACK_NONE\x10\x03\x32\xde\x02\n\x0bRecommender\x12P\n\tRecommend\x12 .recfuse_api.v1.RecommendRequest\x1a!.recfuse_api.v1.RecommendResponse\x12_\n\x0eRecommendBatch\x12%.recfuse_api.v1.RecommendBatchRequest\x1a&.recfuse_api.v1.RecommendBatchResponse\x12Y\n\x0cSimilarItems\x12#.recfuse_api.v1.SimilarItemsRequest\x1a$.recfuse_api.v1.SimilarItemsResponse\x12\x41\n\x04Info\x12\x1b.recfuse_api.v1.InfoRequest\x1a\x1c.recfuse_api.v1.InfoResponse2[\n\x10RecommenderAdmin\x12G\n\x06Reload\x12\x1d.recfuse_api.v1.ReloadRequest\x1a\x1e.recfuse_api.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recfuse_api.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FALLBACK']._serialized_start=1561
-  _globals['_FALLBACK']._serialized_end=1632
-  _globals['_RECOMMENDREQUEST']._serialized_start=53
-  _globals['_RECOMMENDREQUEST']._serialized_end=257
-  _globals['_SCOREDITEM']._serialized_start=259
-  _globals['_SCOREDITEM']._serialized_end=333
-  _globals['_TIMING']._serialized_start=335
-  _globals['_TIMING']._serialized_end=398
-  _globals['_RECOMMENDRESPONSE']._serialized_start=401
-  _globals['_RECOMMENDRESPONSE']._serialized_end=632
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=634
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=709
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=711
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=789
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=792
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=960
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=963
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1128
-  _globals['_INFOREQUEST']._serialized_start=1130
-  _globals['_INFOREQUEST']._serialized_end=1143
-  _globals['_VARIANTINFO']._serialized_start=1146
-  _globals['_VARIANTINFO']._serialized_end=1361
-  _globals['_INFORESPONSE']._serialized_start=1363
-  _globals['_INFORESPONSE']._serialized_end=1488
-  _globals['_RELOADREQUEST']._serialized_start=1490
-  _globals['_RELOADREQUEST']._serialized_end=1505
-  _globals['_RELOADRESPONSE']._serialized_start=1507
-  _globals['_RELOADRESPONSE']._serialized_end=1559
-  _globals['_RECOMMENDER']._serialized_start=1635
-  _globals['_RECOMMENDER']._serialized_end=2058
+  _globals['_FALLBACK']._serialized_start=1643
+  _globals['_FALLBACK']._serialized_end=1740
+  _globals['_RECOMMENDREQUEST']._serialized_start=86
+  _globals['_RECOMMENDREQUEST']._serialized_end=290
+  _globals['_SCOREDITEM']._serialized_start=292
+  _globals['_SCOREDITEM']._serialized_end=366
+  _globals['_TIMING']._serialized_start=368
+  _globals['_TIMING']._serialized_end=431
+  _globals['_RECOMMENDRESPONSE']._serialized_start=434
+  _globals['_RECOMMENDRESPONSE']._serialized_end=666
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=668
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=743
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=745
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=823
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=826
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=994
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=997
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1163
+  _globals['_INFOREQUEST']._serialized_start=1165
+  _globals['_INFOREQUEST']._serialized_end=1178
+  _globals['_VARIANTINFO']._serialized_start=1181
+  _globals['_VARIANTINFO']._serialized_end=1443
+  _globals['_INFORESPONSE']._serialized_start=1445
+  _globals['_INFORESPONSE']._serialized_end=1570
+  _globals['_RELOADREQUEST']._serialized_start=1572
+  _globals['_RELOADREQUEST']._serialized_end=1587
+  _globals['_RELOADRESPONSE']._serialized_start=1589
+  _globals['_RELOADRESPONSE']._serialized_end=1641
+  _globals['_RECOMMENDER']._serialized_start=1743
+  _globals['_RECOMMENDER']._serialized_end=2093
+  _globals['_RECOMMENDERADMIN']._serialized_start=2095
+  _globals['_RECOMMENDERADMIN']._serialized_end=2186
 # @@protoc_insertion_point(module_scope)

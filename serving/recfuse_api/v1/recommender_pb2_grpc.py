@@ -57,11 +57,6 @@ class RecommenderStub:
                 request_serializer=recfuse__api_dot_v1_dot_recommender__pb2.InfoRequest.SerializeToString,
                 response_deserializer=recfuse__api_dot_v1_dot_recommender__pb2.InfoResponse.FromString,
                 _registered_method=True)
-        self.Reload = channel.unary_unary(
-                '/recfuse_api.v1.Recommender/Reload',
-                request_serializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadRequest.SerializeToString,
-                response_deserializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadResponse.FromString,
-                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -90,14 +85,7 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Info(self, request, context):
-        """What is being served: variants, bundle versions, index type, sizes.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Reload(self, request, context):
-        """Admin: check every variant's CURRENT file now and swap in new verified versions.
+        """What is being served: variants, bundle versions, model ids, index type, sizes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,11 +113,6 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=recfuse__api_dot_v1_dot_recommender__pb2.InfoRequest.FromString,
                     response_serializer=recfuse__api_dot_v1_dot_recommender__pb2.InfoResponse.SerializeToString,
-            ),
-            'Reload': grpc.unary_unary_rpc_method_handler(
-                    servicer.Reload,
-                    request_deserializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadRequest.FromString,
-                    response_serializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -251,6 +234,64 @@ class Recommender:
             metadata,
             _registered_method=True)
 
+
+class RecommenderAdminStub:
+    """Operator actions, served by the same server on the same port as Recommender. Every method needs
+    an admin bearer token (server.toml `auth.admin_tokens`); without admin tokens configured, only
+    connections from the server's own host may call them (and, when `auth.tokens` is set, they also
+    need one of those tokens).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Reload = channel.unary_unary(
+                '/recfuse_api.v1.RecommenderAdmin/Reload',
+                request_serializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadResponse.FromString,
+                _registered_method=True)
+
+
+class RecommenderAdminServicer:
+    """Operator actions, served by the same server on the same port as Recommender. Every method needs
+    an admin bearer token (server.toml `auth.admin_tokens`); without admin tokens configured, only
+    connections from the server's own host may call them (and, when `auth.tokens` is set, they also
+    need one of those tokens).
+    """
+
+    def Reload(self, request, context):
+        """Check every variant's CURRENT file now and swap in new verified versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RecommenderAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadRequest.FromString,
+                    response_serializer=recfuse__api_dot_v1_dot_recommender__pb2.ReloadResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'recfuse_api.v1.RecommenderAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('recfuse_api.v1.RecommenderAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RecommenderAdmin:
+    """Operator actions, served by the same server on the same port as Recommender. Every method needs
+    an admin bearer token (server.toml `auth.admin_tokens`); without admin tokens configured, only
+    connections from the server's own host may call them (and, when `auth.tokens` is set, they also
+    need one of those tokens).
+    """
+
     @staticmethod
     def Reload(request,
             target,
@@ -265,7 +306,7 @@ class Recommender:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/recfuse_api.v1.Recommender/Reload',
+            '/recfuse_api.v1.RecommenderAdmin/Reload',
             recfuse__api_dot_v1_dot_recommender__pb2.ReloadRequest.SerializeToString,
             recfuse__api_dot_v1_dot_recommender__pb2.ReloadResponse.FromString,
             options,

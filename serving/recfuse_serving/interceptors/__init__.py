@@ -2,9 +2,10 @@
 
 Order (outermost first, as passed to ``grpc.server``): :class:`ObservabilityInterceptor` sees every
 call, including ones the others reject; :class:`AuthInterceptor` rejects before any work;
-:class:`LimitInterceptor` bounds concurrency and rate. All three wrap unary-unary methods: the
-health service (``Watch`` streams) and reflection (bidirectional) stay open without a token, so load
-balancers and ``grpcurl list`` work; they reveal no data.
+:class:`AdminInterceptor` keeps the admin service (``RecommenderAdmin``) to admin tokens or, without
+any, to the server's own host; :class:`LimitInterceptor` bounds concurrency and rate. They wrap
+unary-unary methods: the health service (``Watch`` streams) and reflection (bidirectional) stay open
+without a token, so load balancers and ``grpcurl list`` work; they reveal no data.
 
 Bytes that do not parse as the method's request message never reach a handler: the observability
 interceptor wraps every method's deserializer (streaming ones too), so such a call is answered
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from recfuse_serving.interceptors.auth import (
     ADMIN_METHODS,
+    ADMIN_PREFIX,
+    ADMIN_SERVICE,
     LOOPBACK_PEERS,
     AdminInterceptor,
     AuthInterceptor,
@@ -37,6 +40,8 @@ from recfuse_serving.interceptors.wrapping import OPEN_PREFIXES, Undecodable, sa
 
 __all__ = [
     "ADMIN_METHODS",
+    "ADMIN_PREFIX",
+    "ADMIN_SERVICE",
     "LOOPBACK_PEERS",
     "MAX_REQUEST_ID",
     "OPEN_PREFIXES",

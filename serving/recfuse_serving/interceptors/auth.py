@@ -1,4 +1,11 @@
-"""Bearer-token auth for every method but health and reflection, and the guard of the admin methods."""
+"""Bearer-token auth for every method but health and reflection, and the guard of the admin service.
+
+The admin service (``recfuse_api.v1.RecommenderAdmin``: ``Reload``) shares the server and port with
+the read service. :class:`AuthInterceptor` (on when ``auth.tokens`` is set) wants a configured read
+or admin token on every call, the admin service included; :class:`AdminInterceptor` (always on) then
+lets an admin-service call through only with an admin token (``auth.admin_tokens``), or, when none is
+configured, only from the server's own host.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from recfuse_api.v1 import recommender_pb2 as pb
 
 from recfuse_serving.interceptors.wrapping import OPEN_PREFIXES, Behavior, metadata, reject_with, wrap_unary
 from recfuse_serving.status import PermissionDeniedError, UnauthenticatedError, abort_with
 
-ADMIN_METHODS = ("/recfuse_api.v1.Recommender/Reload",)
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
+# Every method of the admin service is guarded, including ones added later.
+ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
+ADMIN_METHODS = tuple(f"{ADMIN_PREFIX}{m.name}" for m in pb.DESCRIPTOR.services_by_name["RecommenderAdmin"].methods)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -56,7 +67,7 @@ def is_loopback_peer(peer: str) -> bool:
 
 
 class AdminInterceptor(grpc.ServerInterceptor):
-    """Guards the admin methods (:data:`ADMIN_METHODS`: ``Reload``).
+    """Guards every method of the admin service (:data:`ADMIN_PREFIX`; today ``Reload``).
 
     With ``admin_tokens``: the call must carry one of them as its bearer token (none: UNAUTHENTICATED;
     another token: PERMISSION_DENIED). Without: only connections from this host may call them
@@ -69,7 +80,7 @@ class AdminInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if method not in ADMIN_METHODS:
+        if not method.startswith(ADMIN_PREFIX):
             return handler
         if self._admin:
             header = metadata(handler_call_details, "authorization")
