@@ -20,6 +20,7 @@ from recfuse.errors import RecfuseError, exit_code_for
 # Command-group modules, each with ``register(subparsers) -> None``.
 COMMAND_MODULES = (
     "recfuse.cli.data_cmds",
+    "recfuse.cli.prepare_cmds",
     "recfuse.cli.features_cmds",
     "recfuse.cli.train_cmds",
     "recfuse.cli.embed_cmds",

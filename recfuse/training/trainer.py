@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
+from recfuse.errors import ConfigError
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
 from recfuse.training.checks import check_resumable, check_training_inputs, resolve_auto_settings, resumable_settings
 from recfuse.training.distribute import Cluster, cluster_from_env, make_strategy, shard_rows, worker_batch
@@ -45,6 +46,7 @@ from recfuse.training.model_dir import write_model_dir
 from recfuse.training.optimizer import make_optimizer
 from recfuse.training.pipeline import make_dataset
 from recfuse.training.setup import build_model
+from recfuse.training.stream import make_stream_dataset, streamed_input
 from recfuse.training.tb_logging import ScalarLogger
 from recfuse.training.validation import build_val_queries, recall_at_k
 
@@ -91,6 +93,7 @@ def train(
     out_dir: str | Path,
     progress: bool = True,
     on_epoch: Callable[[int, float], bool] | None = None,
+    prepared: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume) and write the model directory ``out_dir``.
 
@@ -102,6 +105,10 @@ def train(
         progress: show a Keras progress bar per epoch.
         on_epoch: ``(epoch, val_metric) -> stop``, called after each validation (epoch counted from
             1); True stops training like early stopping does (the best weights are still written).
+        prepared: a folder ``recfuse prepare`` wrote from ``split.train``'s interactions: the training
+            examples are then streamed from its shards (:mod:`recfuse.training.stream`, bounded
+            memory) instead of built in memory; one process only. ``split.train`` still feeds the
+            checks, the user vocabulary, validation and the model directory.
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same arguments (and the
     same ``out_dir`` on storage all of them read, for resuming); see :mod:`recfuse.training.distribute`.
@@ -114,6 +121,11 @@ def train(
     """
     t0 = time.perf_counter()
     cluster = cluster_from_env()
+    if prepared is not None and cluster.distributed:
+        raise ConfigError(
+            f"`prepared` (streamed examples) trains in one process, but TF_CONFIG names {cluster.workers} workers; "
+            "unset TF_CONFIG or train from memory"
+        )
     strategy = make_strategy(cluster)  # before any other TensorFlow op of the process
     train_df = split.train
     check_training_inputs(cfg, dataset.items, train_df)
@@ -125,7 +137,7 @@ def train(
     # only the chief writes under out_dir; another worker writes into a private dir, removed at the end
     work = out if cluster.is_chief else Path(tempfile.mkdtemp(prefix=f"recfuse-worker{cluster.index}-"))
     try:
-        return _train(cfg, dataset, split, out, work, cluster, strategy, per_worker, progress, on_epoch, t0)
+        return _train(cfg, dataset, split, out, work, cluster, strategy, per_worker, progress, on_epoch, t0, prepared)
     finally:
         if work != out:
             shutil.rmtree(work, ignore_errors=True)
@@ -143,6 +155,7 @@ def _train(
     progress: bool,
     on_epoch: Callable[[int, float], bool] | None,
     t0: float,
+    prepared: str | Path | None = None,
 ) -> TrainResult:
     items, train_df, val_df = dataset.items, split.train, split.val
     tf.keras.utils.set_random_seed(cfg.train.seed)
@@ -151,14 +164,18 @@ def _train(
 
     item_vocab = IdVocab.build(items["item_id"].tolist(), num_oov=0)
     user_vocab = IdVocab.build(sorted(set(map(str, train_df["user_id"]))), num_oov=cfg.model.user_oov_buckets)
-    examples = build_examples(
-        train_df, item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history, cfg.train.targets
-    )
-    skipped = int(len(train_df) - examples.interactions)
+    source = None
+    ex_args = (item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history, cfg.train.targets)
+    if prepared is not None:
+        source, item_counts, skipped = streamed_input(prepared, len(train_df), *ex_args)
+        examples = source.shard_examples(source.shards[0])  # builds the variables below; fit streams them all
+    else:
+        examples = build_examples(train_df, *ex_args)
+        item_counts, skipped = np.asarray(examples.item_counts), int(len(train_df) - examples.interactions)
     if skipped:
         logger.warning("%d training interactions point at items missing from the catalog; not used", skipped)
     # every training interaction counts (with targets = "all_positions" the examples keep one item per window)
-    counts = np.asarray(examples.item_counts, np.float64)
+    counts = np.asarray(item_counts, np.float64)
     warm = frozenset(str(item_vocab.ids[i]) for i in np.flatnonzero(counts))
     ema = cfg.train.ema_momentum
     with strategy.scope():  # the towers' and the optimizer's variables are mirrored across workers
@@ -172,7 +189,11 @@ def _train(
         model.compute_loss({k: v[:2] for k, v in examples.as_dict().items()}, training=False)
         optimizer.build(model.trainable_variables)
     rank_scale = model.item_scale  # the popularity prior's factor (None without one)
-    ds, steps = _input(examples, user_vocab, cfg, cluster, strategy, per_worker)
+    if source is not None:
+        ds, steps = make_stream_dataset(source, user_vocab, cfg.train.batch_size, cfg.train.seed,
+                                        cfg.train.user_dropout), None  # fmt: skip
+    else:
+        ds, steps = _input(examples, user_vocab, cfg, cluster, strategy, per_worker)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
@@ -241,7 +262,8 @@ def _train(
             verbose=1 if progress else 0,
         )
         fit_seconds = time.perf_counter() - t_fit
-        fit_examples = (int(state["epoch"]) - start_epoch) * ds_targets(examples, cluster, cfg.train.seed)
+        per_epoch = source.epoch_targets if source is not None else ds_targets(examples, cluster, cfg.train.seed)
+        fit_examples = (int(state["epoch"]) - start_epoch) * per_epoch
     if Path(str(best_prefix) + ".index").exists():
         best_ckpt.read(str(best_prefix)).assert_existing_objects_matched()
     model.refresh_memory_bank()
@@ -254,7 +276,7 @@ def _train(
         best_epoch=int(state.get("best_epoch", 0)),
         best_metric=state.get("best_metric"),
         history=list(state.get("history", [])),
-        examples=len(examples),
+        examples=source.epoch_examples if source is not None else len(examples),
         skipped_interactions=skipped,
         seconds=time.perf_counter() - t0,
         examples_per_second=fit_examples / fit_seconds if fit_seconds > 0 else float("nan"),

@@ -1,0 +1,236 @@
+"""Training examples streamed from a prepared folder (:mod:`recfuse.data.prepare`), shard by shard.
+
+A prepared shard holds whole users sorted by ``(user_id, timestamp)``, so running
+:func:`recfuse.training.examples.build_examples` on one shard's rows gives exactly the examples the
+in-memory path builds for those users: the multiset of examples over all shards equals
+``build_examples`` on the whole table (same ``user_idx``, ``hist_idx``, ``item_idx``). Memory holds
+one shard (at most ``rows_per_shard`` rows, or one user's) plus the shuffle buffer, whatever the
+number of interactions.
+
+Shuffling is two-level and seeded per epoch: shard order is permuted, then examples are permuted
+inside a buffer of about ``shuffle_buffer`` examples (whole shards are added until it is full) and cut
+into batches; a batch's leftover rows move on to the next buffer. With ``shuffle_buffer`` at least the
+number of examples this is a full shuffle like the in-memory path's; smaller buffers mix less across
+shards (users of one hash bucket stay nearer to each other within an epoch).
+
+Vocabularies and popularity come from the prepared folder without a pass over the shards:
+:func:`prepared_user_ids` (every user) and :func:`prepared_item_counts` (rows per catalog item).
+Under several workers each takes every ``workers``-th shard (:class:`StreamedExamples` ``part``).
+
+Example:
+    >>> src = StreamedExamples("runs/prepared", item_vocab, user_vocab, max_history=20)  # doctest: +SKIP
+    >>> ds = make_stream_dataset(src, user_vocab, batch_size=1024, seed=42)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from recfuse.data.prepare import load_manifest
+from recfuse.data.vocab import IdVocab
+from recfuse.errors import ConfigError
+from recfuse.training.examples import Examples, build_examples
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StreamedExamples", "make_stream_dataset", "prepared_item_counts", "prepared_user_ids", "streamed_input"]
+
+KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
+
+
+def prepared_user_ids(folder: str | Path) -> list[str]:
+    """Every user of a prepared folder (sorted), for ``IdVocab.build``."""
+    manifest = load_manifest(folder, verify=False)
+    ids = pq.read_table(Path(folder) / manifest["users_file"]["file"]).column("user_id").to_pylist()
+    return sorted(ids)
+
+
+def prepared_item_counts(folder: str | Path, item_vocab: IdVocab) -> np.ndarray:
+    """``[num_items]`` int64 rows per item of ``item_vocab`` (items outside the vocabulary are left out)."""
+    manifest = load_manifest(folder, verify=False)
+    table = pq.read_table(Path(folder) / manifest["item_counts_file"]["file"])
+    idx = item_vocab.lookup(table.column("item_id").to_pylist())
+    counts = table.column("count").to_numpy()
+    keep = idx >= 0
+    return np.bincount(idx[keep], weights=counts[keep], minlength=len(item_vocab)).astype(np.int64)
+
+
+class StreamedExamples:
+    """The training examples of a prepared folder, built one shard at a time.
+
+    Args:
+        folder: a folder written by :func:`recfuse.data.prepare.prepare_interactions`.
+        item_vocab, user_vocab, max_history, history, targets: as for ``build_examples``.
+        part: ``(index, count)``: this worker takes shards ``index, index + count, ...``.
+        verify: check every file's sha256 against the manifest (reads each file once).
+
+    Raises:
+        ArtifactError: not a prepared folder, or a file missing / changed.
+        ValueError: ``part`` out of range; the ``history`` / ``targets`` errors of ``build_examples``.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        item_vocab: IdVocab,
+        user_vocab: IdVocab,
+        max_history: int,
+        history: str = "previous",
+        targets: str = "last",
+        part: tuple[int, int] = (0, 1),
+        verify: bool = True,
+    ) -> None:
+        index, count = part
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"`part` must be (index, count) with 0 <= index < count, got {part}")
+        build_examples(_empty(), item_vocab, user_vocab, max_history, history, targets)  # argument errors now
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder, verify=verify)
+        self.shards = [self.folder / s["file"] for s in self.manifest["shards"]][index::count]
+        self.item_vocab, self.user_vocab = item_vocab, user_vocab
+        self.max_history, self.history, self.targets = max_history, history, targets
+        self.epoch_examples = 0  # examples of the last complete epoch of batches() (0 before one)
+        self.epoch_targets = 0  # next-item targets of it (one per history position with "all_positions")
+
+    @property
+    def rows(self) -> int:
+        """Interactions in this part's shards (usable rows, catalog or not)."""
+        names = {p.name for p in self.shards}
+        return int(sum(s["rows"] for s in self.manifest["shards"] if s["file"] in names))
+
+    def shard_examples(self, path: Path) -> Examples:
+        """The examples of one shard (its users' complete histories)."""
+        df = pq.read_table(path).to_pandas()
+        return build_examples(df, self.item_vocab, self.user_vocab, self.max_history, self.history, self.targets)
+
+    def __iter__(self) -> Iterator[Examples]:
+        """Examples shard by shard, in manifest order."""
+        for path in self.shards:
+            yield self.shard_examples(path)
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int = 0, shuffle_buffer: int = 1_000_000
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of shuffled batches (dicts of ``KEYS``), seeded by ``(seed, epoch)``.
+
+        The last batch may be smaller; every example of the part appears exactly once.
+        """
+        if batch_size < 1 or shuffle_buffer < 1:
+            raise ValueError(f"`batch_size` and `shuffle_buffer` must be >= 1, got {batch_size}, {shuffle_buffer}")
+        rng = np.random.default_rng([seed, epoch])
+        pending: list[dict[str, np.ndarray]] = []
+        held = n_examples = n_targets = 0
+        for i in rng.permutation(len(self.shards)):
+            shard = self.shard_examples(self.shards[int(i)])
+            n_examples, n_targets = n_examples + len(shard), n_targets + shard.targets
+            pending.append(shard.as_dict())
+            held += len(shard)
+            if held >= shuffle_buffer:
+                pending, held = yield from _drain(pending, rng, batch_size, final=False)
+        yield from _drain(pending, rng, batch_size, final=True)
+        self.epoch_examples, self.epoch_targets = n_examples, n_targets
+
+
+def _drain(
+    pending: list[dict[str, np.ndarray]], rng: np.random.Generator, batch_size: int, final: bool
+) -> Generator[dict[str, np.ndarray], None, tuple[list[dict[str, np.ndarray]], int]]:
+    """Shuffle the buffer, yield its full batches (all with ``final``); return the leftover rows."""
+    if not pending:
+        return [], 0
+    buf = {k: np.concatenate([p[k] for p in pending]) for k in KEYS}
+    n = len(buf["item_idx"])
+    order = rng.permutation(n)
+    full = n if final else n - n % batch_size
+    for start in range(0, full, batch_size):
+        rows = order[start : start + batch_size]
+        yield {k: v[rows] for k, v in buf.items()}
+    rest = order[full:]
+    if not len(rest):
+        return [], 0
+    return [{k: v[rest] for k, v in buf.items()}], len(rest)
+
+
+def streamed_input(
+    folder: str | Path,
+    train_rows: int,
+    item_vocab: IdVocab,
+    user_vocab: IdVocab,
+    max_history: int,
+    history: str = "previous",
+    targets: str = "last",
+) -> tuple[StreamedExamples, np.ndarray, int]:
+    """The trainer's streamed input: the source, ``[num_items]`` item counts, rows of unknown items.
+
+    Raises:
+        ConfigError: the folder does not hold ``train_rows`` interactions (it was prepared from
+            other data than the training split).
+        ArtifactError: not a prepared folder, or a file missing / changed.
+    """
+    src = StreamedExamples(folder, item_vocab, user_vocab, max_history, history, targets)
+    rows = int(src.manifest["rows"])
+    if rows != train_rows:
+        raise ConfigError(
+            f"`prepared` folder {str(folder)!r} holds {rows} usable interactions but the training split has "
+            f"{train_rows}; run `recfuse prepare` on the training split's interactions"
+        )
+    counts = prepared_item_counts(folder, item_vocab)
+    return src, counts, rows - int(counts.sum())
+
+
+def _empty() -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []})
+
+
+def make_stream_dataset(
+    source: StreamedExamples,
+    user_vocab: IdVocab,
+    batch_size: int,
+    seed: int,
+    user_dropout: float = 0.0,
+    shuffle_buffer: int = 1_000_000,
+) -> Any:
+    """A ``tf.data`` dataset of example batches like ``make_dataset``'s (reshuffled each epoch).
+
+    Each iteration (a Keras epoch) is a new seeded pass over the shards; ``user_oov`` and user-id
+    dropout are as in :func:`recfuse.training.pipeline.make_dataset`.
+    """
+    import tensorflow as tf
+
+    from recfuse.training.pipeline import oov_rows
+
+    oov_table = oov_rows(np.arange(user_vocab.size, dtype=np.int64), user_vocab)
+    L = source.max_history
+    epochs = iter(range(1 << 62))
+
+    def gen() -> Iterator[dict[str, np.ndarray]]:
+        for batch in source.batches(batch_size, seed, next(epochs), shuffle_buffer):
+            batch["user_oov"] = oov_table[batch["user_idx"]]
+            yield batch
+
+    spec = {
+        "user_idx": tf.TensorSpec([None], tf.int64),
+        "hist_idx": tf.TensorSpec([None, L], tf.int64),
+        "hist_pos": tf.TensorSpec([None, L], tf.float32),
+        "item_idx": tf.TensorSpec([None], tf.int64),
+        "user_oov": tf.TensorSpec([None], tf.int64),
+    }
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    if user_dropout > 0:
+        rate = float(user_dropout)
+
+        def _drop(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            draw = tf.random.uniform(tf.shape(batch["user_idx"]), seed=seed)
+            out = dict(batch)
+            out["user_idx"] = tf.where(draw < rate, batch["user_oov"], batch["user_idx"])
+            return out
+
+        ds = ds.map(_drop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
