@@ -15,6 +15,10 @@ class ConfigError(RecfuseError, ValueError):
     """A configuration value is invalid or inconsistent."""
 
 
+class UsageError(ConfigError):
+    """A command-line argument is invalid (exit code 2, like argparse's own errors)."""
+
+
 class SchemaError(RecfuseError, ValueError):
     """Input data does not match the data contract (columns, types, widths, ids)."""
 
@@ -42,14 +46,20 @@ class ResourceExhaustedError(RecfuseError):
     """A bounded resource (queue, concurrency slots) is full."""
 
 
+#: The CLI's exit codes (``recfuse`` and ``recfuse-serve``), documented in docs/usage.md:
+#: 0 ok, 1 an unexpected error, 2 usage (argparse, or a bad command argument), 3 config,
+#: 4 data, 5 artifact, 6 not found, 7 resource exhausted, 130 interrupted.
+EXIT_USAGE, EXIT_CONFIG, EXIT_DATA, EXIT_ARTIFACT, EXIT_NOT_FOUND, EXIT_EXHAUSTED = 2, 3, 4, 5, 6, 7
+
 EXIT_CODES: dict[type[RecfuseError], int] = {
-    ConfigError: 2,
-    SchemaError: 3,
-    DataError: 3,
-    InvalidRequestError: 2,
-    NotFoundError: 4,
-    ArtifactError: 5,
-    ResourceExhaustedError: 6,
+    UsageError: EXIT_USAGE,
+    InvalidRequestError: EXIT_USAGE,
+    ConfigError: EXIT_CONFIG,
+    SchemaError: EXIT_DATA,
+    DataError: EXIT_DATA,
+    ArtifactError: EXIT_ARTIFACT,
+    NotFoundError: EXIT_NOT_FOUND,
+    ResourceExhaustedError: EXIT_EXHAUSTED,
 }
 
 

@@ -58,7 +58,7 @@ def test_similar_to_and_bundle_info(bundle: Path, capsys: pytest.CaptureFixture[
     ("args", "code", "message"),
     [
         (["--k", "0"], 2, r"`k` must be in \[1, 1000\], got 0"),
-        (["--similar-to", "nope"], 4, r"`item_id` 'nope' is not in bundle"),
+        (["--similar-to", "nope"], 6, r"`item_id` 'nope' is not in bundle"),
         (["--similar-to", "i1", "--user", "u1"], 2, r"`--similar-to` cannot be combined with `--user`/`--history`"),
     ],
 )

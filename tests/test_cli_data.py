@@ -48,11 +48,11 @@ def test_validate_cold_start_and_json(sample: Path, capsys: pytest.CaptureFixtur
     assert report["report"]["items"]["ok"] == 200
 
 
-def test_validate_table_error_exits_3(sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_table_error_exits_4(sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     items = pq.read_table(sample / "items.parquet").drop_columns(["audio_vec"])
     pq.write_table(items, tmp_path / "items.parquet")
     rc = main(["validate", "--config", str(sample / "recfuse.toml"), "--items", str(tmp_path / "items.parquet")])
-    assert rc == 3
+    assert rc == 4
     assert "missing column 'audio_vec' (declared by modality 'audio')" in capsys.readouterr().err
 
 
@@ -65,7 +65,7 @@ def test_validate_bad_rows_fail_then_quarantine(
     bad = tmp_path / "inter.parquet"
     pq.write_table(pa.Table.from_pydict(inter), bad)
     args = ["validate", "--config", str(sample / "recfuse.toml"), "--interactions", str(bad)]
-    assert main(args) == 3
+    assert main(args) == 4
     err = capsys.readouterr().err
     assert "2 row(s) cannot be used (bad_timestamp: 1, unknown_item: 1); first: row 0" in err
     assert main([*args, "--quarantine", str(tmp_path / "q")]) == 0
@@ -75,11 +75,11 @@ def test_validate_bad_rows_fail_then_quarantine(
     assert sorted(rejected["reject_reason"]) == ["bad_timestamp", "unknown_item"]
 
 
-def test_validate_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", "--config", str(tmp_path / "nope.toml")]) == 2
+def test_validate_missing_config_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--config", str(tmp_path / "nope.toml")]) == 3
     assert "nope.toml' does not exist" in capsys.readouterr().err
 
 
 def test_sample_data_rejects_tiny_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sample-data", "--out", str(tmp_path), "--items", "5"]) == 2
+    assert main(["sample-data", "--out", str(tmp_path), "--items", "5"]) == 3
     assert "`n_items` must be >= 50" in capsys.readouterr().err

@@ -162,7 +162,7 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     info = json.loads((moved / "model.json").read_text())
     info["split"]["fingerprint"] = "0" * 64
     (moved / "model.json").write_text(json.dumps(info))
-    assert main(["evaluate", "--model", str(moved), "--ks", "10"]) == 3
+    assert main(["evaluate", "--model", str(moved), "--ks", "10"]) == 4
     assert "was trained on a 'random' split" in capsys.readouterr().err
 
     # second call: every run is reused and the numbers are identical
@@ -189,10 +189,10 @@ def test_evaluate_rejects_bad_ks_and_missing_model(tmp_path: Path, capsys: pytes
     assert "model.json" in capsys.readouterr().err
 
 
-def test_experiment_with_a_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_experiment_with_a_bad_config_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exp = tmp_path / "exp.toml"
     exp.write_text(FAST_EXPERIMENT.replace('control = "attention"', 'control = "gated"'))
-    assert main(["experiment", "--config", str(exp)]) == 2
+    assert main(["experiment", "--config", str(exp)]) == 3
     assert "`experiment.control` 'gated' is not a variant" in capsys.readouterr().err
 
 
@@ -242,9 +242,9 @@ def test_ab_analyze_warns_loudly_on_srm(tmp_path: Path, capsys: pytest.CaptureFi
 def test_ab_analyze_errors_exit_with_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "clicks.csv").write_text("request_id,item_id\nr1,i1\n")
     feedback = str(tmp_path / "clicks.csv")
-    assert main(["ab", "analyze", "--exposures", str(tmp_path / "none"), "--feedback", feedback]) == 3
+    assert main(["ab", "analyze", "--exposures", str(tmp_path / "none"), "--feedback", feedback]) == 4
     assert "does not exist; pass the directory" in capsys.readouterr().err
     _write_log(tmp_path / "exp", 50, 0.0)
     code = main(["ab", "analyze", "--exposures", str(tmp_path / "exp"), "--feedback", str(tmp_path / "clicks.csv"),
                  "--shares", "attention=0.7"])  # fmt: skip
-    assert code == 2 and "`shares` must sum to 1" in capsys.readouterr().err
+    assert code == 3 and "`shares` must sum to 1" in capsys.readouterr().err

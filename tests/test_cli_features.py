@@ -69,12 +69,12 @@ def test_features_writes_vector_column_and_counts_missing(catalog, capsys: pytes
 def test_features_bad_arguments_exit_with_config_code(catalog, capsys: pytest.CaptureFixture[str]) -> None:
     root, _ = catalog
     args = ["features", "--items", str(root / "items.parquet"), "--image-size", "32"]
-    assert main([*args, "--out", str(root / "x.parquet"), "--weights", str(root / "missing.h5")]) == 2
+    assert main([*args, "--out", str(root / "x.parquet"), "--weights", str(root / "missing.h5")]) == 3
     assert "does not exist" in capsys.readouterr().err
-    assert main([*args, "--out", str(root / "x.parquet"), "--backbone", "vgg16", "--weights", ""]) == 2
+    assert main([*args, "--out", str(root / "x.parquet"), "--backbone", "vgg16", "--weights", ""]) == 3
     assert "unknown image backbone 'vgg16'" in capsys.readouterr().err
     assert main([*args, "--out", str(root / "x.csv"), "--weights", ""]) == 2
     assert "--out must be a .parquet file" in capsys.readouterr().err
-    assert main([*args, "--out", str(root / "x.parquet"), "--weights", "", "--image-column", "pic"]) == 3
+    assert main([*args, "--out", str(root / "x.parquet"), "--weights", "", "--image-column", "pic"]) == 4
     assert "no image column 'pic'" in capsys.readouterr().err
     assert not (root / "x.parquet").exists()

@@ -95,7 +95,7 @@ def test_a_misspelled_key_is_named_with_its_likely_meaning_before_tensorflow_loa
         "print('rc', rc, 'tensorflow' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip().endswith("rc 2 False"), done.stdout + done.stderr
+    assert done.stdout.strip().endswith("rc 3 False"), done.stdout + done.stderr
     assert "unknown key(s) ['batch_sise'] in `train` ('batch_sise' -> did you mean 'batch_size'?)" in done.stderr
     assert not (tmp_path / "m").exists()
 
@@ -118,7 +118,7 @@ def test_train_command_rejects_bad_config_with_exit_code(
 ) -> None:
     cfg = config_path
     code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "m"), "--set", "model.fusion=nope"])
-    assert code == 2
+    assert code == 3
     assert "model.fusion" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
@@ -157,6 +157,6 @@ def test_a_given_split_column_goes_through_validate_train_and_evaluate(
 
     bad = inter.assign(split=inter["split"].replace({"valid": "validation"}))
     bad.to_parquet(path)
-    assert main(["validate", "--config", str(cfg)]) == 3
+    assert main(["validate", "--config", str(cfg)]) == 4
     err = capsys.readouterr().err
     assert f"{n_users} row(s) have a value other than ['train', 'valid', 'test']: 'validation' ({n_users} rows)" in err

@@ -228,7 +228,7 @@ def test_cli_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main([*args, "--seed", "7", "--max-items-per-user", "4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["counts"]["interactions"] == 11 and record["dropped"]["over_max_items"] == 12
-    assert main(["convert", "microlens", "--src", str(TINY), "--out", str(out), "--strict"]) == 3
+    assert main(["convert", "microlens", "--src", str(TINY), "--out", str(out), "--strict"]) == 4
     assert "error: " in capsys.readouterr().err
     assert main(["convert", "microlens", "--src", str(TINY), "--out", str(out), "--max-items-per-user", "-2"]) == 2
     assert "`--max-items-per-user` must be >= 0" in capsys.readouterr().err

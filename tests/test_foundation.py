@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from recfuse.data.vocab import IdVocab, id_str
-from recfuse.errors import ArtifactError, ConfigError, NotFoundError, SchemaError, exit_code_for
+from recfuse.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    NotFoundError,
+    ResourceExhaustedError,
+    SchemaError,
+    UsageError,
+    exit_code_for,
+)
 from recfuse.forward.query import NumpyQueryTower
 from recfuse.ranking import masked_topk
 
@@ -39,9 +48,12 @@ def test_keras3_fails_fast_naming_the_fix() -> None:
 
 
 def test_exit_codes() -> None:
-    assert exit_code_for(ConfigError("x")) == 2
-    assert exit_code_for(SchemaError("x")) == 3
-    assert exit_code_for(NotFoundError("item 'x' not found")) == 4
+    assert exit_code_for(UsageError("--k must be positive")) == 2
+    assert exit_code_for(ConfigError("x")) == 3
+    assert exit_code_for(SchemaError("x")) == 4
+    assert exit_code_for(DataError("x")) == 4
+    assert exit_code_for(NotFoundError("item 'x' not found")) == 6
+    assert exit_code_for(ResourceExhaustedError("queue full")) == 7
     assert str(NotFoundError("item 'x' not found")) == "item 'x' not found"
     assert exit_code_for(ArtifactError("x")) == 5
 
@@ -92,8 +104,10 @@ def _random_tower(rng: np.random.Generator, d: int = 8, du: int = 4, users: int 
         attn_b=rng.normal(size=5).astype(f),
         attn_v=rng.normal(size=5).astype(f),
         recency=-0.3,
-        mlp=((rng.normal(size=(d + du + 1, 16)).astype(f), rng.normal(size=16).astype(f)),
-             (rng.normal(size=(16, d)).astype(f), rng.normal(size=d).astype(f))),
+        mlp=(
+            (rng.normal(size=(d + du + 1, 16)).astype(f), rng.normal(size=16).astype(f)),
+            (rng.normal(size=(16, d)).astype(f), rng.normal(size=d).astype(f)),
+        ),
         user_embedding=rng.normal(size=(users, du)).astype(f),
     )
 

@@ -263,7 +263,7 @@ def test_cli_errors_before_loading_a_model(tmp_path: Path, shards: Path, capsys:
     assert "--sample 0: " in capsys.readouterr().err
     (tmp_path / "partial").mkdir()
     argv[2] = str(tmp_path / "partial")
-    assert main([*argv, "--model", str(tmp_path)]) == 3
+    assert main([*argv, "--model", str(tmp_path)]) == 4
     assert "has no manifest.json" in capsys.readouterr().err
 
 

@@ -139,4 +139,4 @@ def test_cli_bad_arguments(bundle: Path, extra: list[str], message: str, capsys:
 
 def test_cli_missing_users_file(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["recommend", "--bundle", str(bundle), "--users", str(tmp_path / "no.txt"), "--out", "x.parquet"])
-    assert rc == 3 and "users file" in capsys.readouterr().err
+    assert rc == 4 and "users file" in capsys.readouterr().err

@@ -124,7 +124,7 @@ def test_cli_writes_a_catalog_that_validate_accepts_as_a_384_vector_modality(
     assert main(["validate", "--config", str(config)]) == 0
     assert "6" in capsys.readouterr().out
     config.write_text(config.read_text(encoding="utf-8").replace("dim = 384", "dim = 128"), encoding="utf-8")
-    assert main(["validate", "--config", str(config)]) == 3  # the width is checked against the column
+    assert main(["validate", "--config", str(config)]) == 4  # the width is checked against the column
     capsys.readouterr()
     # default text columns: the config's text modality (built-in defaults: title, description), else title
     assert main([*args[:-1], str(tmp_path / "default.parquet")]) == 0
@@ -185,8 +185,8 @@ def test_cli_argument_errors_exit_with_their_codes(tmp_path: Path, capsys: pytes
     base = ["features", "--items", str(items), "--out", str(tmp_path / "x.parquet")]
     model = ["--model", str(MODEL_DIR)]
     cases = [
-        ([*base, "--text", *model, "--columns", "title,body"], 3, "no text column(s) ['body']"),
-        ([*base, "--text", "--model", str(tmp_path / "nowhere")], 2, "does not exist"),
+        ([*base, "--text", *model, "--columns", "title,body"], 4, "no text column(s) ['body']"),
+        ([*base, "--text", "--model", str(tmp_path / "nowhere")], 3, "does not exist"),
         ([*base, "--text"], 2, "--text needs --model DIR"),
         ([*base, *model, "--columns", "title"], 2, "--model, --columns apply to text vectors; add --text"),
         ([*base, "--text", *model, "--backbone", "resnet50"], 2, "--backbone apply to image features, not --text"),

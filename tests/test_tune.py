@@ -162,25 +162,25 @@ def test_without_optuna_the_command_names_the_extra(
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     code = main(["tune", "--config", "data_samples/recfuse.toml", "--space", "data_samples/tune_space.toml",
                  "--out", str(tmp_path / "t")])  # fmt: skip
-    assert code == 2
+    assert code == 3
     assert "optional `tune` extra: pip install 'recfuse[tune]'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
-    ("flags", "match"),
+    ("flags", "exit_code", "match"),
     [
-        (["--trials", "0"], "--trials must be positive, got 0"),
-        (["--minutes", "-1"], "--minutes must be positive, got -1.0"),
-        (["--metric", "hit@3"], "metric must be val_recall@K"),
-        (["--storage", "study.db"], "storage must be 'memory' or a database URL.*'study.db'"),
+        (["--trials", "0"], 2, "--trials must be positive, got 0"),
+        (["--minutes", "-1"], 2, "--minutes must be positive, got -1.0"),
+        (["--metric", "hit@3"], 3, "metric must be val_recall@K"),
+        (["--storage", "study.db"], 3, "storage must be 'memory' or a database URL.*'study.db'"),
     ],
 )
-def test_bad_flags_exit_2_before_training(
-    flags: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_bad_flags_exit_before_training(
+    flags: list[str], exit_code: int, match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["tune", "--config", "data_samples/recfuse.toml", "--space", "data_samples/tune_space.toml",
                  "--out", str(tmp_path / "t"), *flags])  # fmt: skip
-    assert code == 2
+    assert code == exit_code
     import re
 
     assert re.search(match, capsys.readouterr().err)

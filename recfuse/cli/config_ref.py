@@ -102,12 +102,12 @@ def server_source(given: str) -> Path:
     Raises:
         ConfigError: ``given`` does not exist, or no usual place holds the file.
     """
-    from recfuse.errors import ConfigError
+    from recfuse.errors import ConfigError, UsageError
 
     if given:
         path = Path(given)
         if not path.is_file():
-            raise ConfigError(f"`--server-source` {given!r} is not a file; pass the path of recfuse_serving/config.py")
+            raise UsageError(f"`--server-source` {given!r} is not a file; pass the path of recfuse_serving/config.py")
         return path
     import recfuse
 

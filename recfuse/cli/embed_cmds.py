@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from recfuse.errors import ArtifactError, ConfigError
+from recfuse.errors import ArtifactError, UsageError
 
 
 def register(sub: Any) -> None:
@@ -63,7 +63,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from recfuse.embeddings.model_encoder import ModelEncoder
 
     if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     model_dir = resolve_model_dir(args.bundle) if args.bundle else Path(args.model)
     if not model_dir.is_dir():
         raise ArtifactError(f"model directory {str(model_dir)!r} does not exist; train one with `recfuse train`")

@@ -126,14 +126,14 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
 
     try:
         ks = tuple(int(k) for k in text.split(",") if k.strip())
     except ValueError:
-        raise ConfigError(f"--ks must be comma-separated integers, got {text!r}; e.g. 10,20,50") from None
+        raise UsageError(f"--ks must be comma-separated integers, got {text!r}; e.g. 10,20,50") from None
     if not ks or min(ks) < 1:
-        raise ConfigError(f"--ks must be positive integers, got {text!r}")
+        raise UsageError(f"--ks must be positive integers, got {text!r}")
     return ks
 
 
@@ -145,15 +145,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from recfuse.config import RecfuseConfig
     from recfuse.data.splits import check_same_split, split_for
     from recfuse.data.validate import load_dataset
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
     from recfuse.evaluation.baseline_eval import evaluate_baseline
     from recfuse.evaluation.baselines import BASELINES
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ConfigError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}, comma-separated")
+        raise UsageError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}, comma-separated")
     if not args.model and not args.bundle:
-        raise ConfigError("give --model (the trained model's exact ranking), --bundle (what a bundle serves), or both")
+        raise UsageError("give --model (the trained model's exact ranking), --bundle (what a bundle serves), or both")
     model = recommender = None
     if args.bundle:
         from recfuse.inference import Recommender

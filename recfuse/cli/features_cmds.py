@@ -73,18 +73,18 @@ def _read_catalog(items_path: Path) -> Any:
 
 
 def _check_common(args: argparse.Namespace) -> Path:
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
 
     if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out)
     if out.suffix.lower() != ".parquet":
-        raise ConfigError(f"--out must be a .parquet file, got {str(out)!r}")
+        raise UsageError(f"--out must be a .parquet file, got {str(out)!r}")
     return out
 
 
 def _features(args: argparse.Namespace) -> int:
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
 
     image_only = {
         "--backbone": args.backbone, "--weights": args.weights is not None, "--image-size": args.image_size,
@@ -93,11 +93,11 @@ def _features(args: argparse.Namespace) -> int:
     if args.text:
         given = [flag for flag, v in image_only.items() if v]
         if given:
-            raise ConfigError(f"{', '.join(given)} apply to image features, not --text; drop them")
+            raise UsageError(f"{', '.join(given)} apply to image features, not --text; drop them")
         return _text_features(args)
     given = [flag for flag, v in {"--model": args.model, "--columns": args.columns}.items() if v]
     if given:
-        raise ConfigError(f"{', '.join(given)} apply to text vectors; add --text")
+        raise UsageError(f"{', '.join(given)} apply to text vectors; add --text")
     return _image_features(args)
 
 
@@ -109,12 +109,12 @@ def _text_features(args: argparse.Namespace) -> int:
 
     from recfuse.config import RecfuseConfig
     from recfuse.embeddings.text_vectors import TextVectorEncoder, add_text_vectors, compose_texts
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
     from recfuse.fsio import atomic_write_parquet
 
     cfg = RecfuseConfig.from_toml(args.config) if args.config else RecfuseConfig()
     if not args.model:
-        raise ConfigError("--text needs --model DIR, a local sentence-transformers model folder")
+        raise UsageError("--text needs --model DIR, a local sentence-transformers model folder")
     items_path = Path(args.items or cfg.data.items)
     out = _check_common(args)
     column = args.column or "text_vec"
@@ -148,7 +148,7 @@ def _image_features(args: argparse.Namespace) -> int:
 
     from recfuse.config import ModalityConfig, RecfuseConfig
     from recfuse.embeddings.image_vectors import add_image_vectors, backbone_encoder, check_image_column
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
     from recfuse.fsio import atomic_write_parquet
 
     cfg = RecfuseConfig.from_toml(args.config) if args.config else RecfuseConfig()
@@ -158,7 +158,7 @@ def _image_features(args: argparse.Namespace) -> int:
     images_dir = Path(args.images_dir or cfg.data.images_dir or items_path.parent)
     image_size = args.image_size or m.image_size
     if image_size < 16:
-        raise ConfigError(f"--image-size must be >= 16, got {image_size}")
+        raise UsageError(f"--image-size must be >= 16, got {image_size}")
     image_col = args.image_column or ("image" if m.source == "vector" else m.column)
     out = _check_common(args)
     column = args.column or "image_vec"

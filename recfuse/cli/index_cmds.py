@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from recfuse.errors import ConfigError
+from recfuse.errors import ConfigError, UsageError
 
 
 def register(sub: Any) -> None:
@@ -54,7 +54,7 @@ def _index_shards(args: argparse.Namespace) -> int:
         try:  # checked before the shards are read and the model is loaded
             IndexConfig(train_sample=args.sample)
         except ConfigError as err:
-            raise ConfigError(f"--sample {args.sample}: {err}") from None
+            raise UsageError(f"--sample {args.sample}: {err}") from None
     bars: dict[str, Any] = {}
 
     def progress(p: ShardProgress) -> None:

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recfuse",
         description="Multimodal two-tower recommendation: data, training, export, index, evaluation.",
+        epilog="exit codes: 0 ok, 1 unexpected error, 2 usage, 3 config, 4 data, 5 artifact, 6 not found, "
+        "7 resource exhausted, 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"recfuse {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -54,7 +56,8 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 2 config/request, 3 data, 4 not found, 5 artifact)."""
+    """Run the CLI; returns the process exit code (:data:`recfuse.errors.EXIT_CODES`: 0 ok, 2 usage,
+    3 config, 4 data, 5 artifact, 6 not found, 7 resource exhausted, 130 interrupted)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import time
 import tomllib
 from typing import Any
 
-from recfuse.errors import ConfigError
+from recfuse.errors import UsageError
 
 
 def register(sub: Any) -> None:
@@ -61,7 +61,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:

@@ -49,7 +49,7 @@ def _line(rec: Any) -> str:
 
 def _tune(args: argparse.Namespace) -> int:
     from recfuse.config import RecfuseConfig
-    from recfuse.errors import ConfigError
+    from recfuse.errors import UsageError
     from recfuse.evaluation.tune import require_optuna, run_study
     from recfuse.evaluation.tune_space import load_space
 
@@ -58,7 +58,7 @@ def _tune(args: argparse.Namespace) -> int:
         optuna.logging.set_verbosity(logging.WARNING)
     for flag, value in (("--trials", args.trials), ("--minutes", args.minutes)):
         if value is not None and not value > 0:
-            raise ConfigError(f"{flag} must be positive, got {value}")
+            raise UsageError(f"{flag} must be positive, got {value}")
     cfg = RecfuseConfig.from_toml(args.config)
     space = load_space(args.space)
     header = f"{'trial':>5}  {'state':<8}  {'value':>8}  {'epochs':>6}  {'seconds':>8}  params"

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from recfuse.errors import ConfigError
+from recfuse.errors import ConfigError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def train_on_ray(
         RuntimeError: the training failed on a worker (its error is in the message).
     """
     if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+        raise UsageError(f"--workers must be at least 1, got {workers}")
     ray = _import_ray()
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer

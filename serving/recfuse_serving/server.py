@@ -38,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from recfuse_api.v1 import recommender_pb2 as pb
 from recfuse_api.v1 import recommender_pb2_grpc as pb_grpc
 
-from recfuse.errors import ArtifactError, ConfigError, RecfuseError
+from recfuse.errors import ArtifactError, ConfigError, RecfuseError, UsageError, exit_code_for
 from recfuse.inference import Limits
 from recfuse.variants import ExposureLogger
 from recfuse_serving.config import ServerConfig
@@ -302,7 +302,7 @@ def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 def _run_workers(config: ServerConfig, args: argparse.Namespace, argv: list[str]) -> int:
     """Supervise N single-worker processes on one SO_REUSEPORT port; forward signals; exit 0 when all do."""
     if config.port == 0:
-        raise ConfigError("`--workers` > 1 needs a fixed --port (each worker binds the same one with SO_REUSEPORT)")
+        raise UsageError("`--workers` > 1 needs a fixed --port (each worker binds the same one with SO_REUSEPORT)")
     base = _without_flags(argv, ("--workers", "--metrics-port"))
     children = []
     for i in range(config.workers):
@@ -343,13 +343,13 @@ def main(argv: list[str] | None = None) -> int:
 
             config = replace(config, exposures=replace(config.exposures, directory=args.exposures))
         if not Path(args.bundles).is_dir():
-            raise ConfigError(f"--bundles {args.bundles!r} is not a directory; pass the bundles root")
+            raise UsageError(f"--bundles {args.bundles!r} is not a directory; pass the bundles root")
         if config.workers > 1:
             return _run_workers(config, args, argv)
         return _run_one(config, args, reuse_port=os.environ.get("RECFUSE_SERVE_REUSEPORT") == "1")
     except RecfuseError as exc:
         logger.error("recfuse-serve: %s", exc)
-        return 2
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":
