@@ -66,7 +66,7 @@ def make_contents(
     user_embedding: bool = True,
     max_history: int = 20,
     index_cfg: IndexConfig | None = None,
-    model_version: str | None = None,
+    model_id: str | None = None,
 ) -> BundleContents:
     """The :class:`BundleContents` that :func:`make_bundle` writes (for tests that tweak it first)."""
     rng = np.random.default_rng(seed)
@@ -105,7 +105,7 @@ def make_contents(
     all_cats = sorted({c for cs in categories for c in cs})
     return BundleContents(
         variant=variant,
-        model_version=model_version or f"random-seed{seed}",
+        model_id=model_id or f"random-seed{seed}",
         item_ids=item_ids,
         item_vectors=vecs,
         items=items,
@@ -138,7 +138,7 @@ def make_bundle(
         seed: everything is a function of the seed.
         version: version directory name (default: time-based, sortable).
         **kwargs: forwarded to :func:`make_contents` (``n_users``, ``n_categories``, ``factory``,
-            ``user_embedding``, ``max_history``, ``index_cfg``, ``model_version``) plus
+            ``user_embedding``, ``max_history``, ``index_cfg``, ``model_id``) plus
             ``keep_versions`` for :func:`write_bundle`.
 
     Returns:

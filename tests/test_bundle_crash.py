@@ -74,13 +74,13 @@ def test_sigkill_at_every_step_leaves_a_complete_bundle(tmp_path: Path) -> None:
         assert p.wait(timeout=120) == -signal.SIGKILL, (step, p.stderr.read() if p.stderr else "")
         bundle = load_bundle(step_root)  # complete and verified (sha256 of every file)
         expected = "random-seed1" if step == "published" else "random-seed0"
-        assert bundle.model_version == expected, step
+        assert bundle.model_id == expected, step
         assert bundle.index.ntotal == 300
         # The next writer cleans whatever the killed one left behind.
         make_bundle(step_root, n_items=300, dim=16, seed=2)
         leftovers = [p.name for p in (step_root / "attention").iterdir() if p.name.startswith(".tmp-")]
         assert leftovers == [], step
-        assert load_bundle(step_root).model_version == "random-seed2"
+        assert load_bundle(step_root).model_id == "random-seed2"
         assert len(list_versions(step_root / "attention")) == (3 if step in ("renamed", "published") else 2)
 
 
@@ -96,6 +96,6 @@ def test_kill_after_random_delays_never_exposes_a_partial_bundle(tmp_path: Path)
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
         b = load_bundle(root)
-        assert b.model_version in seen | {f"random-seed{attempt + 1}"}
-        seen.add(b.model_version)
+        assert b.model_id in seen | {f"random-seed{attempt + 1}"}
+        seen.add(b.model_id)
         assert b.index.ntotal == b.item_vectors.shape[0] == b.manifest["item_count"]

@@ -110,7 +110,7 @@ def test_recommender_over_the_exported_bundle(exported: Path) -> None:
     rec = Recommender.from_bundle(exported.parent)
     user = load_bundle(exported).user_history["user_id"].iloc[0]
     r = rec.recommend(user_id=user, k=10, exclude_seen=True)
-    assert r.fallback == "" and len(r.items) == 10 and r.model_version == exported.name
+    assert r.fallback == "" and len(r.items) == 10 and r.bundle_version == exported.name
     assert rec.recommend(k=3).fallback == "popular"
 
 
@@ -282,7 +282,7 @@ def test_add_items_makes_new_items_recommendable(
     assert result.rejects[0][0] == "broken-image" and "image" in result.rejects[0][1]
     after = load_bundle(result.path.parent)
     assert after.path == result.path and after.manifest["parent_version"] == before.version
-    assert after.model_version == before.model_version and after.index.ntotal == len(before.item_ids) + 4
+    assert after.model_id == before.model_id and after.index.ntotal == len(before.item_ids) + 4
     assert after.item_ids[: len(before.item_ids)] == before.item_ids  # old rows keep their ids
     np.testing.assert_array_equal(after.item_vectors[: len(before.item_ids)], before.item_vectors)
 

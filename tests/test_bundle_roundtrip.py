@@ -99,8 +99,8 @@ def test_second_version_moves_current_and_old_stays_loadable(tmp_path: Path) -> 
     v2 = make_bundle(root, n_items=40, dim=4, seed=2)
     assert v1.name < v2.name  # sortable version names
     assert list_versions(root / "attention") == [v1.name, v2.name]
-    assert load_bundle(root).model_version == "random-seed2"
-    assert load_bundle(v1).model_version == "random-seed1"
+    assert load_bundle(root).model_id == "random-seed2"
+    assert load_bundle(v1).model_id == "random-seed1"
     with pytest.raises(ArtifactError, match="already exists"):
         make_bundle(root, n_items=40, dim=4, version=v2.name)
     v3 = make_bundle(root, n_items=40, dim=4, seed=3, keep_versions=2)
@@ -244,7 +244,7 @@ def test_invalid_contents_rejected_before_writing(tmp_path: Path) -> None:
         query_tower=make_tower(4, 7),
     )
     bad(r"`variant` must be 1-128 characters.*got '\.\./x'", variant="../x")
-    bad(r"`model_version` must be a non-empty string", model_version="")
+    bad(r"`model_id` must be a non-empty string", model_id="")
     bad(r"`item_scale` must hold one positive finite factor per item \(30\), got shape \(29,\)",
         item_scale=np.ones(29, np.float32))  # fmt: skip
     bad(r"`item_scale` must hold one positive finite factor per item \(30\), got shape \(30,\) with min 0\.0",

@@ -27,7 +27,7 @@ def test_recommend_json_matches_the_library(bundle: Path, capsys: pytest.Capture
     out = json.loads(capsys.readouterr().out)
     expected = Recommender.from_bundle(root).recommend(user_id="u2", k=5, exclude_seen=True)
     assert [r["item_id"] for r in out["items"]] == expected.item_ids
-    assert out["fallback"] == "" and out["model_version"] == bundle.name and out["variant"] == "attention"
+    assert out["fallback"] == "" and out["bundle_version"] == bundle.name and out["variant"] == "attention"
     assert out["items"][0]["title"].startswith("Item ") and out["items"][0]["rank"] == 1
 
 

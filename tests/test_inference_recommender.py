@@ -46,7 +46,7 @@ def _expected(rec: Recommender, user: str | None, history: list[str], k: int, ex
 def test_known_user_matches_brute_force_and_its_taste(rec: Recommender) -> None:
     r = rec.recommend(user_id="u3", k=10)
     assert r.fallback == "" and len(r.items) == 10 and r.variant == "attention"
-    assert r.model_version == rec.bundle.version and r.query_ms > 0 and r.search_ms > 0
+    assert r.bundle_version == rec.bundle.version and r.query_ms > 0 and r.search_ms > 0
     assert r.item_ids == _expected(rec, "u3", [], 10, [])
     scores = [it.score for it in r.items]
     assert scores == sorted(scores, reverse=True) and all(isinstance(s, float) for s in scores)

@@ -105,7 +105,7 @@ def test_recommend_answers_what_the_library_answers_and_logs_exposures(served):
         assert [it.item_id for it in r.items] == want.item_ids, case
         assert [it.score for it in r.items] == pytest.approx([it.score for it in want.items], rel=1e-6)
         assert [it.title for it in r.items] == [rec.item_title(i) for i in want.item_ids]
-        assert r.fallback_reason == want.fallback and r.bundle_version == want.model_version == rec.version
+        assert r.fallback_reason == want.fallback and r.bundle_version == want.bundle_version == rec.version
         assert r.fallback == (pb.FALLBACK_POPULAR if want.fallback else pb.FALLBACK_NONE)
         assert r.variant == "concat" and r.request_id == f"lib-{i}"
     server.exposures.flush()
@@ -162,7 +162,7 @@ def test_similar_items_and_info(served):
     for seed, v in enumerate(info.variants):  # make_root: seed 0, 1 in variant order
         assert v.item_count == N_ITEMS and v.dim == 16 and v.index_type == "Flat" and v.traffic_share == 0.5
         bundle = server.registry.get(v.variant).bundle
-        assert v.bundle_version == bundle.version and v.model_id == bundle.model_version == f"random-seed{seed}"
+        assert v.bundle_version == bundle.version and v.model_id == bundle.model_id == f"random-seed{seed}"
         # created_at is a Timestamp equal to the manifest's ISO text, to the microsecond
         assert v.HasField("created_at") and v.ann_recall == pytest.approx(1.0)
         written = dt.datetime.fromisoformat(bundle.manifest["created_at"])

@@ -10,7 +10,7 @@ item-vocabulary index (``IdVocab(item_ids, num_oov=0)``), its FAISS id and its r
 tower's item matrix.
 
 Example:
-    >>> contents = BundleContents(variant="attention", model_version="m1", item_ids=ids,  # doctest: +SKIP
+    >>> contents = BundleContents(variant="attention", model_id="m1", item_ids=ids,  # doctest: +SKIP
     ...     item_vectors=vecs, items=meta, query_tower=tower, user_vocab=users,
     ...     category_vocab=cats, popularity={"a": 3}, user_history={"u1": ["a"]})
     >>> write_bundle("bundles", contents)                                                 # doctest: +SKIP
@@ -52,7 +52,7 @@ class BundleContents:
 
     Attributes:
         variant: fusion variant name (the bundle's directory under the root).
-        model_version: id of the trained model (kept across incremental adds).
+        model_id: id of the trained model (kept across incremental adds; the manifest's ``model_version``).
         item_ids: ``[n]`` catalog item ids (str), unique; row order of everything item-shaped.
         item_vectors: ``[n, d]`` float32 item embeddings, what the query tower reads a history from.
         item_scale: ``[n]`` positive factor each item is ranked by (the popularity prior's
@@ -80,7 +80,7 @@ class BundleContents:
     """
 
     variant: str
-    model_version: str
+    model_id: str
     item_ids: Sequence[str]
     item_vectors: FloatArray
     items: pd.DataFrame
@@ -114,8 +114,8 @@ class BundleContents:
             ArtifactError: naming the field, the value found and what is expected.
         """
         check_name("variant", self.variant)
-        if not str(self.model_version):
-            raise ArtifactError("`model_version` must be a non-empty string, got ''")
+        if not str(self.model_id):
+            raise ArtifactError("`model_id` must be a non-empty string, got ''")
         self.item_ids = [id_str(x) for x in self.item_ids]
         vecs = np.asarray(self.item_vectors)
         if vecs.ndim != 2 or vecs.shape[0] == 0 or vecs.shape[1] == 0:

@@ -97,7 +97,7 @@ def contents_from_model(
     queries, about = served_query_vectors(model, index_cfg.served_queries, index_cfg.seed)
     return BundleContents(
         variant=model.config.variant,
-        model_version=model_version_of(model.model_dir),
+        model_id=model_id_of(model.model_dir),
         item_ids=list(model.item_ids),
         item_vectors=model.item_embeddings,
         item_scale=model.ranking_scale,  # the popularity prior's factor: the index ranks by vectors x scale
@@ -143,7 +143,7 @@ def served_query_vectors(model: TrainedModel, n: int, seed: int = 0) -> tuple[np
     return queries, about
 
 
-def model_version_of(model_dir: Path) -> str:
+def model_id_of(model_dir: Path) -> str:
     """``<dir name>-<12 hex of sha256(model.json + weights index)>``: stable for one trained model."""
     h = hashlib.sha256()
     for rel in ("model.json", "weights/ckpt.index"):

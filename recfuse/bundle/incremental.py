@@ -218,7 +218,7 @@ def _extended(
     saved = loaded.path / mf.SAVEDMODEL_DIR
     contents = BundleContents(
         variant=loaded.variant,
-        model_version=loaded.model_version,
+        model_id=loaded.model_id,
         item_ids=[*loaded.item_ids, *new_ids],
         item_vectors=vectors,
         item_scale=None if bool((scale == 1.0).all()) else scale,

@@ -45,7 +45,8 @@ class LoadedBundle:
 
     Attributes:
         path: the version directory.
-        variant, version, model_version: names from the manifest.
+        variant, version: names from the manifest; model_id: the trained model's id (the manifest's
+            ``model_version`` key).
         manifest: the parsed ``manifest.json``.
         item_ids: ``[n]`` item ids in row order (row = vocab index = FAISS id).
         item_vectors: ``[n, d]`` float32 item embeddings, what the query tower reads a history from.
@@ -64,7 +65,7 @@ class LoadedBundle:
     path: Path
     variant: str
     version: str
-    model_version: str
+    model_id: str
     manifest: dict[str, Any]
     item_ids: list[str]
     item_vectors: FloatArray
@@ -201,7 +202,7 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
         path=vdir,
         variant=str(manifest["variant"]),
         version=str(manifest["version"]),
-        model_version=str(manifest["model_version"]),
+        model_id=str(manifest["model_version"]),
         manifest=manifest,
         item_ids=item_ids,
         item_vectors=vectors,

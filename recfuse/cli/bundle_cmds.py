@@ -146,7 +146,7 @@ def _recommend(args: argparse.Namespace) -> int:
             "items": rows,
             "fallback": result.fallback,
             "variant": result.variant,
-            "model_version": result.model_version,
+            "bundle_version": result.bundle_version,
             "query_ms": result.query_ms,
             "search_ms": result.search_ms,
             "skipped_history": result.skipped_history,
@@ -155,7 +155,7 @@ def _recommend(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False))
         return 0
     print(
-        f"bundle {result.variant}/{result.model_version}  fallback: {result.fallback or 'none (model)'}  "
+        f"bundle {result.variant}/{result.bundle_version}  fallback: {result.fallback or 'none (model)'}  "
         f"query {result.query_ms:.2f} ms  search {result.search_ms:.2f} ms"
     )
     if result.skipped_history:

@@ -24,7 +24,7 @@ def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> Bundle
     return BundleInfo(
         variant=bundle.variant,
         version=bundle.version,
-        model_version=bundle.model_version,
+        model_id=bundle.model_id,
         created_at=str(m["created_at"]),
         item_count=int(m["item_count"]),
         user_count=len(bundle.user_vocab),

@@ -270,7 +270,7 @@ class Recommender:
                 Recommendation(
                     items=self._scored(rows, scores),
                     fallback=FALLBACK_NONE if p.use_model else FALLBACK_POPULAR,
-                    model_version=self.bundle.version,
+                    bundle_version=self.bundle.version,
                     variant=self.bundle.variant,
                     query_ms=query_ms,
                     search_ms=search_ms,
@@ -320,7 +320,7 @@ class Recommender:
         return Recommendation(
             items=self._scored(rows, scores),
             fallback=FALLBACK_NONE,
-            model_version=self.bundle.version,
+            bundle_version=self.bundle.version,
             variant=self.bundle.variant,
             query_ms=0.0,
             search_ms=search_ms,

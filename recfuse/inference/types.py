@@ -54,7 +54,7 @@ class Recommendation:
     Attributes:
         items: best first; exactly ``k`` unless fewer candidates pass the filters.
         fallback: ``""`` (model), ``"popular"`` (no user signal: popularity order).
-        model_version: the bundle version that answered (changes on every publish, incl. incremental adds).
+        bundle_version: the bundle version that answered (changes on every publish, incl. incremental adds).
         variant: the bundle's fusion variant.
         query_ms: query-tower time; for a batch, the time of the whole batch's one forward.
         search_ms: index search + filtering time; for a batch, the whole batched search.
@@ -64,7 +64,7 @@ class Recommendation:
 
     items: list[ScoredItem]
     fallback: str
-    model_version: str
+    bundle_version: str
     variant: str
     query_ms: float
     search_ms: float
@@ -94,11 +94,15 @@ class RankedRows(NamedTuple):
 
 @dataclass(frozen=True)
 class BundleInfo:
-    """What is being served (for ``Info`` RPCs and ``recfuse recommend --json``)."""
+    """What is being served (for ``Info`` RPCs and ``recfuse recommend --json``).
+
+    ``version`` is the bundle version (a new one on every publish, incremental adds included);
+    ``model_id`` names the trained model the bundle was exported from (kept across incremental adds).
+    """
 
     variant: str
     version: str
-    model_version: str
+    model_id: str
     created_at: str
     item_count: int
     user_count: int

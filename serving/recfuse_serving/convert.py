@@ -1,7 +1,7 @@
 """Proto messages <-> recfuse.inference dataclasses (field mapping, ``k`` defaulting, time formats).
 
-The library's ``Recommendation.model_version`` / ``BundleInfo.version`` is the bundle version: on the
-wire it is ``bundle_version``; ``BundleInfo.model_version`` (the trained model) is ``model_id``.
+``Recommendation.bundle_version`` / ``BundleInfo.version`` (the bundle version) is ``bundle_version``
+on the wire; ``BundleInfo.model_id`` (the trained model) is ``model_id``.
 
 Example:
     >>> q = to_query(pb.RecommendRequest(user_id="u1", k=0), default_k=10)
@@ -85,7 +85,7 @@ def to_response(
     title_of: Callable[[str], str] | None = None,
 ) -> pb.RecommendResponse:
     """A ``RecommendResponse`` from a library answer (titles added when ``title_of`` is given)."""
-    out = _header(rec.variant, rec.model_version, rec.fallback, request_id, rec.query_ms, rec.search_ms, total_ms)
+    out = _header(rec.variant, rec.bundle_version, rec.fallback, request_id, rec.query_ms, rec.search_ms, total_ms)
     add = out.items.add  # in-place adds: about half the cost of building ScoredItem messages and a list
     if title_of is not None:
         for it in rec.items:
@@ -132,7 +132,7 @@ def to_variant_info(info: BundleInfo, share: float) -> pb.VariantInfo:
     out = pb.VariantInfo(
         variant=info.variant,
         bundle_version=info.version,
-        model_id=info.model_version,
+        model_id=info.model_id,
         index_type=info.index_factory,
         item_count=info.item_count,
         dim=info.dim,

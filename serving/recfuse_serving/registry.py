@@ -80,7 +80,7 @@ def serve_view(rec: Recommender, max_title_chars: int, max_message_bytes: int) -
     title_bytes = max((len(t.encode()) for t in titles), default=0)
     item_bytes = sizes.item_bound(id_bytes, title_bytes)
     header = sizes.header_bound(
-        len(rec.variant.encode()), max(len(rec.version.encode()), len(rec.bundle.model_version.encode()))
+        len(rec.variant.encode()), max(len(rec.version.encode()), len(rec.bundle.model_id.encode()))
     )
     fit_k = max(0, (max_message_bytes - header) // item_bytes)
     return Served(rec, titles, title_of, item_bytes, header, fit_k)
