@@ -49,7 +49,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 import recfuse  # noqa: E402,F401
-from recfuse.config import RecfuseConfig  # noqa: E402
+from recfuse.config import BundleConfig, RecfuseConfig  # noqa: E402
 from recfuse.ranking import masked_topk  # noqa: E402
 
 K = 10
@@ -154,7 +154,7 @@ def _subset(cfg: RecfuseConfig, kinds: tuple[str, ...], variant: str) -> Recfuse
         # it stalls there until early stopping ends it (sample: 0.11 vs 0.22-0.25). The baseline is
         # trained without it, its stronger setting, so the ratio to it is not flattered.
         mods = (dataclasses.replace(mods[0], token_dropout=0.0),)
-    return dataclasses.replace(cfg, modalities=mods, variant=variant)
+    return dataclasses.replace(cfg, modalities=mods, bundle=BundleConfig(variant=variant))
 
 
 VARIANTS = ("attention", "image", "text", "attention_ids", "image_ids", "text_ids", "id_only", "cold", "cold_ids")

@@ -4,7 +4,7 @@ Usage::
 
     OPENBLAS_NUM_THREADS=1 python bench/recommend_bench.py            # 100k items, d=64, Flat + HNSW32
     python bench/recommend_bench.py --quick                           # 20k items
-    python bench/recommend_bench.py --bundle bundles/attention        # also a real exported bundle
+    python bench/recommend_bench.py --bundle bundles/default        # also a real exported bundle
     python bench/recommend_bench.py --query-encoder transformer       # bundles with the transformer tower
     python bench/recommend_bench.py --encoders-only --history 50      # part 3 only
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from recfuse.bundle import BundleContents, write_bundle
-from recfuse.config import FUSIONS, IndexConfig, ModelConfig, RecfuseConfig
+from recfuse.config import FUSIONS, BundleConfig, IndexConfig, ModelConfig, RecfuseConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.forward.query import NumpyQueryTower
 
@@ -100,7 +100,7 @@ def make_contents(
     popularity = {item_ids[r]: int(counts[r]) for r in np.flatnonzero(counts)}
     user_vocab = IdVocab(tuple(users), num_oov=4)
     fusion = variant if variant in FUSIONS else "attention"
-    cfg = RecfuseConfig(model=ModelConfig(dim=dim, fusion=fusion), variant=variant)
+    cfg = RecfuseConfig(model=ModelConfig(dim=dim, fusion=fusion), bundle=BundleConfig(variant=variant))
     cfg = cfg.with_overrides({"data.max_history": max_history})
     all_cats = sorted({c for cs in categories for c in cs})
     return BundleContents(

@@ -75,7 +75,7 @@ def test_export_layout_and_manifest(exported: Path, trained: tuple[Path, Path, p
     _data, model_dir, items = trained
     b = load_bundle(exported)
     m = b.manifest
-    assert exported.parent.name == "attention" and m["variant"] == "attention"
+    assert exported.parent.name == "default" and m["variant"] == "default"
     assert m["embedding_dim"] == 16 and m["item_count"] == len(items) and m["index_factory"] == "Flat"
     assert m["ann_recall"] == pytest.approx(1.0) and m["has_model"] and m["has_query_savedmodel"]
     assert m["model_version"].startswith("model-") and m["training_config"]["model"]["fusion"] == "attention"
@@ -328,9 +328,9 @@ def test_cli_export_and_add_items(
     relative = [str(Path(p).relative_to(data_dir)) if isinstance(p, str) else p for p in new["image"].iloc[:2]]
     new.iloc[:2].assign(image=relative).to_parquet(tmp_path / "n.parquet")  # image paths inside --images-dir
     catalog = ["--catalog", str(tmp_path / "n.parquet"), "--images-dir", str(data_dir)]
-    assert main(["add-items", "--bundle", str(root / "attention"), *catalog]) == 0
+    assert main(["add-items", "--bundle", str(root / "default"), *catalog]) == 0
     printed = capsys.readouterr().out
     assert "added 2 item(s), skipped 0 already present, rejected 0" in printed and "served recall@10" in printed
-    assert len(list_versions(root / "attention")) == 2
+    assert len(list_versions(root / "default")) == 2
     assert main(["export", "--model", str(tmp_path / "nope"), "--out", str(root)]) == 5
     assert "error:" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from recfuse.errors import ConfigError
 def test_defaults_round_trip() -> None:
     cfg = RecfuseConfig()
     assert RecfuseConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.variant == "attention"
+    assert cfg.variant == cfg.bundle.variant == "default"  # never the fusion's name implicitly
     assert [m.name for m in cfg.modalities] == ["image", "text", "categories"]
 
 
@@ -192,7 +192,7 @@ def test_a_config_without_modalities_says_which_defaults_it_got(caplog: pytest.L
     caplog.clear()
     with caplog.at_level("WARNING", logger="recfuse.config"):
         ids_only = RecfuseConfig.from_dict({"modalities": []})
-    assert ids_only.modalities == () and ids_only.variant == "ids-only" and not caplog.text
+    assert ids_only.modalities == () and ids_only.variant == "default" and not caplog.text
 
 
 def test_eval_protocol_config() -> None:
@@ -218,3 +218,19 @@ def test_a_stored_config_with_a_removed_key_still_loads_with_a_warning(caplog: p
     assert "attention_user_conditioned` is no longer a setting" in caplog.text
     assert cfg == RecfuseConfig() and "attention_user_conditioned" not in cfg.to_dict()["model"]
 
+
+
+def test_the_bundle_variant_is_explicit_and_old_configs_migrate(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = RecfuseConfig.from_dict({"modalities": [], "bundle": {"variant": "text-only"}})
+    assert cfg.variant == "text-only" and cfg.to_dict()["bundle"] == {"variant": "text-only"}
+    assert "variant" not in cfg.to_dict()  # one place for the name
+    # a stored config from before [bundle] keeps publishing under its name, with a warning
+    with caplog.at_level("WARNING", logger="recfuse.config"):
+        old = RecfuseConfig.from_dict({"modalities": [], "variant": "attention"})
+    assert old.variant == "attention" and RecfuseConfig.from_dict(old.to_dict()) == old
+    assert "top-level `variant` is now `[bundle] variant`; read as bundle.variant = 'attention'" in caplog.text
+    with pytest.raises(ConfigError, match=r"`variant` = 'a' and `bundle.variant` = 'b' are both set"):
+        RecfuseConfig.from_dict({"modalities": [], "variant": "a", "bundle": {"variant": "b"}})
+    with pytest.raises(ConfigError, match=r"`bundle.variant` must be 1-128 letters.*got '\.\./x'"):
+        RecfuseConfig.from_dict({"modalities": [], "bundle": {"variant": "../x"}})
+    assert cfg.with_overrides({"bundle.variant": "v2"}).variant == "v2"

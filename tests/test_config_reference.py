@@ -49,13 +49,14 @@ def test_every_field_of_every_section_is_in_the_reference() -> None:
     tables = _tables(REFERENCE.read_text(encoding="utf-8"))
     expected = {
         ("recfuse.toml", "top level"): ["modalities", *_names(cfg.RecfuseConfig, ("data", "modalities", "model",
-                                                                                  "train", "index", "eval"))],
+                                                                                  "train", "index", "eval", "bundle"))],
         ("recfuse.toml", "[data]"): _names(cfg.DataConfig),
         ("recfuse.toml", "[[modalities]]"): _names(cfg.ModalityConfig),
         ("recfuse.toml", "[model]"): _names(cfg.ModelConfig),
         ("recfuse.toml", "[train]"): _names(cfg.TrainConfig),
         ("recfuse.toml", "[index]"): _names(cfg.IndexConfig),
         ("recfuse.toml", "[eval]"): _names(cfg.EvalConfig),
+        ("recfuse.toml", "[bundle]"): _names(cfg.BundleConfig),
         ("exp.toml", "[experiment]"): _names(experiment_config.ExperimentSpec, ("variants", "baselines")),
         ("exp.toml", "[[variants]]"): _names(experiment_config.VariantSpec),
         ("exp.toml", "[baselines]"): _names(baselines.BaselineSettings),
@@ -69,7 +70,7 @@ def test_every_field_of_every_section_is_in_the_reference() -> None:
     # the [experiment] table documents exactly the keys the parser accepts
     assert set(expected[("exp.toml", "[experiment]")]) == experiment_config._EXPERIMENT_KEYS
     # every section of the configs is covered
-    assert {f.name for f in dataclasses.fields(cfg.RecfuseConfig)} - {"variant", "modalities"} == {
+    assert {f.name for f in dataclasses.fields(cfg.RecfuseConfig)} - {"modalities"} == {
         t.strip("[]") for (file, t) in tables if file == "recfuse.toml" and t.startswith("[") and "modal" not in t
     }
 

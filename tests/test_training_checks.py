@@ -46,11 +46,10 @@ def test_a_model_with_no_content_left_is_not_called_attention(caplog: pytest.Log
         check_training_inputs(cfg, _items(), train)
     assert "no content modality has data: the item tower is the item-id embedding alone, so " in caplog.text
     assert "`model.fusion = 'attention'` fuses nothing" in caplog.text
-    # asked for on purpose (no modalities, a variant of its own): nothing to warn about
+    # asked for on purpose (no modalities): nothing to warn about, whatever the variant is called
     assert modality_warnings(RecfuseConfig.from_dict({"modalities": []}), _items()) == []
-    # the same with the fusion's name as variant is still said
-    named = RecfuseConfig.from_dict({"modalities": [], "variant": "attention"})
-    assert "fuses nothing" in modality_warnings(named, _items())[0]
+    named = RecfuseConfig.from_dict({"modalities": [], "bundle": {"variant": "attention"}})
+    assert modality_warnings(named, _items()) == []
 
 
 def test_the_shipped_sample_covers_every_modality() -> None:

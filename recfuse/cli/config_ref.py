@@ -144,6 +144,7 @@ def sections(server_config: Path) -> list[Section]:
         ("[train]", cfg.TrainConfig),
         ("[index]", cfg.IndexConfig),
         ("[eval]", cfg.EvalConfig),
+        ("[bundle]", cfg.BundleConfig),
     ):
         out.append(Section(lib, table, _summary(cls), _keys(cls)))
     exp, spec = "exp.toml", experiment_config.ExperimentSpec

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from recfuse.config.bundle import BundleConfig
 from recfuse.config.data import SPLITS, DataConfig
 from recfuse.config.evaluation import EVAL_HISTORIES, EVAL_MASKS, EvalConfig
 from recfuse.config.index import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, IndexConfig
@@ -28,6 +29,7 @@ from recfuse.config.root import RecfuseConfig
 from recfuse.config.train import TrainConfig
 
 __all__ = [
+    "BundleConfig",
     "ALIGNMENTS",
     "DEFAULT_EF_SEARCH",
     "DEFAULT_NPROBE",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recfuse.config.bundle import BundleConfig
 from recfuse.config.data import DataConfig
 from recfuse.config.evaluation import EvalConfig
 from recfuse.config.index import IndexConfig
@@ -32,7 +33,7 @@ class RecfuseConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    variant: str = ""
+    bundle: BundleConfig = field(default_factory=BundleConfig)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.modalities]
@@ -50,8 +51,11 @@ class RecfuseConfig:
                 f"has an output at every history position); got query_encoder = {self.model.query_encoder!r}: "
                 "set it to 'transformer', or targets = 'last'"
             )
-        if not self.variant:
-            object.__setattr__(self, "variant", self.model.fusion if self.modalities else "ids-only")
+
+    @property
+    def variant(self) -> str:
+        """The name this model is published and served under (``bundle.variant``)."""
+        return self.bundle.variant
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RecfuseConfig:
@@ -126,11 +130,24 @@ class RecfuseConfig:
 def _migrated(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     """``raw`` without keys that no longer exist (stored configs keep loading), each with a warning.
 
+    A top-level ``variant`` (its place before ``[bundle]``; it defaulted to the fusion's name) moves to
+    ``bundle.variant``, so a stored model keeps publishing under the name it was trained with.
+
     ``model.attention_user_conditioned`` could only be false: item embeddings go into a FAISS index
     once for all users, so the fusion cannot depend on the user (the user side is the query tower's
     history pooling; ``AttentionFusion(...)(tokens, mask, context=...)`` takes a context vector for
     models built on top, e.g. a re-ranker).
     """
+    if isinstance(raw, Mapping) and "variant" in raw:
+        bundle = raw.get("bundle")
+        if isinstance(bundle, Mapping) and "variant" in bundle:
+            raise ConfigError(
+                f"`variant` = {raw['variant']!r} and `bundle.variant` = {bundle['variant']!r} are both set; "
+                "keep `bundle.variant` only"
+            )
+        logger.warning("top-level `variant` is now `[bundle] variant`; read as bundle.variant = %r", raw["variant"])
+        rest = {k: v for k, v in raw.items() if k != "variant"}
+        raw = {**rest, "bundle": {**(bundle if isinstance(bundle, Mapping) else {}), "variant": raw["variant"]}}
     model = raw.get("model") if isinstance(raw, Mapping) else None
     if not isinstance(model, Mapping) or "attention_user_conditioned" not in model:
         return raw

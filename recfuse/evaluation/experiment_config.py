@@ -161,7 +161,7 @@ class ExperimentSpec:
             raw["modalities"] = [m for m in raw["modalities"] if m["name"] in variant.modalities]
             cfg = RecfuseConfig.from_dict(raw)
         try:
-            return cfg.with_overrides({**dict(variant.overrides), "train.seed": seed, "variant": variant.name})
+            return cfg.with_overrides({**dict(variant.overrides), "train.seed": seed, "bundle.variant": variant.name})
         except ConfigError as err:
             raise ConfigError(f"variant {variant.name!r}: {err}") from None
 
@@ -226,7 +226,13 @@ def _variant(raw: Any, i: int) -> VariantSpec:
     overrides = raw.get("overrides", {})
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"`{where}.overrides` must be a table of dotted keys, got {overrides!r}")
-    data_keys = sorted(k for k in overrides if str(k).split(".")[0] in ("data", "variant"))
+    named = sorted(k for k in overrides if str(k).split(".")[0] in ("variant", "bundle"))
+    if named:
+        raise ConfigError(
+            f"`{where}.overrides` may not change {named}: each run is published under its variant's `name`; "
+            "drop the key"
+        )
+    data_keys = sorted(k for k in overrides if str(k).split(".")[0] == "data")
     if data_keys:
         raise ConfigError(
             f"`{where}.overrides` may not change {data_keys}: every variant must train on the same split; "

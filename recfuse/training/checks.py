@@ -136,11 +136,12 @@ def modality_warnings(cfg: RecfuseConfig, items: pd.DataFrame) -> list[str]:
             )
         else:
             with_data.append(m.name)
-    if not with_data and (cfg.modalities or cfg.variant == cfg.model.fusion):
+    if not with_data and cfg.modalities:
         notes.append(
             f"no content modality has data: the item tower is the item-id embedding alone, so "
             f"`model.fusion = {cfg.model.fusion!r}` fuses nothing and new items cannot be embedded from content "
-            f"(variant {cfg.variant!r}); declare a modality the catalog fills, or set `variant` to say what this is"
+            f"(variant {cfg.variant!r}); declare a modality the catalog fills, or declare `modalities = []` for an "
+            "item-id-only model"
         )
     return notes
 
