@@ -90,21 +90,18 @@ def ivf_of(index: Any) -> Any:
 
 
 def describe(index: faiss.Index) -> str:
-    """A factory-style string describing a loaded ``IDMap2`` index (``Flat``, ``HNSW32``, ``IVF1024,PQ32``)."""
+    """The factory string of a loaded ``IDMap2`` index (``Flat``, ``HNSW32``, ``IVF1024,PQ32x8``).
+
+    faiss's own reverse of ``index_factory`` (``faiss.contrib.factory_tools.reverse_index_factory``)
+    for the inner index; an index it cannot name is described by its class name.
+    """
+    from faiss.contrib.factory_tools import reverse_index_factory
+
     inner = inner_index(index)
-    if isinstance(inner, faiss.IndexHNSWFlat):
-        hnsw: Any = inner.hnsw  # the stubs lack nb_neighbors
-        return f"HNSW{hnsw.nb_neighbors(1)}"
-    if isinstance(inner, faiss.IndexFlat):
-        return "Flat"
-    if isinstance(inner, faiss.IndexIVFPQ):
-        pq = inner.pq
-        return f"IVF{inner.nlist},PQ{pq.M}" + ("" if pq.nbits == 8 else f"x{pq.nbits}")
-    if isinstance(inner, faiss.IndexIVFFlat):
-        return f"IVF{inner.nlist},Flat"
-    if isinstance(inner, faiss.IndexIVFScalarQuantizer):
-        return f"IVF{inner.nlist},SQ"
-    return type(inner).__name__
+    try:
+        return str(reverse_index_factory(inner))
+    except (NotImplementedError, AssertionError, RuntimeError):
+        return type(inner).__name__
 
 
 def supports_selector(index: faiss.Index) -> bool:
