@@ -20,7 +20,6 @@ embeddings, and no batch straddles a shard boundary).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,26 +28,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recfuse import ray_session
 from recfuse.embeddings.encoder import EncoderFactory
 from recfuse.embeddings.engine import EmbedReport, Progress, encode_checked, finalize
 from recfuse.embeddings.shards import atomic_write_table, embeddings_table, rejects_table, shard_name
-from recfuse.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
 def import_ray() -> Any:
     """``ray`` (with Ray Data) or :class:`ConfigError` naming the extra to install."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, at ray's import
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "`--engine ray` needs Ray, which is not installed; run `pip install 'recfuse[ray]'` "
-            "or use the default `--engine local`"
-        ) from None
-    return ray
+    return ray_session.import_ray("ray.data")
 
 
 class _EncodeActor:
@@ -80,17 +70,6 @@ class _EncodeActor:
         )
 
 
-def _check_local_ray_binds_loopback(ray: Any) -> None:
-    """Refuse to start a local session that would listen on every interface (see the module doc)."""
-    ip = ray.util.get_node_ip_address()  # before init: the address a new local node would use
-    if ip not in ("127.0.0.1", "::1"):
-        raise ConfigError(
-            f"a local Ray session would bind to {ip!r} (every interface), not 127.0.0.1: `ray` was imported "
-            "before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; set it before importing ray, or call "
-            "ray.init(...) yourself before `--engine ray`"
-        )
-
-
 def run_ray(
     catalog: Path,
     out: Path,
@@ -103,8 +82,7 @@ def run_ray(
     in order and sharded like the local engine."""
     ray = import_ray()
     if not ray.is_initialized():
-        _check_local_ray_binds_loopback(ray)
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray_session.start_local(ray, num_cpus=2)
     ctx = ray.data.DataContext.get_current()
     ctx.target_max_block_size = 8 * 1024 * 1024
     ctx.execution_options.preserve_order = True  # deterministic shard contents

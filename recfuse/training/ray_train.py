@@ -20,27 +20,16 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from recfuse.errors import ConfigError, UsageError
+from recfuse import ray_session
+from recfuse.errors import UsageError
 
 logger = logging.getLogger(__name__)
-
-
-def _import_ray() -> Any:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read once, at ray's import
-    try:
-        import ray
-        import ray.train.tensorflow  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "`--engine ray` needs Ray Train, which is not installed; run `pip install 'recfuse[ray]'` "
-            "or train with the default `--engine local`"
-        ) from None
-    return ray
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -84,21 +73,14 @@ def train_on_ray(
     """
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
-    ray = _import_ray()
+    ray = ray_session.import_ray("ray.train.tensorflow", fallback="the default `--engine local`")
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     started = False
     if not ray.is_initialized():
         if address is None:
-            ip = ray.util.get_node_ip_address()
-            if ip not in ("127.0.0.1", "::1"):
-                raise ConfigError(
-                    f"a local Ray session would bind to {ip!r} (every interface), not 127.0.0.1: `ray` was "
-                    "imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; set it before importing ray"
-                )
-            cpus = max(1, int(round(workers * cpus_per_worker + 0.49)))
-            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+            ray_session.start_local(ray, num_cpus=max(1, math.ceil(workers * cpus_per_worker)), log_to_driver=True)
         else:
             ray.init(address=address, log_to_driver=True)
         started = True
