@@ -38,16 +38,19 @@ def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
-@pytest.mark.parametrize("targets", ["last", "all_positions"])
-def test_streamed_examples_equal_the_in_memory_ones_on_the_sample(sample, tmp_path: Path, targets: str) -> None:
+@pytest.mark.parametrize(("history", "targets"), [("previous", "last"), ("previous", "all_positions"),
+                                                  ("profile", "last")])  # fmt: skip
+def test_streamed_examples_equal_the_in_memory_ones_on_the_sample(
+    sample, tmp_path: Path, history: str, targets: str
+) -> None:
     df, items, users = sample
     m = prepare_interactions(SAMPLE / "interactions.parquet", tmp_path / "p", buckets=4, rows_per_shard=3000)
     assert len(m["shards"]) > 4 and m["rows"] == len(df) == 23504 and m["users"] == 800
     # the vocabulary and the popularity come from the prepared folder and equal the in-memory ones
     assert IdVocab.build(prepared_user_ids(tmp_path / "p"), num_oov=2).ids == users.ids
-    ref = build_examples(df, items, users, max_history=20, targets=targets)
+    ref = build_examples(df, items, users, max_history=20, history=history, targets=targets)
     assert prepared_item_counts(tmp_path / "p", items).tolist() == ref.item_counts.tolist()  # type: ignore[union-attr]
-    src = StreamedExamples(tmp_path / "p", items, users, max_history=20, targets=targets)
+    src = StreamedExamples(tmp_path / "p", items, users, max_history=20, history=history, targets=targets)
     got = _concat(list(src.batches(batch_size=256, seed=3, shuffle_buffer=5000)))
     assert len(got["item_idx"]) == len(ref) and _rows(got) == _rows(ref.as_dict())
     assert got["hist_pos"].dtype == np.float32 and got["hist_pos"][0].tolist() == list(map(float, range(20)))
