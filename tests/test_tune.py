@@ -139,7 +139,7 @@ def test_metric_names() -> None:
 def test_configs_round_trip_through_the_toml_writer() -> None:
     for cfg in (
         RecfuseConfig.from_toml("data_samples/recfuse.toml"),
-        RecfuseConfig.from_dict({"modalities": [], "variant": 'ids "only" \\ 中文\n\x7f'}),
+        RecfuseConfig.from_dict({"modalities": [], "train": {"out_dir": 'runs/"only" \\ 中文\n\x7f'}}),
     ):
         assert RecfuseConfig.from_dict(tomllib.loads(config_toml(cfg))) == cfg
 
