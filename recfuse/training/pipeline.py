@@ -41,14 +41,19 @@ def make_dataset(
     data["user_oov"] = oov_rows(examples.user_idx, user_vocab)
     ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if user_dropout > 0:
-        rate = float(user_dropout)
+    return with_user_dropout(ds, user_dropout, seed).prefetch(tf.data.AUTOTUNE)
 
-        def _drop(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            draw = tf.random.uniform(tf.shape(batch["user_idx"]), seed=seed)
-            out = dict(batch)
-            out["user_idx"] = tf.where(draw < rate, batch["user_oov"], batch["user_idx"])
-            return out
 
-        ds = ds.map(_drop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def with_user_dropout(ds: tf.data.Dataset, user_dropout: float, seed: int) -> tf.data.Dataset:
+    """Batches where a ``user_dropout`` share of examples read their user's OOV bucket (``user_oov``)."""
+    if user_dropout <= 0:
+        return ds
+    rate = float(user_dropout)
+
+    def _drop(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        draw = tf.random.uniform(tf.shape(batch["user_idx"]), seed=seed)
+        out = dict(batch)
+        out["user_idx"] = tf.where(draw < rate, batch["user_oov"], batch["user_idx"])
+        return out
+
+    return ds.map(_drop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

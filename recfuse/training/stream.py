@@ -214,7 +214,7 @@ def make_stream_dataset(
     """
     import tensorflow as tf
 
-    from recfuse.training.pipeline import oov_rows
+    from recfuse.training.pipeline import oov_rows, with_user_dropout
 
     oov_table = oov_rows(np.arange(user_vocab.size, dtype=np.int64), user_vocab)
     L = source.max_history
@@ -233,14 +233,4 @@ def make_stream_dataset(
         "user_oov": tf.TensorSpec([None], tf.int64),
     }
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
-    if user_dropout > 0:
-        rate = float(user_dropout)
-
-        def _drop(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            draw = tf.random.uniform(tf.shape(batch["user_idx"]), seed=seed)
-            out = dict(batch)
-            out["user_idx"] = tf.where(draw < rate, batch["user_oov"], batch["user_idx"])
-            return out
-
-        ds = ds.map(_drop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return with_user_dropout(ds, user_dropout, seed).prefetch(tf.data.AUTOTUNE)
