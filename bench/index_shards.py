@@ -121,7 +121,7 @@ def child_eval(args: argparse.Namespace) -> None:
     for mode in ("memory", "shards"):
         path = work / f"index-{mode}.faiss"
         index = ItemIndex.load(path, _cfg(args))
-        ann, _ = index.search(queries, 10)
+        ann = index.search(queries, 10).ids
         hits = sum(len(np.intersect1d(a, e)) for a, e in zip(ann, heap.I))
         out[mode] = {"recall": hits / (10 * len(queries)), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     print(json.dumps(out))

@@ -60,6 +60,8 @@ def masked_topk(
     Returns:
         ``(indices [q, k] int64, scores [q, k] float32)`` sorted by descending score. Excluded items
         get score ``-inf`` and only appear when fewer than ``k`` items remain (callers drop them).
+        Row positions come first here, unlike an index search's ``SearchResult(scores, ids)``
+        (:mod:`recfuse.index.result`).
     """
     queries = np.asarray(queries, dtype=np.float32)
     items = np.asarray(items, dtype=np.float32)

@@ -37,8 +37,9 @@ def test_flat_is_exact_and_matches_numpy_brute_force() -> None:
     assert index.ntotal == 3000 and index.dim == 32
     assert index.recall == 1.0
     q = x[:50] + 0.01
-    got_ids, got_scores = index.search(q, 10)
-    want_rows, want_scores = masked_topk(q, x, 10)
+    got = index.search(q, 10)
+    got_ids, got_scores = got.ids, got.scores
+    want_rows, want_scores = masked_topk(q, x, 10)  # (row indices, scores)
     np.testing.assert_array_equal(got_ids, ids[want_rows])
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
 
@@ -47,7 +48,8 @@ def test_flat_l2_matches_numpy_squared_distances() -> None:
     x = clustered(1000, 16, seed=1)
     index = build_index(x, np.arange(1000), IndexConfig(metric="l2", factory="Flat"))
     q = x[:5] * 0.5
-    got_ids, got_scores = index.search(q, 5)
+    got = index.search(q, 5)
+    got_ids, got_scores = got.ids, got.scores
     d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     want = np.argsort(d2, axis=1)[:, :5]
     np.testing.assert_array_equal(got_ids, want)

@@ -38,8 +38,9 @@ def test_save_load_gives_identical_results(tmp_path: Path, factory: str, describ
     np.testing.assert_array_equal(loaded.ids, IDS)
     q = X[:20] + 0.01
     ex = [set(IDS[i : i + 5].tolist()) for i in range(20)]
-    for a, b in zip(index.search(q, 10, exclude=ex), loaded.search(q, 10, exclude=ex)):
-        np.testing.assert_array_equal(a, b)
+    before, after = index.search(q, 10, exclude=ex), loaded.search(q, 10, exclude=ex)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.scores, after.scores)
 
 
 def test_load_applies_search_params_from_config(tmp_path: Path) -> None:
@@ -53,7 +54,7 @@ def test_add_then_search_finds_new_ids(factory: str) -> None:
     index = build_index(X[:1500], IDS[:1500], IndexConfig(factory=factory, nprobe=16, recall_queries=0))
     index.add(X[1500:], IDS[1500:])
     assert index.ntotal == 2000 and 1999 + 10_000 in index and 5 not in index
-    ids, _ = index.search(X[1500:1510], 1)
+    ids = index.search(X[1500:1510], 1).ids
     assert ids[:, 0].tolist() == IDS[1500:1510].tolist()
     with pytest.raises(SchemaError, match=r"`ids` must be new to the index, got 2 id\(s\) already present"):
         index.add(X[:2], IDS[:2])

@@ -50,7 +50,8 @@ def test_flat_filtered_results_equal_brute_force(mode: str) -> None:
     index = build_index(X, IDS, IndexConfig(factory="Flat", filter_mode=mode, recall_queries=0))
     assert index.filter_mode == mode
     exclude, allow, q = filters(1)
-    ids, scores = index.search(q, K, exclude=exclude, allow=allow)
+    res = index.search(q, K, exclude=exclude, allow=allow)
+    ids, scores = res.ids, res.scores
     for i in range(len(q)):
         assert ids[i].tolist() == brute(q[i], K, exclude[i], allow[i])
         np.testing.assert_allclose(scores[i], X[(ids[i] - 100) // 3] @ q[i], rtol=1e-5, atol=1e-5)
@@ -61,7 +62,8 @@ def test_flat_filtered_results_equal_brute_force(mode: str) -> None:
 def test_ann_filtered_returns_exactly_k_valid_results(factory: str, mode: str) -> None:
     index = build_index(X, IDS, IndexConfig(factory=factory, filter_mode=mode, nprobe=4, recall_queries=0))
     exclude, allow, q = filters(2)
-    ids, scores = index.search(q, K, exclude=exclude, allow=allow)
+    res = index.search(q, K, exclude=exclude, allow=allow)
+    ids, scores = res.ids, res.scores
     hits = 0
     for i in range(len(q)):
         row = ids[i].tolist()
@@ -82,26 +84,28 @@ def test_sparse_allow_list_on_narrow_ivf_still_returns_k() -> None:
     allow = set(brute(-q[0], 12, None, None))  # the 12 items farthest from q
     for mode in ("selector", "refill"):
         index.filter_mode = mode
-        ids, _ = index.search(q, K, allow=[allow])
+        ids = index.search(q, K, allow=[allow]).ids
         assert ids[0].tolist() == brute(q[0], K, None, allow)
 
 
 def test_padding_when_fewer_candidates_than_k() -> None:
     index = build_index(X, IDS, IndexConfig(factory="Flat", recall_queries=0))
     allow = {int(IDS[5]), int(IDS[6]), int(IDS[7]), 12345678}
-    ids, scores = index.search(X[:2], K, allow=[allow, set()])
+    res = index.search(X[:2], K, allow=[allow, set()])
+    ids, scores = res.ids, res.scores
     assert sorted(ids[0, :3].tolist()) == sorted(IDS[5:8].tolist())
     assert (ids[0, 3:] == -1).all() and np.isneginf(scores[0, 3:]).all()
     assert (ids[1] == -1).all()  # an empty allow-list allows nothing
     small = build_index(X[:4], IDS[:4], IndexConfig(metric="l2", recall_queries=0))
-    ids, scores = small.search(X[:1], 6)
+    res = small.search(X[:1], 6)
+    ids, scores = res.ids, res.scores
     assert (ids[0, 4:] == -1).all() and np.isposinf(scores[0, 4:]).all()
 
 
 def test_mixed_batch_filtered_and_plain_rows() -> None:
     index = build_index(X, IDS, IndexConfig(factory="HNSW32", recall_queries=0))
-    plain_ids, _ = index.search(X[:3], K)
-    ids, _ = index.search(X[:3], K, exclude=[set(), {int(plain_ids[1, 0])}, None])
+    plain_ids = index.search(X[:3], K).ids
+    ids = index.search(X[:3], K, exclude=[set(), {int(plain_ids[1, 0])}, None]).ids
     assert ids[0].tolist() == plain_ids[0].tolist() and ids[2].tolist() == plain_ids[2].tolist()
     assert int(plain_ids[1, 0]) not in ids[1].tolist() and len(set(ids[1].tolist())) == K
 
@@ -109,7 +113,7 @@ def test_mixed_batch_filtered_and_plain_rows() -> None:
 def test_pq_index_without_selector_support_falls_back_to_refill() -> None:
     index = build_index(X, IDS, IndexConfig(factory="PQ8x4", filter_mode="selector", recall_queries=0))
     assert index.filter_mode == "refill"
-    ids, _ = index.search(X[:1], K, exclude=[set(IDS[:500].tolist())])
+    ids = index.search(X[:1], K, exclude=[set(IDS[:500].tolist())]).ids
     assert len(set(ids[0].tolist()) - set(IDS[:500].tolist()) - {-1}) == K
 
 

@@ -27,7 +27,7 @@ def test_served_recall_against_a_hand_count() -> None:
     flat = build_index(x, np.arange(len(x)), IndexConfig(factory="Flat", recall_queries=0))
     assert served_recall(flat, x, q, k=10) == pytest.approx(1.0)
     hnsw = build_index(x, np.arange(len(x)), IndexConfig(factory="HNSW4", ef_search=1, recall_queries=0))
-    ann, _ = hnsw.search(q, 10)
+    ann = hnsw.search(q, 10).ids
     truth = exact_topk(hnsw, x, q, 10)
     by_hand = np.mean([len(set(a.tolist()) & set(t.tolist())) / 10 for a, t in zip(ann, truth, strict=True)])
     assert served_recall(hnsw, x, q, k=10) == pytest.approx(by_hand)

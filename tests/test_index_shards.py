@@ -94,10 +94,10 @@ def test_shard_build_equals_the_in_memory_build(
     assert built.index.recall == pytest.approx(memory.recall) and built.index.recall > 0.8
     assert built.factory == factory and built.train_rows == 1000 and built.item_ids.to_pylist() == ids
     queries = clustered(50, seed=9)
-    np.testing.assert_array_equal(built.index.search(queries, 10)[0], memory.search(queries, 10)[0])
+    np.testing.assert_array_equal(built.index.search(queries, 10).ids, memory.search(queries, 10).ids)
     # FAISS id i is row i of the shards in order: every vector finds itself under its own row
     rows = np.array([0, 699, 700, 1799, 1800, 2999])
-    found, _ = built.index.search(x[rows], 1)
+    found = built.index.search(x[rows], 1).ids
     assert found[:, 0].tolist() == rows.tolist()
     assert {p.stage for p in seen} == {"scan", "sample", "train", "add"}
     assert seen[-1] == ShardProgress("add", N, N)
@@ -133,7 +133,7 @@ def test_bad_vectors_fail_or_are_skipped_and_listed(tmp_path: Path, data: tuple[
     assert built.item_ids.to_pylist() == [ids[i] for i in keep] and built.index.ntotal == N - 2
     memory = build_index(x[keep], np.arange(len(keep)), CFG)
     assert serialized(built.index.faiss_index) == serialized(memory.faiss_index)
-    found, _ = built.index.search(x[[6, 1501, 2999]], 1)
+    found = built.index.search(x[[6, 1501, 2999]], 1).ids
     assert [built.item_ids[int(i)].as_py() for i in found[:, 0]] == ["i6", "i1501", "i2999"]
     with pytest.raises(ConfigError, match=r"`on_bad_vectors` must be one of \['fail', 'skip'\], got 'drop'"):
         scan_shards(tmp_path / "nan", on_bad_vectors="drop")

@@ -12,7 +12,7 @@ When either path comes back short although enough candidates exist (an ANN index
 them: small nprobe, a sparse allow-list in a graph), it searches once more exhaustively (every inverted
 list / efSearch >= 1024) and, for allow-lists, finally scores the allowed items' stored vectors
 directly. Fewer than ``k`` results happen only when fewer than ``k`` candidates exist; rows are padded
-with id -1.
+with id -1. Every function here returns a :class:`~recfuse.index.result.SearchResult` ``(scores, ids)``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from recfuse.index.factory import search_parameters, supports_selector
+from recfuse.index.result import SearchResult
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ def _search(index: faiss.Index, q: FloatArray, k: int, params: faiss.SearchParam
     return index.search(q, k, params=params)
 
 
-def selector_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, widen: bool = False):
-    """``(ids, scores)`` of up to ``k`` filtered results using a faiss ID selector (``q`` is ``[1, d]``)."""
+def selector_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, widen: bool = False) -> SearchResult:
+    """``(scores, ids)`` of up to ``k`` filtered results using a faiss ID selector (``q`` is ``[1, d]``)."""
     if flt.allow is not None:
         batch = faiss.IDSelectorBatch(flt.allow)
         selector: faiss.IDSelector = batch
@@ -69,11 +70,11 @@ def selector_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, wide
     scores, ids = _search(index, q, k, params)
     del batch, selector  # the SWIG params do not own the selectors: keep them alive until here
     mask = ids[0] >= 0
-    return ids[0][mask], scores[0][mask]
+    return SearchResult(scores[0][mask], ids[0][mask])
 
 
-def refill_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, widen: bool = False):
-    """``(ids, scores)`` of up to ``k`` filtered results by over-fetching and dropping filtered ids."""
+def refill_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, widen: bool = False) -> SearchResult:
+    """``(scores, ids)`` of up to ``k`` filtered results by over-fetching and dropping filtered ids."""
     ntotal = int(index.ntotal)
     want = min(k, flt.candidates(ntotal))
     fetch = k + len(flt.exclude) if flt.allow is None else k * GROWTH
@@ -84,11 +85,11 @@ def refill_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, widen:
         returned = int((ids[0] >= 0).sum())
         mask = flt.keep(ids[0])
         if int(mask.sum()) >= want or fetch >= ntotal or returned < fetch:
-            return ids[0][mask][:k], scores[0][mask][:k]
+            return SearchResult(scores[0][mask][:k], ids[0][mask][:k])
         fetch *= GROWTH
 
 
-def exact_allowed(index: faiss.Index, q: FloatArray, k: int, allow: Int64Array, metric: str):
+def exact_allowed(index: faiss.Index, q: FloatArray, k: int, allow: Int64Array, metric: str) -> SearchResult:
     """Score the allowed items' stored vectors directly (last resort for sparse allow-lists)."""
     vecs = np.vstack([index.reconstruct(int(i)) for i in allow]).astype(np.float32)
     if metric == "ip":
@@ -97,10 +98,10 @@ def exact_allowed(index: faiss.Index, q: FloatArray, k: int, allow: Int64Array, 
     else:
         scores = ((vecs - q[0]) ** 2).sum(axis=1)
         order = np.argsort(scores, kind="stable")[:k]
-    return allow[order], scores[order].astype(np.float32)
+    return SearchResult(scores[order].astype(np.float32), allow[order])
 
 
-def filtered_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, mode: str, metric: str):
+def filtered_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, mode: str, metric: str) -> SearchResult:
     """Up to ``k`` results for one query ``[1, d]`` honouring ``flt`` (exactly ``k`` when enough candidates).
 
     Args:
@@ -112,17 +113,19 @@ def filtered_search(index: faiss.Index, q: FloatArray, k: int, flt: Filter, mode
         metric: ``ip`` or ``l2`` (ordering of the exact fallback).
 
     Returns:
-        ``(ids [m], scores [m])`` with ``m <= k``, best first.
+        ``SearchResult(scores [m] float32, ids [m] int64)`` with ``m <= k``, best first.
     """
     want = min(k, flt.candidates(int(index.ntotal)))
     if want <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
+        return SearchResult(np.empty(0, np.float32), np.empty(0, np.int64))
     path = selector_search if mode == "selector" else refill_search
-    ids, scores = path(index, q, k, flt)
-    if len(ids) < want and supports_selector(index):
-        logger.debug("filtered %s search returned %d < %d; widening", mode, len(ids), want)
-        ids, scores = path(index, q, k, flt, widen=True)
-    if len(ids) < want and flt.allow is not None:
-        logger.debug("widened search still short (%d < %d); scoring %d allowed items", len(ids), want, len(flt.allow))
-        ids, scores = exact_allowed(index, q, k, flt.allow, metric)
-    return ids, scores
+    res = path(index, q, k, flt)
+    if len(res.ids) < want and supports_selector(index):
+        logger.debug("filtered %s search returned %d < %d; widening", mode, len(res.ids), want)
+        res = path(index, q, k, flt, widen=True)
+    if len(res.ids) < want and flt.allow is not None:
+        logger.debug(
+            "widened search still short (%d < %d); scoring %d allowed items", len(res.ids), want, len(flt.allow)
+        )
+        res = exact_allowed(index, q, k, flt.allow, metric)
+    return res

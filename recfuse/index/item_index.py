@@ -10,8 +10,9 @@ Example:
     >>> from recfuse.index import build_index
     >>> vecs = np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], dtype=np.float32)
     >>> index = build_index(vecs, np.array([10, 11, 12, 13]), IndexConfig(recall_queries=0))
-    >>> index.search(vecs[:1], k=2, exclude=[{10}])[0].tolist()
-    [[11, 12]]
+    >>> res = index.search(vecs[:1], k=2, exclude=[{10}])
+    >>> res.ids.tolist(), res.scores.dtype  # (scores, ids), faiss's order: read them by name
+    ([[11, 12]], dtype('float32'))
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from recfuse.config import IndexConfig
 from recfuse.errors import ArtifactError, InvalidRequestError
 from recfuse.index.factory import apply_search_params, describe, metric_name, supports_selector
 from recfuse.index.filtered import Filter, filtered_search
+from recfuse.index.result import SearchResult, SearchResultList
 from recfuse.index.validate import check_ids, check_k, check_vectors
 from recfuse.types import FloatArray, Int64Array
 
@@ -98,7 +100,7 @@ class ItemIndex:
     # ----------------------------------------------------------------- search
     def search(
         self, queries: FloatArray, k: int, exclude: IdSets | None = None, allow: IdSets | None = None
-    ) -> tuple[Int64Array, FloatArray]:
+    ) -> SearchResult:
         """Top-``k`` items per query, optionally filtered per query.
 
         Args:
@@ -110,7 +112,8 @@ class ItemIndex:
                 filter resolved to ids); ``None`` entries mean no restriction, an empty set allows nothing.
 
         Returns:
-            ``(ids [b, k] int64, scores [b, k] float32)``, best first. Rows hold exactly ``k`` results
+            :class:`~recfuse.index.result.SearchResult` ``(scores [b, k] float32, ids [b, k] int64)``
+            (faiss's order; read ``.scores`` / ``.ids``), best first. Rows hold exactly ``k`` results
             when at least ``k`` candidates pass the filter; missing slots have id -1 and score -inf
             (``ip``) / +inf (``l2``).
 
@@ -132,7 +135,7 @@ class ItemIndex:
             scores, ids = self._index.search(queries, k)
             if ids[:, -1].min() < 0:
                 scores[ids < 0] = self._pad
-            return ids, scores
+            return SearchResult(scores, ids)
         q = check_vectors(queries, "queries", dim=self.dim, error=InvalidRequestError)
         k = check_k(k)
         b = len(q)
@@ -145,7 +148,7 @@ class ItemIndex:
         if len(plain) == b:
             scores, ids = self._index.search(q, k)
             scores[ids < 0] = pad
-            return ids, scores
+            return SearchResult(scores, ids)
         out_ids = np.full((b, k), -1, dtype=np.int64)
         out_scores = np.full((b, k), pad, dtype=np.float32)
         if plain:
@@ -154,13 +157,14 @@ class ItemIndex:
             out_ids[plain], out_scores[plain] = ids, scores
         for i, flt in enumerate(filters):
             if flt is not None:
-                row_ids, row_scores = filtered_search(self._index, q[i : i + 1], k, flt, self.filter_mode, self.metric)
-                out_ids[i, : len(row_ids)] = row_ids
-                out_scores[i, : len(row_ids)] = row_scores
-        return out_ids, out_scores
+                row = filtered_search(self._index, q[i : i + 1], k, flt, self.filter_mode, self.metric)
+                out_ids[i, : len(row.ids)] = row.ids
+                out_scores[i, : len(row.ids)] = row.scores
+        return SearchResult(out_scores, out_ids)
 
-    def search_one(self, query: FloatArray, k: int) -> tuple[list[int], list[float]]:
-        """The serving fast path: one trusted, unfiltered query; ``(ids, scores)`` as lists, best first.
+    def search_one(self, query: FloatArray, k: int) -> SearchResultList:
+        """The serving fast path: one trusted, unfiltered query; a :class:`~recfuse.index.result.SearchResultList`
+        ``(scores, ids)`` of lists, best first.
 
         ``query`` must be a finite float32 ``[1, d]`` C-contiguous array (the caller's own vector, e.g.
         a query-tower output); nothing is checked, so no caller input may reach it unvalidated.
@@ -171,7 +175,7 @@ class ItemIndex:
         if id_list[-1] < 0:  # faiss puts the -1 slots last
             kept = [(i, s) for i, s in zip(id_list, score_list) if i >= 0]
             id_list, score_list = [i for i, _ in kept], [s for _, s in kept]
-        return id_list, score_list
+        return SearchResultList(score_list, id_list)
 
     def _present(self, ids: Collection[int]) -> Int64Array:
         """Sorted unique ids from ``ids`` that are in the index."""

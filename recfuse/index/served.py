@@ -79,7 +79,7 @@ def served_recall(
         return float("nan")
     q = np.ascontiguousarray(queries, dtype=np.float32)
     truth = exact_topk(index, vectors, q, k, ids) if exact is None else exact
-    ann, _ = index.search(q, k)
+    ann = index.search(q, k).ids
     hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(ann, truth, strict=True))
     return float(hits / (len(q) * k))
 

@@ -228,6 +228,6 @@ def build_index_from_shards(
 
 def _recall(index: ItemIndex, queries: FloatArray, exact: np.ndarray, k: int) -> float:
     """Mean ``|ANN top-k ∩ exact top-k| / k`` (the formula of :func:`recfuse.index.served.served_recall`)."""
-    ann, _ = index.search(queries, k)
+    ann = index.search(queries, k).ids
     hits = sum(len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(ann, exact, strict=True))
     return float(hits / (len(queries) * k))

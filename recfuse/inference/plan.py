@@ -19,15 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from recfuse.data.vocab import IdVocab
+from recfuse.index.result import SearchResult
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.types import RecommendQuery
-from recfuse.types import FloatArray, Int64Array
+from recfuse.types import Int64Array
 
 EMPTY_ROWS = np.zeros(0, np.int64)
 EMPTY_ROWS.flags.writeable = False
 EMPTY_SCORES = np.zeros(0, np.float32)
 EMPTY_SCORES.flags.writeable = False
-EMPTY_RESULT: tuple[Int64Array, FloatArray] = (EMPTY_ROWS, EMPTY_SCORES)
+EMPTY_RESULT = SearchResult(EMPTY_SCORES, EMPTY_ROWS)
 
 
 @dataclass(frozen=True)

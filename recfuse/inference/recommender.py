@@ -34,6 +34,7 @@ import numpy as np
 from recfuse.bundle import LoadedBundle, load_bundle
 from recfuse.errors import InvalidRequestError, NotFoundError
 from recfuse.forward.query import QueryEncoder
+from recfuse.index import SearchResult
 from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.info import bundle_info
@@ -230,17 +231,17 @@ class Recommender:
         t0 = time.perf_counter()
         hist, _, user_idx, skipped = self._history_rows(user, ids)
         if not self._uses_model(hist, user_idx):
-            rows, scores = popular_rows(self._tables, QueryPlan(k, 0, hist, False, EMPTY_ROWS, None, skipped, 0))
-            return RankedRows(rows.tolist(), scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
+            pop = popular_rows(self._tables, QueryPlan(k, 0, hist, False, EMPTY_ROWS, None, skipped, 0))
+            return RankedRows(pop.ids.tolist(), pop.scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
         vec_row = self._queries.vector_row(user_idx, len(ids) - skipped)
         if vec_row >= 0:
             q = self.user_vectors[vec_row : vec_row + 1]  # type: ignore[index]  # finite (checked at load)
         else:
             q = self._queries.finite(self._encoder.encode_one(max(user_idx, 0), hist)[None, :])
         t1 = time.perf_counter()
-        row_list, score_list = self._searcher.search_one(q, k)
+        found = self._searcher.search_one(q, k)
         return RankedRows(
-            row_list, score_list, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped
+            found.ids, found.scores, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped
         )
 
     def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
@@ -252,7 +253,7 @@ class Recommender:
             raise InvalidRequestError(f"batch has {len(queries)} queries; at most {self.limits.max_batch} are allowed")
         plans = [self._plan(self.limits.check(q)) for q in queries]
         model_pos = [i for i, p in enumerate(plans) if p.use_model]
-        results: list[tuple[Int64Array, FloatArray]] = [EMPTY_RESULT] * len(plans)
+        results: list[SearchResult] = [EMPTY_RESULT] * len(plans)
         t0 = time.perf_counter()
         qvec = self._queries.encode([plans[i] for i in model_pos]) if model_pos else None
         t1 = time.perf_counter()
@@ -265,10 +266,10 @@ class Recommender:
         t2 = time.perf_counter()
         query_ms, search_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         out = []
-        for p, (rows, scores) in zip(plans, results):
+        for p, res in zip(plans, results):
             out.append(
                 Recommendation(
-                    items=self._scored(rows, scores),
+                    items=self._scored(res),
                     fallback=FALLBACK_NONE if p.use_model else FALLBACK_POPULAR,
                     bundle_version=self.bundle.version,
                     variant=self.bundle.variant,
@@ -315,10 +316,10 @@ class Recommender:
             skipped_exclusions=base.skipped_exclusions,
         )
         t0 = time.perf_counter()
-        rows, scores = self._searcher.search(self._vectors[row : row + 1], [plan])[0]
+        (res,) = self._searcher.search(self._vectors[row : row + 1], [plan])
         search_ms = (time.perf_counter() - t0) * 1e3
         return Recommendation(
-            items=self._scored(rows, scores),
+            items=self._scored(res),
             fallback=FALLBACK_NONE,
             bundle_version=self.bundle.version,
             variant=self.bundle.variant,
@@ -337,9 +338,10 @@ class Recommender:
             )
         return row
 
-    def _scored(self, rows: Int64Array, scores: FloatArray) -> list[ScoredItem]:
+    def _scored(self, res: SearchResult) -> list[ScoredItem]:
+        """One :class:`ScoredItem` per result; ``res.ids`` are catalog rows."""
         ids = self._item_id_list
-        return [ScoredItem(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist())]
+        return [ScoredItem(ids[r], s) for r, s in zip(res.ids.tolist(), res.scores.tolist())]
 
     def _history_rows(self, user_id: str | None, history: Sequence[str]) -> tuple[Int64Array, Int64Array, int, int]:
         """``(hist, merged, user_idx, skipped)`` of a query (:func:`recfuse.inference.plan.history_rows`)."""

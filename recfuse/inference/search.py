@@ -3,11 +3,13 @@
 :class:`FilteredSearch` answers a batch of query vectors, each with its :class:`QueryPlan`'s
 exclusions and allow-list, from one bundle's index; small allow-lists are ranked exactly over their
 own vectors instead. :func:`popular_rows` ranks by popularity under the same filters, for queries
-without a user signal.
+without a user signal. Every answer is a :class:`~recfuse.index.SearchResult` ``(scores, ids)`` whose
+ids are catalog rows (a bundle's index holds row ``i`` under id ``i``).
 
 Example:
     >>> search = FilteredSearch(bundle.index, bundle.ranked_vectors, n_items, exact_filters=True)  # doctest: +SKIP
-    >>> (rows, scores), = search.search(query_vectors, [plan])                                     # doctest: +SKIP
+    >>> (res,) = search.search(query_vectors, [plan])                                              # doctest: +SKIP
+    >>> res.ids[:3], res.scores[:3]      # catalog rows and their scores, best first             # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from recfuse.index import ItemIndex
+from recfuse.index import ItemIndex, SearchResult, SearchResultList
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.plan import EMPTY_RESULT, QueryPlan
 from recfuse.ranking import masked_topk
-from recfuse.types import FloatArray, Int64Array
+from recfuse.types import FloatArray
 
 
 class FilteredSearch:
@@ -58,13 +60,14 @@ class FilteredSearch:
         if self.search_threads is not None and faiss.omp_get_max_threads() != self.search_threads:
             faiss.omp_set_num_threads(self.search_threads)
 
-    def search_one(self, query: FloatArray, k: int) -> tuple[list[int], list[float]]:
-        """Rows and scores of one unfiltered query ``[1, d]`` (the serving fast path)."""
+    def search_one(self, query: FloatArray, k: int) -> SearchResultList:
+        """Scores and rows (``.scores``, ``.ids``) of one unfiltered query ``[1, d]`` (the serving fast path)."""
         self.apply_search_threads()
         return self.index.search_one(query, min(k, self.n_items))
 
-    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[tuple[Int64Array, FloatArray]]:
-        """Search with per-query exclusions and allow-lists (``None``: unrestricted).
+    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
+        """Search with per-query exclusions and allow-lists (``None``: unrestricted): one
+        ``SearchResult(scores [m], ids [m])`` per plan, ids being catalog rows, ``m <= plan.k``.
 
         Queries whose allow-list is small (``<= exact_filter_max`` items, inner-product bundles) are
         ranked exactly over just those items with :func:`recfuse.ranking.masked_topk` — a sparse
@@ -73,19 +76,20 @@ class FilteredSearch:
         one batched call.
         """
         self.apply_search_threads()
-        out: list[tuple[Int64Array, FloatArray]] = [EMPTY_RESULT] * len(plans)
+        out: list[SearchResult] = [EMPTY_RESULT] * len(plans)
         if len(plans) == 1 and plans[0].allow is None and not len(plans[0].exclude):
             # The common serving call: one unfiltered query straight to the index.
-            ids, scores = self.index.search(queries, min(plans[0].k, self.n_items))
+            scores, ids = self.index.search(queries, min(plans[0].k, self.n_items))  # faiss's order
             keep = ids[0] >= 0
-            return [(ids[0], scores[0]) if keep.all() else (ids[0][keep], scores[0][keep])]
+            return [SearchResult(scores[0], ids[0]) if keep.all() else SearchResult(scores[0][keep], ids[0][keep])]
         rest = []
         for j, p in enumerate(plans):
             if p.allow is not None and len(p.allow) == 0:
                 continue  # nothing may be returned
             if p.allow is not None and self.exact_filters and len(p.allow) <= self.exact_filter_max:
-                idx, scores = masked_topk(queries[j : j + 1], self.vectors[p.allow], p.k)
-                out[j] = (p.allow[idx[0]], scores[0])
+                # masked_topk returns (positions in p.allow, scores)
+                pos, scores = masked_topk(queries[j : j + 1], self.vectors[p.allow], p.k)
+                out[j] = SearchResult(scores[0], p.allow[pos[0]])
             else:
                 rest.append(j)
         if not rest:
@@ -94,20 +98,20 @@ class FilteredSearch:
         # Lists, not arrays: ItemIndex tests emptiness with `not ids` (ambiguous for numpy arrays).
         excl = [plans[j].exclude.tolist() for j in rest]
         allow = [None if plans[j].allow is None else plans[j].allow.tolist() for j in rest]  # type: ignore[union-attr]
-        ids, scores = self.index.search(
+        res = self.index.search(
             queries if len(rest) == len(plans) else queries[rest],
             k,
             exclude=excl if any(len(e) for e in excl) else None,
             allow=allow if any(a is not None for a in allow) else None,
         )
         for r, j in enumerate(rest):
-            keep = ids[r] >= 0
-            out[j] = (ids[r][keep][: plans[j].k], scores[r][keep][: plans[j].k])
+            keep = res.ids[r] >= 0
+            out[j] = SearchResult(res.scores[r][keep][: plans[j].k], res.ids[r][keep][: plans[j].k])
         return out
 
 
-def popular_rows(tables: CatalogTables, p: QueryPlan) -> tuple[Int64Array, FloatArray]:
-    """Popularity order with the same filters as the model path: ``(rows, counts)``."""
+def popular_rows(tables: CatalogTables, p: QueryPlan) -> SearchResult:
+    """Popularity order with the same filters as the model path: ``SearchResult(counts, rows)``."""
     t = tables
     if p.allow is None:
         # At most len(exclude) of the first k + len(exclude) popular rows can be excluded.
@@ -118,4 +122,4 @@ def popular_rows(tables: CatalogTables, p: QueryPlan) -> tuple[Int64Array, Float
         rank = t.popular_rank[allowed]
         take = np.argsort(rank, kind="stable")[: p.k]
         rows = allowed[take]
-    return rows.astype(np.int64), t.popular_counts[rows]
+    return SearchResult(t.popular_counts[rows], rows.astype(np.int64))
