@@ -283,3 +283,45 @@ def test_ray_train_two_workers_on_loopback(
 
     TrainedModel.load(out)
     assert abs(_val_recall(out) - single) <= TOLERANCE, (_val_recall(out), single)
+
+
+@pytest.mark.slow
+def test_two_workers_stream_their_own_prepared_shards(
+    tmp_path: Path, short_tmp: Path, one_process: tuple[Path, Path, float]
+) -> None:
+    why = _namespace_ok()
+    if why:
+        pytest.skip(why)
+    from recfuse.config import RecfuseConfig
+    from recfuse.data.prepare import prepare_interactions
+    from recfuse.data.splits import split_for
+    from recfuse.data.validate import load_dataset
+
+    cfg, _, single = one_process
+    conf = RecfuseConfig.from_toml(cfg)
+    split = split_for(load_dataset(conf.data, conf.modalities).interactions, conf.data)
+    split.train.to_parquet(tmp_path / "train.parquet")
+    manifest = prepare_interactions(tmp_path / "train.parquet", tmp_path / "prepared", buckets=5)
+    assert len(manifest["shards"]) == 5  # worker 0 streams 3 shards, worker 1 streams 2
+
+    out = tmp_path / "multi"
+    workers = ["127.0.0.1:23466", "127.0.0.1:23467"]
+    lines = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+        lines.append(
+            f"TF_CONFIG='{tf_config}' {sys.executable} -m recfuse train --config {cfg} --out {out} --no-progress "
+            f"--prepared {tmp_path / 'prepared'} > {tmp_path}/worker{i}.log 2>&1 & p{i}=$!"
+        )
+    script = "\n".join(lines) + "\nwait $p0; r0=$?; wait $p1; r1=$?; exit $((r0 | r1))\n"
+    run = _run_in_namespace(script, short_tmp, timeout=420)
+    logs = {i: (tmp_path / f"worker{i}.log").read_text(encoding="utf-8") for i in range(2)}
+    assert run.returncode == 0, run.stdout + logs[0][-3000:] + logs[1][-3000:]
+
+    assert f"model directory: {out}" in logs[0] and "worker of 2: trained" in logs[1]
+    assert json.loads((out / "train_state.json").read_text(encoding="utf-8"))["epoch"] == 2
+    # the same synchronised weights on both workers (they took the same steps), and no streamed files left
+    assert logs[0].split("val Recall@10: ")[1][:6] == logs[1].split("val Recall@10: ")[1][:6]
+    assert not (out / "stream_examples").exists() and not list(short_tmp.glob("recfuse-worker*"))
+    multi = _val_recall(out)
+    assert abs(multi - single) <= TOLERANCE, (multi, single)

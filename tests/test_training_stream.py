@@ -179,7 +179,7 @@ def test_stream_dataset_yields_the_examples_with_oov_rows(sample, tmp_path: Path
     df, items, users = sample
     prepare_interactions(SAMPLE / "interactions.parquet", tmp_path / "p", buckets=3)
     src = StreamedExamples(tmp_path / "p", items, users, max_history=5)
-    ds = make_stream_dataset(src, users, batch_size=1000, seed=4, shuffle_buffer=4000)
+    ds = make_stream_dataset(src, users, batch_size=1000, seed=4, cache_dir=tmp_path / "c", shuffle_buffer=4000)
     epochs = [[{k: v.numpy() for k, v in b.items()} for b in ds] for _ in range(2)]
     got = _concat(epochs[0])
     assert _rows(got) == _rows(build_examples(df, items, users, 5).as_dict())
@@ -247,9 +247,7 @@ def test_training_streams_the_prepared_examples(small, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_training_rejects_a_prepared_folder_of_other_data_or_several_workers(
-    small, tmp_path: Path, monkeypatch
-) -> None:
+def test_training_rejects_a_prepared_folder_of_other_data(small, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     from recfuse.errors import ConfigError
     from recfuse.training.trainer import train
@@ -258,7 +256,18 @@ def test_training_rejects_a_prepared_folder_of_other_data_or_several_workers(
     prepare_interactions(root / "interactions.parquet", tmp_path / "all")
     with pytest.raises(ConfigError, match=rf"holds {len(ds.interactions)} usable interactions but the training split"):
         train(cfg, ds, split, tmp_path / "x", progress=False, prepared=tmp_path / "all")
-    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
-    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    with pytest.raises(ConfigError, match=r"trains in one process, but TF_CONFIG names 2 workers"):
-        train(cfg, ds, split, tmp_path / "y", progress=False, prepared=root / "prepared")
+
+
+def test_each_worker_needs_a_shard_of_its_own(sample, tmp_path: Path) -> None:
+    from recfuse.errors import ConfigError
+    from recfuse.training.stream import streamed_input
+
+    df, items, users = sample
+    prepare_interactions(SAMPLE / "interactions.parquet", tmp_path / "p", buckets=3)
+    shards = len(load_manifest(tmp_path / "p")["shards"])
+    src, _, _ = streamed_input(tmp_path / "p", len(df), items, users, 5, part=(1, shards))
+    assert len(src.shards) == 1
+    with pytest.raises(
+        ConfigError, match=rf"has {shards} shard\(s\) for {shards + 1} workers; .*--buckets {shards + 1}"
+    ):
+        streamed_input(tmp_path / "p", len(df), items, users, 5, part=(0, shards + 1))

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,15 @@ from recfuse.training.examples import Examples, build_examples
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StreamedExamples", "make_stream_dataset", "prepared_item_counts", "prepared_user_ids", "streamed_input"]
+__all__ = [
+    "StreamedExamples",
+    "make_stream_dataset",
+    "materialise",
+    "read_stream_dataset",
+    "prepared_item_counts",
+    "prepared_user_ids",
+    "streamed_input",
+]
 
 KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
 
@@ -174,15 +183,24 @@ def streamed_input(
     max_history: int,
     history: str = "previous",
     targets: str = "last",
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[StreamedExamples, np.ndarray, int]:
     """The trainer's streamed input: the source, ``[num_items]`` item counts, rows of unknown items.
 
+    Item counts and unknown rows are the whole folder's; the source holds ``part``'s shards.
+
     Raises:
         ConfigError: the folder does not hold ``train_rows`` interactions (it was prepared from
-            other data than the training split).
+            other data than the training split), or has fewer shards than ``part`` has workers.
         ArtifactError: not a prepared folder, or a file missing / changed.
     """
-    src = StreamedExamples(folder, item_vocab, user_vocab, max_history, history, targets)
+    src = StreamedExamples(folder, item_vocab, user_vocab, max_history, history, targets, part=part)
+    shards = len(src.manifest["shards"])
+    if shards < part[1]:
+        raise ConfigError(
+            f"`prepared` folder {str(folder)!r} has {shards} shard(s) for {part[1]} workers; each worker streams "
+            f"its own shards: re-run `recfuse prepare` with --buckets {part[1]} or more (or fewer --rows-per-shard)"
+        )
     rows = int(src.manifest["rows"])
     if rows != train_rows:
         raise ConfigError(
@@ -199,38 +217,98 @@ def _empty() -> Any:
     return pd.DataFrame({"user_id": [], "item_id": [], "timestamp": []})
 
 
+def materialise(source: StreamedExamples, user_vocab: IdVocab, folder: str | Path) -> list[str]:
+    """Write the examples of ``source``'s shards as raw int32 columns under ``folder`` (replaced).
+
+    One shard at a time (memory: one shard's examples), so the training input reads them back with
+    TensorFlow ops only. Each shard ``k`` becomes ``{k:05d}.{key}.bin`` for ``user_idx``,
+    ``user_oov``, ``item_idx`` (``[n]``) and ``hist_idx`` (``[n, L]``, row-major); ``hist_pos`` is
+    ``0..L-1`` on every row (as ``build_examples`` makes it) and is not stored. Sets
+    ``source.epoch_examples`` / ``epoch_targets``.
+
+    Returns:
+        The file prefixes, one per shard, in ``source.shards`` order.
+
+    Raises:
+        ValueError: an index does not fit int32 (a vocabulary of 2**31 ids or more).
+    """
+    from recfuse.training.pipeline import oov_rows
+
+    out = Path(folder)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    oov_table = oov_rows(np.arange(user_vocab.size, dtype=np.int64), user_vocab)
+    prefixes, n_examples, n_targets = [], 0, 0
+    for k, path in enumerate(source.shards):
+        ex = source.shard_examples(path)
+        cols = {"user_idx": ex.user_idx, "user_oov": oov_table[ex.user_idx], "item_idx": ex.item_idx,
+                "hist_idx": ex.hist_idx}  # fmt: skip
+        prefix = out / f"{k:05d}"
+        for key, col in cols.items():
+            if len(col) and int(col.max()) >= 2**31:
+                raise ValueError(
+                    f"`{key}` holds index {int(col.max())}, past int32; vocabularies must stay below 2**31"
+                )
+            np.ascontiguousarray(col, dtype=np.int32).tofile(f"{prefix}.{key}.bin")
+        prefixes.append(str(prefix))
+        n_examples, n_targets = n_examples + len(ex), n_targets + ex.targets
+    source.epoch_examples, source.epoch_targets = n_examples, n_targets
+    return prefixes
+
+
 def make_stream_dataset(
     source: StreamedExamples,
     user_vocab: IdVocab,
     batch_size: int,
     seed: int,
+    cache_dir: str | Path,
     user_dropout: float = 0.0,
     shuffle_buffer: int = 1_000_000,
 ) -> Any:
     """A ``tf.data`` dataset of example batches like ``make_dataset``'s (reshuffled each epoch).
 
-    Each iteration (a Keras epoch) is a new seeded pass over the shards; ``user_oov`` and user-id
-    dropout are as in :func:`recfuse.training.pipeline.make_dataset`.
+    The examples are first written shard by shard to ``cache_dir`` (:func:`materialise`); each
+    iteration (a Keras epoch) then reads them back (:func:`read_stream_dataset`). ``user_oov`` and
+    user-id dropout are as in :func:`recfuse.training.pipeline.make_dataset`.
+    """
+    prefixes = materialise(source, user_vocab, cache_dir)
+    return read_stream_dataset(prefixes, source.max_history, batch_size, seed, user_dropout, shuffle_buffer)
+
+
+def read_stream_dataset(
+    prefixes: list[str],
+    max_history: int,
+    batch_size: int,
+    seed: int,
+    user_dropout: float = 0.0,
+    shuffle_buffer: int = 1_000_000,
+) -> Any:
+    """Batches of the shards :func:`materialise` wrote, read with TensorFlow ops only (no Python per batch).
+
+    Each iteration reads the shards in a seeded random order, shuffles examples in a buffer of
+    ``shuffle_buffer`` and batches them (the last batch may be smaller).
     """
     import tensorflow as tf
 
-    from recfuse.training.pipeline import oov_rows, with_user_dropout
+    from recfuse.training.pipeline import with_user_dropout
 
-    oov_table = oov_rows(np.arange(user_vocab.size, dtype=np.int64), user_vocab)
-    L = source.max_history
-    epochs = iter(range(1 << 62))
+    L = max_history
 
-    def gen() -> Iterator[dict[str, np.ndarray]]:
-        for batch in source.batches(batch_size, seed, next(epochs), shuffle_buffer):
-            batch["user_oov"] = oov_table[batch["user_idx"]]
-            yield batch
+    def column(prefix: Any, key: str) -> Any:
+        return tf.io.decode_raw(tf.io.read_file(tf.strings.join([prefix, f".{key}.bin"])), tf.int32)
 
-    spec = {
-        "user_idx": tf.TensorSpec([None], tf.int64),
-        "hist_idx": tf.TensorSpec([None, L], tf.int64),
-        "hist_pos": tf.TensorSpec([None, L], tf.float32),
-        "item_idx": tf.TensorSpec([None], tf.int64),
-        "user_oov": tf.TensorSpec([None], tf.int64),
-    }
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    def shard(prefix: Any) -> Any:
+        cols = {k: column(prefix, k) for k in ("user_idx", "user_oov", "item_idx")}
+        cols["hist_idx"] = tf.reshape(column(prefix, "hist_idx"), [-1, L])
+        return tf.data.Dataset.from_tensor_slices(cols)
+
+    def widen(batch: dict[str, Any]) -> dict[str, Any]:
+        out = {k: tf.cast(v, tf.int64) for k, v in batch.items()}
+        out["hist_pos"] = tf.broadcast_to(tf.range(L, dtype=tf.float32), [tf.shape(out["item_idx"])[0], L])
+        return out
+
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(prefixes, tf.string))
+    ds = files.shuffle(max(len(prefixes), 1), seed=seed, reshuffle_each_iteration=True).flat_map(shard)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    ds = ds.map(widen, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return with_user_dropout(ds, user_dropout, seed).prefetch(tf.data.AUTOTUNE)

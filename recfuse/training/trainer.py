@@ -46,11 +46,19 @@ from recfuse.training.model_dir import write_model_dir
 from recfuse.training.optimizer import make_optimizer
 from recfuse.training.pipeline import make_dataset
 from recfuse.training.setup import build_model
-from recfuse.training.stream import make_stream_dataset, streamed_input
+from recfuse.training.stream import (
+    StreamedExamples,
+    make_stream_dataset,
+    materialise,
+    read_stream_dataset,
+    streamed_input,
+)
 from recfuse.training.tb_logging import ScalarLogger
 from recfuse.training.validation import build_val_queries, recall_at_k
 
 logger = logging.getLogger(__name__)
+
+STREAM_DIR = "stream_examples"  # under the run's work dir while a streamed fit runs
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,9 @@ def train(
             1); True stops training like early stopping does (the best weights are still written).
         prepared: a folder ``recfuse prepare`` wrote from ``split.train``'s interactions: the training
             examples are then streamed from its shards (:mod:`recfuse.training.stream`, bounded
-            memory) instead of built in memory; one process only. ``split.train`` still feeds the
-            checks, the user vocabulary, validation and the model directory.
+            memory) instead of built in memory; under several workers each streams every
+            ``workers``-th shard. ``split.train`` still feeds the checks, the user vocabulary,
+            validation and the model directory.
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same arguments (and the
     same ``out_dir`` on storage all of them read, for resuming); see :mod:`recfuse.training.distribute`.
@@ -121,11 +130,6 @@ def train(
     """
     t0 = time.perf_counter()
     cluster = cluster_from_env()
-    if prepared is not None and cluster.distributed:
-        raise ConfigError(
-            f"`prepared` (streamed examples) trains in one process, but TF_CONFIG names {cluster.workers} workers; "
-            "unset TF_CONFIG or train from memory"
-        )
     strategy = make_strategy(cluster)  # before any other TensorFlow op of the process
     train_df = split.train
     check_training_inputs(cfg, dataset.items, train_df)
@@ -158,6 +162,7 @@ def _train(
     prepared: str | Path | None = None,
 ) -> TrainResult:
     items, train_df, val_df = dataset.items, split.train, split.val
+    total_examples = stream_targets = 0  # streamed: all workers' examples; this worker's targets per epoch
     tf.keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()  # process-wide; see TrainConfig.deterministic
@@ -167,7 +172,8 @@ def _train(
     source = None
     ex_args = (item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history, cfg.train.targets)
     if prepared is not None:
-        source, item_counts, skipped = streamed_input(prepared, len(train_df), *ex_args)
+        part = (cluster.index, cluster.workers)  # several workers: each streams every workers-th shard
+        source, item_counts, skipped = streamed_input(prepared, len(train_df), *ex_args, part=part)
         examples = source.shard_examples(source.shards[0])  # builds the variables below; fit streams them all
     else:
         examples = build_examples(train_df, *ex_args)
@@ -190,8 +196,9 @@ def _train(
         optimizer.build(model.trainable_variables)
     rank_scale = model.item_scale  # the popularity prior's factor (None without one)
     if source is not None:
-        ds, steps = make_stream_dataset(source, user_vocab, cfg.train.batch_size, cfg.train.seed,
-                                        cfg.train.user_dropout), None  # fmt: skip
+        ds, steps, total_examples, stream_targets = _stream_input(
+            source, user_vocab, cfg, cluster, strategy, work / STREAM_DIR
+        )
     else:
         ds, steps = _input(examples, user_vocab, cfg, cluster, strategy, per_worker)
 
@@ -262,8 +269,9 @@ def _train(
             verbose=1 if progress else 0,
         )
         fit_seconds = time.perf_counter() - t_fit
-        per_epoch = source.epoch_targets if source is not None else ds_targets(examples, cluster, cfg.train.seed)
+        per_epoch = stream_targets if source is not None else ds_targets(examples, cluster, cfg.train.seed)
         fit_examples = (int(state["epoch"]) - start_epoch) * per_epoch
+    shutil.rmtree(work / STREAM_DIR, ignore_errors=True)
     if Path(str(best_prefix) + ".index").exists():
         best_ckpt.read(str(best_prefix)).assert_existing_objects_matched()
     model.refresh_memory_bank()
@@ -276,7 +284,7 @@ def _train(
         best_epoch=int(state.get("best_epoch", 0)),
         best_metric=state.get("best_metric"),
         history=list(state.get("history", [])),
-        examples=source.epoch_examples if source is not None else len(examples),
+        examples=total_examples if source is not None else len(examples),
         skipped_interactions=skipped,
         seconds=time.perf_counter() - t0,
         examples_per_second=fit_examples / fit_seconds if fit_seconds > 0 else float("nan"),
@@ -323,3 +331,42 @@ def _input(
 
     steps = -(-len(shard) // (cfg.train.batch_size // strategy.num_replicas_in_sync))
     return strategy.distribute_datasets_from_function(per_replica), steps
+
+
+def _stream_input(
+    source: StreamedExamples, user_vocab: IdVocab, cfg: RecfuseConfig, cluster: Cluster, strategy: Any, cache: Path
+) -> tuple[Any, int | None, int, int]:
+    """The streamed input, its steps per epoch (``None``: one pass), all workers' examples, this worker's targets.
+
+    The examples are written as int32 files under ``cache`` (removed after ``fit``) and read back by
+    tf.data alone. On several workers each reads its own shards (``source.part``), repeated, and all
+    take the steps of the worker with the fewest examples (counts exchanged by an all-reduce).
+    """
+    t = cfg.train
+    if not cluster.distributed:
+        ds = make_stream_dataset(source, user_vocab, t.batch_size, t.seed, cache, t.user_dropout)
+        return ds, None, source.epoch_examples, source.epoch_targets
+    prefixes = materialise(source, user_vocab, cache)
+    mine = np.zeros(cluster.workers, np.float64)
+    mine[cluster.index] = source.epoch_examples
+    per_worker_examples = strategy.reduce(
+        tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(mine)), axis=None
+    ).numpy()
+    batch = t.batch_size // strategy.num_replicas_in_sync
+    fewest = int(per_worker_examples.min())
+    if fewest < 1:
+        raise ConfigError(f"a worker's prepared shards hold no training example ({per_worker_examples.tolist()})")
+    counts = per_worker_examples.astype(int).tolist()
+    logger.info("worker %d: %d streamed examples (all workers: %s), %d steps of batch %d per epoch", cluster.index,
+                source.epoch_examples, counts, -(-fewest // batch), batch)  # fmt: skip
+
+    def per_replica(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = read_stream_dataset(prefixes, source.max_history, ctx.get_per_replica_batch_size(t.batch_size), t.seed,
+                                 t.user_dropout)  # fmt: skip
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.repeat().with_options(options)  # already this worker's shards; each pass reshuffles
+
+    steps = -(-fewest // batch)
+    targets = round(source.epoch_targets * min(1.0, steps * batch / source.epoch_examples))  # what `steps` take
+    return strategy.distribute_datasets_from_function(per_replica), steps, int(per_worker_examples.sum()), targets
