@@ -20,10 +20,8 @@ def test_overrides_are_parsed_as_toml_values() -> None:
         parse_overrides(["model.dim"])
 
 
-def _write_config(root: Path) -> Path:
-    cfg = root / "cfg.toml"
-    cfg.write_text(
-        f"""
+def _config_text(root: Path) -> str:
+    return f"""
 [data]
 items = "{root / "items.parquet"}"
 interactions = "{root / "interactions.parquet"}"
@@ -45,9 +43,12 @@ fusion_hidden = [16]
 [train]
 epochs = 1
 batch_size = 128
-""",
-        encoding="utf-8",
-    )
+"""
+
+
+def _write_config(root: Path) -> Path:
+    cfg = root / "cfg.toml"
+    cfg.write_text(_config_text(root), encoding="utf-8")
     return cfg
 
 
@@ -160,3 +161,41 @@ def test_a_given_split_column_goes_through_validate_train_and_evaluate(
     assert main(["validate", "--config", str(cfg)]) == 4
     err = capsys.readouterr().err
     assert f"{n_users} row(s) have a value other than ['train', 'valid', 'test']: 'validation' ({n_users} rows)" in err
+
+
+@pytest.mark.slow
+def test_train_streams_a_prepared_folder_and_rejects_one_of_other_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    from recfuse.config import RecfuseConfig
+    from recfuse.data.splits import split_for
+
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(_config_text(samples).replace("batch_size = 128", "batch_size = 512"), encoding="utf-8")
+    conf = RecfuseConfig.from_toml(cfg)
+    inter = pd.read_parquet(conf.data.interactions)
+    split = split_for(inter, conf.data)
+    split.train.to_parquet(tmp_path / "train.parquet")
+    assert main(["prepare", "--interactions", str(tmp_path / "train.parquet"), "--out", str(tmp_path / "p"),
+                 "--rows-per-shard", "5000"]) == 0  # fmt: skip
+    capsys.readouterr()
+
+    out = tmp_path / "model"
+    code = main(["train", "--config", str(cfg), "--out", str(out), "--prepared", str(tmp_path / "p"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "epoch 1:" in printed and "throughput:" in printed and f"model directory: {out.resolve()}" in printed
+    assert (out / "model.json").exists() and not (out / "stream_examples").exists()
+
+    # a folder prepared from all interactions (not the training split), or no folder: exit code 3, flag named
+    assert main(["prepare", "--interactions", str(conf.data.interactions), "--out", str(tmp_path / "all")]) == 0
+    capsys.readouterr()
+    for folder, why in ((tmp_path / "all", f"holds {len(inter)} usable interactions but the training split has "
+                         f"{len(split.train)}"), (tmp_path / "none", "is not a prepared folder")):  # fmt: skip
+        code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "x"), "--prepared", str(folder)])
+        err = capsys.readouterr().err
+        assert code == 3 and f"--prepared {str(folder)!r}" in err and why in err, err
+    assert not (tmp_path / "x").exists()

@@ -3,6 +3,7 @@
 Example:
     $ recfuse train --config data_samples/recfuse.toml --out runs/model --set model.fusion='"gated"' --epochs 5
     $ recfuse train --config data_samples/recfuse.toml --out runs/model --engine ray --workers 2
+    $ recfuse train --config cfg.toml --out runs/model --prepared runs/prepared   # streamed examples
 
 Several workers: set ``TF_CONFIG`` in each process (Kubernetes, by hand) and run the same command in
 each, or let Ray Train start them with ``--engine ray --workers N`` (recfuse.training.distribute).
@@ -46,6 +47,14 @@ def register(sub: Any) -> None:
         help="local: this process (one worker of a cluster when TF_CONFIG is set); ray: Ray Train starts "
         "--workers processes (needs the ray extra) (default: %(default)s)",
     )
+    p.add_argument(
+        "--prepared",
+        default=None,
+        metavar="DIR",
+        help="folder `recfuse prepare` wrote from the training split's interactions: stream the training "
+        "examples from its shards (bounded memory) instead of building them in memory "
+        "(default: %(default)s, in memory)",
+    )
     p.add_argument("--workers", type=int, default=2, help="training processes for --engine ray (default: %(default)s)")
     p.add_argument(
         "--ray-address",
@@ -85,9 +94,14 @@ def _train(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(overrides)
     out = args.out or cfg.train.out_dir
     if args.engine == "ray":
+        if args.prepared is not None:
+            raise UsageError("--prepared streams in processes started by hand (TF_CONFIG), not with --engine ray")
         return _train_on_ray(args, cfg, overrides, out)
     dataset = load_dataset(cfg.data, cfg.modalities)
     split = split_for(dataset.interactions, cfg.data)
+
+    if args.prepared is not None:
+        check_prepared(args.prepared, len(split.train))
 
     from recfuse.training.trainer import train
 
@@ -108,7 +122,8 @@ def _train(args: argparse.Namespace) -> int:
               f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
         return False
 
-    result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line)
+    result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line,
+                   prepared=args.prepared)  # fmt: skip
     for rec in result.history:
         extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
         print(f"epoch {rec['epoch']}: {extras}")
@@ -124,6 +139,25 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(f"model directory: {result.model_dir}")
     return 0
+
+
+def check_prepared(folder: str, train_rows: int) -> None:
+    """Raise ConfigError naming ``--prepared`` unless ``folder`` holds the training split's interactions.
+
+    Checked before TensorFlow loads (the manifest only; ``train`` verifies the files' checksums).
+    """
+    from recfuse.data.prepare import load_manifest
+    from recfuse.errors import ArtifactError, ConfigError
+
+    try:
+        rows = int(load_manifest(folder, verify=False)["rows"])
+    except ArtifactError as err:
+        raise ConfigError(f"--prepared {folder!r}: {err}") from err
+    if rows != train_rows:
+        raise ConfigError(
+            f"--prepared {folder!r} holds {rows} usable interactions but the training split has {train_rows}; "
+            "run `recfuse prepare` on the training split's interactions"
+        )
 
 
 def _train_on_ray(args: argparse.Namespace, cfg: Any, overrides: dict[str, Any], out: str) -> int:
