@@ -23,7 +23,7 @@ examples/s (``TrainResult.examples_per_second``, fit time only, model steps incl
 Recall@10 and peak RSS.
 
 Usage:
-    python bench/train_stream.py --quick   # the training comparison only (144k interactions), 2-3 minutes
+    python bench/train_stream.py --quick   # the training comparison only (120k interactions, 2 rounds), about 3 minutes
     python bench/train_stream.py --rows 20000000 --fits-rows 2000000 [--work /tmp/recfuse-stream-bench]
 """
 
@@ -100,6 +100,7 @@ def train_stage(args: argparse.Namespace) -> dict[str, Any]:
     ds = load_dataset(cfg.data, cfg.modalities)
     split = split_interactions(ds.interactions, "random", 42)
     prepared = args.prepared if args.stage == "train-stream" else None
+    shutil.rmtree(root / args.stage, ignore_errors=True)  # a fresh run each round, not a resumed one
     r = train(cfg, ds, split, root / args.stage, progress=False, prepared=prepared)
     return {"examples": r.examples, "eps": r.examples_per_second, "recall": r.best_metric, "seconds": r.seconds}
 
@@ -175,10 +176,18 @@ def train_table(root: Path, args: argparse.Namespace) -> None:
     split = split_interactions(pd.read_parquet(root / "interactions.parquet"), "random", 42)
     split.train.to_parquet(root / "train.parquet")
     prepare_interactions(root / "train.parquet", root / "prepared", rows_per_shard=args.rows_per_shard)
-    res = {name: run_stage(name, root, root / "prepared", args) for name in ("train-memory", "train-stream")}
+    # ABBA order over --repeats rounds, so a load that drifts on a shared machine weighs on both paths alike
+    names = ("train-memory", "train-stream")
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for k in range(args.repeats):
+        for name in names if k % 2 == 0 else names[::-1]:
+            runs[name].append(run_stage(name, root, root / "prepared", args))
+            print(f"{name} round {k + 1}: {runs[name][-1]['eps']:,.0f} examples/s", flush=True)
+    res = {n: {**r[0], "eps": float(np.median([x["eps"] for x in r])),
+               "rss_mb": max(x["rss_mb"] for x in r)} for n, r in runs.items()}  # fmt: skip
     base = res["train-memory"]["eps"]
-    print(f"\n| training ({len(split.train):,} train interactions, {args.epochs} epochs, batch {args.batch}) | "
-          "examples/s | ratio vs memory | val Recall@10 | peak RSS MB |")  # fmt: skip
+    print(f"\n| training ({len(split.train):,} train interactions, {args.epochs} epochs, batch {args.batch}, "
+          f"median of {args.repeats}) | examples/s | ratio vs memory | val Recall@10 | peak RSS MB |")  # fmt: skip
     print("|---|---|---|---|---|")
     for name, r in res.items():
         print(
@@ -200,17 +209,19 @@ def main() -> None:
     p.add_argument("--train-users", type=int, default=2000, help="users of the training comparison (0: skip it)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the training comparison")
     p.add_argument("--skip-input", action="store_true", help="only the training comparison")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of the training comparison (median, ABBA order)")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="only the training comparison at 6000 users (144k training interactions), 2 epochs: about 2-3 minutes",
+        help="only the training comparison at 5000 users (120k training interactions), 2 epochs, 2 rounds: "
+        "about 3 minutes",
     )
     p.add_argument("--stage", default="", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
     p.add_argument("--prepared", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
-        args.train_users, args.epochs, args.skip_input = 6000, 2, True
+        args.train_users, args.epochs, args.repeats, args.skip_input = 5000, 2, 2, True
     if args.stage:
         import resource
 
