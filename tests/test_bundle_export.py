@@ -255,6 +255,24 @@ def test_export_measures_served_recall_on_model_queries_and_tunes_ef_search(
     np.testing.assert_array_equal(np.load(grown.path / "served_queries.npy", allow_pickle=False), queries)
 
 
+def test_export_with_factory_auto_records_the_choice(
+    trained: tuple[Path, Path, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recfuse.config import IndexConfig
+
+    _data, model_dir, _items = trained
+    cfg = IndexConfig(factory="auto", served_queries=50, recall_queries=50)
+    b = load_bundle(export_model(model_dir, tmp_path / "b", cfg))
+    choice = b.manifest["index_choice"]
+    # a 120-item catalog: the size rule's Flat meets any target within the latency bound, nothing else is built
+    assert choice["chosen"] == b.manifest["index_factory"] == b.manifest["index_config"]["factory"] == "Flat"
+    assert [r["factory"] for r in choice["candidates"]] == ["Flat"] and choice["candidates"][0]["recall"] == 1.0
+    assert choice["n_queries"] == 50 and b.manifest["ann_recall"] == pytest.approx(1.0)
+    assert Recommender.from_bundle(b.path).info().search_params == "factory auto: chosen of 1 candidate(s)"
+    code = main(["export", "--model", str(model_dir), "--out", str(tmp_path / "c"), "--factory", "auto"])
+    assert code == 0 and "factory auto chose Flat" in capsys.readouterr().out
+
+
 def _new_items(items: pd.DataFrame, data_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Copies (under new ids) of catalog items never seen in training: embedded from content alone,
     exactly like their originals, so each copy must be its original's nearest neighbour."""

@@ -41,6 +41,7 @@ from recfuse.config import IndexConfig, RecfuseConfig
 from recfuse.data.readers import read_table
 from recfuse.data.vocab import IdVocab, id_str
 from recfuse.errors import ArtifactError
+from recfuse.index.choose import auto_index
 from recfuse.models.trained import TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -80,11 +81,13 @@ def export_model(
     if factory:
         cfg = dataclasses.replace(cfg, factory=factory)
     contents = contents_from_model(model, cfg, catalog)
+    # factory "auto": the index is chosen by measurement on the served queries (recfuse.index.choose)
+    index, cfg = auto_index(contents.ranked_vectors, contents.served_queries, cfg)
     with tempfile.TemporaryDirectory(prefix="recfuse-export-") as td:
         if savedmodel:
             contents.query_savedmodel_dir = model.export_query_savedmodel(Path(td) / "query_tower_savedmodel")
         contents.model_dir = model.model_dir  # copied without its work dirs (see writer.MODEL_COPY_IGNORE)
-        path = write_bundle(root, contents, cfg, version=version, keep_versions=keep_versions)
+        path = write_bundle(root, contents, cfg, version=version, index=index, keep_versions=keep_versions)
     logger.info("exported %s as %s", model_dir, path)
     return path
 

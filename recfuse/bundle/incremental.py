@@ -208,6 +208,7 @@ def _extended(
     scale = np.concatenate([old_scale, new_scale])
     vectors = np.concatenate([loaded.item_vectors, new_vectors])
     index = loaded.index
+    index.choice = loaded.manifest.get("index_choice")  # the grown index keeps the chosen factory
     index.add(new_vectors * new_scale[:, None], np.arange(n, n + len(new_ids), dtype=np.int64))
     if cfg.recall_queries > 0:
         ranked = vectors * scale[:, None]

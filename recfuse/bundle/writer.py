@@ -112,6 +112,7 @@ def write_bundle(
             hook("index_built")
             manifest = _manifest(tmp, contents, built.config, built, version)
             manifest["served_recall"] = served
+            manifest["index_choice"] = built.choice  # the candidates export tried (factory "auto"), or None
             (tmp / mf.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
             hook("manifest_written")
             fsync_tree(tmp)

@@ -97,8 +97,14 @@ def _index_line(path: Path) -> str:
     tuned = served.get("tuned")
     how = f"tuned {', '.join(f'{k}={v}' for k, v in tuned.items())} to {served['target']}" if tuned else "not tuned"
     met = "" if served.get("met") is None else ("; target met" if served["met"] else "; TARGET NOT MET")
+    choice = m.get("index_choice")
+    chosen = ""
+    if choice:
+        tried = ", ".join(f"{r['factory']} {r['recall']:.3f} @ {r['latency_ms']:.3f} ms" for r in choice["candidates"])
+        chosen = (f"\n  factory auto chose {choice['chosen']} (served recall @ batch-1 latency, "
+                  f"{choice['tried_on']}): {tried}")  # fmt: skip
     return (f"  index {m['index_factory']} ({params or 'exact'}; {how}): served recall@{served['k']} "
-            f"{served['recall']:.4f} on {served['queries']}{met}")  # fmt: skip
+            f"{served['recall']:.4f} on {served['queries']}{met}{chosen}")  # fmt: skip
 
 
 def _add_items(args: argparse.Namespace) -> int:

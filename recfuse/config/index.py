@@ -17,7 +17,16 @@ class IndexConfig:
     """FAISS index choice: the factory string is the index type (``auto`` picks by catalog size).
 
     Attributes:
-        factory: faiss factory string (``Flat``, ``HNSW32``, ``IVF1024,PQ16``…) or ``auto``.
+        factory: faiss factory string (``Flat``, ``HNSW32``, ``IVF1024,PQ16``…) or ``auto``. An
+            explicit string is kept and only its efSearch / nprobe tuned to ``target_recall``.
+            ``auto`` with served query vectors (export, ``target_recall`` > 0) chooses by measurement
+            (:mod:`recfuse.index.choose`): candidates, cheapest to build first: the size rule's pick
+            (``Flat`` up to ``exact_max_items``, ``HNSW32`` up to 2M, IVF-PQ above),
+            ``IVF{4√n},Flat``, ``IVF{4√n},PQ{d}x4fs,RFlat``, ``IVF{16√n},Flat``, ``HNSW48``, ``Flat``;
+            each is tuned to ``target_recall`` and timed (batch-1, one thread); the first that meets
+            the target within ``latency_bound_ms`` is chosen, else the fastest that meets it (the
+            manifest's ``index_choice`` lists what was tried). Without query vectors ``auto`` is the
+            size rule alone.
         metric: ``ip`` (inner product; cosine when vectors are normalised) or ``l2``.
         recall_floor: minimum measured ANN Recall@10 vs exact search.
         on_low_recall: ``raise`` or ``warn`` when the measured recall is below the floor.
@@ -35,6 +44,10 @@ class IndexConfig:
         target_recall: Recall@10 against exact search that export tunes efSearch / nprobe to, measured
             with the query vectors the index will see (``served_queries`` of them: known users' query
             vectors and history-only queries from the model's own query tower); 0 turns tuning off.
+        latency_bound_ms: ``auto``: the batch-1 search latency (median, one faiss thread) within
+            which a candidate that meets ``target_recall`` is taken without trying later ones.
+        choice_sample: ``auto``: catalogs larger than this try the candidates on a random sample of
+            this many vectors (bounding export time); the chosen one is then built on all of them.
         served_queries: how many such query vectors export draws (and stores in the bundle, so
             ``add-items`` measures and tunes on the same queries).
     """
@@ -46,6 +59,8 @@ class IndexConfig:
     nprobe: int | None = None
     target_recall: float = 0.95
     served_queries: int = 2000
+    latency_bound_ms: float = 0.1
+    choice_sample: int = 100_000
     recall_floor: float = 0.9
     on_low_recall: str = "warn"
     recall_queries: int = 200
@@ -70,6 +85,8 @@ class IndexConfig:
             check_range("index", "nprobe", self.nprobe, 1, 1_000_000)
         check_range("index", "target_recall", self.target_recall, 0.0, 1.0)
         check_range("index", "served_queries", self.served_queries, 0, 1_000_000)
+        check_range("index", "latency_bound_ms", self.latency_bound_ms, 0.0, 10_000.0)
+        check_range("index", "choice_sample", self.choice_sample, 1_000, 100_000_000)
         if not self.factory.strip():
             raise ConfigError("`index.factory` must be a faiss factory string or 'auto', got ''")
 

@@ -29,6 +29,9 @@ from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
+#: a refined index (``...,RFlat``) re-ranks ``REFINE_K_FACTOR * k`` approximate hits with the exact vectors
+REFINE_K_FACTOR = 8
+
 
 def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemIndex:
     """Build an index over ``vectors [n, d]`` keyed by int64 ``ids [n]``.
@@ -69,6 +72,8 @@ def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemI
     inner = inner_index(index)
     if isinstance(inner, faiss.IndexHNSW):
         inner.hnsw.efConstruction = cfg.ef_construction
+    if isinstance(inner, faiss.IndexRefine):  # re-rank more than k approximate hits exactly (stored in the file)
+        inner.k_factor = REFINE_K_FACTOR
     if not index.is_trained:
         rng = np.random.default_rng(cfg.seed)
         sample = x if n <= cfg.train_sample else x[np.sort(rng.choice(n, cfg.train_sample, replace=False))]

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -57,6 +58,8 @@ class ItemIndex:
         self.metric = metric_name(index.metric_type)
         self.recall = recall
         self.config = cfg
+        # how the factory was chosen (recfuse.index.choose's record; None: configured, not measured)
+        self.choice: dict[str, Any] | None = None
         self._ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
         self._selector_ok = supports_selector(index)
         self._dim = int(index.d)

@@ -92,7 +92,12 @@ def tunable_param(index: ItemIndex) -> str:
 
 
 def tune_search(
-    index: ItemIndex, vectors: FloatArray, queries: FloatArray, target: float, k: int = 10
+    index: ItemIndex,
+    vectors: FloatArray,
+    queries: FloatArray,
+    target: float,
+    k: int = 10,
+    exact: np.ndarray | None = None,
 ) -> TuneResult:
     """Set ``index`` to the smallest efSearch / nprobe of the grid whose served recall meets ``target``.
 
@@ -100,10 +105,11 @@ def tune_search(
     first (when even it misses the target, the index keeps it and the result says ``met = False``:
     a bigger index, with more HNSW links or IVF lists, or ``Flat``, is needed), then about
     log2(len(grid)) more. The value just below the chosen one has always been tried and missed.
-    ``index.config`` records the chosen value.
+    ``index.config`` records the chosen value. ``exact``: :func:`exact_topk` of ``vectors`` and
+    ``queries`` when the caller has it (computed here otherwise).
     """
     param = tunable_param(index)
-    exact = exact_topk(index, vectors, queries, k)
+    exact = exact_topk(index, vectors, queries, k) if exact is None else exact
     if not param:
         recall = served_recall(index, vectors, queries, k, exact)
         return TuneResult("", 0, recall, recall >= target)

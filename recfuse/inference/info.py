@@ -39,15 +39,23 @@ def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> Bundle
         category_count=category_count,
         served_recall=None if served.get("recall") is None else float(served["recall"]),
         served_recall_queries=str(served.get("queries", "")),
-        search_params=search_params_text(bundle.index, served),
+        search_params=search_params_text(bundle.index, served, m.get("index_choice")),
     )
 
 
-def search_params_text(index: ItemIndex, served: Mapping[str, Any]) -> str:
-    """``efSearch=48 (tuned to 0.95)``-style text of the search parameters in force ("" for exact)."""
+def search_params_text(
+    index: ItemIndex, served: Mapping[str, Any], choice: Mapping[str, Any] | None = None
+) -> str:
+    """``efSearch=48 (tuned to 0.95)``-style text of the search parameters in force ("" for exact),
+    naming the factory choice when export made one."""
     param = tunable_param(index)
     if not param:
-        return ""
+        return _chosen(choice).removeprefix("; ")
     ef, nprobe = index.config.search_params()
     text = f"efSearch={ef}" if param == "ef_search" else f"nprobe={nprobe}"
-    return text + (f" (tuned to {served.get('target')})" if served.get("tuned") else "")
+    return text + (f" (tuned to {served.get('target')})" if served.get("tuned") else "") + _chosen(choice)
+
+
+def _chosen(choice: Mapping[str, Any] | None) -> str:
+    """``; factory auto: chosen of 3 candidate(s)`` when export chose the factory by measurement."""
+    return f"; factory auto: chosen of {len(choice['candidates'])} candidate(s)" if choice else ""
