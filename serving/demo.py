@@ -72,14 +72,14 @@ def _wait_port(port_file: Path, proc: subprocess.Popen[bytes], timeout: float = 
 def _wait_loaded(client: RecfuseClient, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> Any:
     """The server's Info once it lists a loaded bundle (the port opens before the first load ends)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if proc.poll() is not None:
             raise SystemExit(f"recfuse-serve exited early with code {proc.returncode}")
-        info = client.info()
-        if info.variants:
-            return info
-        time.sleep(0.1)
-    raise SystemExit(f"recfuse-serve loaded no bundle within {timeout:.0f} s")
+        try:
+            return client.wait_ready(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
+        except TimeoutError as exc:
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"recfuse-serve loaded no bundle within {timeout:.0f} s ({exc})") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

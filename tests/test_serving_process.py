@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,24 +113,61 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(tmp_path):
     assert '"msg": "signal 15: graceful shutdown (NOT_SERVING' in stderr
 
 
-def test_client_retries_unavailable_until_a_bundle_is_published(tmp_path):
+def _requests(server, rpc: str, code: str) -> float:
+    """``recfuse_requests_total{rpc, code}`` as the server's metrics render it (0 before the first)."""
+    pattern = rf'recfuse_requests_total\{{code="{code}",rpc="{rpc}"\}} ([0-9.e+]+)'
+    found = re.search(pattern, server.metrics.render().decode())
+    return float(found.group(1)) if found else 0.0
+
+
+def test_client_waits_until_a_bundle_is_published_then_recommends(tmp_path):
     root = tmp_path / "bundles"
     root.mkdir()
     with running(root, ready=False, reload_interval_s=0.05) as (server, _):
-        timer = threading.Timer(0.3, make_root, args=(root,))
-        timer.start()
-        try:
-            with RecfuseClient(
-                f"127.0.0.1:{server.port}", retry=RetryPolicy(attempts=30, initial_s=0.05, max_s=0.2)
-            ) as c:
-                recs = c.recommend(user_id="u1", k=3)
-        finally:
-            timer.join()
-        assert len(recs.items) == 3
-        with RecfuseClient(f"127.0.0.1:{server.port}", retry=RetryPolicy(attempts=1)) as c:
+        with RecfuseClient(f"127.0.0.1:{server.port}") as c:
+            with pytest.raises(TimeoutError, match="loaded no bundle"):
+                c.wait_ready(timeout=0.3)
+            timer = threading.Timer(0.3, make_root, args=(root,))
+            timer.start()
+            try:
+                info = c.wait_ready(timeout=30)
+            finally:
+                timer.join()
+            assert [v.variant for v in info.variants] == ["attention"]
+            assert len(c.recommend(user_id="u1", k=3).items) == 3
+
+
+def test_retry_policy_resends_unavailable_only_and_at_most_attempts(tmp_path):
+    root = tmp_path / "bundles"
+    root.mkdir()
+    with running(root, ready=False, reload_interval_s=0.05) as (server, _):
+        target = f"127.0.0.1:{server.port}"
+        for attempts, total in ((3, 3.0), (1, 4.0)):
+            with RecfuseClient(target, retry=RetryPolicy(attempts=attempts, initial_s=0.01, max_s=0.02)) as c:
+                with pytest.raises(grpc.RpcError) as e:
+                    c.recommend(user_id="u1", k=3)
+            assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert _requests(server, "Recommend", "UNAVAILABLE") == total  # gRPC sent it `attempts` times
+        make_root(root)
+        assert server.wait_ready(30)
+        with RecfuseClient(target, retry=RetryPolicy(attempts=5, initial_s=0.01, max_s=0.02)) as c:
             with pytest.raises(grpc.RpcError) as e:
                 c.recommend(user_id="u1", k=10_000)
-            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # never retried
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert _requests(server, "Recommend", "INVALID_ARGUMENT") == 1.0  # an answer, never retried
+
+
+def test_retry_policy_is_grpcs_and_refuses_what_grpc_would():
+    config = json.loads(RetryPolicy(attempts=4, initial_s=0.05, max_s=1.0).service_config())
+    (method,) = config["methodConfig"]
+    assert {n["service"] for n in method["name"]} == {"recfuse_api.v1.Recommender", "recfuse_api.v1.RecommenderAdmin"}
+    assert method["retryPolicy"] == {"maxAttempts": 4, "initialBackoff": "0.050000s", "maxBackoff": "1.000000s",
+                                     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}  # fmt: skip
+    assert "retryPolicy" not in json.loads(RetryPolicy(attempts=1).service_config())["methodConfig"][0]
+    with pytest.raises(ValueError, match=r"`attempts` must be 1\.\.5 .* got 6.*wait_ready"):
+        RetryPolicy(attempts=6)
+    with pytest.raises(ValueError, match="`initial_s` must be > 0"):
+        RetryPolicy(initial_s=0.0)
 
 
 def test_main_rejects_missing_bundles_dir(tmp_path):
@@ -150,7 +189,8 @@ def test_workers_share_one_port_and_stop_on_sigterm(tmp_path):
         stderr=log.open("w"),
     )
     try:
-        with RecfuseClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=60, initial_s=0.1, max_s=0.5)) as c:
+        with RecfuseClient(f"127.0.0.1:{port}") as c:
+            c.wait_ready(timeout=60)
             assert len(c.recommend(user_id="u1", k=3).items) == 3
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

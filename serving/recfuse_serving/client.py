@@ -1,5 +1,10 @@
 """Python client for the recfuse service: plain dataclasses out, deadlines on every call, retries on UNAVAILABLE.
 
+Retries are gRPC's own (the channel's service config ``retryPolicy``, see :class:`RetryPolicy`): a
+call that gets UNAVAILABLE (no bundle loaded yet, a worker restarting, a connection refused) is sent
+again with jittered exponential backoff, at most 5 attempts, all inside the call's one deadline.
+Waiting for a server that is still starting is a separate, explicit step: :meth:`RecfuseClient.wait_ready`.
+
 Imports neither TensorFlow nor the library's heavy modules (only grpc and the generated stubs).
 
 Example:
@@ -11,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import random
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -136,14 +141,52 @@ def _recs(msg: pb.RecommendResponse) -> Recommendations:
     )
 
 
-@dataclass
+# gRPC refuses a retryPolicy with more attempts than this (grpc/doc/service_config.md, A6 retries)
+MAX_ATTEMPTS = 5
+SERVICES = ("recfuse_api.v1.Recommender", "recfuse_api.v1.RecommenderAdmin")
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for retryable codes (UNAVAILABLE)."""
+    """gRPC's ``retryPolicy`` for the client's channel: which codes are retried and how.
+
+    Attributes:
+        attempts: calls sent at most, the first included (1 = no retry; gRPC's limit is 5).
+        initial_s: backoff before the first retry; each retry waits a random share of the current
+            backoff, which doubles up to ``max_s`` (gRPC's jittered exponential backoff).
+        max_s: largest backoff.
+        codes: status codes retried (default UNAVAILABLE only: every other code is an answer).
+
+    Raises:
+        ValueError: ``attempts`` outside 1..5 or a backoff that is not positive (the field is named).
+    """
 
     attempts: int = 4
     initial_s: float = 0.05
     max_s: float = 1.0
     codes: frozenset[grpc.StatusCode] = field(default_factory=lambda: RETRYABLE)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= MAX_ATTEMPTS:
+            raise ValueError(
+                f"`attempts` must be 1..{MAX_ATTEMPTS} (gRPC's retry limit), got {self.attempts}; to wait for a "
+                "server that is starting, call RecfuseClient.wait_ready(timeout) first"
+            )
+        if not (self.initial_s > 0 and self.max_s >= self.initial_s):
+            raise ValueError(f"`initial_s` must be > 0 and `max_s` >= it, got {self.initial_s} and {self.max_s}")
+
+    def service_config(self) -> str:
+        """The channel's ``grpc.service_config`` JSON (no ``retryPolicy`` when ``attempts`` is 1)."""
+        method: dict[str, Any] = {"name": [{"service": s} for s in SERVICES]}
+        if self.attempts > 1:
+            method["retryPolicy"] = {
+                "maxAttempts": self.attempts,
+                "initialBackoff": f"{self.initial_s:.6f}s",
+                "maxBackoff": f"{self.max_s:.6f}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": sorted(c.name for c in self.codes),
+            }
+        return json.dumps({"methodConfig": [method]})
 
 
 class RecfuseClient:
@@ -154,8 +197,9 @@ class RecfuseClient:
         token: bearer token sent as ``authorization: Bearer <token>`` on every call (None: none); an
             admin token (server ``auth.admin_tokens``) is accepted by the read methods too.
         root_cert: PEM file (or bytes) of the CA/server certificate; given -> TLS channel.
-        timeout: default deadline per call in seconds (each retry gets its own).
-        retry: backoff policy for UNAVAILABLE (server starting, restarting, or no bundle yet).
+        timeout: default deadline per call in seconds (one deadline spans the call's retries).
+        retry: gRPC retry policy for UNAVAILABLE (no bundle loaded yet, a worker restarting); a
+            server that is still starting is waited for with :meth:`wait_ready`.
         server_name: TLS name override (tests with a cert for "localhost" while dialing 127.0.0.1).
 
     Raises (from calls):
@@ -175,27 +219,54 @@ class RecfuseClient:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 1 if self.retry.attempts > 1 else 0),
+            ("grpc.service_config", self.retry.service_config()),
+        ]
         if root_cert is not None:
             pem = root_cert if isinstance(root_cert, bytes) else Path(root_cert).read_bytes()
-            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
             self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(pem), options=options)
         else:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._admin = pb_grpc.RecommenderAdminStub(self._channel)
 
     # ---------------------------------------------------------------- plumbing
     def _invoke(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
-        delay = self.retry.initial_s
-        for attempt in range(1, self.retry.attempts + 1):
+        # retries (UNAVAILABLE) are the channel's: see RetryPolicy.service_config
+        return method(request, timeout=timeout or self.timeout, metadata=self._metadata)  # type: ignore[no-any-return]
+
+    def wait_ready(self, timeout: float = 30.0, poll_s: float = 0.1) -> ServerInfo:
+        """Block until the server answers Info listing at least one loaded bundle; returns that Info.
+
+        A server opens its port before its first bundle has loaded, and a process that is starting
+        refuses connections: both are waited out here (the connection with gRPC's
+        ``wait_for_ready``), up to ``timeout`` seconds in all.
+
+        Raises:
+            TimeoutError: nothing loaded within ``timeout`` (the last state seen is in the message).
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.target}: no bundle loaded within {timeout:g} s ({last})")
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+                msg = self._stub.Info(pb.InfoRequest(), timeout=left, metadata=self._metadata, wait_for_ready=True)
             except grpc.RpcError as exc:
-                if exc.code() not in self.retry.codes or attempt == self.retry.attempts:  # type: ignore[attr-defined]
+                if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                    raise TimeoutError(f"{self.target}: no bundle loaded within {timeout:g} s ({last})") from exc
+                if exc.code() not in self.retry.codes:  # type: ignore[attr-defined]
                     raise
-                time.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, self.retry.max_s)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                last = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+            else:
+                if msg.variants:
+                    return self._server_info(msg)
+                last = "the server answers but has loaded no bundle yet"
+            time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
 
     def close(self) -> None:
         self._channel.close()
@@ -273,7 +344,10 @@ class RecfuseClient:
 
     def info(self, timeout: float | None = None) -> ServerInfo:
         """Variants, versions, index types and sizes being served."""
-        msg = self._invoke(self._stub.Info, pb.InfoRequest(), timeout)
+        return self._server_info(self._invoke(self._stub.Info, pb.InfoRequest(), timeout))
+
+    @staticmethod
+    def _server_info(msg: pb.InfoResponse) -> ServerInfo:
         return ServerInfo(
             variants=[
                 VariantInfo(
