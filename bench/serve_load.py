@@ -1,4 +1,4 @@
-"""Load benchmark of the gRPC service: echo ceiling vs real Recommend over 100k / 1M-item HNSW bundles.
+"""Load benchmark of the gRPC service: echo ceiling vs real Recommend over 100k / 1M-item bundles.
 
 One run, one machine, loopback only. Every server is its own process (``recfuse-serve`` for the real
 service; an echo server built from the same pieces — ``grpc.server`` + thread pool + the same
@@ -7,11 +7,39 @@ from 1 or 4 client processes (each one channel, one call at a time, for ``--dura
 warm-up), so clients never share the server's GIL. Reported: QPS, p50/p99 latency (client side, ms)
 and QPS/p99 relative to the echo ceiling with the same number of clients and server processes.
 
-Bundles are random-but-structured (tests/bundle_factory.py: real NumpyQueryTower, 64-d unit vectors,
-HNSW32 index), built once and cached under ``runs/bench/`` (1M items: several minutes).
+Bundles are built once per size, ``--factory`` and vector source, and cached under ``runs/bench/``
+(1M items with HNSW32: several minutes). Each is written as export writes one: served query vectors
+(the load's users' own query vectors) go in, efSearch / nprobe is tuned to ``--target`` on them
+(unless ``--ef-search`` fixes it), and ``--factory auto`` chooses the index type by measurement
+(recfuse.index.choose). Every QPS row shows the served recall@10 of its server's bundle: what
+Recommend returns for 500 of the load's users against exact search over the same item vectors.
+
+Vector sources:
+
+- default: random-but-structured (tests/bundle_factory.py: 64-d unit vectors near 8 category centres,
+  users with histories inside one category, a real NumpyQueryTower pooling them);
+- ``--vectors ITEMS.npy [--queries QUERIES.npy]``: item vectors from a file (``[n, d]``, tiled to the
+  size when shorter); the users' query vectors from the file, else history-like queries (the
+  normalised mean of 1-5 random items' vectors);
+- ``--from-model MODEL_DIR``: a trained recfuse model (``recfuse train --config
+  data_samples/recfuse.toml --out runs/bench/sample-model``). Its query vectors are the model's own
+  (export's ``served_query_vectors``: known users' vectors and history-only queries through the
+  query tower). Its item vectors, as the index ranks them (embeddings times the popularity prior's
+  factor), are scaled up to the size by sampling a trained item and adding Gaussian noise of a
+  quarter of the typical nearest-neighbour distance, norm kept: the catalog keeps the model's
+  geometry (its clusters, densities and norms) at 100k / 1M items. Why not embed more items: the
+  shipped sample has 1,500 items, and ``recfuse embed`` of synthesised catalog rows (or
+  vector-only items through the candidate tower) would lay the new items out by whatever text and
+  images were synthesised, not by what the model learned; the perturbed copies are denser than a
+  real catalog of that size (each trained item has ~70 / ~700 near copies), which makes ANN search
+  harder, not easier.
+
+In both file and model modes the bundle's query tower hands each user its query vector (an
+identity layer over a per-user embedding), so the load queries with exactly those vectors.
 
 Usage:
-    python bench/serve_load.py --quick            # 100k only
+    python bench/serve_load.py --quick            # 100k only, HNSW32 and factory auto
+    python bench/serve_load.py --quick --workers 2 --clients 4 --from-model runs/bench/sample-model
     python bench/serve_load.py                    # 100k and 1M
     python bench/serve_load.py --workers 1 2      # also SO_REUSEPORT multi-process servers
     python bench/serve_load.py --quick --batching on off   # Recommend with and without micro-batching
@@ -39,6 +67,8 @@ from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = Path(sys.executable).parent / "recfuse-serve"
 DIM = 64
@@ -55,33 +85,116 @@ def _affinity(role: str):  # type: ignore[no-untyped-def]
 
 
 # ------------------------------------------------------------------------------------ bundles
-def ensure_bundle(out: Path, n_items: int, ef_search: int, ef_construction: int = 80) -> Path:
-    """Build (once) a random HNSW32 bundle of ``n_items`` under ``out``; returns the bundles root."""
+def ensure_bundle(
+    out: Path, n_items: int, factory: str, target: float, ef_search: int | None, ef_construction: int = 80,
+    source: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
+    """Build (once) a bundle of ``n_items`` under ``out`` as export builds one (see the module
+    docstring); ``source``: ``(item vectors [n, d], user query vectors [m, d])`` instead of random ones."""
+    from recfuse.bundle import write_bundle
     from recfuse.bundle.publish import list_variants
+    from recfuse.config import IndexConfig
+    from recfuse.forward.query import QueryEncoder
+    from recfuse.index.choose import auto_index
 
     if list_variants(out):
         return out
     sys.path.insert(0, str(ROOT / "tests"))
-    from bundle_factory import make_bundle
-
-    from recfuse.config import IndexConfig
+    from bundle_factory import make_contents
 
     t0 = time.perf_counter()
-    print(f"building {n_items:,}-item HNSW32 bundle in {out} (cached for later runs) ...", flush=True)
-    cfg = IndexConfig(
-        factory="HNSW32", ef_search=ef_search, ef_construction=ef_construction, recall_queries=200, threads=0
-    )
-    make_bundle(out, n_items=n_items, dim=DIM, n_users=N_USERS, index_cfg=cfg)
-    print(f"  built in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"building {n_items:,}-item {factory} bundle in {out} (cached for later runs) ...", flush=True)
+    cfg = IndexConfig(factory=factory, ef_search=ef_search, ef_construction=ef_construction, target_recall=target,
+                      recall_queries=200, threads=0)  # fmt: skip
+    dim = DIM if source is None else source[0].shape[1]
+    contents = make_contents(n_items, dim, n_users=N_USERS, index_cfg=cfg)
+    if source is not None:
+        contents.item_vectors = np.ascontiguousarray(source[0], np.float32)
+        contents.query_tower = passthrough_tower(dim, contents.user_vocab.size, contents.user_vocab.num_oov, source[1])
+    users = [f"u{j}" for j in range(N_USERS)]
+    enc = QueryEncoder(contents.query_tower, contents.item_vectors)
+    voc = contents.user_vocab
+    hists = [np.array([int(i[1:]) for i in contents.user_history[u]], np.int64) for u in users]
+    contents.served_queries = enc.encode_many([voc.lookup_one(u) for u in users], hists)[:2000]
+    contents.served_queries_about = "2000 of the load's users' query vectors"
+    t1 = time.perf_counter()
+    index, cfg = auto_index(contents.ranked_vectors, contents.served_queries, cfg)
+    path = write_bundle(out, contents, cfg, index=index)
+    m = json.loads((path / "manifest.json").read_text())
+    served = m["served_recall"]
+    done = time.perf_counter()
+    print(f"  built in {done - t0:.0f} s (index choice + build + tuning {done - t1:.0f} s): {m['index_factory']} "
+          f"{served['search_params']}, served recall@10 {served['recall']:.4f}", flush=True)  # fmt: skip
+    for row in (m.get("index_choice") or {}).get("candidates", []):
+        print(f"    candidate {row}", flush=True)
     return out
+
+
+def passthrough_tower(dim: int, vocab_size: int, num_oov: int, queries: np.ndarray):  # type: ignore[no-untyped-def]
+    """A NumpyQueryTower whose output for user row ``num_oov + j`` is ``queries[j % m]`` (normalised):
+    the history weights are zero, the user block is the identity."""
+    from recfuse.forward.query import NumpyQueryTower
+
+    f32 = np.float32
+    rng = np.random.default_rng(0)
+    w = np.zeros((2 * dim + 1, dim), f32)
+    w[dim : 2 * dim] = np.eye(dim, dtype=f32)
+    users = np.zeros((vocab_size, dim), f32)
+    users[num_oov:] = queries[np.arange(vocab_size - num_oov) % len(queries)]
+    return NumpyQueryTower(
+        attn_w=(0.1 * rng.standard_normal((dim, 16))).astype(f32), attn_b=np.zeros(16, f32),
+        attn_v=(0.1 * rng.standard_normal(16)).astype(f32), recency=-0.1, mlp=((w, np.zeros(dim, f32)),),
+        user_embedding=users, normalize=True,
+    )  # fmt: skip
+
+
+def history_like(x: np.ndarray, m: int, seed: int = 1) -> np.ndarray:
+    """``m`` normalised means of 1-5 random rows of ``x`` (as a pooled history lies between items)."""
+    rng = np.random.default_rng(seed)
+    q = np.stack([x[rng.integers(0, len(x), s)].mean(axis=0) for s in rng.integers(1, 6, m)]).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def scale_up(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` vectors: random rows of ``base`` plus Gaussian noise of a quarter of the median
+    nearest-neighbour distance among ``base``, each rescaled to its parent's norm."""
+    rng = np.random.default_rng(seed)
+    b = base.astype(np.float32)
+    probe = b[rng.choice(len(b), min(2000, len(b)), replace=False)]
+    d2 = (probe**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * probe @ b.T
+    nn = np.sqrt(np.maximum(np.sort(d2, axis=1)[:, 1], 0))  # column 0: the row itself
+    sigma = 0.25 * float(np.median(nn)) / np.sqrt(b.shape[1])
+    rows = rng.integers(0, len(b), n)
+    x = b[rows] + sigma * rng.standard_normal((n, b.shape[1])).astype(np.float32)
+    x *= (np.linalg.norm(b[rows], axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-12))[:, None]
+    return x.astype(np.float32)
+
+
+def model_source(model_dir: Path, n: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Item vectors scaled up to ``n`` from a trained model's ranked item vectors, and its own query
+    vectors (export's served_query_vectors), cached as .npy under ``cache``."""
+    items, queries = cache / f"items-{n}.npy", cache / "queries.npy"
+    if not (items.is_file() and queries.is_file()):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from recfuse.bundle.export import served_query_vectors
+        from recfuse.models.trained import TrainedModel
+
+        model = TrainedModel.load(model_dir)
+        base = np.asarray(model.item_embeddings, np.float32)
+        if model.ranking_scale is not None:
+            base = base * np.asarray(model.ranking_scale, np.float32)[:, None]
+        q, about = served_query_vectors(model, N_USERS, seed=0)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(items, scale_up(base, n))
+        np.save(queries, q)
+        print(f"model {model_dir}: {len(base)} trained items scaled up to {n:,}; {about}", flush=True)
+    return np.load(items), np.load(queries)
 
 
 def served_recall(bundles: Path, n_users: int = 500, k: int = 10) -> float:
     """Recall@k of what Recommend serves (index search) against exact search over every item vector,
     for ``n_users`` known users by id, as the load sends them. The index's build-time recall
     (manifest ``ann_recall``) uses item vectors as queries, which sit in sparser places than users'."""
-    import numpy as np
-
     from recfuse.inference import Recommender
 
     rec = Recommender.from_bundle(bundles, user_vectors_mb=256)
@@ -97,6 +210,12 @@ def served_recall(bundles: Path, n_users: int = 500, k: int = 10) -> float:
         for u, want in zip(users[start : start + 50], exact):
             hits += len(set(rec.rank(u, (), k).rows) & set(want.tolist()))
     return hits / (n_users * k)
+
+
+def file_source(vectors: Path, queries: Path | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.load(vectors).astype(np.float32)
+    x = x[np.arange(n) % len(x)] if len(x) != n else x
+    return x, (np.load(queries).astype(np.float32) if queries else history_like(x, N_USERS))
 
 
 # ------------------------------------------------------------------------------------ echo server
@@ -322,10 +441,20 @@ def load(port: int, clients: int, seconds: float, env: dict[str, str]) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="100k-item bundle only")
+    p.add_argument("--items", type=int, default=100_000, help="size of the smaller bundle (100k)")
     p.add_argument("--duration", type=float, default=4.0, help="seconds of load per measurement")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server processes (SO_REUSEPORT)")
-    p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument(
+        "--factory", nargs="+", default=["HNSW32", "auto"],
+        help="index factory of the Recommend bundles, one bundle each (auto: chosen by measurement as export does)",
+    )  # fmt: skip
+    p.add_argument("--target", type=float, default=0.95, help="index.target_recall the bundles are tuned to")
+    p.add_argument("--ef-search", type=int, default=None, help="fix efSearch instead of tuning it to --target")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--vectors", type=Path, help="item vectors [n, d] .npy instead of random ones")
+    src.add_argument("--from-model", type=Path, help="trained recfuse model directory: its vectors, scaled up")
+    p.add_argument("--queries", type=Path, help="with --vectors: the users' query vectors [m, d] .npy")
     p.add_argument(
         "--ef-construction", type=int, default=80, help="HNSW build effort (80: the library's default)"
     )
@@ -387,31 +516,52 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()[0]
     out = Path(args.out)
-    sizes = {"100k": 100_000} if args.quick else {"100k": 100_000, "1M": 1_000_000}
-    tag = f"d{DIM}-ef{args.ef_search}-efc{args.ef_construction}"
-    bundles = {
-        name: ensure_bundle(out / f"hnsw-{name}-{tag}", n, args.ef_search, args.ef_construction)
-        for name, n in sizes.items()
-    }
+    small = {f"{args.items // 1000}k" if args.items < 1_000_000 else f"{args.items / 1e6:g}M": args.items}
+    sizes = small if args.quick else {**small, "1M": 1_000_000}
+    fixed = f"ef{args.ef_search}" if args.ef_search else f"t{args.target:g}"
+    if args.from_model:
+        vectors_kind = f"model-{args.from_model.name}"
+    elif args.vectors:
+        vectors_kind = f"file-{args.vectors.stem}"
+    else:
+        vectors_kind = f"random-d{DIM}"
+    bundles: dict[str, Path] = {}
+    for name, n in sizes.items():
+        source = None
+        if args.from_model:
+            source = model_source(args.from_model, n, out / f"{vectors_kind}-vectors")
+        elif args.vectors:
+            source = file_source(args.vectors, args.queries, n)
+        for factory in args.factory:
+            tag = f"{vectors_kind}-{factory.replace(',', '_')}-{fixed}-efc{args.ef_construction}"
+            bundles[f"{name} {factory}"] = ensure_bundle(
+                out / f"serve-{name}-{tag}", n, factory, args.target, args.ef_search, args.ef_construction, source
+            )
     recall = {name: served_recall(path) for name, path in bundles.items()}
+    chosen = {name: _index_text(path) for name, path in bundles.items()}
     print(
-        f"recall@10 of Recommend vs exact search (500 known users, efSearch {args.ef_search}): "
-        + ", ".join(f"{name} {r:.3f}" for name, r in recall.items()),
+        "served recall@10 of Recommend vs exact search (500 of the load's users): "
+        + ", ".join(f"{name} ({chosen[name]}) {r:.4f}" for name, r in recall.items()),
         flush=True,
     )
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
     Target = tuple[str, str, Path | None, dict[str, str], bool, tuple[str, ...]]
     targets: list[Target] = [("echo", "echo", None, env, True, ())]
+    bundle_of: dict[str, str] = {}  # target label -> its bundle's name (for the recall column)
     for name, path in bundles.items():
         for mode in args.batching:
             suffix = f", batching {mode}" if len(args.batching) > 1 else ""
             targets.append((f"Recommend {name}{suffix}", "real", path, env, mode == "on", ()))
+            bundle_of[f"Recommend {name}{suffix}"] = name
             for line in args.also_set:  # the same server with one config line changed, same rounds
                 lines = tuple(x.strip() for x in line.split(";"))
                 targets.append((f"Recommend {name}{suffix}, {line}", "real", path, env, mode == "on", lines))
+                bundle_of[f"Recommend {name}{suffix}, {line}"] = name
     if args.blas_default:
         blas = {k: v for k, v in env.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-        targets.append(("Recommend 100k, default BLAS/OMP threads", "real", bundles["100k"], blas, False, ()))
+        first = next(iter(bundles))
+        targets.append((f"Recommend {first}, default BLAS/OMP threads", "real", bundles[first], blas, False, ()))
+        bundle_of[f"Recommend {first}, default BLAS/OMP threads"] = first
 
     cells: dict[tuple[str, int, int], list[dict[str, float]]] = {}
     for rnd in range(max(1, args.rounds)):
@@ -432,9 +582,11 @@ def _run(args: argparse.Namespace) -> int:
                         base = ceiling.get(clients)
                         r["ratio"] = r["qps"] / base["qps"] if base else float("nan")
                         cells.setdefault((label, workers, clients), []).append(r)
+                        r["recall"] = recall.get(bundle_of.get(label, ""), float("nan"))
                         print(
                             f"round {rnd + 1} {label:42s} procs={workers} clients={clients} qps={r['qps']:8.0f} "
                             f"p50={r['p50']:6.2f} ms p99={r['p99']:6.2f} ms  x echo {r['ratio']:.2f}  "
+                            f"recall@10 {r['recall']:.4f}  "
                             f"server CPU {r['cpu_ms']:.3f} ms/call",
                             flush=True,
                         )
@@ -448,7 +600,8 @@ def _run(args: argparse.Namespace) -> int:
     for (label, workers, clients), rs in cells.items():
         med = {key: float(np.median([r[key] for r in rs])) for key in ("qps", "p50", "p99", "ratio", "cpu_ms")}
         lo, hi = min(r["ratio"] for r in rs), max(r["ratio"] for r in rs)
-        rows.append((label, workers, clients, med["qps"], med["p50"], med["p99"], med["ratio"], lo, hi, med["cpu_ms"]))
+        rows.append((label, workers, clients, med["qps"], med["p50"], med["p99"], med["ratio"], lo, hi, med["cpu_ms"],
+                     rs[0]["recall"]))  # fmt: skip
     print()
     print(
         f"machine: {os.cpu_count()} cores, load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}; "
@@ -458,20 +611,32 @@ def _run(args: argparse.Namespace) -> int:
             if args.pin
             else ""
         )
-        + f"; recall@10 vs exact search (efSearch {args.ef_search}): "
-        + ", ".join(f"{name} {r:.3f}" for name, r in recall.items())
+        + f"; vectors: {vectors_kind}; indexes: "
+        + ", ".join(f"{name} = {chosen[name]}" for name in bundles)
     )
-    print("| target | server procs | clients | QPS | p50 ms | p99 ms | QPS / echo | (min-max) | server CPU ms/call |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, workers, clients, qps, p50, p99, ratio, lo, hi, cpu_ms in rows:
+    print("| target | server procs | clients | served recall@10 | QPS | p50 ms | p99 ms | QPS / echo | (min-max) "
+          "| server CPU ms/call |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, workers, clients, qps, p50, p99, ratio, lo, hi, cpu_ms, rec in rows:
         print(
-            f"| {label} | {workers} | {clients} | {qps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio:.2f} | "
-            f"{lo:.2f}-{hi:.2f} | {cpu_ms:.3f} |"
+            f"| {label} | {workers} | {clients} | {'-' if rec != rec else f'{rec:.4f}'} | {qps:,.0f} | {p50:.2f} | "
+            f"{p99:.2f} | {ratio:.2f} | {lo:.2f}-{hi:.2f} | {cpu_ms:.3f} |"
         )
     keys = ("target", "procs", "clients", "qps", "p50_ms", "p99_ms", "x_echo", "x_echo_min", "x_echo_max",
-            "server_cpu_ms_per_call")  # fmt: skip
+            "server_cpu_ms_per_call", "served_recall_at_10")  # fmt: skip
     (out / "serve_load.json").write_text(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
     return 0
+
+
+def _index_text(bundles: Path) -> str:
+    """``IVF1024,Flat nprobe=16`` of a bundle's manifest."""
+    from recfuse.bundle.manifest import read_manifest
+
+    variant = next(p for p in bundles.iterdir() if p.is_dir() and not p.name.startswith("."))
+    m = read_manifest(variant / (variant / "CURRENT").read_text().strip())
+    served = m.get("served_recall") or {}
+    params = " ".join(f"{k}={v}" for k, v in (served.get("tuned") or served.get("search_params") or {}).items())
+    return f"{m['index_factory']} {params}".strip()
 
 
 if __name__ == "__main__":

@@ -12,8 +12,15 @@ the history-like queries; its time is set beside the index build time measured i
 (export adds both). Batch-1 search latency (1 thread) is printed for the chosen efSearch and for
 the library's former fixed default 128.
 
+Last, what ``index.factory = "auto"`` chooses on the same vectors and history-like queries
+(:func:`recfuse.index.choose.choose_index`, as export runs it): every candidate is tried (one row
+each: tuned parameter, served recall, batch-1 latency, build and tuning seconds), the one that
+export's default latency bound picks is marked, and the seconds export spends on the candidates up
+to it are set beside the HNSW32 build + tuning above (what export with an explicit ``HNSW32``
+spends). ``--no-auto`` skips it.
+
 Usage:
-    python bench/served_recall.py [--items 100000] [--queries 2000] [--target 0.95]
+    python bench/served_recall.py [--items 100000] [--queries 2000] [--target 0.95] [--no-auto]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from recfuse.config import DEFAULT_EF_SEARCH, IndexConfig  # noqa: E402
 from recfuse.index import build_index  # noqa: E402
+from recfuse.index.choose import choose_index, pick  # noqa: E402
 from recfuse.index.factory import apply_search_params  # noqa: E402
 from recfuse.index.served import EF_SEARCH_GRID, exact_topk, served_recall, tune_search  # noqa: E402
 
@@ -66,6 +74,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--no-auto", action="store_true", help="skip the auto factory choice")
     args = p.parse_args()
     x = clustered(args.items)
     t0 = time.perf_counter()
@@ -95,6 +104,30 @@ def main() -> None:
           f"(met: {result.met}); tuning took {tune_s:.1f} s = {tune_s / build_s:.2f}x the build")  # fmt: skip
     print(f"batch-1 p50 (1 thread): {tuned_ms:.3f} ms at efSearch {result.value} vs {default_ms:.3f} ms at "
           f"{DEFAULT_EF_SEARCH} (served recall {default_recall:.4f}); ratio {tuned_ms / default_ms:.2f}")  # fmt: skip
+    if not args.no_auto:
+        auto_rows(x, hist_q, args.target, build_s + tune_s)
+
+
+def auto_rows(x: np.ndarray, hist_q: np.ndarray, target: float, hnsw_s: float) -> None:
+    """The ``auto`` factory choice on the same vectors and queries: every candidate tried (latency
+    bound 0, so none stops the search), then which one the default bound picks and what export spends
+    to get there (the candidates before it and itself: builds + tuning)."""
+    bound = IndexConfig().latency_bound_ms
+    _, choice = choose_index(x, hist_q, IndexConfig(target_recall=target, latency_bound_ms=0.0, recall_queries=0))
+    rows = choice["candidates"]
+    chosen = pick(rows, bound)
+    print(f"\nfactory auto: every candidate (target {target}, tried on {choice['tried_on']}):\n")
+    print("| factory | parameter | served recall@10 | met | batch-1 p50 ms (1 thread) | build s | tune s |")
+    print("|---|---:|---:|:-:|---:|---:|---:|")
+    for pos, row in enumerate(rows):
+        param = f"{row['param']}={row['value']}" if row["param"] else "exact"
+        mark = " **chosen**" if pos == chosen else ""
+        print(f"| {row['factory']}{mark} | {param} | {row['recall']:.4f} | {'yes' if row['met'] else 'no'} | "
+              f"{row['latency_ms']:.3f} | {row['build_s']:.1f} | {row['tune_s']:.1f} |")  # fmt: skip
+    spent = sum(r["build_s"] + r["tune_s"] for r in rows[: chosen + 1])
+    print(f"\nwith the default latency bound {bound} ms export tries {chosen + 1} candidate(s) and picks "
+          f"{rows[chosen]['factory']}: {spent:.1f} s of builds + tuning = {spent / hnsw_s:.2f}x HNSW32's "
+          f"build + tuning ({hnsw_s:.1f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":
