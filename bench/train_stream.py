@@ -135,7 +135,6 @@ def stage(args: argparse.Namespace) -> dict[str, Any]:
             args.batch,
             seed=1,
             cache_dir=Path(args.prepared).parent / "stream-cache",
-            shuffle_buffer=args.shuffle_buffer,
         )
         return _epochs(ds, t0)
     import pandas as pd
@@ -153,7 +152,7 @@ def stage(args: argparse.Namespace) -> dict[str, Any]:
 def run_stage(name: str, data: Path, prepared: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--stage", name, "--data", str(data), "--prepared", str(prepared),
            "--items", str(args.items), "--history", str(args.history), "--batch", str(args.batch),
-           "--rows-per-shard", str(args.rows_per_shard), "--shuffle-buffer", str(args.shuffle_buffer),
+           "--rows-per-shard", str(args.rows_per_shard),
            "--epochs", str(args.epochs)]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OPENBLAS_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, cwd=REPO, env=env, text=True, check=False)
@@ -204,7 +203,6 @@ def main() -> None:
     p.add_argument("--history", type=int, default=20)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--rows-per-shard", type=int, default=1_000_000)
-    p.add_argument("--shuffle-buffer", type=int, default=1_000_000)
     p.add_argument("--work", default="/tmp/recfuse-stream-bench")
     p.add_argument("--train-users", type=int, default=2000, help="users of the training comparison (0: skip it)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the training comparison")

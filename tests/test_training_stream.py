@@ -179,7 +179,7 @@ def test_stream_dataset_yields_the_examples_with_oov_rows(sample, tmp_path: Path
     df, items, users = sample
     prepare_interactions(SAMPLE / "interactions.parquet", tmp_path / "p", buckets=3)
     src = StreamedExamples(tmp_path / "p", items, users, max_history=5)
-    ds = make_stream_dataset(src, users, batch_size=1000, seed=4, cache_dir=tmp_path / "c", shuffle_buffer=4000)
+    ds = make_stream_dataset(src, users, batch_size=1000, seed=4, cache_dir=tmp_path / "c")
     epochs = [[{k: v.numpy() for k, v in b.items()} for b in ds] for _ in range(2)]
     got = _concat(epochs[0])
     assert _rows(got) == _rows(build_examples(df, items, users, 5).as_dict())

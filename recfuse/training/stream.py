@@ -4,32 +4,33 @@ A prepared shard holds whole users sorted by ``(user_id, timestamp)``, so runnin
 :func:`recfuse.training.examples.build_examples` on one shard's rows gives exactly the examples the
 in-memory path builds for those users: the multiset of examples over all shards equals
 ``build_examples`` on the whole table (same ``user_idx``, ``hist_idx``, ``item_idx``). Memory holds
-one shard (at most ``rows_per_shard`` rows, or one user's) plus the shuffle buffer, whatever the
-number of interactions.
+one shard (at most ``rows_per_shard`` rows, or one user's), whatever the number of interactions.
 
-Shuffling is two-level and seeded per epoch: shard order is permuted, then examples are permuted
-inside a buffer of about ``shuffle_buffer`` examples (whole shards are added until it is full) and cut
-into batches; a batch's leftover rows move on to the next buffer. With ``shuffle_buffer`` at least the
-number of examples this is a full shuffle like the in-memory path's; smaller buffers mix less across
-shards (users of one hash bucket stay nearer to each other within an epoch).
+What ``fit`` reads (:func:`make_stream_dataset`): before training, each shard's examples are
+built once and written as raw int32 columns (:func:`materialise`, one shard in memory at a time,
+``4 * (max_history + 3)`` bytes per example on disk); every epoch then reads them back with
+TensorFlow ops only (``read_file`` + ``decode_raw``): shards in a seeded random order, each shard's
+examples permuted whole (a fresh seeded permutation per shard and epoch) and cut into batches. A
+shard is a hash bucket of users, so a batch is a random sample of users as a full shuffle's would
+be, and memory holds one shard whatever the number of shards.
 
-Why shards of whole users and a numpy shuffle (``bench/train_stream.py``, 2 cores): examples need
-a user's interactions in time order, and building them per user block reuses the vectorised
-``build_examples`` as is. Producing batches alone, the streamed source was faster than the
-in-memory ``from_tensor_slices(...).shuffle(n)`` pipeline at far lower peak RSS (2M interactions:
-1.8 GB against 4.8 GB; 20M streamed: 1.9 GB). Inside ``fit`` it is not: a ``from_generator``
-pipeline made each training step slower (144k interactions: about 0.5x the in-memory examples/s;
-yielding one shard per call with ``unbatch``/``shuffle``/``batch`` in tf.data, or runs of 64
-batches per call, measured the same), so the in-memory path stays the default for data that fits
-and streaming is for data that does not.
+Why no Python generator in the loop (``bench/train_stream.py``, 2 cores, 144k interactions): a
+``tf.data.Dataset.from_generator`` input spent 0.8 s per epoch producing batches, yet it tripled
+the median train step (44 ms in memory, 138 ms streamed) and the process's system time (5 s to
+24 s): the generator's Python thread and the Keras step contended (the added time was mostly
+system time, lock handoffs between the two threads), and training ran at about 0.5x the in-memory
+examples/s. Read with TensorFlow ops, streamed training runs at the in-memory rate (bench/README.md
+has the figures). :meth:`StreamedExamples.batches` is an epoch in numpy (seeded two-level shuffle
+through a ``shuffle_buffer``), for checks and tools that want arrays without TensorFlow.
 
 Vocabularies and popularity come from the prepared folder without a pass over the shards:
 :func:`prepared_user_ids` (every user) and :func:`prepared_item_counts` (rows per catalog item).
-Under several workers each takes every ``workers``-th shard (:class:`StreamedExamples` ``part``).
+Under several workers each takes every ``workers``-th shard (:class:`StreamedExamples` ``part``); the
+trainer gives all of them the steps of the smallest share.
 
 Example:
     >>> src = StreamedExamples("runs/prepared", item_vocab, user_vocab, max_history=20)  # doctest: +SKIP
-    >>> ds = make_stream_dataset(src, user_vocab, batch_size=1024, seed=42)              # doctest: +SKIP
+    >>> ds = make_stream_dataset(src, user_vocab, 1024, seed=42, cache_dir="runs/ex")     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -263,7 +264,6 @@ def make_stream_dataset(
     seed: int,
     cache_dir: str | Path,
     user_dropout: float = 0.0,
-    shuffle_buffer: int = 1_000_000,
 ) -> Any:
     """A ``tf.data`` dataset of example batches like ``make_dataset``'s (reshuffled each epoch).
 
@@ -272,21 +272,18 @@ def make_stream_dataset(
     user-id dropout are as in :func:`recfuse.training.pipeline.make_dataset`.
     """
     prefixes = materialise(source, user_vocab, cache_dir)
-    return read_stream_dataset(prefixes, source.max_history, batch_size, seed, user_dropout, shuffle_buffer)
+    return read_stream_dataset(prefixes, source.max_history, batch_size, seed, user_dropout)
 
 
 def read_stream_dataset(
-    prefixes: list[str],
-    max_history: int,
-    batch_size: int,
-    seed: int,
-    user_dropout: float = 0.0,
-    shuffle_buffer: int = 1_000_000,
+    prefixes: list[str], max_history: int, batch_size: int, seed: int, user_dropout: float = 0.0
 ) -> Any:
     """Batches of the shards :func:`materialise` wrote, read with TensorFlow ops only (no Python per batch).
 
-    Each iteration reads the shards in a seeded random order, shuffles examples in a buffer of
-    ``shuffle_buffer`` and batches them (the last batch may be smaller).
+    Each iteration takes the shards in a seeded random order and permutes each shard's examples
+    whole before cutting it into batches (a shard's last batch may be smaller). A shard is a hash
+    bucket of users, so its batches are random samples of users like a full shuffle's; memory holds
+    one shard, whatever the number of shards.
     """
     import tensorflow as tf
 
@@ -297,10 +294,14 @@ def read_stream_dataset(
     def column(prefix: Any, key: str) -> Any:
         return tf.io.decode_raw(tf.io.read_file(tf.strings.join([prefix, f".{key}.bin"])), tf.int32)
 
-    def shard(prefix: Any) -> Any:
+    def shard(prefix: Any, key: Any) -> Any:
         cols = {k: column(prefix, k) for k in ("user_idx", "user_oov", "item_idx")}
         cols["hist_idx"] = tf.reshape(column(prefix, "hist_idx"), [-1, L])
-        return tf.data.Dataset.from_tensor_slices(cols)
+        # a fresh permutation per shard and epoch: `key` comes from a generator re-seeded each iteration
+        order = tf.argsort(
+            tf.random.stateless_uniform(tf.shape(cols["item_idx"]), tf.stack([key, tf.constant(seed, tf.int64)]))
+        )
+        return tf.data.Dataset.from_tensor_slices({k: tf.gather(v, order) for k, v in cols.items()}).batch(batch_size)
 
     def widen(batch: dict[str, Any]) -> dict[str, Any]:
         out = {k: tf.cast(v, tf.int64) for k, v in batch.items()}
@@ -308,7 +309,8 @@ def read_stream_dataset(
         return out
 
     files = tf.data.Dataset.from_tensor_slices(tf.constant(prefixes, tf.string))
-    ds = files.shuffle(max(len(prefixes), 1), seed=seed, reshuffle_each_iteration=True).flat_map(shard)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    files = files.shuffle(max(len(prefixes), 1), seed=seed, reshuffle_each_iteration=True)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((files, keys)).flat_map(shard)
     ds = ds.map(widen, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return with_user_dropout(ds, user_dropout, seed).prefetch(tf.data.AUTOTUNE)
