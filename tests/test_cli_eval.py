@@ -135,7 +135,8 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     capsys.readouterr()
     assert main(["evaluate", "--model", str(model_dir), "--bundle", str(bundles), "--ks", "10,20"]) == 0
     printed = capsys.readouterr().out
-    assert "(exact ranking)" in printed and "(as served: Flat, served recall@10 1.0000)" in printed
+    assert "(exact ranking)" in printed and "(as served: Flat, " in printed
+    assert "factory auto: chosen of 1 candidate(s), served recall@10 1.0000)" in printed
     lines = printed.splitlines()
     ratios = lines[lines.index("served / exact (all test items):") + 2].split()
     assert len(ratios) == 6 and all(0.99 <= float(r.rstrip("x")) <= 1.01 for r in ratios), ratios
