@@ -6,7 +6,7 @@ queries ``auto`` falls back to the size rule of :func:`recfuse.index.factory.aut
 
 The rule:
 
-1. Candidates, cheapest to build first (:func:`candidate_factories`): today's size-rule pick
+1. Candidates, cheapest to build first (:func:`candidate_factories`): the size rule's pick
    (``Flat`` up to ``exact_max_items``, else ``HNSW32``, else IVF-PQ), then ``IVF{4√n},Flat``,
    ``IVF{4√n},PQ{d}x4fs,RFlat`` (4-bit fast-scan PQ, one code per dimension, whose top
    ``REFINE_K_FACTOR * k`` hits are re-ranked with the exact vectors), ``IVF{16√n},Flat``,
@@ -29,7 +29,7 @@ parameter, recall, latency and build seconds, and the chosen factory.
 Example:
     >>> index, choice = choose_index(vectors, queries, IndexConfig())      # doctest: +SKIP
     >>> choice["chosen"], [c["factory"] for c in choice["candidates"]]      # doctest: +SKIP
-    ('IVF4096,Flat', ['HNSW32', 'HNSW48', 'IVF1024,Flat', 'IVF4096,Flat', ...])
+    ('IVF1024,Flat', ['HNSW32', 'IVF1024,Flat'])
 """
 
 from __future__ import annotations
