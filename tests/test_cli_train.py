@@ -199,3 +199,13 @@ def test_train_streams_a_prepared_folder_and_rejects_one_of_other_data(
         err = capsys.readouterr().err
         assert code == 3 and f"--prepared {str(folder)!r}" in err and why in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_prepared_is_refused_with_the_ray_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = Path(__file__).resolve().parents[1] / "data_samples" / "recfuse.toml"
+    out = tmp_path / "m"
+    code = main(["train", "--config", str(cfg), "--out", str(out), "--engine", "ray", "--prepared", str(tmp_path)])
+    assert code == 2, code  # usage, before any Ray or TensorFlow start
+    err = capsys.readouterr().err
+    assert "--prepared streams in processes started by hand (TF_CONFIG), not with --engine ray" in err
+    assert not out.exists()

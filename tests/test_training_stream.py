@@ -171,6 +171,19 @@ def test_batches_are_seeded_per_epoch_and_parts_split_the_shards(sample, tmp_pat
         StreamedExamples(tmp_path / "p", items, users, 6, history="all")
 
 
+def test_streamed_input_refuses_fewer_shards_than_workers(sample, tmp_path: Path) -> None:
+    from recfuse.errors import ConfigError
+    from recfuse.training.stream import streamed_input
+
+    df, items, users = sample
+    m = prepare_interactions(SAMPLE / "interactions.parquet", tmp_path / "p", buckets=2)
+    n = len(m["shards"])
+    src, _, _ = streamed_input(tmp_path / "p", len(df), items, users, 5, part=(n - 1, n))  # one shard each: fine
+    assert src.rows > 0
+    with pytest.raises(ConfigError, match=rf"has {n} shard\(s\) for {n + 1} workers; .*--buckets {n + 1} or more"):
+        streamed_input(tmp_path / "p", len(df), items, users, 5, part=(0, n + 1))
+
+
 def test_stream_dataset_yields_the_examples_with_oov_rows(sample, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     from recfuse.training.pipeline import oov_rows
