@@ -10,10 +10,21 @@ pandas holds all of it (several times over) in memory; this step does it in two 
    :func:`recfuse.training.examples.sort_interactions` does) and write it as one or more shards of
    at most ``rows_per_shard`` rows, cut only between users: a user never spans two shards.
 
+With a split (``split=``, the config's ``[data]`` split kind, seed and cold fraction) pass 2 also
+splits each bucket as :func:`recfuse.data.splits.split_interactions` splits the whole table (the
+same parts for every kind: the split of a user needs only that user's rows, the global cold-item
+set and each row's input row number, which pass 1 records): only the training rows go into the
+shards, users.parquet and item_counts.parquet; the val and test rows go to ``val.parquet`` and
+``test.parquet`` (about a tenth of the rows each); the manifest's ``split`` holds the split's
+record (kind, seed, sizes, fingerprint: what a model trained in memory stores) and its
+``cold_item_fraction``. With ``item_ids`` (the validated catalog) rows whose item is not in it are
+left out and counted as ``unknown_item``, as ``load_dataset`` leaves them out.
+
 Peak memory is one input batch plus one bucket (``total / buckets`` rows), whatever the total.
 Only ``user_id``, ``item_id`` and ``timestamp`` (int64 unix seconds) are kept. Unusable rows (a null
 id, a null or unparsable timestamp) are counted per reason in the manifest and left out, never
-dropped silently. The folder also holds ``users.parquet`` (every user, in shard order) and
+dropped silently (``on_bad_rows="fail"`` raises instead, nothing written). The folder also holds
+``users.parquet`` (every user in shard order, with its number of distinct items) and
 ``item_counts.parquet`` (rows per item): the user vocabulary and the popularity counts come from
 them without another pass. Everything is written in a temp folder beside ``out`` and renamed into
 place (a crash leaves the previous ``out`` or none, never a half one); re-running replaces ``out``.
@@ -32,7 +43,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +53,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recfuse.errors import ArtifactError, SchemaError
+from recfuse.config import SPLITS
+from recfuse.data.splits import (
+    SPLIT_COLUMN,
+    SplitFingerprint,
+    cold_item_set,
+    column_parts,
+    split_parts,
+)
+from recfuse.errors import ArtifactError, ConfigError, DataError, SchemaError
 from recfuse.fsio import atomic_write_json, fsync_dir, fsync_tree, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -51,7 +70,8 @@ FORMAT = "recfuse.prepared/1"
 MANIFEST = "manifest.json"
 COLUMNS = ("user_id", "item_id", "timestamp")
 SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64())])
-REASONS = ("null_user_id", "null_item_id", "bad_timestamp")
+REASONS = ("null_user_id", "null_item_id", "bad_timestamp", "unknown_item")
+PARTS = ("val", "test")  # the held-out parts' files: val.parquet, test.parquet
 
 __all__ = ["FORMAT", "MANIFEST", "input_files", "load_manifest", "prepare_interactions"]
 
@@ -60,6 +80,11 @@ def input_files(src: str | Path) -> list[Path]:
     """The Parquet files of ``src`` (a file, or every ``*.parquet`` under a folder), sorted."""
     path = Path(src)
     if path.is_file():
+        if path.suffix.lower() not in (".parquet", ".pq"):
+            raise SchemaError(
+                f"`interactions` {str(path)!r} is not a Parquet file; `recfuse prepare` streams Parquet only "
+                "(convert it, e.g. pandas read_csv(...).to_parquet(...))"
+            )
         return [path]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
@@ -95,15 +120,18 @@ def _timestamps(col: pa.ChunkedArray | pa.Array, path: Path) -> pa.Array:
     )
 
 
-def _batches(files: list[Path], batch_rows: int) -> Iterator[tuple[Path, pa.RecordBatch]]:
+def _batches(files: list[Path], batch_rows: int, columns: tuple[str, ...]) -> Iterator[tuple[Path, pa.RecordBatch]]:
     for path in files:
         pf = pq.ParquetFile(path)
-        missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+        missing = [c for c in columns if c not in pf.schema_arrow.names]
         if missing:
-            raise SchemaError(
-                f"{str(path)!r} lacks column(s) {missing}; interactions need {list(COLUMNS)} (see recfuse validate)"
+            why = (
+                f"; `data.split` = 'column' needs a {SPLIT_COLUMN!r} column (train / valid / test)"
+                if SPLIT_COLUMN in missing
+                else " (see recfuse validate)"
             )
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(COLUMNS), use_threads=False):
+            raise SchemaError(f"{str(path)!r} lacks column(s) {missing}; interactions need {list(columns)}{why}")
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
             yield path, batch
 
 
@@ -113,38 +141,64 @@ def prepare_interactions(
     buckets: int = 0,
     rows_per_shard: int = 1_000_000,
     batch_rows: int = 262_144,
+    split: str | None = None,
+    seed: int = 42,
+    cold_item_fraction: float = 0.1,
+    item_ids: Collection[str] | None = None,
+    on_bad_rows: str = "quarantine",
 ) -> dict[str, Any]:
     """Write user-sorted shards of ``src`` to the folder ``out`` (replaced atomically).
 
     Args:
-        src: a Parquet file or a folder of them with ``user_id``, ``item_id``, ``timestamp``.
+        src: a Parquet file or a folder of them with ``user_id``, ``item_id``, ``timestamp``
+            (and ``split`` for ``split="column"``).
         out: output folder.
         buckets: hash buckets of pass 1 (0: enough for ``rows_per_shard`` rows each on average).
         rows_per_shard: most rows per shard (a user with more rows gets a shard of its own).
         batch_rows: rows read per input batch.
+        split: ``None`` (every usable row is written to the shards) or a split kind of
+            :func:`recfuse.data.splits.split_interactions`: only the training part goes into the
+            shards, val and test into ``val.parquet`` / ``test.parquet``.
+        seed, cold_item_fraction: the split's (``data.split_seed``, ``data.cold_item_fraction``).
+        item_ids: the validated catalog's ids: rows of other items are left out (``unknown_item``).
+        on_bad_rows: ``quarantine`` (unusable rows are counted and left out) or ``fail`` (any
+            unusable row raises, nothing is written), as ``data.on_bad_rows``.
 
     Returns:
         The manifest (also written to ``out/manifest.json``).
 
     Raises:
-        SchemaError: missing column, id or timestamp column of an unusable type, no input file.
-        ValueError: a non-positive size argument.
+        SchemaError: missing column, id or timestamp column of an unusable type, no input file, a
+            ``split`` value other than train / valid / test, no training row, unusable rows with
+            ``on_bad_rows="fail"``.
+        ConfigError: unknown split kind or a cold fraction outside [0, 0.9].
+        DataError: a split of no usable row.
+        ValueError: a non-positive size argument, an unknown ``on_bad_rows``.
     """
     for name, value, low in (("buckets", buckets, 0), ("rows_per_shard", rows_per_shard, 1),
                              ("batch_rows", batch_rows, 1)):  # fmt: skip
         if int(value) < low:
             raise ValueError(f"`{name}` must be >= {low}, got {value}")
+    if on_bad_rows not in ("quarantine", "fail"):
+        raise ValueError(f"`on_bad_rows` must be 'quarantine' or 'fail', got {on_bad_rows!r}")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split kind must be one of {list(SPLITS)}, got {split!r}")
+    if not 0.0 <= cold_item_fraction <= 0.9:
+        raise ConfigError(f"`cold_item_fraction` must be in [0, 0.9], got {cold_item_fraction!r}")
     files = input_files(src)
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     n_buckets = int(buckets) or max(1, math.ceil(total / rows_per_shard))
+    known = None if item_ids is None else pa.array(sorted({str(i) for i in item_ids}), pa.string())
     dest = Path(out).resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        bad, item_counts = _partition(files, tmp / "buckets", n_buckets, batch_rows)
-        shards, users = _sort_buckets(tmp, n_buckets, rows_per_shard)
+        bad, all_items = _partition(files, tmp / "buckets", n_buckets, batch_rows, split, known, on_bad_rows)
+        splitter = None
+        if split is not None:
+            splitter = _BucketSplit(tmp, split, seed, cold_item_fraction, all_items)
+        shards, n_users, item_counts = _sort_buckets(tmp, n_buckets, rows_per_shard, splitter)
         shutil.rmtree(tmp / "buckets")
-        pq.write_table(pa.table({"user_id": pa.array(users, pa.string())}), tmp / "users.parquet")
         counts = pa.table({"item_id": pa.array(list(item_counts.index), pa.string()),
                            "count": pa.array(item_counts.to_numpy(np.int64))})  # fmt: skip
         pq.write_table(counts, tmp / "item_counts.parquet")
@@ -154,14 +208,19 @@ def prepare_interactions(
             "input_rows": total,
             "rows": int(sum(s["rows"] for s in shards)),
             "unusable_rows": bad,
-            "users": len(users),
+            "users": n_users,
             "items": int(len(item_counts)),
             "buckets": n_buckets,
             "rows_per_shard": int(rows_per_shard),
             "shards": shards,
             "users_file": {"file": "users.parquet", "sha256": sha256_file(tmp / "users.parquet")},
             "item_counts_file": {"file": "item_counts.parquet", "sha256": sha256_file(tmp / "item_counts.parquet")},
+            "split": None,
         }
+        if splitter is not None:
+            manifest["split"] = splitter.close()
+            for part in PARTS:
+                manifest[f"{part}_file"] = {"file": f"{part}.parquet", "sha256": sha256_file(tmp / f"{part}.parquet")}
         atomic_write_json(tmp / MANIFEST, manifest)
         fsync_tree(tmp)
         _publish(tmp, dest)
@@ -174,32 +233,57 @@ def prepare_interactions(
 
 
 def _partition(
-    files: list[Path], bucket_dir: Path, n_buckets: int, batch_rows: int
-) -> tuple[dict[str, int], pd.Series]:
-    """Pass 1: usable rows appended to their user's bucket file; unusable rows and item rows counted."""
+    files: list[Path],
+    bucket_dir: Path,
+    n_buckets: int,
+    batch_rows: int,
+    split: str | None,
+    known: pa.Array | None,
+    on_bad_rows: str,
+) -> tuple[dict[str, int], list[str]]:
+    """Pass 1: usable rows (with their input row number) appended to their user's bucket file.
+
+    Returns:
+        ``(unusable rows per reason, the distinct items of the usable rows)``.
+    """
     bucket_dir.mkdir()
+    columns = (*COLUMNS, SPLIT_COLUMN) if split == "column" else COLUMNS
+    schema = _bucket_schema(split)
     writers: dict[int, pq.ParquetWriter] = {}
     bad = dict.fromkeys(REASONS, 0)
-    item_counts = pd.Series(dtype=np.int64)
+    items_seen: set[str] = set()
+    offset = 0
     try:
-        for path, batch in _batches(files, batch_rows):
+        for path, batch in _batches(files, batch_rows, columns):
             users = _ids(batch.column("user_id"), "user_id", path)
             items = _ids(batch.column("item_id"), "item_id", path)
             ts = _timestamps(batch.column("timestamp"), path)
             u_null, i_null, t_null = (
                 np.asarray(c.is_null().to_numpy(zero_copy_only=False)) for c in (users, items, ts)
             )
+            unknown = np.zeros(len(u_null), dtype=bool)
+            if known is not None:
+                unknown = ~np.asarray(pc.is_in(items, value_set=known).to_numpy(zero_copy_only=False), dtype=bool)
             bad["null_user_id"] += int(u_null.sum())
             bad["null_item_id"] += int((i_null & ~u_null).sum())
             bad["bad_timestamp"] += int((t_null & ~u_null & ~i_null).sum())
-            keep = ~(u_null | i_null | t_null)
-            table = pa.table([users, items, ts], schema=SCHEMA).filter(pa.array(keep))
+            bad["unknown_item"] += int((unknown & ~t_null & ~u_null & ~i_null).sum())
+            if on_bad_rows == "fail" and any(bad.values()):
+                shown = ", ".join(f"{n} {r}" for r, n in bad.items() if n)
+                raise SchemaError(
+                    f"interactions in {str(path)!r} have unusable rows ({shown})"
+                    " and `data.on_bad_rows` is 'fail'; fix them (see `recfuse validate`) or set "
+                    '`data.on_bad_rows = "quarantine"` to leave them out'
+                )
+            keep = ~(u_null | i_null | t_null | unknown)
+            cols = [users, items, ts, pa.array(offset + np.arange(len(keep), dtype=np.int64))]
+            offset += len(keep)
+            if split == "column":
+                cols.append(pa.array(column_parts(batch.column(SPLIT_COLUMN).to_pandas()), pa.int8()))
+            table = pa.table(cols, schema=schema).filter(pa.array(keep))
             if not table.num_rows:
                 continue
-            vc = pc.value_counts(table.column("item_id")).flatten()
-            item_counts = item_counts.add(
-                pd.Series(vc[1].to_numpy(), index=vc[0].to_numpy(zero_copy_only=False)), fill_value=0
-            ).astype(np.int64)
+            items_seen.update(pc.unique(table.column("item_id")).to_pylist())
             user_np = table.column("user_id").to_numpy(zero_copy_only=False)
             bucket = (pd.util.hash_array(user_np) % np.uint64(n_buckets)).astype(np.int64)
             order = np.argsort(bucket, kind="stable")  # stable: a user's rows keep input order
@@ -208,42 +292,123 @@ def _partition(
             for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)], strict=True):
                 b = int(bucket[start])
                 if b not in writers:
-                    writers[b] = pq.ParquetWriter(bucket_dir / f"bucket-{b:05d}.parquet", SCHEMA, compression="none")
+                    writers[b] = pq.ParquetWriter(bucket_dir / f"bucket-{b:05d}.parquet", schema, compression="none")
                 writers[b].write_table(table.slice(int(start), int(stop - start)))
     finally:
         for w in writers.values():
             w.close()
-    return bad, item_counts.sort_index()
+    if split is not None and not items_seen:
+        raise DataError("cannot split an empty interactions table (no usable row); check the interactions")
+    return bad, sorted(items_seen)
 
 
-def _sort_buckets(tmp: Path, n_buckets: int, rows_per_shard: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """Pass 2: each bucket sorted by (user, time) and cut into shards between users."""
+def _bucket_schema(split: str | None) -> pa.Schema:
+    """Bucket files: the interaction columns, the input row number, and the ``column`` split's part."""
+    fields = [*SCHEMA, pa.field("row", pa.int64())]
+    return pa.schema([*fields, pa.field("part", pa.int8())] if split == "column" else fields)
+
+
+class _BucketSplit:
+    """Pass 2's split of each bucket: train rows back, val/test rows written, the split's record summed."""
+
+    def __init__(self, tmp: Path, kind: str, seed: int, cold_item_fraction: float, all_items: list[str]) -> None:
+        self.kind, self.seed, self.fraction = kind, int(seed), float(cold_item_fraction)
+        self.cold = cold_item_set(all_items, cold_item_fraction, seed) if kind == "cold_start" else frozenset()
+        self.writers = {p: pq.ParquetWriter(tmp / f"{name}.parquet", SCHEMA) for p, name in ((1, "val"), (2, "test"))}
+        self.fingerprint = SplitFingerprint()
+        self.rows = [0, 0, 0]
+        self.users = [0, 0, 0]
+        self.train_only = 0
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """The training rows of a bucket (every row of its users, in input order)."""
+        df = table.select(list(COLUMNS)).to_pandas()
+        if self.kind == "column":
+            part = table.column("part").to_numpy().astype(np.int8)
+            users = df["user_id"].to_numpy()
+            self.train_only += len(set(users[part == 0]) - set(users[part != 0]))
+        else:
+            part, train_only = split_parts(df, self.kind, self.seed, self.cold, table.column("row").to_numpy())
+            self.train_only += train_only
+        for p in range(3):
+            rows = df.loc[part == p]
+            self.fingerprint.add(p, rows)
+            self.rows[p] += len(rows)
+            self.users[p] += int(rows["user_id"].nunique())
+            if p in self.writers and len(rows):
+                self.writers[p].write_table(table.select(list(COLUMNS)).filter(pa.array(part == p)))
+        return table.select(list(COLUMNS)).filter(pa.array(part == 0))
+
+    def close(self) -> dict[str, Any]:
+        """The split's record (the keys of ``Split.record()``) plus ``cold_item_fraction``."""
+        for w in self.writers.values():
+            w.close()
+        if self.kind == "column" and not self.rows[0]:
+            raise SchemaError(f"interactions column {SPLIT_COLUMN!r} names no 'train' row; nothing to train on")
+        return {
+            "kind": self.kind,
+            "seed": self.seed,
+            "train": self.rows[0],
+            "val": self.rows[1],
+            "test": self.rows[2],
+            "train_users": self.users[0],
+            "val_users": self.users[1],
+            "test_users": self.users[2],
+            "cold_items": len(self.cold),
+            "train_only_users": self.train_only,
+            "fingerprint": self.fingerprint.hexdigest(),
+            "cold_item_fraction": self.fraction,
+        }
+
+
+def _sort_buckets(
+    tmp: Path, n_buckets: int, rows_per_shard: int, splitter: _BucketSplit | None
+) -> tuple[list[dict[str, Any]], int, pd.Series]:
+    """Pass 2: each bucket (split, with ``splitter``) sorted by (user, time) and cut into shards between users.
+
+    Writes ``users.parquet`` (user_id and its distinct items, in shard order) as it goes.
+
+    Returns:
+        ``(shard entries, users, rows per item of the shards, sorted by item id)``.
+    """
     shards: list[dict[str, Any]] = []
-    users: list[str] = []
-    for b in range(n_buckets):
-        path = tmp / "buckets" / f"bucket-{b:05d}.parquet"
-        if not path.exists():
-            continue
-        table = pq.read_table(path)
-        order = pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending")])
-        table = table.take(order)  # Arrow's sort is stable
-        user_np = table.column("user_id").to_numpy(zero_copy_only=False)
-        starts = np.r_[0, np.flatnonzero(user_np[1:] != user_np[:-1]) + 1]
-        start = 0
-        while start < table.num_rows:
-            stop = _cut(starts, start, rows_per_shard, table.num_rows)
-            part = table.slice(start, stop - start)
-            name = f"shard-{len(shards):05d}.parquet"
-            pq.write_table(part, tmp / name, row_group_size=65_536)
-            block = user_np[start:stop]
-            n_users = int(np.count_nonzero(block[1:] != block[:-1]) + 1)
-            users.extend(block[np.r_[0, np.flatnonzero(block[1:] != block[:-1]) + 1]].tolist())
-            shards.append(
-                {"file": name, "rows": int(stop - start), "users": n_users, "sha256": sha256_file(tmp / name)}
-            )
-            start = stop
-        del table
-    return shards, users
+    n_users = 0
+    item_counts: dict[str, int] = {}
+    users_schema = pa.schema([("user_id", pa.string()), ("items", pa.int64())])
+    with pq.ParquetWriter(tmp / "users.parquet", users_schema) as users_out:
+        for b in range(n_buckets):
+            path = tmp / "buckets" / f"bucket-{b:05d}.parquet"
+            if not path.exists():
+                continue
+            table = pq.read_table(path)
+            table = splitter.apply(table) if splitter is not None else table.select(list(COLUMNS))
+            order = pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending")])
+            table = table.take(order)  # Arrow's sort is stable: ties keep input order
+            vc = pc.value_counts(table.column("item_id")).flatten()
+            for item, n in zip(vc[0].to_pylist(), vc[1].to_pylist(), strict=True):
+                item_counts[item] = item_counts.get(item, 0) + int(n)
+            user_np = table.column("user_id").to_numpy(zero_copy_only=False)
+            distinct = pd.DataFrame({"u": user_np, "i": table.column("item_id").to_numpy(zero_copy_only=False)})
+            per_user = distinct.groupby("u", sort=False)["i"].nunique()  # first-appearance order: shard order
+            ids = pa.array(per_user.index.to_numpy(), pa.string())
+            users_out.write_table(pa.table([ids, pa.array(per_user.to_numpy(np.int64))], schema=users_schema))
+            n_users += len(per_user)
+            starts = np.r_[0, np.flatnonzero(user_np[1:] != user_np[:-1]) + 1]
+            start = 0
+            while start < table.num_rows:
+                stop = _cut(starts, start, rows_per_shard, table.num_rows)
+                part = table.slice(start, stop - start)
+                name = f"shard-{len(shards):05d}.parquet"
+                pq.write_table(part, tmp / name, row_group_size=65_536)
+                block = user_np[start:stop]
+                users_in = int(np.count_nonzero(block[1:] != block[:-1]) + 1)
+                shards.append(
+                    {"file": name, "rows": int(stop - start), "users": users_in, "sha256": sha256_file(tmp / name)}
+                )
+                start = stop
+            del table, distinct
+    counts = pd.Series(item_counts, dtype=np.int64)
+    return shards, n_users, counts.sort_index()
 
 
 def _cut(starts: np.ndarray, start: int, rows_per_shard: int, n: int) -> int:
@@ -283,7 +448,8 @@ def load_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{str(path)!r} has format {manifest.get('format')!r}, expected {FORMAT!r}; re-run prepare")
-    entries = [*manifest["shards"], manifest["users_file"], manifest["item_counts_file"]]
+    held = [manifest[f"{p}_file"] for p in PARTS if manifest.get(f"{p}_file")]
+    entries = [*manifest["shards"], manifest["users_file"], manifest["item_counts_file"], *held]
     for entry in entries:
         f = root / entry["file"]
         if not f.is_file():
