@@ -209,3 +209,75 @@ def test_prepared_is_refused_with_the_ray_engine(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "--prepared streams in processes started by hand (TF_CONFIG), not with --engine ray" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_train_on_a_folder_prepared_with_the_split_loads_no_interactions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import pandas as pd
+
+    import recfuse.data.splits as splits_mod
+    import recfuse.data.validate as validate_mod
+    from recfuse.config import RecfuseConfig
+    from recfuse.data.splits import check_same_split, split_for
+
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(_config_text(samples).replace("batch_size = 128", "batch_size = 512"), encoding="utf-8")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "mem"), "--no-progress"]) == 0
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "p"), "--rows-per-shard", "5000"]) == 0
+    printed = capsys.readouterr().out
+    assert "split random (seed 42): " in printed, printed
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("the interactions were loaded into memory")
+
+    # a guard, not a stand-in: the streamed path must not build a frame of the interactions
+    monkeypatch.setattr(validate_mod, "load_dataset", refuse)
+    monkeypatch.setattr(splits_mod, "split_for", refuse)
+    out = tmp_path / "streamed"
+    code = main(["train", "--config", str(cfg), "--out", str(out), "--prepared", str(tmp_path / "p"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "epoch 1:" in printed and f"model directory: {out.resolve()}" in printed
+    monkeypatch.undo()
+
+    mem, streamed = (json.loads((tmp_path / d / "model.json").read_text()) for d in ("mem", "streamed"))
+    assert streamed["split"] == mem["split"] and streamed["num_users"] == mem["num_users"]
+    assert abs(streamed["best_metric"] - mem["best_metric"]) <= 0.02, (streamed["best_metric"], mem["best_metric"])
+    # evaluation's check accepts the model: the data split in memory gives the recorded split
+    conf = RecfuseConfig.from_toml(cfg)
+    check_same_split(split_for(pd.read_parquet(conf.data.interactions), conf.data), streamed["split"], "model")
+    for name in ("user_history.parquet", "train_items.parquet", "popularity.parquet"):
+        a, b = (pd.read_parquet(tmp_path / d / name) for d in ("mem", "streamed"))
+        key = a.columns[0]
+        a, b = (x.sort_values(key).reset_index(drop=True) for x in (a, b))
+        assert a.astype(str).equals(b.astype(str)), name
+
+
+def test_prepared_split_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(_config_text(samples), encoding="utf-8")
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "p"), "--set", "data.split_seed=7"]) == 0
+    capsys.readouterr()
+    # another seed (or kind) than the config's: exit 3, both named, before TensorFlow or any output
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "x"), "--prepared", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "was split with data.split = 'random', data.split_seed = 7 but the config asks for data.split = " in err
+    assert "'random', data.split_seed = 42; re-run `recfuse prepare --config`" in err
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "x"), "--prepared", str(tmp_path / "p"),
+                 "--set", "data.split=temporal", "--set", "data.split_seed=7"])  # fmt: skip
+    assert code == 3 and "the config asks for data.split = 'temporal'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert main(["prepare", "--out", str(tmp_path / "q")]) == 2
+    assert "give --interactions FILE_OR_DIR, or --config" in capsys.readouterr().err
+    assert main(["prepare", "--interactions", str(samples / "items.parquet"), "--set", "a.b=1", "--out", "q"]) == 2
+    assert "--set needs --config" in capsys.readouterr().err
+    (tmp_path / "i.csv").write_text("user_id,item_id,timestamp\n1,2,3\n", encoding="utf-8")
+    assert main(["prepare", "--interactions", str(tmp_path / "i.csv"), "--out", str(tmp_path / "q")]) == 4
+    assert "is not a Parquet file; `recfuse prepare` streams Parquet only" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 Example:
     $ recfuse train --config data_samples/recfuse.toml --out runs/model --set model.fusion='"gated"' --epochs 5
     $ recfuse train --config data_samples/recfuse.toml --out runs/model --engine ray --workers 2
-    $ recfuse train --config cfg.toml --out runs/model --prepared runs/prepared   # streamed examples
+    $ recfuse prepare --config cfg.toml --out runs/prepared                       # split + shards, streamed
+    $ recfuse train --config cfg.toml --out runs/model --prepared runs/prepared   # no interactions in memory
 
 Several workers: set ``TF_CONFIG`` in each process (Kubernetes, by hand) and run the same command in
 each, or let Ray Train start them with ``--engine ray --workers N`` (recfuse.training.distribute).
@@ -51,9 +52,11 @@ def register(sub: Any) -> None:
         "--prepared",
         default=None,
         metavar="DIR",
-        help="folder `recfuse prepare` wrote from the training split's interactions: stream the training "
-        "examples from its shards (bounded memory) instead of building them in memory "
-        "(default: %(default)s, in memory)",
+        help="folder `recfuse prepare --config` wrote (the split made while streaming): stream the training "
+        "examples, the validation histories and the model's per-user lists from its shards, loading only "
+        "the catalog (bounded memory); its split must be the config's [data] split. A folder prepared "
+        "without --config (no split recorded) holds the training split's interactions: the data is then "
+        "loaded and split in memory and only the examples are streamed (default: %(default)s, in memory)",
     )
     p.add_argument("--workers", type=int, default=2, help="training processes for --engine ray (default: %(default)s)")
     p.add_argument(
@@ -97,11 +100,22 @@ def _train(args: argparse.Namespace) -> int:
         if args.prepared is not None:
             raise UsageError("--prepared streams in processes started by hand (TF_CONFIG), not with --engine ray")
         return _train_on_ray(args, cfg, overrides, out)
-    dataset = load_dataset(cfg.data, cfg.modalities)
-    split = split_for(dataset.interactions, cfg.data)
-
+    # a prepared folder that records its split holds the training rows: only the catalog is loaded
+    prepared_split = None
     if args.prepared is not None:
-        check_prepared(args.prepared, len(split.train))
+        from recfuse.data.prepared_split import load_prepared_split
+
+        prepared_split = load_prepared_split(args.prepared, cfg.data, verify=False)
+    if prepared_split is not None:
+        from recfuse.data.catalog import load_catalog
+
+        dataset: Any = load_catalog(cfg.data, cfg.modalities)
+        split: Any = prepared_split
+    else:
+        dataset = load_dataset(cfg.data, cfg.modalities)
+        split = split_for(dataset.interactions, cfg.data)
+        if args.prepared is not None:
+            check_prepared(args.prepared, len(split.train))
 
     from recfuse.training.trainer import train
 

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from recfuse.config import FUSIONS, RecfuseConfig
+from recfuse.data.prepared_split import TrainingRows
 from recfuse.errors import ConfigError, DataError, SchemaError
 
 logger = logging.getLogger(__name__)
 
 
-def check_training_inputs(cfg: RecfuseConfig, items: pd.DataFrame, train: pd.DataFrame) -> None:
+def check_training_inputs(cfg: RecfuseConfig, items: pd.DataFrame, train: pd.DataFrame | TrainingRows) -> None:
     """Raise on a config/data mismatch; returns ``None`` when training can start.
 
     Raises:
@@ -59,14 +60,19 @@ def check_training_inputs(cfg: RecfuseConfig, items: pd.DataFrame, train: pd.Dat
 SPARSE_USERS_MEDIAN = 10
 
 
-def median_user_items(train: pd.DataFrame) -> float:
-    """Median number of distinct training items per user (0 for an empty split)."""
+def median_user_items(train: pd.DataFrame | TrainingRows) -> float:
+    """Median number of distinct training items per user (0 for an empty split).
+
+    ``train`` is the training frame, or a prepared folder's :class:`TrainingRows` (counted by ``recfuse prepare``).
+    """
+    if isinstance(train, TrainingRows):
+        return train.median_user_items()
     if train.empty:
         return 0.0
     return float(train.groupby("user_id")["item_id"].nunique().median())
 
 
-def resolve_auto_settings(cfg: RecfuseConfig, train: pd.DataFrame) -> RecfuseConfig:
+def resolve_auto_settings(cfg: RecfuseConfig, train: pd.DataFrame | TrainingRows) -> RecfuseConfig:
     """``cfg`` with its data-dependent ``"auto"`` settings decided on the training split.
 
     ``model.user_id_embedding = "auto"`` becomes true when the median user has at least
@@ -87,7 +93,7 @@ def resolve_auto_settings(cfg: RecfuseConfig, train: pd.DataFrame) -> RecfuseCon
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, user_id_embedding=use))
 
 
-def sparsity_warnings(cfg: RecfuseConfig, train: pd.DataFrame) -> list[str]:
+def sparsity_warnings(cfg: RecfuseConfig, train: pd.DataFrame | TrainingRows) -> list[str]:
     """What the config will likely overfit on this training split (nothing is changed).
 
     A user-id embedding row is trained on its user's training targets only; with a handful per user

@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,13 @@ def write_model_dir(
     split: Any,
     counts: np.ndarray,
     state: dict[str, Any],
+    user_lists: Callable[[Path, Path], None] | None = None,
 ) -> Path:
-    """Write all artifacts for ``model`` and atomically make ``out`` that directory."""
+    """Write all artifacts for ``model`` and atomically make ``out`` that directory.
+
+    ``user_lists(user_history_path, train_items_path)`` writes the two per-user files instead of
+    ``split.train`` / ``split.val`` (streamed training: from the prepared shards, one at a time).
+    """
     out = Path(out).resolve()
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -80,9 +86,12 @@ def write_model_dir(
     model.query_tower.to_numpy().save(tmp / "query_tower")
     matrix = model.memory_bank.numpy().astype(np.float32)
     _vectors(tmp / "item_embeddings.parquet", list(item_vocab.ids), matrix)
-    seen = pd.concat([split.train, split.val], ignore_index=True) if len(split.val) else split.train
-    _lists(tmp / "user_history.parquet", user_histories(seen))
-    _lists(tmp / "train_items.parquet", user_histories(split.train))
+    if user_lists is not None:
+        user_lists(tmp / "user_history.parquet", tmp / "train_items.parquet")
+    else:
+        seen = pd.concat([split.train, split.val], ignore_index=True) if len(split.val) else split.train
+        _lists(tmp / "user_history.parquet", user_histories(seen))
+        _lists(tmp / "train_items.parquet", user_histories(split.train))
     _json(tmp / "warm_items.json", sorted(built.warm_items))
     pop = pd.DataFrame({"item_id": list(item_vocab.ids), "count": counts.astype(np.int64)})
     _parquet(tmp / "popularity.parquet", pop.sort_values("count", ascending=False, kind="stable"))

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from recfuse.config import RecfuseConfig
+from recfuse.data.prepared_split import PreparedSplit
 from recfuse.data.vocab import IdVocab
 from recfuse.errors import ConfigError
 from recfuse.training.callbacks import MemoryBankRefresh, ValidateAndCheckpoint
@@ -50,8 +52,11 @@ from recfuse.training.stream import (
     StreamedExamples,
     make_stream_dataset,
     materialise,
+    prepared_user_ids,
     read_stream_dataset,
+    stream_val_queries,
     streamed_input,
+    write_prepared_user_lists,
 )
 from recfuse.training.tb_logging import ScalarLogger
 from recfuse.training.validation import build_val_queries, recall_at_k
@@ -117,7 +122,11 @@ def train(
             examples are then streamed from its shards (:mod:`recfuse.training.stream`, bounded
             memory) instead of built in memory; under several workers each streams every
             ``workers``-th shard. ``split.train`` still feeds the checks, the user vocabulary,
-            validation and the model directory.
+            validation and the model directory. With a
+            :class:`~recfuse.data.prepared_split.PreparedSplit` as ``split`` (the folder records
+            its split; ``prepared`` defaults to its folder) no training interaction is held in
+            memory: the user vocabulary comes from ``users.parquet``, the validation queries and
+            the model directory's per-user lists from the shards, streamed.
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same arguments (and the
     same ``out_dir`` on storage all of them read, for resuming); see :mod:`recfuse.training.distribute`.
@@ -129,6 +138,8 @@ def train(
         ConfigError, SchemaError, DataError: bad input, before training starts.
     """
     t0 = time.perf_counter()
+    if isinstance(split, PreparedSplit) and prepared is None:
+        prepared = split.folder
     cluster = cluster_from_env()
     strategy = make_strategy(cluster)  # before any other TensorFlow op of the process
     train_df = split.train
@@ -167,8 +178,10 @@ def _train(
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()  # process-wide; see TrainConfig.deterministic
 
+    on_disk = isinstance(split, PreparedSplit)  # the training rows are the prepared shards, never a frame
     item_vocab = IdVocab.build(items["item_id"].tolist(), num_oov=0)
-    user_vocab = IdVocab.build(sorted(set(map(str, train_df["user_id"]))), num_oov=cfg.model.user_oov_buckets)
+    train_users = prepared_user_ids(split.folder) if on_disk else sorted(set(map(str, train_df["user_id"])))
+    user_vocab = IdVocab.build(train_users, num_oov=cfg.model.user_oov_buckets)
     source = None
     ex_args = (item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history, cfg.train.targets)
     if prepared is not None:
@@ -223,7 +236,10 @@ def _train(
         logger.info("resuming from %s (epoch %d)", latest, state["epoch"])
 
     metric_name = f"val_recall@{cfg.train.eval_k}"
-    vq = build_val_queries(train_df, val_df, item_vocab, user_vocab, cfg.data.max_history) if len(val_df) else None
+    vq = None
+    if len(val_df):
+        queries = stream_val_queries if on_disk else build_val_queries
+        vq = queries(split.folder if on_disk else train_df, val_df, item_vocab, user_vocab, cfg.data.max_history)
 
     def evaluate() -> float:
         items_m = model.memory_bank  # refreshed at epoch end by MemoryBankRefresh (runs first)
@@ -276,7 +292,9 @@ def _train(
         best_ckpt.read(str(best_prefix)).assert_existing_objects_matched()
     model.refresh_memory_bank()
     # every worker writes (a checkpoint's save reads variables collectively); the chief's copy is the one kept
-    written = write_model_dir(out if cluster.is_chief else work / "model", cfg, built, model, split, counts, state)
+    user_lists = partial(write_prepared_user_lists, split.folder, val_df) if on_disk else None
+    written = write_model_dir(out if cluster.is_chief else work / "model", cfg, built, model, split, counts, state,
+                              user_lists=user_lists)  # fmt: skip
     model_dir = written if cluster.is_chief else out
     return TrainResult(
         model_dir=model_dir,
