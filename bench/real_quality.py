@@ -45,6 +45,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -361,6 +362,8 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
 def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split: Split, data: DataConfig,
                     protocol_cfg: EvalConfig, overrides: dict[str, Any]) -> tuple[Rows, Rows]:  # fmt: skip
     from recfuse.evaluation.fullrank import evaluate_model
+    from recfuse.evaluation.item_head import fit_item_head
+    from recfuse.itemitem import HEAD_DIR
     from recfuse.models.trained import TrainedModel
     from recfuse.training.trainer import train
 
@@ -368,7 +371,7 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
     seeds = [int(s) for s in args.seeds.split(",") if s]
     results: dict[str, dict[int, Any]] = {}  # variant -> seed -> EvalResult, for the paired comparison
     for variant in [v for v in args.variants.split(",") if v]:
-        per_seed: Rows = []
+        per_name: dict[str, Rows] = {}
         for seed in seeds:
             out = Path(args.work) / "models" / args.target / protocol / variant / f"seed-{seed}"
             examples = PROTOCOLS[protocol][2]
@@ -383,23 +386,40 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
                 t_train = time.perf_counter() - t1
             else:
                 model_dir, (epochs_run, best_epoch), t_train = out, reused, float("nan")
-            t2 = time.perf_counter()
-            res = evaluate_model(TrainedModel.load(model_dir), split, ks=KS, protocol=protocol_cfg)
-            t_eval = time.perf_counter() - t2
-            results.setdefault(variant, {})[seed] = res
-            per_seed.append({"seed": seed, "means": _means(res), "train_s": t_train, "eval_s": t_eval,
-                             "epochs": epochs_run, "best_epoch": best_epoch, "reused": reused is not None})  # fmt: skip
-            how = "reused" if reused is not None else f"train {t_train:.0f} s"
-            print(f"  recfuse {variant} seed {seed}: {per_seed[-1]['means']} (epochs {epochs_run}, best "
-                  f"{best_epoch}, {how}, eval {t_eval:.0f} s)", flush=True)  # fmt: skip
-        keys = per_seed[0]["means"].keys()
-        rows.append({
-            "name": f"recfuse {variant}", "kind": "recfuse", "seeds": per_seed,
-            "means": {k: float(np.mean([s["means"][k] for s in per_seed])) for k in keys},
-            "sd": {k: float(np.std([s["means"][k] for s in per_seed])) for k in keys},
-            "train_s": float(np.mean([s["train_s"] for s in per_seed])),
-            "eval_s": float(np.mean([s["eval_s"] for s in per_seed])),
-        })  # fmt: skip
+            model = TrainedModel.load(model_dir)
+            t_head = 0.0
+            if cfg.item_head.enabled:  # refitted on reuse too: the towers do not depend on [item_head]
+                t3 = time.perf_counter()
+                head = fit_item_head(model, split, cfg.item_head, cfg.data.max_history, seed=seed)
+                head.save(Path(model_dir) / HEAD_DIR)
+                model = TrainedModel.load(model_dir)
+                t_head = time.perf_counter() - t3
+            heads = [False, True] if model.item_head is not None and cfg.item_head.enabled else [False]
+            for with_head in heads:
+                name = f"{variant}+head" if with_head else variant
+                t2 = time.perf_counter()
+                res = evaluate_model(model, split, ks=KS, protocol=protocol_cfg, item_head=with_head)
+                t_eval = time.perf_counter() - t2
+                results.setdefault(name, {})[seed] = res
+                extra = {"head": res.info.get("item_head"), "head_s": t_head} if with_head else {}
+                per_name.setdefault(name, []).append({
+                    "seed": seed, "means": _means(res), "train_s": t_train, "eval_s": t_eval,
+                    "epochs": epochs_run, "best_epoch": best_epoch, "reused": reused is not None, **extra})  # fmt: skip
+                how = "reused" if reused is not None else f"train {t_train:.0f} s"
+                h = extra.get("head") or {}
+                about = f", head {h.get('method')} {h.get('params')} beta {h.get('beta', 0):.4g} ({t_head:.0f} s)"
+                about = about if with_head else ""
+                print(f"  recfuse {name} seed {seed}: {per_name[name][-1]['means']} (epochs {epochs_run}, best "
+                      f"{best_epoch}, {how}, eval {t_eval:.0f} s{about})", flush=True)  # fmt: skip
+        for name, per_seed in per_name.items():
+            keys = per_seed[0]["means"].keys()
+            rows.append({
+                "name": f"recfuse {name}", "kind": "recfuse", "seeds": per_seed,
+                "means": {k: float(np.mean([s["means"][k] for s in per_seed])) for k in keys},
+                "sd": {k: float(np.std([s["means"][k] for s in per_seed])) for k in keys},
+                "train_s": float(np.mean([s["train_s"] for s in per_seed])),
+                "eval_s": float(np.mean([s["eval_s"] for s in per_seed])),
+            })  # fmt: skip
     return rows, paired_rows(results)
 
 
@@ -428,7 +448,7 @@ def _reusable(out: Path, cfg: RecfuseConfig, split: Split) -> tuple[int, int] | 
         return None
     stored = RecfuseConfig.from_dict(json.loads((out / "config.json").read_text(encoding="utf-8")))
     record = json.loads((out / "model.json").read_text(encoding="utf-8")).get("split") or {}
-    if stored != resolve_auto_settings(cfg, split.train):
+    if dataclasses.replace(stored, item_head=cfg.item_head) != resolve_auto_settings(cfg, split.train):
         print(f"  {out}: trained with another config; training again", flush=True)
         return None
     if record.get("fingerprint") != split.fingerprint():

@@ -48,8 +48,8 @@ def test_committed_reference_is_current(capsys: pytest.CaptureFixture[str]) -> N
 def test_every_field_of_every_section_is_in_the_reference() -> None:
     tables = _tables(REFERENCE.read_text(encoding="utf-8"))
     expected = {
-        ("recfuse.toml", "top level"): ["modalities", *_names(cfg.RecfuseConfig, ("data", "modalities", "model",
-                                                                                  "train", "index", "eval", "bundle"))],
+        ("recfuse.toml", "top level"): ["modalities", *_names(cfg.RecfuseConfig, (
+            "data", "modalities", "model", "train", "index", "eval", "bundle", "item_head"))],
         ("recfuse.toml", "[data]"): _names(cfg.DataConfig),
         ("recfuse.toml", "[[modalities]]"): _names(cfg.ModalityConfig),
         ("recfuse.toml", "[model]"): _names(cfg.ModelConfig),
@@ -57,6 +57,7 @@ def test_every_field_of_every_section_is_in_the_reference() -> None:
         ("recfuse.toml", "[index]"): _names(cfg.IndexConfig),
         ("recfuse.toml", "[eval]"): _names(cfg.EvalConfig),
         ("recfuse.toml", "[bundle]"): _names(cfg.BundleConfig),
+        ("recfuse.toml", "[item_head]"): _names(cfg.ItemHeadConfig),
         ("exp.toml", "[experiment]"): _names(experiment_config.ExperimentSpec, ("variants", "baselines")),
         ("exp.toml", "[[variants]]"): _names(experiment_config.VariantSpec),
         ("exp.toml", "[baselines]"): _names(baselines.BaselineSettings),

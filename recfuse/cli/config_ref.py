@@ -145,6 +145,7 @@ def sections(server_config: Path) -> list[Section]:
         ("[index]", cfg.IndexConfig),
         ("[eval]", cfg.EvalConfig),
         ("[bundle]", cfg.BundleConfig),
+        ("[item_head]", cfg.ItemHeadConfig),
     ):
         out.append(Section(lib, table, _summary(cls), _keys(cls)))
     exp, spec = "exp.toml", experiment_config.ExperimentSpec

@@ -16,6 +16,7 @@ from recfuse.config.bundle import BundleConfig
 from recfuse.config.data import SPLITS, DataConfig
 from recfuse.config.evaluation import EVAL_HISTORIES, EVAL_MASKS, EvalConfig
 from recfuse.config.index import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, IndexConfig
+from recfuse.config.item_head import ITEM_HEAD_METHODS, ItemHeadConfig
 from recfuse.config.modality import (
     IMAGE_SOURCES,
     MODALITY_KINDS,
@@ -44,6 +45,8 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "IndexConfig",
+    "ItemHeadConfig",
+    "ITEM_HEAD_METHODS",
     "ModalityConfig",
     "ModelConfig",
     "RecfuseConfig",

@@ -14,6 +14,7 @@ from recfuse.config.bundle import BundleConfig
 from recfuse.config.data import DataConfig
 from recfuse.config.evaluation import EvalConfig
 from recfuse.config.index import IndexConfig
+from recfuse.config.item_head import ItemHeadConfig
 from recfuse.config.modality import ModalityConfig, default_modalities
 from recfuse.config.model import ModelConfig
 from recfuse.config.parse import build_section, closest, to_plain
@@ -34,6 +35,7 @@ class RecfuseConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    item_head: ItemHeadConfig = field(default_factory=ItemHeadConfig)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.modalities]

@@ -29,16 +29,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from scipy.linalg import lapack
 
 from recfuse.evaluation.metrics import hit_rate_at_k, hits_from_pairs, ndcg_at_k, recall_at_k, relevant_pairs
+from recfuse.itemitem import (
+    active_items,
+    binary_csr,
+    ease_memory_bytes,
+    ease_weights_dense,
+    neighbour_matrix,
+    top_neighbours,
+)
 from recfuse.ranking import topk_of_scores
 from recfuse.types import FloatArray
 
@@ -133,7 +140,7 @@ class FittedBaseline:
         Returns:
             ``[b, n_items]`` float32 scores (a fresh array: ``topk_of_scores`` may mask it in place).
         """
-        return self.scorer(_binary_csr(profiles, "profiles", self.n_items))
+        return self.scorer(binary_csr(profiles, "profiles", self.n_items))
 
 
 def fit_baseline(
@@ -160,9 +167,9 @@ def fit_baseline(
     settings = settings or BaselineSettings()
     if name not in BASELINES:
         raise ValueError(f"unknown baseline `name` {name!r}; known: {', '.join(BASELINES)}")
-    x = _binary_csr(train, "train")
+    x = binary_csr(train, "train")
     n_items = x.shape[1]
-    profiles = _binary_csr(valid_profiles, "valid_profiles", n_items)
+    profiles = binary_csr(valid_profiles, "valid_profiles", n_items)
     v = profiles.shape[0]
     if len(valid_targets) != v:
         raise ValueError(
@@ -183,7 +190,10 @@ def fit_baseline(
         )
 
     def evaluate(scorer: _Scorer) -> float:
-        return _validation_metric(scorer, profiles, rel_users, rel_items, valid_exclude, settings)
+        return validation_metric(
+            lambda s, e: scorer(profiles[s:e]), v, rel_users, rel_items, valid_exclude,
+            settings.select_metric, settings.block_size,
+        )  # fmt: skip
 
     start = time.perf_counter()
     grid = {"popularity": _popularity_grid, "itemknn": _itemknn_grid, "ease": _ease_grid}[name](x, settings)
@@ -214,37 +224,35 @@ def fit_baseline(
     return FittedBaseline(name, best[1], selection, time.perf_counter() - start, n_items, best[2])
 
 
-def _binary_csr(matrix: Any, arg: str, n_items: int | None = None) -> sp.csr_matrix:
-    if not sp.issparse(matrix):
-        raise TypeError(f"`{arg}` must be a scipy.sparse matrix [rows, n_items], got {type(matrix).__name__}")
-    if matrix.ndim != 2 or (n_items is not None and matrix.shape[1] != n_items):
-        raise ValueError(f"`{arg}` must be [rows, {n_items or 'n_items'}] (train's item count), got {matrix.shape}")
-    m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    m.sum_duplicates()
-    if m.nnz and (not np.isfinite(m.data).all() or m.data.min() < 0):
-        raise ValueError(f"`{arg}` must hold finite interaction values >= 0, got min {float(m.data.min())!r}")
-    m.data = (m.data > 0).astype(np.float32)
-    m.eliminate_zeros()
-    return m
-
-
-def _validation_metric(
-    scorer: _Scorer,
-    profiles: sp.csr_matrix,
+def validation_metric(
+    score_rows: Callable[[int, int], FloatArray],
+    n_rows: int,
     rel_users: npt.NDArray[np.int64],
     rel_items: npt.NDArray[np.int64],
     exclude: Sequence[npt.ArrayLike] | None,
-    settings: BaselineSettings,
+    select_metric: str,
+    block_size: int,
 ) -> float:
-    metric, k = metric_k(settings.select_metric)
-    k = min(k, profiles.shape[1])
+    """Mean ``select_metric`` (e.g. ``"ndcg@10"``) of a full ranking of ``n_rows`` validation users.
+
+    Args:
+        score_rows: ``(start, stop) -> [stop - start, n_items]`` fresh float32 scores of those users.
+        n_rows: validation users.
+        rel_users, rel_items: the held-out ``(user row, item)`` pairs (:func:`relevant_pairs`).
+        exclude: per user, item indices never ranked, or None.
+        select_metric: ``"ndcg@k"``, ``"recall@k"`` or ``"hit@k"``.
+        block_size: users scored per block.
+    """
+    metric, k = metric_k(select_metric)
     tops = []
-    for s in range(0, profiles.shape[0], settings.block_size):
-        e = min(s + settings.block_size, profiles.shape[0])
-        idx, scores = topk_of_scores(scorer(profiles[s:e]), k, None if exclude is None else exclude[s:e])
+    for s in range(0, n_rows, block_size):
+        e = min(s + block_size, n_rows)
+        block = score_rows(s, e)
+        idx, scores = topk_of_scores(block, min(k, block.shape[1]), None if exclude is None else exclude[s:e])
         idx = np.where(np.isfinite(scores), idx, -1)  # excluded items fill a short list: empty slots
         tops.append(np.take_along_axis(idx, np.lexsort((idx, -scores.astype(np.float64)), axis=-1), axis=1))
     hits, n_rel = hits_from_pairs(np.concatenate(tops), rel_users, rel_items)
+    k = hits.shape[1]
     per_user = {"ndcg": lambda: ndcg_at_k(hits, n_rel, k), "recall": lambda: recall_at_k(hits, n_rel, k)}
     return float(per_user.get(metric, lambda: hit_rate_at_k(hits, k))().mean())
 
@@ -265,62 +273,18 @@ def _popularity_grid(x: sp.csr_matrix, settings: BaselineSettings) -> Generator[
     yield {}, scorer
 
 
-def _gram_row_blocks(x: sp.csr_matrix, block: int) -> Iterator[tuple[int, int, FloatArray]]:
-    """Dense row blocks ``(start, stop, G[start:stop] [b, n])`` of ``G = X^T X`` (co-occurrence counts)."""
-    xt = x.T.tocsr()
-    for s in range(0, xt.shape[0], block):
-        e = min(s + block, xt.shape[0])
-        yield s, e, np.asarray((xt[s:e] @ x).toarray(), dtype=np.float32)
-
-
 def _itemknn_grid(x: sp.csr_matrix, settings: BaselineSettings) -> Generator[tuple[Params, _Scorer], bool, None]:
     n = x.shape[1]
     k_max = min(max(settings.itemknn_neighbors), max(n - 1, 1))
-    nb_idx, nb_val = _top_neighbours(x, k_max, settings.itemknn_shrink, settings.block_size)
+    nb_idx, nb_val = top_neighbours(x, k_max, settings.itemknn_shrink, settings.block_size)
     for k in settings.itemknn_neighbors:
-        idx, val = nb_idx[:, :k], nb_val[:, :k]
-        keep = val > 0
-        targets = np.broadcast_to(np.arange(n)[:, None], idx.shape)[keep]
         # W[i, j] = sim(i, j) for neighbour i of target j, so profile @ W sums j's neighbours
-        w = sp.csr_matrix((val[keep], (idx[keep], targets)), shape=(n, n), dtype=np.float32)
+        w = neighbour_matrix(nb_idx[:, :k], nb_val[:, :k])
 
         def scorer(profiles: sp.csr_matrix, w: sp.csr_matrix = w) -> FloatArray:
             return np.asarray((profiles @ w).toarray(), dtype=np.float32)
 
         yield {"neighbors": int(k), "shrink": settings.itemknn_shrink}, scorer
-
-
-def _top_neighbours(x: sp.csr_matrix, k: int, shrink: float, block: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
-    """Per item its ``k`` most cosine-similar items ``([n, k] indices, [n, k] similarities)``.
-
-    Sorted by descending similarity, ties by ascending index; missing neighbours (similarity 0)
-    have index 0 and value 0.
-    """
-    n = x.shape[1]
-    norms = np.sqrt(np.asarray(x.power(2).sum(axis=0), dtype=np.float32).reshape(-1))
-    nb_idx = np.zeros((n, k), dtype=np.int64)
-    nb_val = np.zeros((n, k), dtype=np.float32)
-    for s, e, sim in _gram_row_blocks(x, block):
-        denom = norms[s:e, None] * norms[None, :] + np.float32(shrink)
-        np.divide(sim, denom, out=sim, where=denom > 0)
-        sim[np.arange(e - s), np.arange(s, e)] = 0.0
-        kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]  # k-th largest per row
-        greater = sim > kth
-        equal = sim == kth  # fill the cut from tied values by ascending index, so it is well defined
-        need = k - greater.sum(axis=1, keepdims=True)
-        keep = (greater | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= need))) & (sim > 0)
-        rows, cols = np.nonzero(keep)
-        vals = sim[rows, cols]
-        order = np.lexsort((cols, -vals, rows))
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        pos = np.arange(len(rows)) - np.searchsorted(rows, rows)
-        nb_idx[s + rows, pos], nb_val[s + rows, pos] = cols, vals
-    return nb_idx, nb_val
-
-
-def ease_memory_bytes(n_items: int) -> int:
-    """Peak bytes EASE holds for ``n_items`` items with training interactions (two ``n x n`` float32)."""
-    return 2 * n_items * n_items * 4
 
 
 def _human(n_bytes: int) -> str:
@@ -332,7 +296,7 @@ def _human(n_bytes: int) -> str:
 
 def _ease_grid(x: sp.csr_matrix, settings: BaselineSettings) -> Generator[tuple[Params, _Scorer], bool, None]:
     n = x.shape[1]
-    active = np.flatnonzero(np.diff(x.tocsc().indptr) > 0)  # items with training interactions
+    active = active_items(x)  # items with training interactions
     m = len(active)
     if m > settings.ease_max_items:
         raise ValueError(
@@ -349,7 +313,7 @@ def _ease_grid(x: sp.csr_matrix, settings: BaselineSettings) -> Generator[tuple[
         buf = buffers[slot]
         if buf is None:
             buf = buffers[slot] = np.empty((m, m), dtype=np.float32)
-        _ease_weights(xa, float(lam), buf, settings.block_size)
+        ease_weights_dense(xa, float(lam), buf, settings.block_size)
         if (yield {"lambda": float(lam)}, _ease_scorer(buf, active, n)):
             best_slot = slot
 
@@ -363,33 +327,3 @@ def _ease_scorer(b: FloatArray, active: npt.NDArray[np.intp], n: int) -> _Scorer
         return out
 
     return scorer
-
-
-def _ease_weights(xa: sp.csr_matrix, lam: float, out: FloatArray, block: int) -> None:
-    """EASE ``B [m, m]`` into ``out``: Gram, Cholesky inverse and column scaling all in place."""
-    m = out.shape[0]
-    for s, e, g in _gram_row_blocks(xa, block):
-        out[s:e] = g
-    out[np.diag_indices(m)] += np.float32(lam)
-    # out.T is Fortran-ordered, so LAPACK works on our buffer without a copy; its upper triangle is
-    # our lower one.
-    c, info = lapack.spotrf(out.T, lower=0, overwrite_a=1, clean=0)
-    if info == 0:
-        c, info = lapack.spotri(c, lower=0, overwrite_c=1)
-    if info != 0:
-        raise ValueError(
-            f"EASE: X^T X + lambda I is not positive definite in float32 (LAPACK info {info}) at "
-            f"lambda {lam}; use larger `ease_lambdas`"
-        )
-    if not np.shares_memory(c, out):  # scipy would only copy if the buffer layout changed
-        out[...] = c.T
-    tile = 256  # mirror the lower triangle into the upper one in cache-sized tiles (5x faster than strips)
-    for s in range(0, m, tile):
-        e = min(s + tile, m)
-        diag = out[s:e, s:e]
-        diag[...] = np.tril(diag) + np.tril(diag, -1).T
-        for r in range(e, m, tile):
-            out[s:e, r : r + tile] = out[r : r + tile, s:e].T
-    d = np.diagonal(out).copy()
-    out *= -1.0 / d[None, :]  # B = -P / diag(P), column j divided by P[j, j]
-    out[np.diag_indices(m)] = 0.0

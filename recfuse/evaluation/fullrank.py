@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import scipy.sparse as sp
 
 from recfuse.config import EvalConfig
 from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics_from_pairs, relevant_pairs
@@ -235,6 +236,20 @@ def evaluate_scores(
     return EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
 
 
+def history_profiles(
+    histories: Sequence[Sequence[str]], index: Mapping[str, int], max_history: int, n_items: int
+) -> sp.csr_matrix:
+    """``[q, n_items]`` 0/1 rows: each query's first ``max_history`` known history items (the items a
+    served query reads; unknown ids are skipped, as the served query skips them)."""
+    rows = [[index[i] for i in h if i in index][:max_history] for h in histories]
+    r = np.repeat(np.arange(len(rows), dtype=np.int64), [len(h) for h in rows])
+    c = np.fromiter((i for h in rows for i in h), dtype=np.int64, count=len(r))
+    m = sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(len(rows), n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
 def _items_by_user(df: pd.DataFrame, index: Mapping[str, int]) -> tuple[dict[str, list[int]], int]:
     """user -> item indices of the rows of ``df``; also the number of rows whose item is unknown."""
     if df is None or df.empty:
@@ -340,6 +355,7 @@ def evaluate_model(
     block_size: int = 1024,
     query_batch: int = 1024,
     protocol: EvalConfig | None = None,
+    item_head: bool = True,
 ) -> EvalResult:
     """Full-ranking evaluation of a trained model on ``split.test``.
 
@@ -352,6 +368,9 @@ def evaluate_model(
         query_batch: users per query-tower call.
         protocol: what each ranking excludes and what each query reads (default: the model's
             ``config.eval`` when it has one, else ``EvalConfig()``): see :class:`recfuse.config.EvalConfig`.
+        item_head: rank with the model's item-item head when it has one (``model.item_head``, as
+            served: ``q . v * factor + beta * head``, the head reading the query's first
+            ``data.max_history`` history items); False scores the towers alone.
 
     Returns:
         :class:`EvalResult` (per-user arrays, means via ``.means(segment)``, counts of unusable rows,
@@ -374,17 +393,31 @@ def evaluate_model(
     for start in range(0, len(users), query_batch):
         stop = start + query_batch
         queries[start:stop] = model.query_embeddings(users[start:stop], sets.histories[start:stop])
-    result = evaluate_embeddings(
-        queries,
-        vectors,
-        users,
-        sets.exclude,
-        sets.test,
-        ks=ks,
-        cold_mask=sets.cold_mask,
-        item_counts=sets.item_counts,
-        block_size=block_size,
-        counts=sets.counts,
-    )
+    head = getattr(model, "item_head", None) if item_head else None
+    if head is not None and head.active:
+        max_history = int(model.config.data.max_history)  # type: ignore[attr-defined]
+        index = {item: i for i, item in enumerate(item_ids)}
+        profiles = history_profiles(sets.histories, index, max_history, len(item_ids))
+        beta = np.float32(head.beta)
+
+        def score(rows: Int64Array) -> FloatArray:
+            return queries[rows] @ vectors.T + beta * head.scores(profiles[rows])
+
+        result = evaluate_scores(score, len(item_ids), users, sets.exclude, sets.test, ks, sets.cold_mask,
+                                 sets.item_counts, block_size, sets.counts)  # fmt: skip
+        result.info["item_head"] = {k: v for k, v in head.record().items() if k != "selection"}
+    else:
+        result = evaluate_embeddings(
+            queries,
+            vectors,
+            users,
+            sets.exclude,
+            sets.test,
+            ks=ks,
+            cold_mask=sets.cold_mask,
+            item_counts=sets.item_counts,
+            block_size=block_size,
+            counts=sets.counts,
+        )
     result.info.update(sets.info)
     return result

@@ -30,6 +30,7 @@ from recfuse.config import RecfuseConfig
 from recfuse.data.vocab import IdVocab
 from recfuse.errors import ArtifactError
 from recfuse.forward.query import NumpyQueryTower
+from recfuse.itemitem import HEAD_DIR, ItemHead, load_item_head
 from recfuse.models.history import history_arrays
 from recfuse.models.query_tower import QueryTower, build_query_tower
 from recfuse.ranking import popularity_scale
@@ -57,6 +58,7 @@ class TrainedModel:
         popularity: ``item_id -> count`` in training interactions.
         warm_items: items seen in training.
         model_dir: where it was loaded from.
+        item_head: the item-item head ``recfuse train`` fitted into ``item_head/`` (``[item_head]``), or None.
     """
 
     config: RecfuseConfig
@@ -72,6 +74,7 @@ class TrainedModel:
     warm_items: frozenset[str]
     model_dir: Path
     info: dict[str, Any] = field(default_factory=dict)
+    item_head: ItemHead | None = None
     _candidate_tower: Any = None
     _tf_query_tower: QueryTower | None = None
 
@@ -102,6 +105,7 @@ class TrainedModel:
                 f"{d / 'item_embeddings.parquet'}: vectors have dim {matrix.shape[1]}, query tower has {qt.dim}"
             )
         pop = pq.read_table(d / "popularity.parquet").to_pandas()
+        head = load_item_head(d / HEAD_DIR, len(ids)) if (d / HEAD_DIR).exists() else None
         return cls(
             config=cfg,
             item_vocab=item_vocab,
@@ -116,6 +120,7 @@ class TrainedModel:
             warm_items=frozenset(_read_json(d / "warm_items.json")),
             model_dir=d,
             info=info,
+            item_head=head,
         )
 
     @property

@@ -1,0 +1,69 @@
+"""``[item_head]``: the item-item head blended into the model's ranking (:mod:`recfuse.itemitem`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from recfuse.config.checks import check_choice, check_range
+from recfuse.errors import ConfigError
+
+ITEM_HEAD_METHODS = ("none", "ease", "itemknn")
+HEAD_SELECT_METRICS = ("ndcg@10", "recall@10", "hit@10", "ndcg@20", "recall@20", "hit@20")
+
+
+@dataclass(frozen=True)
+class ItemHeadConfig:
+    """The item-item head: ``score = model score + beta * sum of W[history item, item]``.
+
+    Fitted by ``recfuse train`` after the towers, on the training interactions; every choice below
+    is made on the validation split (never on test), and ``beta`` = 0 is always a candidate, so the
+    head is kept only where it ranks the validation users better. It is stored in the model
+    directory and in each bundle, and the server applies it (a re-rank of the index's candidates
+    and the history items' neighbours). On random per-user splits of real data it is what lifts
+    recfuse above EASE; it adds nothing to items without training interactions (cold items), so
+    measure the cold segment too (docs/decisions.md, "Item-item head").
+
+    Attributes:
+        method: ``"none"`` (no head), ``"ease"`` (EASE^R weights; one dense ``m x m`` float32 inverse
+            per lambda, ``m`` = items with training interactions) or ``"itemknn"`` (cosine
+            neighbours; sparse, for catalogs too large for EASE).
+        ease_lambdas: EASE L2 weights tried; the best on validation (head alone) is kept.
+        knn_neighbors: item-kNN neighbourhood sizes tried; the best on validation is kept.
+        keep: weights kept per history item (the largest ones): bounds the head's size
+            (``n * keep`` entries) and its serving cost.
+        betas: multipliers tried for ``beta``, relative to the ratio of the model's score spread
+            to the head's on validation users (so the grid fits any temperature); 0 is always tried.
+        select_metric: the validation metric every choice maximises.
+        max_val_users: validation users the choices are measured on (a seeded sample above it).
+        candidates: served re-rank: the index's top ``k + candidates`` items and the history items'
+            strongest ``candidates`` neighbours are scored exactly, the best ``k`` returned.
+        ease_max_items: refuse EASE above this many items with interactions (memory ``4 m^2`` bytes).
+    """
+
+    method: str = "none"
+    ease_lambdas: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
+    knn_neighbors: tuple[int, ...] = (20, 50, 100, 200)
+    keep: int = 200
+    betas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    select_metric: str = "ndcg@10"
+    max_val_users: int = 5000
+    candidates: int = 200
+    ease_max_items: int = 50_000
+
+    def __post_init__(self) -> None:
+        check_choice("item_head", "method", self.method, ITEM_HEAD_METHODS)
+        check_choice("item_head", "select_metric", self.select_metric, HEAD_SELECT_METRICS)
+        for name, values in (("ease_lambdas", self.ease_lambdas), ("betas", self.betas)):
+            if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+                raise ConfigError(f"`item_head.{name}` must be a non-empty list of finite numbers > 0, got {values}")
+        if not self.knn_neighbors or any(int(v) != v or v < 1 for v in self.knn_neighbors):
+            raise ConfigError(
+                f"`item_head.knn_neighbors` must be a non-empty list of integers >= 1, got {self.knn_neighbors}"
+            )
+        for name in ("keep", "max_val_users", "candidates", "ease_max_items"):
+            check_range("item_head", name, getattr(self, name), lo=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"

@@ -1,0 +1,193 @@
+"""Fit the item-item head of a trained model on its training split, every choice made on validation.
+
+:func:`fit_item_head` (run by ``recfuse train`` when ``item_head.method`` is not ``"none"``):
+
+1. the training interactions as a 0/1 user x item matrix over the model's catalog;
+2. the weights (EASE^R per ``item_head.ease_lambdas``, or item-kNN per ``item_head.knn_neighbors``),
+   each cut to ``item_head.keep`` per history item, scored alone on the validation users; the best
+   is kept;
+3. ``beta``: the model's scores (``q . v`` times the popularity factor, as served) plus ``beta`` times
+   the head's, for ``beta`` = 0 and ``c * m`` for each multiplier ``m`` in ``item_head.betas``, where
+   ``c`` is the median over validation users of the ratio of the model scores' standard deviation to
+   the head scores' (so the grid fits the model's score scale). The best ``beta`` wins; 0 when the
+   head does not help.
+
+Validation users are those of ``split.val`` with a held-out catalog item (a seeded sample of
+``item_head.max_val_users``); each query reads the user's training items (most recent first, cut to
+``data.max_history`` as the served query is), and the user's training items are masked.
+
+Example:
+    >>> head = fit_item_head(TrainedModel.load("runs/model"), split, cfg.item_head)   # doctest: +SKIP
+    >>> head.save(Path("runs/model") / HEAD_DIR)                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recfuse.config import EvalConfig, ItemHeadConfig
+from recfuse.evaluation.baselines import validation_metric
+from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets, history_profiles
+from recfuse.evaluation.metrics import relevant_pairs
+from recfuse.itemitem import ItemHead, ease_weights, knn_weights
+from recfuse.types import FloatArray
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fit_item_head"]
+
+
+class _ValSplit:
+    """``split`` with its validation rows as the target and the training rows as the query."""
+
+    def __init__(self, split: SplitLike) -> None:
+        self.train, self.val, self.test = split.train, split.val.iloc[:0], split.val
+        self.cold_items: frozenset[str] = frozenset()
+        self.kind = "random"  # the validation query reads training rows only
+
+
+def fit_item_head(
+    model: RankingModel,
+    split: SplitLike,
+    cfg: ItemHeadConfig,
+    max_history: int,
+    seed: int = 0,
+    block_size: int = 1024,
+) -> ItemHead:
+    """The item-item head of ``model`` (see the module doc); ``cfg.method`` must not be ``"none"``.
+
+    Args:
+        model: the trained model (catalog, ranking vectors, query tower).
+        split: the split it was trained on (``train`` fits the weights, ``val`` chooses).
+        cfg: the ``[item_head]`` settings.
+        max_history: history items a query reads (``data.max_history``): the head reads as many.
+        seed: the validation sample's seed.
+        block_size: users scored per block.
+
+    Raises:
+        ValueError: ``cfg.method`` is ``"none"``, there are no validation users with a catalog item,
+            or EASE is asked for more items than ``cfg.ease_max_items``.
+    """
+    if not cfg.enabled:
+        raise ValueError("`item_head.method` is 'none': there is no head to fit")
+    t0 = time.perf_counter()
+    item_ids = [str(i) for i in model.item_ids]
+    index = {item: i for i, item in enumerate(item_ids)}
+    n = len(item_ids)
+    x = _train_matrix(split, index)
+    sets = build_eval_sets(_ValSplit(split), item_ids, EvalConfig(mask="train", history="train"))
+    keep_users = np.arange(len(sets.users))
+    if len(keep_users) > cfg.max_val_users:
+        keep_users = np.sort(np.random.default_rng(seed).choice(len(keep_users), cfg.max_val_users, replace=False))
+    if not len(keep_users):
+        raise ValueError("the validation split has no user with a catalog item: the head's choices need one")
+    users = [sets.users[i] for i in keep_users]
+    histories = [sets.histories[i] for i in keep_users]
+    exclude = [sets.exclude[i] for i in keep_users]
+    rel_users, rel_items = relevant_pairs([sets.test[i] for i in keep_users])
+    profiles = history_profiles(histories, index, max_history, n)
+    v = len(users)
+
+    def metric(score_rows: Any) -> float:
+        return validation_metric(score_rows, v, rel_users, rel_items, exclude, cfg.select_metric, block_size)
+
+    selection: list[dict[str, Any]] = []
+    best: tuple[float, sp.csr_matrix, dict[str, float | int]] | None = None
+    grid = cfg.ease_lambdas if cfg.method == "ease" else cfg.knn_neighbors
+    for value in grid:
+        t = time.perf_counter()
+        if cfg.method == "ease":
+            w = ease_weights(x, float(value), cfg.keep, block_size, cfg.ease_max_items)
+            params: dict[str, float | int] = {"lambda": float(value), "keep": cfg.keep}
+        else:
+            w = _cut_rows(knn_weights(x, int(value), block=block_size), cfg.keep)
+            params = {"neighbors": int(value), "keep": cfg.keep}
+        score = metric(lambda s, e, w=w: np.asarray((profiles[s:e] @ w).toarray(), np.float32))
+        selection.append({"stage": "weights", **params, cfg.select_metric: score, "seconds": _since(t)})
+        logger.info("item head %s %s: %s %.5f alone", cfg.method, params, cfg.select_metric, score)
+        if best is None or score > best[0]:
+            best = (score, w, params)
+    assert best is not None
+    _, weights, params = best
+
+    vectors = np.asarray(model.ranking_embeddings, dtype=np.float32)
+    queries = np.concatenate(
+        [
+            model.query_embeddings(users[s : s + block_size], histories[s : s + block_size])
+            for s in range(0, v, block_size)
+        ]
+    ).astype(np.float32)
+    scale = _score_scale(queries, vectors, profiles, weights, block_size)
+    betas = [0.0] + ([scale * m for m in cfg.betas] if scale > 0 else [])
+    best_beta, best_score = 0.0, -1.0
+    for beta in betas:
+        t = time.perf_counter()
+
+        def blended(s: int, e: int, beta: float = beta) -> FloatArray:
+            out = queries[s:e] @ vectors.T
+            if beta:
+                out += np.float32(beta) * (profiles[s:e] @ weights).toarray().astype(np.float32)
+            return out
+
+        score = metric(blended)
+        selection.append({"stage": "beta", "beta": beta, "multiplier": beta / scale if scale else 0.0,
+                          cfg.select_metric: score, "seconds": _since(t)})  # fmt: skip
+        logger.info("item head beta %.4g: %s %.5f", beta, cfg.select_metric, score)
+        if score > best_score:
+            best_beta, best_score = beta, score
+    if scale > 0 and best_beta == scale * max(cfg.betas):
+        logger.warning("item head: the best beta is the largest multiplier %s; widen `item_head.betas`", max(cfg.betas))
+    logger.info("item head fitted in %.1f s: %s %s, beta %.4g", time.perf_counter() - t0, cfg.method, params, best_beta)
+    return ItemHead(weights, float(best_beta), cfg.method, params, selection)
+
+
+def _since(t: float) -> float:
+    return round(time.perf_counter() - t, 3)
+
+
+def _train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
+    """0/1 ``[users, n]`` of the training rows (rows whose item the catalog lacks are left out)."""
+    train = split.train
+    rows = train["item_id"].astype(str).map(index)
+    known = rows.notna().to_numpy()
+    users = np.unique(train["user_id"].astype(str).to_numpy()[known], return_inverse=True)[1]
+    cols = rows[known].astype(np.int64).to_numpy()
+    x = sp.csr_matrix(
+        (np.ones(len(cols), np.float32), (users, cols)), shape=(int(users.max(initial=-1)) + 1, len(index))
+    )
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def _cut_rows(w: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Each row of ``w`` cut to its ``keep`` largest entries."""
+    w = w.tocsr()
+    counts = np.diff(w.indptr)
+    if counts.max(initial=0) <= keep:
+        return w
+    rows = np.repeat(np.arange(w.shape[0]), counts)
+    order = np.lexsort((w.indices, -w.data, rows))
+    rank = np.arange(len(order)) - np.repeat(w.indptr[:-1], counts)
+    sel = order[rank < keep]
+    return sp.csr_matrix((w.data[sel], (rows[sel], w.indices[sel])), shape=w.shape, dtype=np.float32)
+
+
+def _score_scale(
+    queries: FloatArray, vectors: FloatArray, profiles: sp.csr_matrix, weights: sp.csr_matrix, block_size: int
+) -> float:
+    """Median over users of std(model scores) / std(head scores); 0 when the head scores nobody."""
+    ratios = []
+    for s in range(0, len(queries), block_size):
+        e = min(s + block_size, len(queries))
+        m = (queries[s:e] @ vectors.T).std(axis=1)
+        h = np.asarray((profiles[s:e] @ weights).toarray()).std(axis=1)
+        ok = h > 0
+        ratios.append(m[ok] / h[ok])
+    r = np.concatenate(ratios) if ratios else np.zeros(0)
+    return float(np.median(r)) if len(r) else 0.0

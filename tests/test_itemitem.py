@@ -1,0 +1,145 @@
+"""The item-item head: weights (EASE, item-kNN) against closed forms, scoring, storage and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recfuse.config import ItemHeadConfig, RecfuseConfig
+from recfuse.errors import ArtifactError, ConfigError
+from recfuse.itemitem import ItemHead, ease_weights, knn_weights, load_item_head, prune_rows
+
+
+def _interactions(n_users: int = 40, n_items: int = 12, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.3).astype(np.float32)
+    dense[:, -1] = 0.0  # an item nobody interacted with: no row, no column in the weights
+    return sp.csr_matrix(dense)
+
+
+def test_ease_weights_match_the_closed_form_and_cut_rows() -> None:
+    x = _interactions()
+    lam = 5.0
+    active = np.arange(11)
+    g = (x.T @ x).toarray()[np.ix_(active, active)].astype(np.float64) + lam * np.eye(11)
+    p = np.linalg.inv(g)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    full = ease_weights(x, lam, keep=12).toarray()
+    expected = np.zeros((12, 12))
+    expected[np.ix_(active, active)] = np.where(b > 0, b, 0.0)  # only positive weights are kept
+    np.testing.assert_allclose(full, expected, atol=1e-5)
+    assert not full[-1].any() and not full[:, -1].any()
+    cut = ease_weights(x, lam, keep=3)
+    assert np.diff(cut.indptr).max() == 3
+    for i in range(11):  # each row keeps its 3 largest
+        row = full[i]
+        top = np.sort(row[row > 0])[::-1][:3]
+        np.testing.assert_allclose(np.sort(cut[i].data)[::-1], top, atol=1e-6)
+
+
+def test_ease_refuses_more_items_than_its_limit() -> None:
+    with pytest.raises(ValueError, match=r"EASE over 11 items .*item_head.ease_max_items.*'itemknn'"):
+        ease_weights(_interactions(), 5.0, keep=3, max_items=10)
+
+
+def test_knn_weights_are_each_targets_most_similar_items() -> None:
+    x = _interactions(seed=1)
+    d = x.toarray()
+    norms = np.linalg.norm(d, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.nan_to_num((d.T @ d) / np.outer(norms, norms))
+    np.fill_diagonal(cos, 0.0)
+    w = knn_weights(x, neighbors=2).toarray()
+    for j in range(11):  # column j holds target j's two most similar items
+        nz = np.flatnonzero(w[:, j])
+        assert len(nz) == 2
+        np.testing.assert_allclose(w[nz, j], cos[nz, j], atol=1e-6)
+        assert cos[nz, j].min() >= np.sort(cos[:, j])[-2] - 1e-6
+
+
+def test_prune_rows_keeps_positive_largest_per_row_with_ties_by_column() -> None:
+    dense = np.array([[0.0, 2.0, 2.0], [-1.0, 0.0, 0.5], [0, -3.0, 0]], np.float32)  # items 0, 2, 4
+    cut = prune_rows(dense, keep=1, index=np.array([0, 2, 4]), n=5).toarray()
+    assert cut.shape == (5, 5)
+    assert cut[0].tolist() == [0, 0, 2.0, 0, 0]  # row 0's tie (columns 1, 2) → the lower column: item 2
+    assert cut[2].tolist() == [0, 0, 0, 0, 0.5]  # the negative weight is dropped; column 2 is item 4
+    assert not cut[4].any() and not cut[1].any() and not cut[3].any()
+
+
+def test_row_scores_and_profile_rows_equal_the_dense_product() -> None:
+    x = _interactions(seed=2)
+    head = ItemHead(knn_weights(x, 4), beta=0.5, method="itemknn", params={"neighbors": 4})
+    history = np.array([3, -1, 5, 3, 7])
+    cols, vals = head.row_scores(history)
+    dense = head.scores(head.profile_rows([history]))[0]
+    assert cols.tolist() == np.flatnonzero(dense).tolist()
+    np.testing.assert_allclose(vals, dense[cols], rtol=1e-6)
+    assert head.row_scores(np.array([-1]))[0].size == 0
+    assert head.active and not ItemHead(head.weights, 0.0, "itemknn", {}).active
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"weights": sp.csr_matrix(np.ones((2, 3), np.float32))}, "square scipy CSR"),
+        ({"beta": -1.0}, r"`beta` must be a finite number >= 0, got -1.0"),
+        ({"beta": float("nan")}, "`beta` must be a finite number"),
+        ({"method": "slim"}, r"`method` must be one of \('ease', 'itemknn'\), got 'slim'"),
+        ({"weights": sp.csr_matrix(np.ones((2, 2), np.float64))}, "finite float32"),
+    ],
+)
+def test_item_head_rejects_bad_fields(kwargs: dict, match: str) -> None:
+    base = {"weights": sp.csr_matrix(np.eye(2, dtype=np.float32)), "beta": 1.0, "method": "ease", "params": {}}
+    with pytest.raises(ValueError, match=match):
+        ItemHead(**{**base, **kwargs})
+
+
+def test_save_load_round_trip_replaces_atomically(tmp_path: Path) -> None:
+    x = _interactions(seed=3)
+    head = ItemHead(ease_weights(x, 5.0, keep=4), 0.7, "ease", {"lambda": 5.0, "keep": 4}, [{"beta": 0.7}])
+    dest = head.save(tmp_path / "item_head")
+    back = load_item_head(dest, n_items=12)
+    assert (back.weights != head.weights).nnz == 0 and back.beta == 0.7 and back.params == head.params
+    assert back.selection == [{"beta": 0.7}]
+    again = ItemHead(knn_weights(x, 2), 0.1, "itemknn", {"neighbors": 2})
+    again.save(dest)  # replaces the old head; no temp or old folder is left beside it
+    assert load_item_head(dest).method == "itemknn"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["item_head"]
+
+
+def test_load_refuses_damaged_or_foreign_heads(tmp_path: Path) -> None:
+    x = _interactions(seed=4)
+    dest = ItemHead(knn_weights(x, 2), 0.1, "itemknn", {}).save(tmp_path / "h")
+    with pytest.raises(ArtifactError, match=r"covers 12 items but the catalog has 13"):
+        load_item_head(dest, n_items=13)
+    indices = np.load(dest / "indices.npy")
+    np.save(dest / "indices.npy", indices + 100)
+    with pytest.raises(ArtifactError, match=r"column indices outside \[0, 12\).*re-run `recfuse train`"):
+        load_item_head(dest)
+    np.save(dest / "indices.npy", np.array([object()] * len(indices)), allow_pickle=True)
+    with pytest.raises(ArtifactError, match="cannot be read"):  # never unpickled
+        load_item_head(dest)
+    np.save(dest / "indices.npy", indices)
+    meta = json.loads((dest / "head.json").read_text())
+    (dest / "head.json").write_text(json.dumps({**meta, "format": "other/9"}))
+    with pytest.raises(ArtifactError, match=r"format 'other/9'"):
+        load_item_head(dest)
+    with pytest.raises(ArtifactError, match="cannot be read"):
+        load_item_head(tmp_path / "missing")
+
+
+def test_config_section_validates_with_named_keys() -> None:
+    cfg = RecfuseConfig.from_dict({"modalities": [], "item_head": {"method": "itemknn", "knn_neighbors": [5]}})
+    assert cfg.item_head.enabled and cfg.item_head.knn_neighbors == (5,)
+    assert not RecfuseConfig().item_head.enabled
+    with pytest.raises(ConfigError, match=r"`item_head.method` must be one of \['none', 'ease', 'itemknn'\]"):
+        ItemHeadConfig(method="slim")
+    with pytest.raises(ConfigError, match=r"`item_head.betas` must be a non-empty list of finite numbers > 0"):
+        ItemHeadConfig(betas=(0.0,))
+    with pytest.raises(ConfigError, match=r"did you mean 'method'"):
+        RecfuseConfig.from_dict({"modalities": [], "item_head": {"methd": "ease"}})

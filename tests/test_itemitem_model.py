@@ -1,0 +1,100 @@
+"""The item-item head on a really trained model: fitted on train, chosen on valid, evaluated as served
+(slow: trains a tiny model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from recfuse.config import ItemHeadConfig, RecfuseConfig  # noqa: E402
+from recfuse.evaluation.fullrank import build_eval_sets, evaluate_model, evaluate_scores  # noqa: E402
+from recfuse.evaluation.item_head import fit_item_head  # noqa: E402
+from recfuse.itemitem import HEAD_DIR, ItemHead  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MAX_HISTORY = 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.synthetic import generate
+    from recfuse.data.validate import load_dataset
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training.trainer import train
+
+    data_dir = tmp_path_factory.mktemp("syn")
+    generate(data_dir, n_items=120, n_users=80, seed=2)
+    cfg = RecfuseConfig.from_dict({
+        "data": {"items": str(data_dir / "items.parquet"), "interactions": str(data_dir / "interactions.parquet"),
+                 "max_history": MAX_HISTORY},
+        "modalities": [],
+        "model": {"dim": 16, "query_hidden": [16]},
+        "train": {"epochs": 2, "batch_size": 128, "learning_rate": 0.01, "seed": 3},
+    })  # fmt: skip
+    ds = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(ds.interactions, "random", 7)
+    out = tmp_path_factory.mktemp("run") / "model"
+    train(cfg, ds, split, out, progress=False)
+    return TrainedModel.load(out), split, out
+
+
+def test_fit_chooses_weights_and_beta_on_validation(trained: tuple[Any, Any, Path]) -> None:
+    model, split, out = trained
+    cfg = ItemHeadConfig(method="itemknn", knn_neighbors=(5, 20), keep=10, betas=(0.5, 2.0, 8.0))
+    head = fit_item_head(model, split, cfg, MAX_HISTORY)
+    weights_rows = [r for r in head.selection if r["stage"] == "weights"]
+    beta_rows = [r for r in head.selection if r["stage"] == "beta"]
+    assert [r["neighbors"] for r in weights_rows] == [5, 20]
+    best_w = max(weights_rows, key=lambda r: r["ndcg@10"])
+    assert head.params == {"neighbors": best_w["neighbors"], "keep": 10}
+    assert beta_rows[0]["beta"] == 0.0 and len(beta_rows) == 4  # 0 is always a candidate
+    best_b = max(beta_rows, key=lambda r: r["ndcg@10"])
+    assert head.beta == pytest.approx(best_b["beta"])
+    assert np.diff(head.weights.indptr).max() <= 10
+    ease = fit_item_head(model, split, ItemHeadConfig(method="ease", ease_lambdas=(10.0,), keep=10), MAX_HISTORY)
+    assert ease.method == "ease" and ease.params == {"lambda": 10.0, "keep": 10}
+    with pytest.raises(ValueError, match="`item_head.method` is 'none'"):
+        fit_item_head(model, split, ItemHeadConfig(), MAX_HISTORY)
+
+
+def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, Path]) -> None:
+    from recfuse.models.trained import TrainedModel
+
+    model, split, out = trained
+    x = fit_item_head(model, split, ItemHeadConfig(method="itemknn", knn_neighbors=(20,)), MAX_HISTORY)
+    ItemHead(x.weights, 0.37, "itemknn", x.params).save(out / HEAD_DIR)
+    loaded = TrainedModel.load(out)
+    assert loaded.item_head is not None and loaded.item_head.beta == pytest.approx(0.37)
+    with_head = evaluate_model(loaded, split, ks=(10,))
+    towers = evaluate_model(loaded, split, ks=(10,), item_head=False)
+    assert with_head.info["item_head"]["beta"] == pytest.approx(0.37) and "item_head" not in towers.info
+    assert towers.means("all") == evaluate_model(model, split, ks=(10,)).means("all")  # model without a head
+
+    # the oracle: dense scores q . v * factor + 0.37 * (first 8 history items) @ W, built independently
+    sets = build_eval_sets(split, loaded.item_ids, loaded.config.eval)
+    index = {item: i for i, item in enumerate(loaded.item_ids)}
+    q = loaded.query_embeddings(sets.users, sets.histories)
+    profile = np.zeros((len(sets.users), len(index)), np.float32)
+    for r, h in enumerate(sets.histories):
+        for item in [i for i in h if i in index][:MAX_HISTORY]:
+            profile[r, index[item]] = 1.0
+    dense_w = x.weights.toarray()
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        return (q[rows] @ loaded.ranking_embeddings.T + np.float32(0.37) * (profile[rows] @ dense_w)).astype(np.float32)
+
+    expected = evaluate_scores(score, len(index), sets.users, sets.exclude, sets.test, (10,))
+    for key, value in expected.means("all").items():
+        assert with_head.means("all")[key] == pytest.approx(value, abs=1e-9), key
+    assert with_head.means("all") != towers.means("all")  # the head changes the ranking
+    (out / HEAD_DIR / "head.json").unlink()
+    from recfuse.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="item head .* cannot be read"):
+        TrainedModel.load(out)
