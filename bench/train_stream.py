@@ -22,7 +22,15 @@ First (``--train-users``, 0 skips it) the training comparison: ``train()`` on a 
 examples/s (``TrainResult.examples_per_second``, fit time only, model steps included), validation
 Recall@10 and peak RSS.
 
+Or (``--command``) the real commands at each size, each in its own subprocess (peak RSS of that child,
+``os.wait4``): ``recfuse prepare --config`` (split while streaming, shards) on generated Parquet files
+plus a catalog of ``--items`` ids, then ``recfuse train --prepared`` for one epoch of an ids-only
+model (dim 16, batch ``--batch``), which loads only the catalog (the generated files are deleted
+before it starts). Examples/s: prepare's input rows per second of wall time; train's fit
+throughput as the command prints it (model steps included, setup excluded).
+
 Usage:
+    python bench/train_stream.py --command 2000000,5000000,20000000 --per-user 100 --items 20000 --batch 4096
     python bench/train_stream.py --quick   # the training comparison only (120k interactions, 2 rounds), about 3 minutes
     python bench/train_stream.py --rows 20000000 --fits-rows 2000000 [--work /tmp/recfuse-stream-bench]
 """
@@ -194,6 +202,100 @@ def train_table(root: Path, args: argparse.Namespace) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------------
+# --command: the real commands, `recfuse prepare --config` then `recfuse train --prepared`, at each size
+
+COMMAND_CONFIG = """\
+# ids only, small dims, a large batch: the point is memory and throughput of the streamed path
+modalities = []
+
+[data]
+items = "{items}"
+interactions = "{interactions}"
+split = "random"
+max_history = {history}
+
+[model]
+dim = 16
+query_hidden = [32]
+fusion_hidden = [32]
+
+[train]
+epochs = 1
+batch_size = {batch}
+seed = 3
+early_stopping_patience = 0
+"""
+
+
+def _catalog(path: Path, items: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [str(i) for i in range(items)]
+    pq.write_table(pa.table({"item_id": ids, "title": [f"item {i}" for i in ids]}), path)
+
+
+def run_command(argv: list[str], log: Path) -> dict[str, Any]:
+    """``recfuse ARGV`` in a child process: wall seconds and that child's own peak RSS (``wait4``)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OPENBLAS_NUM_THREADS": "1"}
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "recfuse", *argv], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=REPO, env=env)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        sys.exit(f"`recfuse {' '.join(argv)}` failed ({proc.returncode}), see {log}:\n{log.read_text()[-3000:]}")
+    load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"  # 1-minute load average at the start and at the end
+    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "load": load, "log": log.read_text()}
+
+
+def command_table(root: Path, sizes: list[int], args: argparse.Namespace) -> None:
+    """Peak RSS, examples/s and wall time of the real prepare and train commands at each size."""
+    import re
+
+    rows = []
+    for n in sizes:
+        work = root / f"n{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        t = time.perf_counter()
+        generate(work / "raw", n, args.per_user, args.items, seed=7)
+        _catalog(work / "items.parquet", args.items)
+        cfg = work / "cfg.toml"
+        cfg.write_text(COMMAND_CONFIG.format(items=work / "items.parquet", interactions=work / "raw",
+                                             history=args.history, batch=args.batch), encoding="utf-8")  # fmt: skip
+        print(f"{n:,} interactions generated in {time.perf_counter() - t:.0f} s", flush=True)
+        prep = run_command(["prepare", "--config", str(cfg), "--out", str(work / "prepared"),
+                            "--rows-per-shard", str(args.rows_per_shard)], work / "prepare.log")  # fmt: skip
+        m = json.loads((work / "prepared" / "manifest.json").read_text())
+        prep["eps"] = m["input_rows"] / prep["seconds"]
+        print(f"  prepare: {prep['seconds']:.0f} s, peak RSS {prep['rss_mb']:.0f} MB, load {prep['load']}",
+              flush=True)  # fmt: skip
+        shutil.rmtree(work / "raw")  # the train command must not need it
+        train = run_command(["train", "--config", str(cfg), "--out", str(work / "model"), "--prepared",
+                             str(work / "prepared"), "--no-progress"], work / "train.log")  # fmt: skip
+        found = re.search(r"throughput: ([0-9.]+) examples/s", train["log"])
+        recall = re.search(r"val Recall@10: ([0-9.]+)", train["log"])
+        train["eps"] = float(found.group(1)) if found else float("nan")
+        train["recall"] = float(recall.group(1)) if recall else float("nan")
+        print(f"  train: {train['seconds']:.0f} s, {train['eps']:,.0f} examples/s (fit), peak RSS "
+              f"{train['rss_mb']:.0f} MB, load {train['load']}, val Recall@10 {train['recall']:.4f}",
+              flush=True)  # fmt: skip
+        rows.append((n, m, prep, train))
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| interactions | stage | peak RSS MB | examples/s | wall s | load (1-min average, start-end) |")
+    print("|---|---|---|---|---|---|")
+    for n, m, prep, train in rows:
+        split = m["split"]
+        print(f"| {n:,} | prepare ({split['train']:,} train / {split['val']:,} val / {split['test']:,} test, "
+              f"{len(m['shards'])} shards) | {prep['rss_mb']:.0f} | {prep['eps']:,.0f} | {prep['seconds']:.0f} | "
+              f"{prep['load']} |")  # fmt: skip
+        print(f"| {n:,} | train, 1 epoch (val Recall@10 {train['recall']:.4f}) | {train['rss_mb']:.0f} | "
+              f"{train['eps']:,.0f} | {train['seconds']:.0f} | {train['load']} |")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=20_000_000)
@@ -214,6 +316,13 @@ def main() -> None:
         help="only the training comparison at 5000 users (120k training interactions), 2 epochs, 2 rounds: "
         "about 3 minutes",
     )
+    p.add_argument(
+        "--command",
+        default="",
+        metavar="N[,N...]",
+        help="run the real `recfuse prepare --config` and `recfuse train --prepared` (ids-only model, one epoch) at "
+        "each size (e.g. 2000000,5000000,20000000) and print their peak RSS, examples/s and wall time; nothing else",
+    )
     p.add_argument("--stage", default="", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
     p.add_argument("--prepared", default="", help=argparse.SUPPRESS)
@@ -229,6 +338,9 @@ def main() -> None:
         return
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
+    if args.command:
+        command_table(work / "command", [int(x) for x in args.command.split(",")], args)
+        return
     if args.train_users:
         train_table(work / "train", args)
     if args.skip_input:
