@@ -98,3 +98,39 @@ def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, 
 
     with pytest.raises(ArtifactError, match="item head .* cannot be read"):
         TrainedModel.load(out)
+
+
+def _write_cfg(tmp_path: Path, data_dir: Path, head: str) -> Path:
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'modalities = []\n[data]\nitems = "{data_dir / "items.parquet"}"\n'
+        f'interactions = "{data_dir / "interactions.parquet"}"\nmax_history = {MAX_HISTORY}\n'
+        '[model]\ndim = 16\nquery_hidden = [16]\n[train]\nepochs = 1\nbatch_size = 128\n'
+        f'[item_head]\nmethod = "{head}"\nknn_neighbors = [10]\nbetas = [1.0, 4.0]\n',
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def test_train_command_fits_and_stores_the_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recfuse.cli.main import main
+    from recfuse.data.synthetic import generate
+    from recfuse.models.trained import TrainedModel
+
+    data_dir = tmp_path / "data"
+    generate(data_dir, n_items=120, n_users=60, seed=1)
+    cfg = _write_cfg(tmp_path, data_dir, "itemknn")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "item head itemknn (neighbors 10, keep 200), beta " in out and "valid ndcg@10" in out
+    head = TrainedModel.load(tmp_path / "model").item_head
+    assert head is not None and head.params == {"neighbors": 10, "keep": 200}
+    assert [r["multiplier"] for r in head.selection if r["stage"] == "beta"][1:] == pytest.approx([1.0, 4.0])
+
+    # a prepared folder keeps the training rows on disk: the head is refused before training starts
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "prepared")]) == 0
+    capsys.readouterr()
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "m2"), "--prepared", str(tmp_path / "prepared")])
+    err = capsys.readouterr().err
+    assert code == 3 and "`item_head.method` = 'itemknn'" in err and "item_head.method = 'none'" in err
+    assert not (tmp_path / "m2").exists()

@@ -106,6 +106,13 @@ def _train(args: argparse.Namespace) -> int:
         from recfuse.data.prepared_split import load_prepared_split
 
         prepared_split = load_prepared_split(args.prepared, cfg.data, verify=False)
+    if prepared_split is not None and cfg.item_head.enabled:
+        from recfuse.errors import ConfigError
+
+        raise ConfigError(
+            f"`item_head.method` = {cfg.item_head.method!r} fits on the training interactions in memory, which "
+            f"--prepared {args.prepared!r} keeps on disk; train without --prepared, or set item_head.method = 'none'"
+        )
     if prepared_split is not None:
         from recfuse.data.catalog import load_catalog
 
@@ -151,8 +158,20 @@ def _train(args: argparse.Namespace) -> int:
     if not result.is_chief:
         print(f"worker of {result.workers}: trained; the chief writes the model directory {result.model_dir}")
         return 0
+    _fit_head(cfg, result.model_dir, split)
     print(f"model directory: {result.model_dir}")
     return 0
+
+
+def _fit_head(cfg: Any, model_dir: Any, split: Any) -> None:
+    """Fit and store the ``[item_head]`` the config asks for (nothing when its method is ``"none"``)."""
+    if not cfg.item_head.enabled:
+        return
+    from recfuse.evaluation.item_head import describe, fit_and_save
+
+    started = time.perf_counter()
+    head = fit_and_save(model_dir, split)
+    print(f"{describe(head, cfg.item_head.select_metric)} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def check_prepared(folder: str, train_rows: int) -> None:
@@ -180,7 +199,7 @@ def _train_on_ray(args: argparse.Namespace, cfg: Any, overrides: dict[str, Any],
 
     from recfuse.data.validate import load_dataset
 
-    load_dataset(cfg.data, cfg.modalities)  # bad data is reported here, before any Ray worker starts
+    dataset = load_dataset(cfg.data, cfg.modalities)  # bad data is reported here, before any Ray worker starts
     from recfuse.training.ray_train import train_on_ray
 
     print(f"training {cfg.variant!r} on Ray Train with {args.workers} workers -> {out}", flush=True)
@@ -189,5 +208,9 @@ def _train_on_ray(args: argparse.Namespace, cfg: Any, overrides: dict[str, Any],
     best = state.get("best_metric")
     metric = "n/a (no validation split)" if best is None else f"{best:.4f}"
     print(f"val Recall@{cfg.train.eval_k}: {metric} (best epoch {state.get('best_epoch')} of {state.get('epoch')})")
+    if cfg.item_head.enabled:
+        from recfuse.data.splits import split_for
+
+        _fit_head(cfg, model_dir, split_for(dataset.interactions, cfg.data))
     print(f"model directory: {model_dir}")
     return 0

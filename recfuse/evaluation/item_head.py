@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,12 +35,12 @@ from recfuse.config import EvalConfig, ItemHeadConfig
 from recfuse.evaluation.baselines import validation_metric
 from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets, history_profiles
 from recfuse.evaluation.metrics import relevant_pairs
-from recfuse.itemitem import ItemHead, ease_weights, knn_weights
+from recfuse.itemitem import HEAD_DIR, ItemHead, ease_weights, knn_weights
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fit_item_head"]
+__all__ = ["describe", "fit_and_save", "fit_item_head"]
 
 
 class _ValSplit:
@@ -191,3 +192,29 @@ def _score_scale(
         ratios.append(m[ok] / h[ok])
     r = np.concatenate(ratios) if ratios else np.zeros(0)
     return float(np.median(r)) if len(r) else 0.0
+
+
+def fit_and_save(model_dir: str | Path, split: SplitLike) -> ItemHead:
+    """Fit the head that ``model_dir``'s config asks for (``[item_head]``) and store it in ``model_dir``.
+
+    Raises:
+        ValueError: the config's ``item_head.method`` is ``"none"`` (see :func:`fit_item_head`).
+    """
+    from recfuse.models.trained import TrainedModel
+
+    model = TrainedModel.load(model_dir)
+    cfg = model.config
+    head = fit_item_head(model, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+    head.save(Path(model_dir) / HEAD_DIR)
+    return head
+
+
+def describe(head: ItemHead, metric: str) -> str:
+    """One line for ``recfuse train``: the chosen weights and beta, and validation with and without."""
+    rows = [r for r in head.selection if r.get("stage") == "beta"]
+    without = next((r[metric] for r in rows if r["beta"] == 0.0), float("nan"))
+    best = max((r[metric] for r in rows), default=float("nan"))
+    params = ", ".join(f"{k} {v:g}" for k, v in head.params.items())
+    verdict = "kept" if head.active else "not kept: it does not help on validation"
+    return (f"item head {head.method} ({params}), beta {head.beta:.4g}: valid {metric} {best:.4f} with it, "
+            f"{without:.4f} without ({verdict})")  # fmt: skip
