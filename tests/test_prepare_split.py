@@ -119,3 +119,38 @@ def test_unknown_items_are_left_out_or_fail(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"unusable rows \(1 unknown_item\) and `data.on_bad_rows` is 'fail'"):
         prepare_interactions(tmp_path / "i.parquet", tmp_path / "q", item_ids={"x", "y"}, on_bad_rows="fail")
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("kind", ["random", "temporal"])
+def test_prepare_with_a_config_leaves_out_the_rows_validate_rejects(tmp_path: Path, kind: str) -> None:
+    from recfuse.cli.main import main
+    from recfuse.config import RecfuseConfig
+    from recfuse.data.splits import split_for
+    from recfuse.data.synthetic import generate
+    from recfuse.data.validate import load_dataset
+
+    generate(tmp_path, n_items=80, n_users=40, seed=5)
+    inter = pd.read_parquet(tmp_path / "interactions.parquet")
+    inter["weight"] = 1.0
+    inter.loc[[3, 30], "timestamp"] = -5  # negative seconds
+    inter.loc[[7, 70, 71], "weight"] = -1.0
+    inter.loc[[9, 90], "item_id"] = "no-such-item"
+    inter.to_parquet(tmp_path / "interactions.parquet")
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'modalities = []\n[data]\nitems = "{tmp_path / "items.parquet"}"\n'
+        f'interactions = "{tmp_path / "interactions.parquet"}"\nsplit = "{kind}"\non_bad_rows = "quarantine"\n',
+        encoding="utf-8",
+    )
+    conf = RecfuseConfig.from_toml(cfg)
+    ds = load_dataset(conf.data, conf.modalities)
+    ref = split_for(ds.interactions, conf.data)
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "p")]) == 0
+    m = load_manifest(tmp_path / "p")
+    assert m["unusable_rows"] == {"null_user_id": 0, "null_item_id": 0, "bad_timestamp": 2, "bad_weight": 3,
+                                  "unknown_item": 2}  # fmt: skip
+    assert {k: v for k, v in m["split"].items() if k != "cold_item_fraction"} == ref.record()
+    # with on_bad_rows = "fail" the same rows stop prepare, as they stop validate
+    fail = ["--set", 'data.on_bad_rows="fail"']
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "q"), *fail]) == 4
+    assert not (tmp_path / "q").exists()

@@ -84,7 +84,8 @@ def test_unusable_rows_are_counted_and_integer_ids_become_strings(tmp_path: Path
     pq.write_table(pa.table({"user_id": ["1", "3"], "item_id": [None, "10"], "timestamp": [7, 8]}), src / "b.parquet")
     m = prepare_interactions(src, tmp_path / "p")
     # null user (row 3 of a), NaN and 4.5 timestamps (rows 2 and 4 of a), null item (row 1 of b)
-    assert m["unusable_rows"] == {"null_user_id": 1, "null_item_id": 1, "bad_timestamp": 2, "unknown_item": 0}
+    assert m["unusable_rows"] == {"null_user_id": 1, "null_item_id": 1, "bad_timestamp": 2, "bad_weight": 0,
+                                  "unknown_item": 0}  # fmt: skip
     assert m["input_rows"] == 6 and m["rows"] == 2 and m["users"] == 2
     got = pd.concat([pd.read_parquet(tmp_path / "p" / s["file"]) for s in m["shards"]]).sort_values("user_id")
     assert got.to_dict("list") == {"user_id": ["1", "3"], "item_id": ["10", "10"], "timestamp": [1, 8]}

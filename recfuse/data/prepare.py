@@ -61,6 +61,7 @@ from recfuse.data.splits import (
     column_parts,
     split_parts,
 )
+from recfuse.data.validate_interactions import MAX_TIMESTAMP
 from recfuse.errors import ArtifactError, ConfigError, DataError, SchemaError
 from recfuse.fsio import atomic_write_json, fsync_dir, fsync_tree, sha256_file
 
@@ -70,7 +71,8 @@ FORMAT = "recfuse.prepared/1"
 MANIFEST = "manifest.json"
 COLUMNS = ("user_id", "item_id", "timestamp")
 SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64())])
-REASONS = ("null_user_id", "null_item_id", "bad_timestamp", "unknown_item")
+REASONS = ("null_user_id", "null_item_id", "bad_timestamp", "bad_weight", "unknown_item")
+WEIGHT = "weight"  # optional: read only to leave out the rows `recfuse validate` rejects
 PARTS = ("val", "test")  # the held-out parts' files: val.parquet, test.parquet
 
 __all__ = ["FORMAT", "MANIFEST", "input_files", "load_manifest", "prepare_interactions"]
@@ -105,14 +107,15 @@ def _ids(col: pa.ChunkedArray | pa.Array, name: str, path: Path) -> pa.Array:
 
 
 def _timestamps(col: pa.ChunkedArray | pa.Array, path: Path) -> pa.Array:
-    """int64 unix seconds; unusable values (NaN, non-integral floats) become null."""
-    if pa.types.is_integer(col.type):
-        return pc.cast(col, pa.int64())
+    """int64 unix seconds; unusable values (NaN, non-integral floats, outside [0, MAX_TIMESTAMP]) become null."""
     if pa.types.is_timestamp(col.type):
         return pc.cast(pc.cast(col, pa.timestamp("s"), safe=False), pa.int64())
-    if pa.types.is_floating(col.type):
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         values = col.to_numpy(zero_copy_only=False).astype(np.float64)
-        ok = np.isfinite(values) & (values == np.floor(values))
+        ok = np.isfinite(values) & (values == np.floor(values)) & (values >= 0) & (values <= MAX_TIMESTAMP)
+        if pa.types.is_integer(col.type):  # exact int64 (a float64 round trip is exact below 2**53 only)
+            ints = np.asarray(pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False))
+            return pa.array(np.where(ok, ints, 0), pa.int64(), mask=~ok)
         return pa.array(np.where(ok, values, 0).astype(np.int64), mask=~ok)
     raise SchemaError(
         f"`timestamp` in {str(path)!r} has type {col.type}; expected int64 unix seconds "
@@ -131,7 +134,8 @@ def _batches(files: list[Path], batch_rows: int, columns: tuple[str, ...]) -> It
                 else " (see recfuse validate)"
             )
             raise SchemaError(f"{str(path)!r} lacks column(s) {missing}; interactions need {list(columns)}{why}")
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
+        read = [*columns, WEIGHT] if WEIGHT in pf.schema_arrow.names else list(columns)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=read, use_threads=False):
             yield path, batch
 
 
@@ -261,13 +265,21 @@ def _partition(
             u_null, i_null, t_null = (
                 np.asarray(c.is_null().to_numpy(zero_copy_only=False)) for c in (users, items, ts)
             )
+            w_bad = np.zeros(len(u_null), dtype=bool)
+            if WEIGHT in batch.schema.names:  # as validate: a weight must be a finite number >= 0
+                w = pd.to_numeric(batch.column(WEIGHT).to_pandas(), errors="coerce").to_numpy(
+                    np.float64, na_value=np.nan
+                )
+                w_bad = ~np.isfinite(w) | (w < 0)
             unknown = np.zeros(len(u_null), dtype=bool)
             if known is not None:
                 unknown = ~np.asarray(pc.is_in(items, value_set=known).to_numpy(zero_copy_only=False), dtype=bool)
             bad["null_user_id"] += int(u_null.sum())
             bad["null_item_id"] += int((i_null & ~u_null).sum())
             bad["bad_timestamp"] += int((t_null & ~u_null & ~i_null).sum())
-            bad["unknown_item"] += int((unknown & ~t_null & ~u_null & ~i_null).sum())
+            earlier = u_null | i_null | t_null
+            bad["bad_weight"] += int((w_bad & ~earlier).sum())
+            bad["unknown_item"] += int((unknown & ~w_bad & ~earlier).sum())
             if on_bad_rows == "fail" and any(bad.values()):
                 shown = ", ".join(f"{n} {r}" for r, n in bad.items() if n)
                 raise SchemaError(
@@ -275,7 +287,7 @@ def _partition(
                     " and `data.on_bad_rows` is 'fail'; fix them (see `recfuse validate`) or set "
                     '`data.on_bad_rows = "quarantine"` to leave them out'
                 )
-            keep = ~(u_null | i_null | t_null | unknown)
+            keep = ~(u_null | i_null | t_null | w_bad | unknown)
             cols = [users, items, ts, pa.array(offset + np.arange(len(keep), dtype=np.int64))]
             offset += len(keep)
             if split == "column":
