@@ -32,6 +32,7 @@ from recfuse.config import IndexConfig
 from recfuse.data.vocab import IdVocab, id_str
 from recfuse.errors import ArtifactError
 from recfuse.forward.query import NumpyQueryTower
+from recfuse.itemitem import ItemHead
 from recfuse.types import FloatArray
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -77,6 +78,10 @@ class BundleContents:
             nprobe to ``index_config.target_recall``, and stores them for ``add-items``. None: only
             the item-vector recall is measured.
         served_queries_about: what ``served_queries`` are, for the manifest.
+        item_head: the model's item-item head (:class:`recfuse.itemitem.ItemHead` over exactly
+            these ``n`` items), written to ``item_head/`` and served as a re-rank; None: no head.
+        item_head_candidates: index candidates beyond ``k`` the served re-rank scores exactly
+            (the model config's ``[item_head] candidates``).
     """
 
     variant: str
@@ -98,6 +103,8 @@ class BundleContents:
     served_queries: FloatArray | None = None
     served_queries_about: str = ""
     item_scale: FloatArray | None = None
+    item_head: ItemHead | None = None
+    item_head_candidates: int = 200
 
     @property
     def ranked_vectors(self) -> FloatArray:
@@ -169,6 +176,15 @@ class BundleContents:
         for iid, count in self.popularity.items():
             if not (isinstance(count, (int, np.integer)) or (isinstance(count, float) and math.isfinite(count))):
                 raise ArtifactError(f"`popularity[{iid!r}]` must be a count, got {count!r}")
+        if self.item_head is not None:
+            if self.item_head.n_items != len(self.item_ids):
+                raise ArtifactError(
+                    f"`item_head` covers {self.item_head.n_items} items but the bundle has {len(self.item_ids)}; "
+                    "its rows and columns must be the bundle's item rows"
+                )
+            c = self.item_head_candidates
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+                raise ArtifactError(f"`item_head_candidates` must be an integer >= 1, got {c!r}")
         for path_field in ("model_dir", "query_savedmodel_dir"):
             p = getattr(self, path_field)
             if p is not None and not Path(p).is_dir():

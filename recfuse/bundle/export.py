@@ -15,6 +15,10 @@ Query SavedModel (``query_tower_savedmodel/``), signature ``serving_default``:
   the export (the training catalog). Serving uses the numpy forward, whose item matrix also holds
   items added later.
 
+A model's item-item head (``item_head/``, fitted by ``recfuse train`` with ``[item_head]``) is written
+to the bundle's ``item_head/`` and recorded in the manifest with ``[item_head] candidates``
+(:mod:`recfuse.bundle.item_head`); the Recommender then serves the model's ranking with it.
+
 Item metadata (title, categories) comes from ``catalog`` when given, else from the model
 directory's ``adapt_items.parquet`` when it has one, else from the training config's
 ``data.items`` file; without any of them titles are empty (logged).
@@ -114,6 +118,8 @@ def contents_from_model(
         index_config=index_cfg,
         served_queries=queries,
         served_queries_about=about,
+        item_head=model.item_head,  # recfuse train's head over these item rows, served as a re-rank
+        item_head_candidates=model.config.item_head.candidates,
     )
 
 

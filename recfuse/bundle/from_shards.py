@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from recfuse.bundle.contents import BundleContents
+from recfuse.bundle.item_head import reindexed_head
 from recfuse.bundle.writer import write_bundle
 from recfuse.config import IndexConfig
 from recfuse.errors import ArtifactError
@@ -124,6 +125,8 @@ def publish_from_shards(
         index_config=cfg,
         item_vocab=None,
         query_savedmodel_dir=None,
+        # the model's head is over its own catalog rows: move it to the shards' rows
+        item_head=None if base.item_head is None else reindexed_head(base.item_head, base.item_ids, ids),
     )
     path = write_bundle(root, contents, cfg, version=version, index=built.index, keep_versions=keep_versions)
     return ShardExport(

@@ -12,6 +12,9 @@ Rows that cannot be used (unreadable image, wrong vector width…) are validated
 contract, counted and reported in :class:`AddResult`, never silently dropped. Ids already in the
 bundle are skipped and counted (``on_existing="skip"``) or rejected (``"error"``).
 
+An item-item head (``item_head/``) is carried forward to the grown catalog: the new items have no
+interactions, so their rows and columns are empty (:func:`recfuse.bundle.item_head.grown_head`).
+
 The TF SavedModel in ``query_tower_savedmodel/`` is carried over unchanged: its baked-in item
 matrix is the export's catalog (serving uses the numpy forward over the full, updated matrix).
 
@@ -35,6 +38,7 @@ import pandas as pd
 from recfuse.bundle import manifest as mf
 from recfuse.bundle.contents import BundleContents
 from recfuse.bundle.export import metadata_frame
+from recfuse.bundle.item_head import grown_head
 from recfuse.bundle.loader import LoadedBundle, load_bundle
 from recfuse.bundle.writer import write_bundle
 from recfuse.config import RecfuseConfig
@@ -236,5 +240,8 @@ def _extended(
         parent_version=loaded.version,
         served_queries=queries,
         served_queries_about=(loaded.manifest.get("served_recall") or {}).get("queries", ""),
+        # new items have no interactions: the head is carried forward with empty rows/columns for them
+        item_head=None if loaded.item_head is None else grown_head(loaded.item_head, n + len(new_ids)),
+        item_head_candidates=loaded.item_head_candidates or 200,
     )
     return contents, index

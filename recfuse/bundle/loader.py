@@ -3,7 +3,8 @@
 ``load_bundle`` accepts a bundles root (with ``variant=`` or a root holding one variant), a variant
 directory (follows ``CURRENT``) or a version directory. It checks the manifest's format version,
 every file's size and sha256, and that the dims agree (item vectors vs query tower vs index vs
-manifest), the metric, and that every item-shaped file lists the same ids in the same order. Any
+manifest), the metric, that every item-shaped file lists the same ids in the same order, and an
+item-item head's arrays when the bundle has one (read only after the checksums passed). Any
 mismatch raises :class:`~recfuse.errors.ArtifactError` naming the file and the mismatch.
 
 Example:
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recfuse.bundle import manifest as mf
+from recfuse.bundle.item_head import read_bundle_head
 from recfuse.bundle.publish import CURRENT, list_variants, read_current
 from recfuse.bundle.writer import index_config_from_dict
 from recfuse.config import IndexConfig
@@ -33,6 +35,7 @@ from recfuse.data.vocab import IdVocab
 from recfuse.errors import ArtifactError
 from recfuse.forward.query import NumpyQueryTower
 from recfuse.index import ItemIndex
+from recfuse.itemitem import ItemHead
 from recfuse.ranking import popularity_scale
 from recfuse.types import FloatArray
 
@@ -60,6 +63,8 @@ class LoadedBundle:
         config: training config dict.
         index_config: FAISS config the index was built/loaded with.
         index: the loaded FAISS index (ids are item rows).
+        item_head: the item-item head (``item_head/``, :mod:`recfuse.bundle.item_head`), None when the
+            bundle has none; item_head_candidates: index candidates beyond ``k`` its re-rank scores.
     """
 
     path: Path
@@ -80,6 +85,8 @@ class LoadedBundle:
     index_config: IndexConfig
     index: ItemIndex
     item_scale: FloatArray | None = None
+    item_head: ItemHead | None = None
+    item_head_candidates: int = 0
 
     @property
     def ranked_vectors(self) -> FloatArray:
@@ -198,6 +205,7 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
     popularity = _read_parquet(vdir / mf.POPULARITY)
     if scale is None:  # written before rank_scale was stored: the vectors are the ranked ones
         vectors, scale = _legacy_plain(vectors, item_ids, popularity, config)
+    head, head_candidates = read_bundle_head(vdir, manifest, n)  # after verify_files: checksummed
     bundle = LoadedBundle(
         path=vdir,
         variant=str(manifest["variant"]),
@@ -217,6 +225,8 @@ def load_bundle(path: str | Path, variant: str | None = None, verify: bool = Tru
         index_config=index_cfg,
         index=index,
         item_scale=None if scale is None or bool((scale == 1.0).all()) else scale,
+        item_head=head,
+        item_head_candidates=head_candidates,
     )
     logger.info("loaded bundle %s (%d items, dim %d, %s)", vdir, n, dim, manifest["index_factory"])
     return bundle

@@ -6,8 +6,9 @@ faiss factory string, the item count, the measured ANN Recall@10 (item vectors a
 served recall (``served_recall``: Recall@10 on the query vectors in ``served_queries.npy``, the
 target, whether efSearch / nprobe were tuned to it and every value tried; absent in bundles
 written before it), the training and index configs (with any tuned value, which the loader
-applies), the UTC creation time, and the sha256 + size of every other file (paths relative to the
-version directory, ``/``-separated).
+applies), the item-item head's record when the bundle has one (``item_head``: method, params,
+beta, nnz and the served re-rank's ``candidates``), the UTC creation time, and the sha256 + size of
+every other file (paths relative to the version directory, ``/``-separated).
 
 A manifest is untrusted input: every file entry must be a relative path that stays inside the
 version directory (no ``..``, no absolute path, no symlink leading out), checked before anything
@@ -31,6 +32,7 @@ from typing import Any
 
 from recfuse.errors import ArtifactError
 from recfuse.fsio import iter_files, sha256_file
+from recfuse.itemitem import HEAD_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ USER_HISTORY = "user_history.parquet"
 CONFIG = "config.json"
 SAVEDMODEL_DIR = "query_tower_savedmodel"
 MODEL_DIR = "model"
+# the item-item head (optional; recfuse.bundle.item_head): head.json + indptr/indices/data .npy
+ITEM_HEAD_DIR = HEAD_DIR
 
 REQUIRED_FILES = (
     f"{QUERY_TOWER}.npz",

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from recfuse import __version__
 from recfuse.bundle import manifest as mf
 from recfuse.bundle.contents import BundleContents, check_name
+from recfuse.bundle.item_head import MANIFEST_KEY, head_record, write_head
 from recfuse.bundle.publish import (
     TMP_PREFIX,
     clean_stale,
@@ -194,6 +195,9 @@ def _write_files(tmp: Path, c: BundleContents, hook: StepHook) -> None:
     hook(f"wrote:{mf.USER_HISTORY}")
     (tmp / mf.CONFIG).write_text(json.dumps(dict(c.config), indent=2, sort_keys=True), encoding="utf-8")
     hook(f"wrote:{mf.CONFIG}")
+    if c.item_head is not None:
+        write_head(tmp, c.item_head)
+        hook(f"wrote:{mf.ITEM_HEAD_DIR}")
     if c.model_dir is not None:
         shutil.copytree(c.model_dir, tmp / mf.MODEL_DIR, ignore=shutil.ignore_patterns(*MODEL_COPY_IGNORE))
         hook(f"wrote:{mf.MODEL_DIR}")
@@ -272,6 +276,7 @@ def _manifest(tmp: Path, c: BundleContents, cfg: IndexConfig, index: ItemIndex, 
         "index_config": dataclasses.asdict(cfg),
         "has_model": c.model_dir is not None,
         "has_query_savedmodel": c.query_savedmodel_dir is not None,
+        **({MANIFEST_KEY: head_record(c.item_head, int(c.item_head_candidates))} if c.item_head is not None else {}),
         "created_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
         "files": mf.file_entries(tmp),
     }
