@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_factory import item_category, make_bundle
+from bundle_factory import item_category, make_bundle, make_contents
 
 from recfuse.errors import InvalidRequestError, NotFoundError
 from recfuse.inference import Recommender, RecommendQuery
@@ -18,6 +18,23 @@ from recfuse.ranking import masked_topk
 def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
     root = tmp_path_factory.mktemp("bundles")
     return Recommender.from_bundle(make_bundle(root, n_items=400, dim=16, n_users=60, seed=7))
+
+
+@pytest.fixture(scope="module")
+def rec_head(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    """``rec``'s bundle with an item-kNN head from its user histories (re-rank of k+20)."""
+    import scipy.sparse as sp
+
+    from recfuse.bundle import write_bundle
+    from recfuse.itemitem import ItemHead, knn_weights
+
+    contents = make_contents(400, 16, seed=7, n_users=60)
+    row = {item: i for i, item in enumerate(contents.item_ids)}
+    pairs = [(u, row[i]) for u, (_, h) in enumerate(sorted(contents.user_history.items())) for i in h]
+    x = sp.csr_matrix((np.ones(len(pairs), np.float32), tuple(np.array(pairs).T)), shape=(60, 400))
+    contents.item_head = ItemHead(knn_weights(x, neighbors=10), 0.5, "itemknn", {"neighbors": 10})
+    contents.item_head_candidates = 20
+    return Recommender.from_bundle(write_bundle(tmp_path_factory.mktemp("head"), contents))
 
 
 def _rows(rec: Recommender, ids: list[str]) -> list[int]:
@@ -143,8 +160,12 @@ def test_batch_equals_single_calls(rec: Recommender) -> None:
     assert rec.recommend_batch([]) == []
 
 
-def test_rank_equals_recommend_for_unfiltered_queries(rec: Recommender) -> None:
-    """The serving fast path (rows, no per-item objects) answers exactly what recommend() answers."""
+@pytest.mark.parametrize("bundle", ["plain", "item_head"])
+def test_rank_equals_recommend_for_unfiltered_queries(request: pytest.FixtureRequest, bundle: str) -> None:
+    """The serving fast path (rows, no per-item objects) answers exactly what recommend() answers,
+    with and without an item-item head re-ranking the model queries."""
+    rec: Recommender = request.getfixturevalue("rec" if bundle == "plain" else "rec_head")
+    assert (rec.head_rerank is not None) == (bundle == "item_head")
     hist = list(dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))["u5"])
     cases = [
         ("u3", [], 10),  # known user: stored history + user embedding

@@ -21,6 +21,8 @@ def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> Bundle
     """The :class:`BundleInfo` of a loaded bundle, served with request limit ``max_k``."""
     m = bundle.manifest
     served = m.get("served_recall") or {}
+    head = _head(bundle)
+    params = search_params_text(bundle.index, served, m.get("index_choice"))
     return BundleInfo(
         variant=bundle.variant,
         version=bundle.version,
@@ -39,7 +41,9 @@ def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> Bundle
         category_count=category_count,
         served_recall=None if served.get("recall") is None else float(served["recall"]),
         served_recall_queries=str(served.get("queries", "")),
-        search_params=search_params_text(bundle.index, served, m.get("index_choice")),
+        # the head is part of the ranking in force: Info shows it in search_params, as the factory choice
+        search_params="; ".join(t for t in (params, head) if t),
+        item_head=head,
     )
 
 
@@ -54,6 +58,16 @@ def search_params_text(
     ef, nprobe = index.config.search_params()
     text = f"efSearch={ef}" if param == "ef_search" else f"nprobe={nprobe}"
     return text + (f" (tuned to {served.get('target')})" if served.get("tuned") else "") + _chosen(choice)
+
+
+def _head(bundle: LoadedBundle) -> str:
+    """``item head itemknn beta=0.37 nnz=12000, re-rank of k+200`` for a bundle with an item-item head
+    ("" without one; ``(inactive)`` when its beta or weights are 0, so it changes no ranking)."""
+    head = bundle.item_head
+    if head is None:
+        return ""
+    text = f"item head {head.method} beta={head.beta:.4g} nnz={head.weights.nnz}"
+    return text + (f", re-rank of k+{bundle.item_head_candidates}" if head.active else " (inactive)")
 
 
 def _chosen(choice: Mapping[str, Any] | None) -> str:

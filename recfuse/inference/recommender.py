@@ -10,7 +10,13 @@ Request path, per batch of queries:
    user when the tower has a user embedding) — the rest get the ``"popular"`` fallback;
 4. one batched index search with per-query exclusions (explicit ids, seen items with
    ``exclude_seen``, excluded categories) and allow-lists (included categories), returning exactly
-   ``k`` items whenever that many candidates pass the filters.
+   ``k`` items whenever that many candidates pass the filters;
+5. with an active item-item head in the bundle (``LoadedBundle.item_head``), the search fetches
+   ``k + candidates`` and every model query is re-ranked by ``q . v * factor + beta * head``
+   (:mod:`recfuse.inference.head_rerank`), the same score ``recfuse evaluate --model`` ranks by.
+
+:meth:`Recommender.rank` (the serving fast path) and :meth:`Recommender.recommend_batch` answer
+model queries through the same :meth:`Recommender.search_model`, so the two cannot disagree.
 
 Everything is precomputed at load and never mutated, so one instance serves concurrent threads.
 
@@ -37,6 +43,7 @@ from recfuse.forward.query import QueryEncoder
 from recfuse.index import SearchResult
 from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
+from recfuse.inference.head_rerank import HeadRerank
 from recfuse.inference.info import bundle_info
 from recfuse.inference.limits import Limits
 from recfuse.inference.plan import EMPTY_RESULT, EMPTY_ROWS, QueryPlan, filter_rows, history_rows
@@ -141,6 +148,13 @@ class Recommender:
             self.bundle.path,
         )
         self._queries = QueryVectors(self._encoder, self.user_vectors, self._user_vocab.num_oov, self.bundle.path)
+        head = self.bundle.item_head
+        #: the item-item head's re-rank of model queries, None without an active head
+        self.head_rerank: HeadRerank | None = (
+            HeadRerank(head, self._vectors, self.bundle.item_head_candidates, self._searcher)
+            if head is not None and head.active
+            else None
+        )
         self._info = bundle_info(self.bundle, self.limits.max_k, len(self._tables.category_rows))
 
     @classmethod
@@ -218,8 +232,9 @@ class Recommender:
 
         The serving fast path: the same validation, history merge, query forward and search as
         ``recommend(user_id, history, k)`` (tested equal), without building a query, a plan or an
-        object per returned item. Map rows to ids and titles with :attr:`item_id_of_row` and
-        :attr:`title_of_row`.
+        object per returned item (with an active item-item head it goes through the same
+        :meth:`search_model` re-rank as ``recommend``). Map rows to ids and titles with
+        :attr:`item_id_of_row` and :attr:`title_of_row`.
 
         Raises:
             InvalidRequestError: a field breaks a limit (message names it).
@@ -239,10 +254,14 @@ class Recommender:
         else:
             q = self._queries.finite(self._encoder.encode_one(max(user_idx, 0), hist)[None, :])
         t1 = time.perf_counter()
-        found = self._searcher.search_one(q, k)
-        return RankedRows(
-            found.ids, found.scores, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped
-        )
+        if self.head_rerank is None:
+            found = self._searcher.search_one(q, k)  # = search_model's answer for an unfiltered plan, as lists
+            rows, scores = found.ids, found.scores
+        else:
+            plan = QueryPlan(k, max(user_idx, 0), hist, True, EMPTY_ROWS, None, skipped, 0, vec_row)
+            (res,) = self.search_model(q, [plan])
+            rows, scores = res.ids.tolist(), res.scores.tolist()
+        return RankedRows(rows, scores, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped)
 
     def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
         """Answer many queries with one query-tower forward and one batched search.
@@ -258,7 +277,7 @@ class Recommender:
         qvec = self._queries.encode([plans[i] for i in model_pos]) if model_pos else None
         t1 = time.perf_counter()
         if qvec is not None:
-            for i, res in zip(model_pos, self._searcher.search(qvec, [plans[i] for i in model_pos])):
+            for i, res in zip(model_pos, self.search_model(qvec, [plans[i] for i in model_pos])):
                 results[i] = res
         for i, p in enumerate(plans):
             if not p.use_model:
@@ -280,6 +299,13 @@ class Recommender:
                 )
             )
         return out
+
+    def search_model(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
+        """The ranking of model queries ``[b, d]`` under their plans: the filtered index search, re-ranked
+        with the item-item head when the bundle has an active one. ``ids`` are catalog rows."""
+        if self.head_rerank is not None:
+            return self.head_rerank.search(queries, plans)
+        return self._searcher.search(queries, plans)
 
     def similar_items(
         self,

@@ -120,3 +120,5 @@ class BundleInfo:
     served_recall: float | None = None
     served_recall_queries: str = ""
     search_params: str = ""
+    # the item-item head as served ("itemknn beta=0.37 nnz=12000, re-rank of k+200"; "" without one)
+    item_head: str = ""
