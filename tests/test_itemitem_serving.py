@@ -283,3 +283,63 @@ def test_grpc_recommend_and_info_serve_the_head(tmp_path: Path, head: ItemHead):
                 np.testing.assert_allclose([it.score for it in r.items], [it.score for it in want.items], rtol=1e-5)
         info = s.Info(pb.InfoRequest(), timeout=10)
         assert "item head itemknn beta=0.4" in info.variants[0].search_params
+
+
+@pytest.mark.slow
+def test_trained_bundle_evaluates_like_the_model_with_its_head(tmp_path: Path):
+    """A really trained tiny model with an item-kNN head, exported with a Flat index: what the bundle
+    serves (evaluate --bundle, through the Recommender) scores like evaluate --model with the head."""
+    pytest.importorskip("tensorflow")
+    from recfuse.bundle.export import export_model
+    from recfuse.bundle.incremental import add_items
+    from recfuse.config import ItemHeadConfig, RecfuseConfig
+    from recfuse.data.splits import split_interactions
+    from recfuse.data.synthetic import generate
+    from recfuse.data.validate import load_dataset
+    from recfuse.evaluation.bundle_eval import evaluate_bundle
+    from recfuse.evaluation.fullrank import evaluate_model
+    from recfuse.evaluation.item_head import fit_item_head
+    from recfuse.itemitem import HEAD_DIR
+    from recfuse.models.trained import TrainedModel
+    from recfuse.training.trainer import train
+
+    generate(tmp_path / "syn", n_items=120, n_users=80, seed=2)
+    cfg = RecfuseConfig.from_dict({
+        "data": {"items": str(tmp_path / "syn" / "items.parquet"),
+                 "interactions": str(tmp_path / "syn" / "interactions.parquet"), "max_history": 8},
+        "modalities": [],
+        "model": {"dim": 16, "query_hidden": [16]},
+        "train": {"epochs": 2, "batch_size": 128, "learning_rate": 0.01, "seed": 3},
+        "item_head": {"method": "itemknn", "knn_neighbors": [20], "candidates": 30},
+        "index": {"factory": "Flat"},
+    })  # fmt: skip
+    ds = load_dataset(cfg.data, cfg.modalities)
+    split = split_interactions(ds.interactions, "random", 7)
+    out = tmp_path / "model"
+    train(cfg, ds, split, out, progress=False)
+    head = fit_item_head(TrainedModel.load(out), split, cfg.item_head, 8)
+    # beta fixed well inside the score range, so the head surely changes the ranking
+    dataclasses.replace(head, beta=max(head.beta, 0.05)).save(out / HEAD_DIR)
+    model = TrainedModel.load(out)
+    assert model.item_head is not None and model.item_head.active
+    path = export_model(out, tmp_path / "bundles", savedmodel=False)
+    rec = Recommender.from_bundle(path)
+    assert rec.head_rerank is not None and rec.bundle.item_head_candidates == 30
+    assert rec.bundle.manifest["served_recall"]["recall"] >= 0.99 and rec.bundle.manifest["index_factory"] == "Flat"
+    ks = (10, 20)
+    exact = evaluate_model(model, split, ks=ks).means("all")
+    towers = evaluate_model(model, split, ks=ks, item_head=False).means("all")
+    served = evaluate_bundle(rec, split, ks=ks, protocol=model.config.eval)
+    assert served.info["item_head"]["method"] == "itemknn"
+    got = served.means("all")
+    assert exact != towers  # the head changes the model's ranking
+    for key, value in exact.items():
+        assert got[key] == pytest.approx(value, rel=0.01, abs=1e-6), key
+    assert ItemHeadConfig().candidates == 200  # the default a config without `candidates` exports
+
+    # add-items on the real bundle: the head is carried forward, the new items have empty rows/columns
+    items = load_dataset(cfg.data, cfg.modalities).items.head(2).assign(item_id=["new-a", "new-b"])
+    result = add_items(path, items)
+    grown = load_bundle(result.path)
+    assert result.added == 2 and grown.item_head is not None and grown.item_head.n_items == len(grown.item_ids)
+    assert grown.item_head.weights[-2:].nnz == 0 and grown.item_head.weights[:, -2:].nnz == 0

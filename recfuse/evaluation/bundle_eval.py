@@ -7,7 +7,11 @@ goes through :meth:`Recommender.recommend_batch` exactly as a request would (the
 history the protocol's query reads, most recent first), asking for enough items that the protocol's
 masked items can be removed afterwards and ``max(ks)`` remain; the served items are then scored by
 :func:`recfuse.evaluation.fullrank.evaluate_scores` with the same masks, tie order and metrics as the
-exact evaluation, so the two tables compare directly. Users whose mask is so long that the
+exact evaluation, so the two tables compare directly. A bundle with an active item-item head is
+ranked as served: the Recommender re-ranks each query's index candidates and head neighbours by
+``q . v * factor + beta * head`` (:mod:`recfuse.inference.head_rerank`), the score
+``evaluate_model`` ranks by, so on an exact (or high served-recall) index the two agree; the
+head's record is in ``info["item_head"]``. Users whose mask is so long that the
 bundle's ``max_k`` cannot cover it are counted (``counts["users_truncated_by_max_k"]``).
 
 Example:
@@ -87,4 +91,8 @@ def evaluate_bundle(
     result.info.update(sets.info)
     result.info["served"] = {"bundle": info.path, "version": info.version, "index": info.index_factory,
                              "search_params": info.search_params, "served_recall": info.served_recall}  # fmt: skip
+    head = recommender.bundle.item_head
+    if head is not None and recommender.head_rerank is not None:  # ranked with the head, as served
+        result.info["item_head"] = {**{k: v for k, v in head.record().items() if k != "selection"},
+                                    "candidates": recommender.bundle.item_head_candidates}  # fmt: skip
     return result
