@@ -46,7 +46,7 @@ from recfuse.types import FloatArray, Int64Array
 
 HEAD_DIR = "item_head"
 HEAD_FORMAT = "recfuse.item_head/1"
-METHODS = ("ease", "itemknn")
+METHODS = ("ease", "itemknn", "sequential")
 _ARRAYS = ("indptr", "indices", "data")
 
 __all__ = [
@@ -55,14 +55,18 @@ __all__ = [
     "ItemHead",
     "active_items",
     "binary_csr",
+    "cut_rows",
     "ease_memory_bytes",
     "ease_weights",
     "ease_weights_dense",
     "gram_row_blocks",
+    "history_weights",
     "knn_weights",
     "load_item_head",
     "neighbour_matrix",
+    "profile_matrix",
     "prune_rows",
+    "sequential_weights",
     "top_neighbours",
 ]
 
@@ -223,6 +227,71 @@ def prune_rows(
     return sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)
 
 
+def cut_rows(w: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Each row of ``w`` cut to its ``keep`` largest entries (ties by ascending column)."""
+    w = sp.csr_matrix(w, dtype=np.float32)
+    counts = np.diff(w.indptr)
+    if counts.max(initial=0) <= keep:
+        return w
+    rows = np.repeat(np.arange(w.shape[0]), counts)
+    order = np.lexsort((w.indices, -w.data, rows))
+    rank = np.arange(len(order)) - np.repeat(w.indptr[:-1], counts)
+    sel = order[rank < keep]
+    return sp.csr_matrix((w.data[sel], (rows[sel], w.indices[sel])), shape=w.shape, dtype=np.float32)
+
+
+def sequential_weights(users: npt.ArrayLike, items: npt.ArrayLike, n: int, window: int, keep: int) -> sp.csr_matrix:
+    """Sequential rules: ``W[i, j]`` = sum over every user's training sequence of ``1 / gap`` for each
+    time ``j`` follows ``i`` within ``window`` steps (Ludewig & Jannach's "SR"), each row cut to ``keep``.
+
+    Args:
+        users: ``[m]`` user codes of the interactions, sorted by user then time (oldest first).
+        items: ``[m]`` the interactions' catalog rows, in the same order.
+        n: catalog size.
+        window: the largest gap counted (1: only the next item).
+        keep: weights kept per row.
+    """
+    u = np.asarray(users).reshape(-1)
+    it = np.asarray(items, dtype=np.int64).reshape(-1)
+    if len(u) != len(it):
+        raise ValueError(f"`users` and `items` must have equal length, got {len(u)} and {len(it)}")
+    if window < 1:
+        raise ValueError(f"`window` must be >= 1, got {window}")
+    rows, cols, vals = [], [], []
+    for gap in range(1, window + 1):
+        same = u[gap:] == u[:-gap]
+        src, dst = it[:-gap][same], it[gap:][same]
+        keep_pair = src != dst
+        rows.append(src[keep_pair])
+        cols.append(dst[keep_pair])
+        vals.append(np.full(int(keep_pair.sum()), 1.0 / gap, np.float32))
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    v = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+    w = sp.csr_matrix((v, (r, c)), shape=(n, n), dtype=np.float32)
+    w.sum_duplicates()
+    return cut_rows(w, keep)
+
+
+def history_weights(history: npt.ArrayLike, n: int, decay: float) -> tuple[Int64Array, FloatArray]:
+    """A history's rows (most recent first; ``-1``, out-of-range rows and repeats dropped, the most
+    recent occurrence kept) and their weights ``decay ** position``."""
+    h = np.asarray(history, dtype=np.int64).reshape(-1)
+    h = h[(h >= 0) & (h < n)]
+    _, first = np.unique(h, return_index=True)
+    h = h[np.sort(first)]
+    return h, (np.float32(decay) ** np.arange(len(h), dtype=np.float32)).astype(np.float32)
+
+
+def profile_matrix(histories: Sequence[npt.ArrayLike], n: int, decay: float) -> sp.csr_matrix:
+    """``[b, n]`` weighted rows of :func:`history_weights` for each history."""
+    parts = [history_weights(h, n, decay) for h in histories]
+    r = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p[0]) for p in parts])
+    c = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    v = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.float32)
+    return sp.csr_matrix((v, (r, c)), shape=(len(parts), n), dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class ItemHead:
     """Sparse item-item weights and the blend weight of the item-item head.
@@ -230,9 +299,12 @@ class ItemHead:
     Attributes:
         weights: ``[n, n]`` float32 CSR; row = history item, column = scored item (catalog rows).
         beta: the head's weight in ``model score + beta * head score`` (chosen on validation).
-        method: ``"ease"`` or ``"itemknn"``.
-        params: the method's chosen hyper-parameters (``lambda`` / ``neighbors``, ``keep``).
+        method: ``"ease"``, ``"itemknn"`` or ``"sequential"``.
+        params: the method's chosen hyper-parameters (``lambda`` / ``neighbors`` / ``window``, ``keep``).
         selection: the validation evidence, one row per value tried (params or beta, the metric).
+        decay: a history item's weight is ``decay ** position`` (0 = the most recent item, after
+            repeats are dropped): 1 weighs the whole profile alike (EASE's setting), less leans on
+            the latest items (what next-item data rewards).
     """
 
     weights: sp.csr_matrix
@@ -240,6 +312,7 @@ class ItemHead:
     method: str
     params: dict[str, float | int]
     selection: list[dict[str, Any]] = field(default_factory=list)
+    decay: float = 1.0
 
     def __post_init__(self) -> None:
         w = self.weights
@@ -251,6 +324,8 @@ class ItemHead:
             raise ValueError(f"`beta` must be a finite number >= 0, got {self.beta!r}")
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {self.method!r}")
+        if not (np.isfinite(self.decay) and 0 < self.decay <= 1):
+            raise ValueError(f"`decay` must be in (0, 1], got {self.decay!r}")
 
     @property
     def n_items(self) -> int:
@@ -262,31 +337,24 @@ class ItemHead:
         return self.beta > 0 and self.weights.nnz > 0
 
     def scores(self, profiles: sp.spmatrix | sp.sparray) -> FloatArray:
-        """Head scores ``[b, n]`` (unweighted by ``beta``) of user rows ``profiles [b, n]`` (0/1)."""
-        return np.asarray((binary_csr(profiles, "profiles", self.n_items) @ self.weights).toarray(), np.float32)
+        """Head scores ``[b, n]`` (unweighted by ``beta``) of weighted history rows ``profiles [b, n]``
+        (:meth:`profile_rows`)."""
+        return np.asarray((sp.csr_matrix(profiles, dtype=np.float32) @ self.weights).toarray(), np.float32)
 
     def profile_rows(self, histories: Sequence[npt.ArrayLike]) -> sp.csr_matrix:
-        """``[b, n]`` 0/1 rows of per-query history item rows (``-1`` padding and repeats ignored)."""
-        rows, cols = [], []
-        for r, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64).reshape(-1)
-            h = np.unique(h[h >= 0])
-            rows.append(np.full(len(h), r, np.int64))
-            cols.append(h)
-        r_all = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        c_all = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-        data = np.ones(len(r_all), np.float32)
-        return sp.csr_matrix((data, (r_all, c_all)), shape=(len(histories), self.n_items), dtype=np.float32)
+        """``[b, n]`` rows of per-query history item rows, most recent first, each weighted
+        ``decay ** position`` (:func:`history_weights`)."""
+        return profile_matrix(histories, self.n_items, self.decay)
 
     def row_scores(self, history: npt.ArrayLike) -> tuple[Int64Array, FloatArray]:
-        """One query's nonzero head scores ``(columns ascending, scores)`` from its history rows."""
-        h = np.asarray(history, dtype=np.int64).reshape(-1)
-        h = np.unique(h[(h >= 0) & (h < self.n_items)])
+        """One query's nonzero head scores ``(columns ascending, scores)`` from its history rows
+        (most recent first)."""
+        h, wts = history_weights(history, self.n_items, self.decay)
         if not len(h):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         w = self.weights
         idx = np.concatenate([w.indices[w.indptr[i] : w.indptr[i + 1]] for i in h])
-        val = np.concatenate([w.data[w.indptr[i] : w.indptr[i + 1]] for i in h])
+        val = np.concatenate([w.data[w.indptr[i] : w.indptr[i + 1]] * f for i, f in zip(h, wts)])
         cols, inv = np.unique(idx, return_inverse=True)
         sums = np.zeros(len(cols), np.float64)
         np.add.at(sums, inv, val)
@@ -295,7 +363,8 @@ class ItemHead:
     def record(self) -> dict[str, Any]:
         """What a manifest or report says of the head (no arrays)."""
         return {"format": HEAD_FORMAT, "method": self.method, "params": dict(self.params), "beta": float(self.beta),
-                "n_items": self.n_items, "nnz": int(self.weights.nnz), "selection": list(self.selection)}  # fmt: skip
+                "decay": float(self.decay), "n_items": self.n_items, "nnz": int(self.weights.nnz),
+                "selection": list(self.selection)}  # fmt: skip
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder`` (``head.json`` + the CSR as three ``.npy``) atomically: a temp folder beside
@@ -353,6 +422,6 @@ def load_item_head(folder: str | Path, n_items: int | None = None) -> ItemHead:
     weights = sp.csr_matrix((data, indices, indptr), shape=(n, n), dtype=np.float32)
     try:
         return ItemHead(weights, float(meta["beta"]), str(meta["method"]), dict(meta.get("params", {})),
-                        list(meta.get("selection", [])))  # fmt: skip
+                        list(meta.get("selection", [])), float(meta.get("decay", 1.0)))  # fmt: skip
     except (KeyError, ValueError, TypeError) as err:
         raise ArtifactError(f"item head {str(folder)!r}: {err}; re-run `recfuse train`") from err

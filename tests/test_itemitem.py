@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from recfuse.config import ItemHeadConfig, RecfuseConfig
 from recfuse.errors import ArtifactError, ConfigError
-from recfuse.itemitem import ItemHead, ease_weights, knn_weights, load_item_head, prune_rows
+from recfuse.itemitem import ItemHead, ease_weights, knn_weights, load_item_head, prune_rows, sequential_weights
 
 
 def _interactions(n_users: int = 40, n_items: int = 12, seed: int = 0) -> sp.csr_matrix:
@@ -62,6 +62,22 @@ def test_knn_weights_are_each_targets_most_similar_items() -> None:
         assert cos[nz, j].min() >= np.sort(cos[:, j])[-2] - 1e-6
 
 
+def test_sequential_weights_sum_inverse_gaps_within_a_user() -> None:
+    users = np.array([0, 0, 0, 1, 1, 1])
+    items = np.array([1, 2, 3, 2, 3, 2])  # user 0: 1 -> 2 -> 3; user 1: 2 -> 3 -> 2
+    w = sequential_weights(users, items, n=5, window=2, keep=10).toarray()
+    expected = np.zeros((5, 5), np.float32)
+    expected[1, 2] += 1.0  # gap 1
+    expected[2, 3] += 1.0 + 1.0  # user 0 and user 1
+    expected[1, 3] += 0.5  # gap 2
+    expected[3, 2] += 1.0
+    # user 1's 2 -> 2 at gap 2 is a repeat of the same item: not a rule
+    np.testing.assert_allclose(w, expected)
+    assert sequential_weights(users, items, n=5, window=1, keep=1).nnz == 3  # rows 1, 2, 3 keep one each
+    with pytest.raises(ValueError, match="`window` must be >= 1, got 0"):
+        sequential_weights(users, items, n=5, window=0, keep=1)
+
+
 def test_prune_rows_keeps_positive_largest_per_row_with_ties_by_column() -> None:
     dense = np.array([[0.0, 2.0, 2.0], [-1.0, 0.0, 0.5], [0, -3.0, 0]], np.float32)  # items 0, 2, 4
     cut = prune_rows(dense, keep=1, index=np.array([0, 2, 4]), n=5).toarray()
@@ -79,6 +95,13 @@ def test_row_scores_and_profile_rows_equal_the_dense_product() -> None:
     dense = head.scores(head.profile_rows([history]))[0]
     assert cols.tolist() == np.flatnonzero(dense).tolist()
     np.testing.assert_allclose(vals, dense[cols], rtol=1e-6)
+    w = head.weights.toarray()
+    np.testing.assert_allclose(dense, w[3] + w[5] + w[7], rtol=1e-6)  # decay 1: the repeat of 3 counts once
+    decayed = ItemHead(head.weights, 0.5, "itemknn", {}, decay=0.5)
+    cols, vals = decayed.row_scores(history)
+    expected = w[3] + 0.5 * w[5] + 0.25 * w[7]  # most recent first; the later 3 is a repeat
+    np.testing.assert_allclose(vals, expected[cols], rtol=1e-6)
+    assert cols.tolist() == np.flatnonzero(expected).tolist()
     assert head.row_scores(np.array([-1]))[0].size == 0
     assert head.active and not ItemHead(head.weights, 0.0, "itemknn", {}).active
 
@@ -89,8 +112,9 @@ def test_row_scores_and_profile_rows_equal_the_dense_product() -> None:
         ({"weights": sp.csr_matrix(np.ones((2, 3), np.float32))}, "square scipy CSR"),
         ({"beta": -1.0}, r"`beta` must be a finite number >= 0, got -1.0"),
         ({"beta": float("nan")}, "`beta` must be a finite number"),
-        ({"method": "slim"}, r"`method` must be one of \('ease', 'itemknn'\), got 'slim'"),
+        ({"method": "slim"}, r"`method` must be one of \('ease', 'itemknn', 'sequential'\), got 'slim'"),
         ({"weights": sp.csr_matrix(np.ones((2, 2), np.float64))}, "finite float32"),
+        ({"decay": 0.0}, r"`decay` must be in \(0, 1\], got 0.0"),
     ],
 )
 def test_item_head_rejects_bad_fields(kwargs: dict, match: str) -> None:
@@ -137,9 +161,13 @@ def test_config_section_validates_with_named_keys() -> None:
     cfg = RecfuseConfig.from_dict({"modalities": [], "item_head": {"method": "itemknn", "knn_neighbors": [5]}})
     assert cfg.item_head.enabled and cfg.item_head.knn_neighbors == (5,)
     assert not RecfuseConfig().item_head.enabled
-    with pytest.raises(ConfigError, match=r"`item_head.method` must be one of \['none', 'ease', 'itemknn'\]"):
+    with pytest.raises(ConfigError, match=r"`item_head.method` must be one of \['none', 'ease', 'itemknn', 'seq"):
         ItemHeadConfig(method="slim")
     with pytest.raises(ConfigError, match=r"`item_head.betas` must be a non-empty list of finite numbers > 0"):
         ItemHeadConfig(betas=(0.0,))
+    with pytest.raises(ConfigError, match=r"`item_head.history_decays` must be a non-empty list of numbers in"):
+        ItemHeadConfig(history_decays=(1.5,))
+    with pytest.raises(ConfigError, match=r"`item_head.seq_windows` must be a non-empty list of integers >= 1"):
+        ItemHeadConfig(seq_windows=(0,))
     with pytest.raises(ConfigError, match=r"did you mean 'method'"):
         RecfuseConfig.from_dict({"modalities": [], "item_head": {"methd": "ease"}})

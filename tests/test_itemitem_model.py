@@ -46,19 +46,22 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
 
 def test_fit_chooses_weights_and_beta_on_validation(trained: tuple[Any, Any, Path]) -> None:
     model, split, out = trained
-    cfg = ItemHeadConfig(method="itemknn", knn_neighbors=(5, 20), keep=10, betas=(0.5, 2.0, 8.0))
+    cfg = ItemHeadConfig(method="itemknn", knn_neighbors=(5, 20), keep=10, betas=(0.5, 2.0, 8.0),
+                         history_decays=(1.0, 0.5))  # fmt: skip
     head = fit_item_head(model, split, cfg, MAX_HISTORY)
     weights_rows = [r for r in head.selection if r["stage"] == "weights"]
     beta_rows = [r for r in head.selection if r["stage"] == "beta"]
-    assert [r["neighbors"] for r in weights_rows] == [5, 20]
+    assert [(r["neighbors"], r["decay"]) for r in weights_rows] == [(5, 1.0), (5, 0.5), (20, 1.0), (20, 0.5)]
     best_w = max(weights_rows, key=lambda r: r["ndcg@10"])
-    assert head.params == {"neighbors": best_w["neighbors"], "keep": 10}
+    assert head.params == {"neighbors": best_w["neighbors"], "keep": 10} and head.decay == best_w["decay"]
     assert beta_rows[0]["beta"] == 0.0 and len(beta_rows) == 4  # 0 is always a candidate
     best_b = max(beta_rows, key=lambda r: r["ndcg@10"])
     assert head.beta == pytest.approx(best_b["beta"])
     assert np.diff(head.weights.indptr).max() <= 10
     ease = fit_item_head(model, split, ItemHeadConfig(method="ease", ease_lambdas=(10.0,), keep=10), MAX_HISTORY)
     assert ease.method == "ease" and ease.params == {"lambda": 10.0, "keep": 10}
+    seq = fit_item_head(model, split, ItemHeadConfig(method="sequential", seq_windows=(1, 3)), MAX_HISTORY)
+    assert seq.method == "sequential" and seq.params["window"] in (1, 3) and seq.weights.nnz > 0
     with pytest.raises(ValueError, match="`item_head.method` is 'none'"):
         fit_item_head(model, split, ItemHeadConfig(), MAX_HISTORY)
 
@@ -82,7 +85,8 @@ def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, 
     q = loaded.query_embeddings(sets.users, sets.histories)
     profile = np.zeros((len(sets.users), len(index)), np.float32)
     for r, h in enumerate(sets.histories):
-        for item in [i for i in h if i in index][:MAX_HISTORY]:
+        known = list(dict.fromkeys(i for i in h if i in index))  # repeats dropped, the most recent kept
+        for item in known[:MAX_HISTORY]:
             profile[r, index[item]] = 1.0
     dense_w = x.weights.toarray()
 
@@ -122,7 +126,7 @@ def test_train_command_fits_and_stores_the_head(tmp_path: Path, capsys: pytest.C
     cfg = _write_cfg(tmp_path, data_dir, "itemknn")
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "model")]) == 0
     out = capsys.readouterr().out
-    assert "item head itemknn (neighbors 10, keep 200), beta " in out and "valid ndcg@10" in out
+    assert "item head itemknn (neighbors 10, keep 200, decay " in out and "valid ndcg@10" in out
     head = TrainedModel.load(tmp_path / "model").item_head
     assert head is not None and head.params == {"neighbors": 10, "keep": 200}
     assert [r["multiplier"] for r in head.selection if r["stage"] == "beta"][1:] == pytest.approx([1.0, 4.0])
@@ -130,7 +134,8 @@ def test_train_command_fits_and_stores_the_head(tmp_path: Path, capsys: pytest.C
     # a prepared folder keeps the training rows on disk: the head is refused before training starts
     assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "prepared")]) == 0
     capsys.readouterr()
-    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "m2"), "--prepared", str(tmp_path / "prepared")])
+    prepared = str(tmp_path / "prepared")
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "m2"), "--prepared", prepared])
     err = capsys.readouterr().err
     assert code == 3 and "`item_head.method` = 'itemknn'" in err and "item_head.method = 'none'" in err
     assert not (tmp_path / "m2").exists()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from recfuse.config.checks import check_choice, check_range
 from recfuse.errors import ConfigError
 
-ITEM_HEAD_METHODS = ("none", "ease", "itemknn")
+ITEM_HEAD_METHODS = ("none", "ease", "itemknn", "sequential")
 HEAD_SELECT_METRICS = ("ndcg@10", "recall@10", "hit@10", "ndcg@20", "recall@20", "hit@20")
 
 
@@ -26,10 +26,15 @@ class ItemHeadConfig:
 
     Attributes:
         method: ``"none"`` (no head), ``"ease"`` (EASE^R weights; one dense ``m x m`` float32 inverse
-            per lambda, ``m`` = items with training interactions) or ``"itemknn"`` (cosine
-            neighbours; sparse, for catalogs too large for EASE).
+            per lambda, ``m`` = items with training interactions), ``"itemknn"`` (cosine
+            neighbours; sparse, for catalogs too large for EASE) or ``"sequential"`` (which items
+            followed which: for ordered, next-item data).
         ease_lambdas: EASE L2 weights tried; the best on validation (head alone) is kept.
         knn_neighbors: item-kNN neighbourhood sizes tried; the best on validation is kept.
+        seq_windows: ``"sequential"`` (sequential rules: ``W[i, j]`` sums ``1 / gap`` over the times
+            ``j`` followed ``i`` within the window in a user's training sequence) windows tried.
+        history_decays: a history item weighs ``decay ** position`` (0 = most recent) in the head;
+            each value is tried with each weight setting (1 weighs the whole profile alike).
         keep: weights kept per history item (the largest ones): bounds the head's size
             (``n * keep`` entries) and its serving cost.
         betas: multipliers tried for ``beta``, relative to the ratio of the model's score spread
@@ -44,6 +49,8 @@ class ItemHeadConfig:
     method: str = "none"
     ease_lambdas: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
     knn_neighbors: tuple[int, ...] = (20, 50, 100, 200)
+    seq_windows: tuple[int, ...] = (1, 2, 5)
+    history_decays: tuple[float, ...] = (1.0, 0.7, 0.4)
     keep: int = 200
     betas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     select_metric: str = "ndcg@10"
@@ -57,9 +64,12 @@ class ItemHeadConfig:
         for name, values in (("ease_lambdas", self.ease_lambdas), ("betas", self.betas)):
             if not values or any(not (math.isfinite(v) and v > 0) for v in values):
                 raise ConfigError(f"`item_head.{name}` must be a non-empty list of finite numbers > 0, got {values}")
-        if not self.knn_neighbors or any(int(v) != v or v < 1 for v in self.knn_neighbors):
+        for name, ints in (("knn_neighbors", self.knn_neighbors), ("seq_windows", self.seq_windows)):
+            if not ints or any(int(v) != v or v < 1 for v in ints):
+                raise ConfigError(f"`item_head.{name}` must be a non-empty list of integers >= 1, got {ints}")
+        if not self.history_decays or any(not (math.isfinite(v) and 0 < v <= 1) for v in self.history_decays):
             raise ConfigError(
-                f"`item_head.knn_neighbors` must be a non-empty list of integers >= 1, got {self.knn_neighbors}"
+                f"`item_head.history_decays` must be a non-empty list of numbers in (0, 1], got {self.history_decays}"
             )
         for name in ("keep", "max_val_users", "candidates", "ease_max_items"):
             check_range("item_head", name, getattr(self, name), lo=1)

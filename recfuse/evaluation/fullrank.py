@@ -38,7 +38,6 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import scipy.sparse as sp
 
 from recfuse.config import EvalConfig
 from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics_from_pairs, relevant_pairs
@@ -236,18 +235,15 @@ def evaluate_scores(
     return EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
 
 
-def history_profiles(
-    histories: Sequence[Sequence[str]], index: Mapping[str, int], max_history: int, n_items: int
-) -> sp.csr_matrix:
-    """``[q, n_items]`` 0/1 rows: each query's first ``max_history`` known history items (the items a
-    served query reads; unknown ids are skipped, as the served query skips them)."""
-    rows = [[index[i] for i in h if i in index][:max_history] for h in histories]
-    r = np.repeat(np.arange(len(rows), dtype=np.int64), [len(h) for h in rows])
-    c = np.fromiter((i for h in rows for i in h), dtype=np.int64, count=len(r))
-    m = sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(len(rows), n_items))
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m
+def history_rows(histories: Sequence[Sequence[str]], index: Mapping[str, int], max_history: int) -> list[Int64Array]:
+    """Per query, the catalog rows of its history ids as a served query reads them: most recent first,
+    unknown ids skipped, repeats dropped (the most recent kept), cut to ``max_history``."""
+    out = []
+    for h in histories:
+        rows = np.fromiter((index[i] for i in h if i in index), dtype=np.int64)
+        _, first = np.unique(rows, return_index=True)
+        out.append(rows[np.sort(first)][:max_history])
+    return out
 
 
 def _items_by_user(df: pd.DataFrame, index: Mapping[str, int]) -> tuple[dict[str, list[int]], int]:
@@ -369,8 +365,8 @@ def evaluate_model(
         protocol: what each ranking excludes and what each query reads (default: the model's
             ``config.eval`` when it has one, else ``EvalConfig()``): see :class:`recfuse.config.EvalConfig`.
         item_head: rank with the model's item-item head when it has one (``model.item_head``, as
-            served: ``q . v * factor + beta * head``, the head reading the query's first
-            ``data.max_history`` history items); False scores the towers alone.
+            served: ``q . v * factor + beta * head``, the head reading the query's history rows
+            as :func:`history_rows` gives them); False scores the towers alone.
 
     Returns:
         :class:`EvalResult` (per-user arrays, means via ``.means(segment)``, counts of unusable rows,
@@ -397,7 +393,7 @@ def evaluate_model(
     if head is not None and head.active:
         max_history = int(model.config.data.max_history)  # type: ignore[attr-defined]
         index = {item: i for i, item in enumerate(item_ids)}
-        profiles = history_profiles(sets.histories, index, max_history, len(item_ids))
+        profiles = head.profile_rows(history_rows(sets.histories, index, max_history))
         beta = np.float32(head.beta)
 
         def score(rows: Int64Array) -> FloatArray:

@@ -29,13 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from recfuse.config import EvalConfig, ItemHeadConfig
 from recfuse.evaluation.baselines import validation_metric
-from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets, history_profiles
+from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets, history_rows
 from recfuse.evaluation.metrics import relevant_pairs
-from recfuse.itemitem import HEAD_DIR, ItemHead, ease_weights, knn_weights
+from recfuse.itemitem import (
+    HEAD_DIR,
+    ItemHead,
+    cut_rows,
+    ease_weights,
+    knn_weights,
+    profile_matrix,
+    sequential_weights,
+)
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -91,30 +100,30 @@ def fit_item_head(
     histories = [sets.histories[i] for i in keep_users]
     exclude = [sets.exclude[i] for i in keep_users]
     rel_users, rel_items = relevant_pairs([sets.test[i] for i in keep_users])
-    profiles = history_profiles(histories, index, max_history, n)
+    rows = history_rows(histories, index, max_history)
+    profiles_by_decay = {d: profile_matrix(rows, n, d) for d in cfg.history_decays}
     v = len(users)
 
     def metric(score_rows: Any) -> float:
         return validation_metric(score_rows, v, rel_users, rel_items, exclude, cfg.select_metric, block_size)
 
     selection: list[dict[str, Any]] = []
-    best: tuple[float, sp.csr_matrix, dict[str, float | int]] | None = None
-    grid = cfg.ease_lambdas if cfg.method == "ease" else cfg.knn_neighbors
+    best: tuple[float, sp.csr_matrix, dict[str, float | int], float] | None = None
+    grid = {"ease": cfg.ease_lambdas, "itemknn": cfg.knn_neighbors, "sequential": cfg.seq_windows}[cfg.method]
     for value in grid:
         t = time.perf_counter()
-        if cfg.method == "ease":
-            w = ease_weights(x, float(value), cfg.keep, block_size, cfg.ease_max_items)
-            params: dict[str, float | int] = {"lambda": float(value), "keep": cfg.keep}
-        else:
-            w = _cut_rows(knn_weights(x, int(value), block=block_size), cfg.keep)
-            params = {"neighbors": int(value), "keep": cfg.keep}
-        score = metric(lambda s, e, w=w: np.asarray((profiles[s:e] @ w).toarray(), np.float32))
-        selection.append({"stage": "weights", **params, cfg.select_metric: score, "seconds": _since(t)})
-        logger.info("item head %s %s: %s %.5f alone", cfg.method, params, cfg.select_metric, score)
-        if best is None or score > best[0]:
-            best = (score, w, params)
+        w, params = _weights(cfg, split, index, x, value, block_size)
+        for decay, profiles in profiles_by_decay.items():
+            score = metric(lambda s, e, w=w, p=profiles: np.asarray((p[s:e] @ w).toarray(), np.float32))
+            selection.append({"stage": "weights", **params, "decay": decay, cfg.select_metric: score,
+                              "seconds": _since(t)})  # fmt: skip
+            logger.info("item head %s %s decay %g: %s %.5f alone", cfg.method, params, decay, cfg.select_metric, score)
+            if best is None or score > best[0]:
+                best = (score, w, params, decay)
+            t = time.perf_counter()
     assert best is not None
-    _, weights, params = best
+    _, weights, params, decay = best
+    profiles = profiles_by_decay[decay]
 
     vectors = np.asarray(model.ranking_embeddings, dtype=np.float32)
     queries = np.concatenate(
@@ -144,7 +153,7 @@ def fit_item_head(
     if scale > 0 and best_beta == scale * max(cfg.betas):
         logger.warning("item head: the best beta is the largest multiplier %s; widen `item_head.betas`", max(cfg.betas))
     logger.info("item head fitted in %.1f s: %s %s, beta %.4g", time.perf_counter() - t0, cfg.method, params, best_beta)
-    return ItemHead(weights, float(best_beta), cfg.method, params, selection)
+    return ItemHead(weights, float(best_beta), cfg.method, params, selection, decay)
 
 
 def _since(t: float) -> float:
@@ -166,17 +175,28 @@ def _train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
     return x
 
 
-def _cut_rows(w: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """Each row of ``w`` cut to its ``keep`` largest entries."""
-    w = w.tocsr()
-    counts = np.diff(w.indptr)
-    if counts.max(initial=0) <= keep:
-        return w
-    rows = np.repeat(np.arange(w.shape[0]), counts)
-    order = np.lexsort((w.indices, -w.data, rows))
-    rank = np.arange(len(order)) - np.repeat(w.indptr[:-1], counts)
-    sel = order[rank < keep]
-    return sp.csr_matrix((w.data[sel], (rows[sel], w.indices[sel])), shape=w.shape, dtype=np.float32)
+def _weights(
+    cfg: ItemHeadConfig, split: SplitLike, index: dict[str, int], x: sp.csr_matrix, value: float, block_size: int
+) -> tuple[sp.csr_matrix, dict[str, float | int]]:
+    """The head's weights for one grid value of ``cfg.method``, and the params that name them."""
+    if cfg.method == "ease":
+        return ease_weights(x, float(value), cfg.keep, block_size, cfg.ease_max_items), {"lambda": float(value),
+                                                                                          "keep": cfg.keep}  # fmt: skip
+    if cfg.method == "itemknn":
+        return cut_rows(knn_weights(x, int(value), block=block_size), cfg.keep), {"neighbors": int(value),
+                                                                                   "keep": cfg.keep}  # fmt: skip
+    users, items = _sequences(split, index)
+    return sequential_weights(users, items, len(index), int(value), cfg.keep), {"window": int(value), "keep": cfg.keep}
+
+
+def _sequences(split: SplitLike, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows as (user code, catalog row), sorted by user then time (ties in file order)."""
+    train = split.train
+    rows = train["item_id"].astype(str).map(index)
+    known = train.loc[rows.notna().to_numpy()].assign(_row=rows[rows.notna()].astype(np.int64))
+    order = known.sort_values(["user_id", "timestamp"], kind="stable") if "timestamp" in known else known
+    users = pd.factorize(order["user_id"].astype(str))[0]
+    return users, order["_row"].to_numpy(np.int64)
 
 
 def _score_scale(
@@ -214,7 +234,7 @@ def describe(head: ItemHead, metric: str) -> str:
     rows = [r for r in head.selection if r.get("stage") == "beta"]
     without = next((r[metric] for r in rows if r["beta"] == 0.0), float("nan"))
     best = max((r[metric] for r in rows), default=float("nan"))
-    params = ", ".join(f"{k} {v:g}" for k, v in head.params.items())
+    params = ", ".join([f"{k} {v:g}" for k, v in head.params.items()] + [f"decay {head.decay:g}"])
     verdict = "kept" if head.active else "not kept: it does not help on validation"
     return (f"item head {head.method} ({params}), beta {head.beta:.4g}: valid {metric} {best:.4f} with it, "
             f"{without:.4f} without ({verdict})")  # fmt: skip
