@@ -81,7 +81,8 @@ def _brute(
     q = b.query_tower.encode(b.item_vectors, user_idx, rows)[0]
     scores = b.ranked_vectors @ q
     if head and b.item_head is not None and hist:
-        scores = scores + np.float32(b.item_head.beta) * np.asarray(b.item_head.weights[hist].sum(axis=0)).ravel()
+        head_scores = b.item_head.scores(b.item_head.profile_rows([hist]))[0]  # as evaluate_model scores it
+        scores = scores + np.float32(b.item_head.beta) * head_scores
     ok = np.array([(r not in mask) and (allow is None or r in allow) for r in range(len(scores))])
     order = [r for r in np.lexsort((np.arange(len(scores)), -scores.astype(np.float64))) if ok[r]][:k]
     return [b.item_ids[r] for r in order], [float(scores[r]) for r in order]

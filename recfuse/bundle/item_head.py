@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def grown_head(head: ItemHead, n_items: int) -> ItemHead:
     w = head.weights
     indptr = np.concatenate([w.indptr.astype(np.int64), np.full(n_items - n, w.indptr[-1], np.int64)])
     weights = sp.csr_matrix((w.data, w.indices.astype(np.int64), indptr), shape=(n_items, n_items), dtype=np.float32)
-    return ItemHead(weights, head.beta, head.method, dict(head.params), list(head.selection))
+    return dataclasses.replace(head, weights=weights)  # every other field (beta, method, ...) carried
 
 
 def reindexed_head(head: ItemHead, head_ids: Sequence[str], item_ids: Sequence[str]) -> ItemHead:
@@ -92,7 +93,7 @@ def reindexed_head(head: ItemHead, head_ids: Sequence[str], item_ids: Sequence[s
     keep = (rows >= 0) & (cols >= 0)
     n = len(item_ids)
     weights = sp.csr_matrix((w.data[keep], (rows[keep], cols[keep])), shape=(n, n), dtype=np.float32)
-    return ItemHead(weights, head.beta, head.method, dict(head.params), list(head.selection))
+    return dataclasses.replace(head, weights=weights)
 
 
 def read_bundle_head(version_dir: Path, manifest: Mapping[str, Any], n_items: int) -> tuple[ItemHead | None, int]:

@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from recfuse.index import SearchResult
 from recfuse.inference.plan import QueryPlan
@@ -70,31 +71,39 @@ class HeadRerank:
     def rescore(self, query: FloatArray, plan: QueryPlan, index_rows: Int64Array) -> SearchResult:
         """The best ``plan.k`` of ``index_rows`` ∪ the head's columns for ``plan.hist`` (filtered), by
         the blended score of the query vector ``query [d]``."""
-        cols, vals = self.head.row_scores(plan.hist)
+        cols, vals = self.head.row_scores(plan.hist)  # columns ascending
+        if len(cols) and plan.allow is not None:
+            keep = _member(plan.allow, cols)
+            cols, vals = cols[keep], vals[keep]
+        elif len(cols) and len(plan.exclude):
+            keep = ~_member(plan.exclude, cols)
+            cols, vals = cols[keep], vals[keep]
         if len(cols):
-            if plan.allow is not None:
-                keep = np.isin(cols, plan.allow, assume_unique=True)
-            elif len(plan.exclude):
-                keep = ~np.isin(cols, plan.exclude, assume_unique=True)
-            else:
-                keep = None
-            if keep is not None:
-                cols, vals = cols[keep], vals[keep]
-        rows = np.union1d(index_rows, cols) if len(cols) else np.unique(index_rows)
+            # the head's columns first, then the index's rows they do not hold (no sort of the union)
+            rows = np.concatenate([cols, index_rows[~_member(cols, index_rows)]])
+        else:
+            rows = np.asarray(index_rows, np.int64)
         if not len(rows):
             return SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64))
-        scores = self.vectors[rows] @ query
-        if len(cols):
-            scores[np.searchsorted(rows, cols)] += self.beta * vals
+        scores = np.take(self.vectors, rows, axis=0) @ query
+        scores[: len(cols)] += self.beta * vals
         return _best(rows, scores, plan.k)
 
 
+def _member(sorted_set: Int64Array, x: Int64Array) -> npt.NDArray[np.bool_]:
+    """Which of ``x`` are in ``sorted_set`` (ascending, unique): a binary search, no hashing or sort."""
+    if not len(sorted_set):
+        return np.zeros(len(x), bool)
+    pos = np.searchsorted(sorted_set, x).clip(max=len(sorted_set) - 1)
+    return sorted_set[pos] == x
+
+
 def _best(rows: Int64Array, scores: FloatArray, k: int) -> SearchResult:
-    """The ``k`` best of ``rows`` (ascending) by ``scores``, ties by ascending row."""
+    """The ``k`` best ``rows`` (unique, any order) by ``scores``, ties by ascending row."""
     neg = -scores
     if len(rows) > k:
         kth = np.partition(neg, k - 1)[k - 1]
         sel = np.flatnonzero(neg <= kth)  # every item at least as good as the k-th, ties included
         neg, rows, scores = neg[sel], rows[sel], scores[sel]
-    order = np.argsort(neg, kind="stable")[:k]  # stable over ascending rows: ties by ascending row
+    order = np.lexsort((rows, neg))[:k]
     return SearchResult(scores[order].astype(np.float32, copy=False), rows[order].astype(np.int64, copy=False))

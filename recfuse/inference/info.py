@@ -67,6 +67,8 @@ def _head(bundle: LoadedBundle) -> str:
     if head is None:
         return ""
     text = f"item head {head.method} beta={head.beta:.4g} nnz={head.weights.nnz}"
+    decay = float(getattr(head, "decay", 1.0))  # history weights decay ** position (1: the whole profile alike)
+    text += f" decay={decay:.4g}" if decay != 1.0 else ""
     return text + (f", re-rank of k+{bundle.item_head_candidates}" if head.active else " (inactive)")
 
 
