@@ -7,6 +7,7 @@ Usage::
     python bench/recommend_bench.py --bundle bundles/default        # also a real exported bundle
     python bench/recommend_bench.py --query-encoder transformer       # bundles with the transformer tower
     python bench/recommend_bench.py --encoders-only --history 50      # part 3 only
+    python bench/recommend_bench.py --quick --item-head               # part 4 only: the item-item head's cost
 
 Part 1 builds (once, cached under ``runs/bench/``) random-but-structured bundles whose query tower is
 a real ``recfuse.models.query_tower.QueryTower`` exported to numpy, and times ``Recommender.recommend``
@@ -21,6 +22,12 @@ p50/p99 and the ratio to the serving forward.
 Part 3 compares the history encoders (``model.query_encoder``) on the serving forward, batch 1, one
 history of ``--history`` items (default 50): attention pooling vs the causal ``transformer`` at 1
 and 2 blocks, each against its TF ``tf.function`` (p50/p99 and the max abs difference).
+
+Part 4 (``--item-head``) serves the same bundle with and without an item-item head (a synthetic
+head: ``--head-keep`` positive weights per history item, within the item's category, as
+``[item_head] keep`` bounds a real one; ``--head-candidates`` index candidates beyond ``k``), both
+Recommenders over the same loaded index, calls interleaved, and prints p50/p99 per request kind and
+the ratio with/without.
 
 Prints tables; asserts nothing about speed.
 """
@@ -271,6 +278,77 @@ def bench_history_encoders(n_items: int, dim: int, length: int, n: int) -> list[
     return rows
 
 
+def synthetic_head(bundle, keep: int, beta: float, seed: int = 3):  # type: ignore[no-untyped-def]
+    """An item-item head of the bundle's size with ``keep`` positive weights per row, drawn from the row
+    item's category (factory bundles: item ``i`` is in category ``i % C``): the serving cost of a real
+    head with ``[item_head] keep`` = ``keep``, not its quality."""
+    import scipy.sparse as sp
+
+    from recfuse.itemitem import ItemHead
+
+    n = len(bundle.item_ids)
+    c = max(1, len(bundle.category_vocab) - sum(1 for x in bundle.category_vocab.ids if str(x).startswith("t")))
+    rng = np.random.default_rng(seed)
+    per_cat = -(-n // c)
+    k = min(keep, per_cat - 1)
+    rows = np.repeat(np.arange(n), k)
+    cols = (rows % c) + c * rng.integers(0, per_cat, n * k)
+    cols = np.where(cols < n, cols, rows)
+    vals = rng.random(n * k).astype(np.float32) / k
+    w = sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)
+    w.setdiag(0)
+    w.eliminate_zeros()
+    return ItemHead(w, beta, "itemknn", {"neighbors": keep, "keep": keep})
+
+
+def bench_item_head(path: Path, n: int, keep: int, candidates: int, beta: float) -> list[tuple[str, ...]]:
+    """The same bundle served without and with an item-item head: p50/p99 per request kind, interleaved."""
+    import dataclasses
+
+    loaded = load_bundle(path, verify=False)
+    head = synthetic_head(loaded, keep, beta)
+    plain = Recommender(loaded)
+    headed = Recommender(dataclasses.replace(loaded, item_head=head, item_head_candidates=candidates))
+    assert headed.head_rerank is not None and plain.head_rerank is None
+    users = loaded.user_history["user_id"].tolist()
+    items = loaded.item_ids
+    rng = np.random.default_rng(0)
+    uq = [users[i] for i in rng.integers(0, len(users), n + 50)]
+    hq = [[items[j] for j in rng.integers(0, len(items), 5)] for _ in range(n + 50)]
+    hq20 = [[items[j] for j in rng.integers(0, len(items), 20)] for _ in range(n + 50)]
+    cats = sorted(plain._tables.category_rows)  # noqa: SLF001  (bench only: pick a real category)
+    kinds: dict[str, Callable[[Recommender, int], object]] = {
+        "known user (rank fast path)": lambda r, i: r.rank(uq[i], (), 10),
+        "known user": lambda r, i: r.recommend(user_id=uq[i], k=10),
+        "known user, exclude_seen": lambda r, i: r.recommend(user_id=uq[i], k=10, exclude_seen=True),
+        "anonymous, 5-item history": lambda r, i: r.recommend(history=hq[i], k=10),
+        "anonymous, 20-item history": lambda r, i: r.recommend(history=hq20[i], k=10),
+        "user + category filter": lambda r, i: r.recommend(user_id=uq[i], k=10, include_categories=[cats[i % 3]]),
+        "popular fallback": lambda r, i: r.recommend(k=10),
+    }
+    rows = []
+    label = f"{len(items):,} {loaded.manifest['index_factory']}"
+    for name, fn in kinds.items():
+        for i in range(20):
+            fn(plain, i), fn(headed, i)
+        a: list[float] = []
+        b: list[float] = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            fn(plain, i)
+            t1 = time.perf_counter()
+            fn(headed, i)
+            t2 = time.perf_counter()
+            a.append((t1 - t0) * 1e3)
+            b.append((t2 - t1) * 1e3)
+        a50, a99 = pct(a)
+        b50, b99 = pct(b)
+        rows.append((label, name, f"{a50:.3f}", f"{a99:.3f}", f"{b50:.3f}", f"{b99:.3f}", f"{b50 / a50:.2f}x",
+                     f"{b99 / a99:.2f}x"))  # fmt: skip
+    print(f"  {label}: head nnz {head.weights.nnz:,} ({keep} per item), beta {beta}, re-rank of k+{candidates}")
+    return rows
+
+
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
@@ -294,6 +372,10 @@ def main() -> int:
     )
     ap.add_argument("--history", type=int, default=50, help="history length of part 3")
     ap.add_argument("--encoders-only", action="store_true", help="run part 3 only")
+    ap.add_argument("--item-head", action="store_true", help="run part 4 only: each bundle with/without a head")
+    ap.add_argument("--head-keep", type=int, default=200, help="part 4: head weights per item ([item_head] keep)")
+    ap.add_argument("--head-candidates", type=int, default=200, help="part 4: [item_head] candidates")
+    ap.add_argument("--head-beta", type=float, default=0.5, help="part 4: the head's beta")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "bench" / "bundles"))
     args = ap.parse_args()
     n_items = 20_000 if args.quick else args.items
@@ -309,6 +391,15 @@ def main() -> int:
         print(table(enc_hdr, bench_history_encoders(n_items, args.dim, args.history, calls)))
         return 0
     paths = [build_bundle(cache, n_items, args.dim, f, args.query_encoder) for f in args.factories.split(",")]
+    if args.item_head:
+        head_rows = []
+        for p in paths:
+            head_rows += bench_item_head(p, calls, args.head_keep, args.head_candidates, args.head_beta)
+        print(f"\nRecommender, batch 1, k=10, without vs with an item-item head (keep {args.head_keep}, "
+              f"candidates {args.head_candidates}), same bundle and index, calls interleaved (ms)")  # fmt: skip
+        print(table(("bundle", "request", "plain p50", "plain p99", "head p50", "head p99", "p50 ratio",
+                     "p99 ratio"), head_rows))  # fmt: skip
+        return 0
     rows = []
     for p in paths:
         rows += bench_recommender(p, calls)
