@@ -187,8 +187,8 @@ def test_without_an_active_head_serving_is_unchanged(bundles: dict[str, Path]):
 
 def test_info_names_the_head(bundles: dict[str, Path], head: ItemHead):
     info = Recommender.from_bundle(bundles["head"]).info()
-    assert info.item_head == f"item head itemknn beta=0.4 nnz={head.weights.nnz}, re-rank of k+5"
-    assert info.search_params.endswith(info.item_head)  # what the Info RPC shows
+    assert info.item_head == f"itemknn beta=0.4 nnz={head.weights.nnz}, re-rank of k+5"  # bundle-info's line
+    assert info.search_params == f"item head {info.item_head}"  # what the Info RPC shows (Flat: nothing else)
 
 
 def _flip_byte(path: Path) -> None:

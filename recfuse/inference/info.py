@@ -42,7 +42,7 @@ def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> Bundle
         served_recall=None if served.get("recall") is None else float(served["recall"]),
         served_recall_queries=str(served.get("queries", "")),
         # the head is part of the ranking in force: Info shows it in search_params, as the factory choice
-        search_params="; ".join(t for t in (params, head) if t),
+        search_params="; ".join(t for t in (params, head and f"item head {head}") if t),
         item_head=head,
     )
 
@@ -61,12 +61,12 @@ def search_params_text(
 
 
 def _head(bundle: LoadedBundle) -> str:
-    """``item head itemknn beta=0.37 nnz=12000, re-rank of k+200`` for a bundle with an item-item head
+    """``itemknn beta=0.37 nnz=12000, re-rank of k+200`` for a bundle with an item-item head
     ("" without one; ``(inactive)`` when its beta or weights are 0, so it changes no ranking)."""
     head = bundle.item_head
     if head is None:
         return ""
-    text = f"item head {head.method} beta={head.beta:.4g} nnz={head.weights.nnz}"
+    text = f"{head.method} beta={head.beta:.4g} nnz={head.weights.nnz}"
     decay = float(getattr(head, "decay", 1.0))  # history weights decay ** position (1: the whole profile alike)
     text += f" decay={decay:.4g}" if decay != 1.0 else ""
     return text + (f", re-rank of k+{bundle.item_head_candidates}" if head.active else " (inactive)")

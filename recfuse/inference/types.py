@@ -120,5 +120,6 @@ class BundleInfo:
     served_recall: float | None = None
     served_recall_queries: str = ""
     search_params: str = ""
-    # the item-item head as served ("itemknn beta=0.37 nnz=12000, re-rank of k+200"; "" without one)
+    # the item-item head as served ("itemknn beta=0.37 nnz=12000, re-rank of k+200"; "" without one;
+    # Info shows it at the end of search_params)
     item_head: str = ""
