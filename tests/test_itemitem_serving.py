@@ -49,12 +49,15 @@ def head() -> ItemHead:
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory, head: ItemHead) -> dict[str, Path]:
-    """The same contents with a head (re-rank of k+5 and of the whole catalog), with none, with beta 0."""
+    """The same contents with a head (re-rank of k+5 and of the whole catalog), with none, with beta 0,
+    with a history decay."""
     return {
         "head": _publish(tmp_path_factory.mktemp("h"), head, 5),
         "head_all": _publish(tmp_path_factory.mktemp("ha"), head, N_ITEMS),
         "none": _publish(tmp_path_factory.mktemp("n"), None),
         "inactive": _publish(tmp_path_factory.mktemp("i"), dataclasses.replace(head, beta=0.0)),
+        # history items weighted decay ** position, most recent first: the served order must be the query's
+        "head_decay": _publish(tmp_path_factory.mktemp("d"), dataclasses.replace(head, decay=0.6), 5),
     }
 
 
@@ -116,7 +119,7 @@ def test_bundle_round_trips_the_head_with_checksums_and_a_manifest_record(bundle
     assert not (none.path / "item_head").exists()
 
 
-@pytest.mark.parametrize("which", ["head", "head_all"])
+@pytest.mark.parametrize("which", ["head", "head_all", "head_decay"])
 def test_top_k_equals_brute_force_blend(bundles: dict[str, Path], which: str):
     """With an exact index the re-rank of k + candidates equals the full blended ranking, whatever
     ``candidates`` is (head weights are >= 0, so nothing outside the index's top can overtake)."""
@@ -189,6 +192,8 @@ def test_info_names_the_head(bundles: dict[str, Path], head: ItemHead):
     info = Recommender.from_bundle(bundles["head"]).info()
     assert info.item_head == f"itemknn beta=0.4 nnz={head.weights.nnz}, re-rank of k+5"  # bundle-info's line
     assert info.search_params == f"item head {info.item_head}"  # what the Info RPC shows (Flat: nothing else)
+    assert Recommender.from_bundle(bundles["head_decay"]).info().item_head.startswith("itemknn beta=0.4 nnz=")
+    assert " decay=0.6," in Recommender.from_bundle(bundles["head_decay"]).info().item_head
 
 
 def _flip_byte(path: Path) -> None:
