@@ -356,8 +356,7 @@ class ItemHead:
         idx = np.concatenate([w.indices[w.indptr[i] : w.indptr[i + 1]] for i in h])
         val = np.concatenate([w.data[w.indptr[i] : w.indptr[i + 1]] * f for i, f in zip(h, wts)])
         cols, inv = np.unique(idx, return_inverse=True)
-        sums = np.zeros(len(cols), np.float64)
-        np.add.at(sums, inv, val)
+        sums = np.bincount(inv.reshape(-1), weights=val, minlength=len(cols))
         return cols.astype(np.int64), sums.astype(np.float32)
 
     def record(self) -> dict[str, Any]:
