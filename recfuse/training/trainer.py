@@ -64,6 +64,7 @@ from recfuse.training.validation import build_val_queries, recall_at_k
 logger = logging.getLogger(__name__)
 
 STREAM_DIR = "stream_examples"  # under the run's work dir while a streamed fit runs
+VAL_BLOCK = 8192  # validation users per query-tower call
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,15 @@ def _train(
 
     def evaluate() -> float:
         items_m = model.memory_bank  # refreshed at epoch end by MemoryBankRefresh (runs first)
-        q = model.query_tower(items_m, vq.user_idx, vq.hist_idx, vq.hist_pos).numpy()  # type: ignore[union-attr]
+        if vq is None:  # the callback gets `evaluate` only with validation queries
+            return float("nan")
+        # in blocks of users: one call over every validation user holds [users, max_history, dim]
+        # intermediates at once (hundreds of MB at 200k users)
+        q = np.concatenate([
+            model.query_tower(items_m, vq.user_idx[s : s + VAL_BLOCK], vq.hist_idx[s : s + VAL_BLOCK],
+                              vq.hist_pos[s : s + VAL_BLOCK]).numpy()
+            for s in range(0, len(vq), VAL_BLOCK)
+        ])  # fmt: skip
         ranked = items_m.numpy() if rank_scale is None else items_m.numpy() * rank_scale[:, None]
         return recall_at_k(q, ranked, vq, cfg.train.eval_k)  # type: ignore[arg-type]
 
