@@ -52,7 +52,13 @@ columns = ["title"]
     [
         ({"model": {"fusion": "mean"}}, r"`model.fusion` must be one of .*'attention'.*got 'mean'"),
         ({"model": {"dim": "64"}}, r"`model.dim` must be an integer, got '64'"),
-        ({"model": {"fuson": "max"}}, r"unknown key\(s\) \['fuson'\] in `model`"),
+        ({"model": {"fuson": "max"}}, r"unknown key\(s\) \['fuson'\] in `model` \('fuson' -> did you mean 'fusion'"),
+        ({"modl": {"dim": 8}}, r"unknown key\(s\) \['modl'\] in the top level \('modl' -> did you mean 'model'\?\)"),
+        ({"model": {"query_hidden": [64, "32"]}}, r"`model.query_hidden\[1\]` must be an integer, got '32' \(str\)"),
+        ({"model": {"query_hidden": 64}}, r"`model.query_hidden` must be a list of integers, got 64 \(int\)"),
+        ({"model": {"temperature": "0.1"}}, r"`model.temperature` must be a number, got '0.1' \(str\)"),
+        ({"model": 3}, r"`model` must be a table, got 3 \(int\)"),
+        ({"modalities": [{"kind": "text"}]}, r"`modalities\[0\]` is missing the required key\(s\) \['name'\]"),
         ({"modalities": [{"name": "audio", "kind": "vector"}]}, r"`modalities.audio.dim` must be the width"),
         ({"modalities": [{"name": "x", "kind": "sound"}]}, r"`modalities.x.kind` must be one of"),
         (
@@ -122,6 +128,18 @@ def test_bad_overrides_and_files(tmp_path: Path) -> None:
         RecfuseConfig.from_toml(bad)
     with pytest.raises(ConfigError, match=r"no modality named 'audio'"):
         RecfuseConfig().modality("audio")
+
+
+def test_file_errors_start_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text('[train]\nepoch = 3\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^config file '.*cfg.toml': unknown key\(s\) \['epoch'\] in `train` "
+                       r"\('epoch' -> did you mean 'epochs'\?\)"):  # fmt: skip
+        RecfuseConfig.from_toml(path)
+    path.write_text('[model]\ndim = 3.5\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^config file '.*cfg.toml': `model.dim` must be an integer, got 3.5 "
+                       r"\(float\)$"):  # fmt: skip
+        RecfuseConfig.from_toml(path)
 
 
 def test_attention_heads_resolve_from_dim_and_are_stored() -> None:

@@ -43,13 +43,17 @@ def test_config_from_toml_with_sections(tmp_path):
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"max_kk": 5}, "unknown server config key 'max_kk'"),
+        ({"max_kk": 5}, r"unknown key\(s\) \['max_kk'\] in the top level \('max_kk' -> did you mean 'max_k'\?\)"),
         ({"max_k": 0}, r"`max_k` must be a positive integer, got 0"),
         ({"default_k": 20, "max_k": 10}, r"`default_k` \(20\) must be <= `max_k` \(10\)"),
         ({"port": 70000}, r"`port` must be in \[0, 65535\]"),
         ({"ab": {"shares": {"a": 0.5}}}, "`shares` must sum to 1"),
         ({"ab": {"shares": {"a": 1.0}, "default_variant": "b"}}, "`ab.default_variant` 'b' is not in"),
-        ({"ab": {"salty": "x"}}, r"unknown key\(s\) \['salty'\] in \[ab\]"),
+        ({"ab": {"salty": "x"}}, r"unknown key\(s\) \['salty'\] in `ab` \('salty' -> did you mean 'salt'\?\)"),
+        ({"max_k": "50"}, r"`max_k` must be an integer, got '50' \(str\)"),
+        ({"ab": {"shares": {"a": "all"}}}, r"`ab.shares.a` must be a number, got 'all' \(str\)"),
+        ({"ab": []}, r"`ab` must be a table, got \[\] \(list\)"),
+        ({"auth": {"tokens": "0123456789"}}, r"`auth.tokens` must be a list of strings, got '0123456789' \(str\)"),
         ({"tls": {"cert_file": "a.pem"}}, "must be set together"),
         ({"auth": {"tokens": ["short"]}}, r"`auth.tokens\[0\]` must be a string of at least 8"),
         ({"queue_timeout_s": -1}, "`queue_timeout_s` must be >= 0"),
@@ -57,7 +61,7 @@ def test_config_from_toml_with_sections(tmp_path):
         ({"batch_max_size": 0}, r"`batch_max_size` must be a positive integer, got 0"),
         ({"user_vectors_mb": -1}, r"`user_vectors_mb` must be >= 0, got -1"),
         ({"hugepages": "yes"}, "`hugepages` must be true or false, got 'yes'"),
-        ({"user_vectors_mb": "256"}, r"`user_vectors_mb` must be a number of MiB \(0 = off\), got '256'"),
+        ({"user_vectors_mb": "256"}, r"`user_vectors_mb` must be a number, got '256' \(str\)"),
     ],
 )
 def test_config_errors_name_the_field(data, match):
@@ -72,6 +76,18 @@ def test_config_missing_and_invalid_files(tmp_path):
     bad.write_text("port = [")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         ServerConfig.from_toml(bad)
+
+
+def test_config_file_errors_name_the_file_and_the_key(tmp_path):
+    path = tmp_path / "server.toml"
+    path.write_text("max_k = 10\n[exposures]\nrotate_row = 5\n")
+    with pytest.raises(ConfigError, match=r"^server config '.*server.toml': unknown key\(s\) \['rotate_row'\] in "
+                       r"`exposures` \('rotate_row' -> did you mean 'rotate_rows'\?\)"):  # fmt: skip
+        ServerConfig.from_toml(path)
+    path.write_text('port = 0\n[exposures]\nrotate_seconds = "1m"\n')
+    with pytest.raises(ConfigError, match=r"^server config '.*': `exposures.rotate_seconds` must be a number, "
+                       r"got '1m' \(str\)$"):  # fmt: skip
+        ServerConfig.from_toml(path)
 
 
 @pytest.mark.parametrize(

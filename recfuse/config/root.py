@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from recfuse.config.index import IndexConfig
 from recfuse.config.item_head import ItemHeadConfig
 from recfuse.config.modality import ModalityConfig, default_modalities
 from recfuse.config.model import ModelConfig
-from recfuse.config.parse import build_section, closest, to_plain
+from recfuse.config.parse import build_section, closest, load_toml, to_plain
 from recfuse.config.train import TrainConfig
 from recfuse.errors import ConfigError
 
@@ -76,15 +75,13 @@ class RecfuseConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RecfuseConfig:
-        """Load a TOML file. Relative data paths stay as written (resolved by the caller's cwd)."""
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing TOML file") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {err}") from None
-        return cls.from_dict(raw)
+        """Load a TOML file. Relative data paths stay as written (resolved by the caller's cwd).
+
+        Raises:
+            ConfigError: the file is missing or not TOML, or a key or value is invalid (the message
+                starts with the file's path and names the key).
+        """
+        return load_toml(path, cls.from_dict, "config file", "pass an existing TOML file")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""

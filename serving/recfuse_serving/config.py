@@ -1,7 +1,9 @@
 """Server configuration (``server.toml``): frozen dataclasses, validated on construction, CLI flags win.
 
 Sections: top-level network/limits keys, ``[ab]`` (variant routing), ``[exposures]``, ``[tls]``, ``[auth]``.
-Unknown keys are errors, so a typo never silently becomes a default.
+Read by the library's config loader (:mod:`recfuse.config.parse`), so it fails as the training
+config does: an unknown key is named with a did-you-mean hint (a typo never silently becomes a
+default), a value of the wrong type is named with its type, and the message names the file.
 
 Example ``server.toml``::
 
@@ -32,12 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recfuse.config.parse import build_section, load_toml
 from recfuse.errors import ConfigError
 from recfuse.variants import validate_shares
 from recfuse_serving import sizes
@@ -273,45 +275,23 @@ class ServerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerConfig:
-        """Build from parsed TOML; unknown keys raise :class:`ConfigError` naming them."""
-        sections = {"ab": ABConfig, "exposures": ExposureConfig, "tls": TLSConfig, "auth": AuthConfig}
-        kwargs: dict[str, Any] = {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key, value in data.items():
-            if key not in known:
-                raise ConfigError(f"unknown server config key {key!r}; known keys: {sorted(known)}")
-            if key in sections:
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"`{key}` must be a table ([{key}]), got {value!r}")
-                sub = sections[key]
-                sub_known = {f.name for f in dataclasses.fields(sub)}
-                unknown = set(value) - sub_known
-                if unknown:
-                    raise ConfigError(f"unknown key(s) {sorted(unknown)} in [{key}]; known keys: {sorted(sub_known)}")
-                if key == "auth":
-                    value = {
-                        k: tuple(v) if k.endswith("tokens") and isinstance(v, list) else v for k, v in value.items()
-                    }
-                kwargs[key] = sub(**value)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        """Build from parsed TOML with the library's loader (:func:`recfuse.config.parse.build_section`).
+
+        Raises:
+            ConfigError: an unknown key (named, with a did-you-mean hint), a value of the wrong type or
+                an invalid value.
+        """
+        return build_section(cls, data, "")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ServerConfig:
         """Read ``server.toml``.
 
         Raises:
-            ConfigError: missing/unreadable file, invalid TOML, unknown keys or invalid values.
+            ConfigError: missing/unreadable file, invalid TOML, unknown keys or invalid values (the
+                message starts with the file's path).
         """
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"server config {str(p)!r} does not exist; pass --config PATH to a server.toml") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"server config {str(p)!r} is not valid TOML: {exc}") from None
-        return cls.from_dict(data)
+        return load_toml(path, cls.from_dict, "server config", "pass --config PATH to a server.toml")
 
     def with_overrides(self, **overrides: Any) -> ServerConfig:
         """A copy with the non-``None`` overrides applied (CLI flags)."""
