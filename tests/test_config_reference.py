@@ -58,7 +58,7 @@ def test_every_field_of_every_section_is_in_the_reference() -> None:
         ("recfuse.toml", "[eval]"): _names(cfg.EvalConfig),
         ("recfuse.toml", "[bundle]"): _names(cfg.BundleConfig),
         ("recfuse.toml", "[item_head]"): _names(cfg.ItemHeadConfig),
-        ("exp.toml", "[experiment]"): _names(experiment_config.ExperimentSpec, ("variants", "baselines")),
+        ("exp.toml", "[experiment]"): _names(experiment_config.ExperimentSettings),
         ("exp.toml", "[[variants]]"): _names(experiment_config.VariantSpec),
         ("exp.toml", "[baselines]"): _names(baselines.BaselineSettings),
         ("server.toml", "top level"): _names(server_config.ServerConfig, ("ab", "exposures", "tls", "auth")),

@@ -90,13 +90,35 @@ def test_metric_direction() -> None:
         (HEAD.replace("[experiment]", "[experiment]\nalpha = 1.5") + VARIANTS,
          r"`experiment.alpha` must be in \(0, 1\)"),
         (HEAD.replace("[experiment]", "[experiment]\nn_boot = 5") + VARIANTS, "must be >= 100"),
-        (HEAD.replace("ks = [5, 10]", 'ks = ["x"]') + VARIANTS, "must be lists of integers"),
+        (HEAD.replace("ks = [5, 10]", 'ks = ["x"]') + VARIANTS,
+         r"`experiment.ks\[0\]` must be an integer, got 'x' \(str\)"),
+        (HEAD.replace("seeds = [1, 2]", "seeds = 3") + VARIANTS,
+         r"`experiment.seeds` must be a list of integers, got 3 \(int\)"),
+        (HEAD.replace("seeds = [1, 2]\n", "") + VARIANTS,
+         r"`experiment` is missing the required key\(s\) \['seeds'\]"),
+        (HEAD.replace("[experiment]", "[experiment]\nalpha = \"0.05\"") + VARIANTS,
+         r"`experiment.alpha` must be a number, got '0.05' \(str\)"),
+        (HEAD.replace("[experiment]", "[experiment]\nmetrics = \"ndcg@5\"") + VARIANTS,
+         r"unknown key\(s\) \['metrics'\] in `experiment` \('metrics' -> did you mean 'metric'\?\)"),
+        (HEAD + VARIANTS + '[[variants]]\nkind = "model"\n',
+         r"`variants\[2\]` is missing the required key\(s\) \['name'\]"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\noverride = { "model.dim" = 8 }\n',
+         r"unknown key\(s\) \['override'\] in `variants\[2\]` \('override' -> did you mean 'overrides'\?\)"),
+        (HEAD + VARIANTS + '[[variants]]\nname = "c"\noverrides = 3\n',
+         r"`variants\[2\].overrides` must be a table, got 3"),
         (HEAD + '[[variants]]\nname = "a"\n', "at least 2 entries"),
     ],
 )
 def test_invalid_experiments_raise_naming_the_field(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_experiment(_write(tmp_path, text))
+
+
+def test_errors_start_with_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^experiment file '.*exp.toml': unknown key\(s\) \['colour'\] in `exp"):
+        load_experiment(_write(tmp_path, HEAD.replace("[model]", "colour = 1\n[model]") + VARIANTS))
+    with pytest.raises(ConfigError, match=r"^experiment file '.*': `baselines.itemknn_shrink` must be a number"):
+        load_experiment(_write(tmp_path, HEAD + VARIANTS + '\n[baselines]\nitemknn_shrink = "x"\n'))
 
 
 def test_missing_and_broken_files(tmp_path: Path) -> None:

@@ -148,15 +148,12 @@ def sections(server_config: Path) -> list[Section]:
         ("[item_head]", cfg.ItemHeadConfig),
     ):
         out.append(Section(lib, table, _summary(cls), _keys(cls)))
-    exp, spec = "exp.toml", experiment_config.ExperimentSpec
-    fields = [f for f in dataclasses.fields(spec) if f.name not in ("variants", "baselines")]
-    # in the file, `base` is a path and `name` has a default; the spec holds what they resolve to
-    overrides = {
-        "name": ("str", "the file's stem", None),
-        "base": ("str", "none", "Optional base recfuse config (TOML), relative to exp.toml; the file's "
-                 "other tables (`[model]`, `[[modalities]]` …) override it."),
-    }  # fmt: skip
-    out.append(Section(exp, "[experiment]", _summary(spec), _keys(spec, fields, overrides)))
+    exp, settings = "exp.toml", experiment_config.ExperimentSettings
+    # an unset `name` is the file's stem
+    overrides = {"name": ("str", "the file's stem", None)}
+    out.append(
+        Section(exp, "[experiment]", _summary(experiment_config.ExperimentSpec), _keys(settings, None, overrides))
+    )
     out.append(Section(exp, "[[variants]]", _summary(experiment_config.VariantSpec),
                        _keys(experiment_config.VariantSpec)))  # fmt: skip
     out.append(Section(exp, "[baselines]", _summary(baselines.BaselineSettings), _keys(baselines.BaselineSettings)))

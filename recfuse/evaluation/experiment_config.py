@@ -47,13 +47,13 @@ import dataclasses
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recfuse.config import RecfuseConfig
+from recfuse.config.parse import build_section, load_toml, read_toml
 from recfuse.errors import ConfigError
 from recfuse.evaluation.baselines import BASELINES, BaselineSettings
 
@@ -62,7 +62,37 @@ AGGREGATE_METRICS = ("coverage", "gini")
 LOWER_IS_BETTER = ("gini",)
 _METRIC_RE = re.compile(r"^([a-z]+)@(\d+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_EXPERIMENT_KEYS = {"name", "base", "control", "seeds", "metric", "ks", "alpha", "n_boot", "n_perm"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentSettings:
+    """The ``[experiment]`` table as written (:class:`ExperimentSpec` holds what it resolves to).
+
+    Attributes:
+        name: experiment name (default output folder ``runs/experiments/<name>``; unset: the file's stem).
+        base: optional base recfuse config (TOML), relative to exp.toml; the file's other tables
+            (``[model]``, ``[[modalities]]`` …) override it.
+        control: the variant the others are compared with (one of ``[[variants]]``).
+        seeds: training seeds (each model variant is trained once per seed; ``data.split_seed`` stays fixed).
+        metric: primary metric ``name@k`` (per-user metric; k in ``ks``): verdicts, Holm family, ablation bars.
+        ks: cut-offs evaluated.
+        alpha: significance level (family-wise, Holm).
+        n_boot: bootstrap replicates of the confidence intervals.
+        n_perm: sign-flip permutations of the p-values.
+    """
+
+    name: str = ""
+    base: str = ""
+    control: str
+    seeds: tuple[int, ...]
+    metric: str = "recall@10"
+    ks: tuple[int, ...] = (10, 20, 50)
+    alpha: float = 0.05
+    n_boot: int = 2000
+    n_perm: int = 5000
+
+
+_EXPERIMENT_KEYS = {f.name for f in dataclasses.fields(ExperimentSettings)}
 
 
 @dataclass(frozen=True)
@@ -111,11 +141,11 @@ class ExperimentSpec:
     variants: tuple[VariantSpec, ...]
     control: str
     seeds: tuple[int, ...]
-    metric: str = "recall@10"
-    ks: tuple[int, ...] = (10, 20, 50)
-    alpha: float = 0.05
-    n_boot: int = 2000
-    n_perm: int = 5000
+    metric: str = ExperimentSettings.metric
+    ks: tuple[int, ...] = ExperimentSettings.ks
+    alpha: float = ExperimentSettings.alpha
+    n_boot: int = ExperimentSettings.n_boot
+    n_perm: int = ExperimentSettings.n_perm
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
 
     def __post_init__(self) -> None:
@@ -197,21 +227,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _variant(raw: Any, i: int) -> VariantSpec:
+    """One ``[[variants]]`` table: keys and types by the config loader, then the variant's own rules."""
     where = f"variants[{i}]"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"`{where}` must be a table with a `name`, got {raw!r}")
-    known_keys = ["baseline", "kind", "modalities", "name", "overrides"]
-    unknown = sorted(set(raw) - set(known_keys))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in `{where}`; known: {known_keys}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(f"`{where}.name` must be letters/digits/_.- (used in paths), got {name!r}")
-    kind = raw.get("kind", "model")
-    if kind not in ("model", "baseline"):
-        raise ConfigError(f"`{where}.kind` must be 'model' or 'baseline', got {kind!r}")
-    if kind == "baseline":
-        baseline = raw.get("baseline", name)
+    spec = build_section(VariantSpec, raw, where)
+    if not _NAME_RE.match(spec.name):
+        raise ConfigError(f"`{where}.name` must be letters/digits/_.- (used in paths), got {spec.name!r}")
+    if spec.kind not in ("model", "baseline"):
+        raise ConfigError(f"`{where}.kind` must be 'model' or 'baseline', got {spec.kind!r}")
+    if spec.is_baseline:
+        baseline = spec.baseline or spec.name
         if baseline not in BASELINES:
             raise ConfigError(
                 f"`{where}`: baseline {baseline!r} is not one of {list(BASELINES)}; name the variant after one or "
@@ -220,87 +244,54 @@ def _variant(raw: Any, i: int) -> VariantSpec:
         extra = sorted(set(raw) & {"overrides", "modalities"})
         if extra:
             raise ConfigError(f"`{where}` is a baseline: {extra} do not apply to it (no tower is trained); remove them")
-        return VariantSpec(name, {}, (), kind="baseline", baseline=str(baseline))
+        return dataclasses.replace(spec, baseline=baseline)
     if "baseline" in raw:
-        raise ConfigError(f"`{where}.baseline` needs `kind = \"baseline\"`, got kind {kind!r}")
-    overrides = raw.get("overrides", {})
-    if not isinstance(overrides, Mapping):
-        raise ConfigError(f"`{where}.overrides` must be a table of dotted keys, got {overrides!r}")
-    named = sorted(k for k in overrides if str(k).split(".")[0] in ("variant", "bundle"))
+        raise ConfigError(f"`{where}.baseline` needs `kind = \"baseline\"`, got kind {spec.kind!r}")
+    named = sorted(k for k in spec.overrides if str(k).split(".")[0] in ("variant", "bundle"))
     if named:
         raise ConfigError(
             f"`{where}.overrides` may not change {named}: each run is published under its variant's `name`; "
             "drop the key"
         )
-    data_keys = sorted(k for k in overrides if str(k).split(".")[0] == "data")
+    data_keys = sorted(k for k in spec.overrides if str(k).split(".")[0] == "data")
     if data_keys:
         raise ConfigError(
             f"`{where}.overrides` may not change {data_keys}: every variant must train on the same split; "
             "put data settings in the base config"
         )
-    mods = raw.get("modalities", [])
-    if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods) or (mods == [] and "modalities" in raw):
-        raise ConfigError(f"`{where}.modalities` must be a non-empty list of modality names, got {mods!r}")
-    return VariantSpec(name, dict(overrides), tuple(mods))
+    if "modalities" in raw and not spec.modalities:
+        raise ConfigError(f"`{where}.modalities` must be a non-empty list of modality names, got []")
+    return spec
 
 
 def parse_experiment(raw: Mapping[str, Any], base_dir: Path, default_name: str = "experiment") -> ExperimentSpec:
     """Build an :class:`ExperimentSpec` from a parsed exp.toml (``base`` resolved against ``base_dir``)."""
     raw = dict(raw)
-    exp = raw.pop("experiment", None)
-    if not isinstance(exp, Mapping):
+    if not isinstance(raw.get("experiment"), Mapping):
         raise ConfigError("exp.toml needs an [experiment] table with at least `control` and `seeds`")
-    unknown = sorted(set(exp) - _EXPERIMENT_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in `experiment`; known keys: {sorted(_EXPERIMENT_KEYS)}")
+    exp = build_section(ExperimentSettings, raw.pop("experiment"), "experiment")
     variants_raw = raw.pop("variants", None)
-    settings = _baseline_settings(raw.pop("baselines", {}))
+    settings = build_section(BaselineSettings, raw.pop("baselines", {}), "baselines")
     if not isinstance(variants_raw, list):
         raise ConfigError("exp.toml needs [[variants]] tables (each with a `name`), got none")
     base_raw: dict[str, Any] = {}
-    if "base" in exp:
-        base_path = (base_dir / str(exp["base"])).resolve()
-        try:
-            base_raw = tomllib.loads(base_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            msg = f"`experiment.base` {str(base_path)!r} does not exist; give a path relative to exp.toml"
-            raise ConfigError(msg) from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"`experiment.base` {str(base_path)!r} is not valid TOML: {err}") from None
+    if exp.base:
+        base_path = (base_dir / exp.base).resolve()
+        base_raw = read_toml(base_path, "`experiment.base`", "give a path relative to exp.toml")
     base = RecfuseConfig.from_dict(_merge(base_raw, raw))
-    try:
-        seeds = tuple(int(s) for s in exp.get("seeds", ()))
-        ks = tuple(int(k) for k in exp.get("ks", (10, 20, 50)))
-    except (TypeError, ValueError):
-        raise ConfigError(f"`experiment.seeds` and `experiment.ks` must be lists of integers, got {exp!r}") from None
     return ExperimentSpec(
-        name=str(exp.get("name", default_name)),
+        name=exp.name or default_name,
         base=base,
         variants=tuple(_variant(v, i) for i, v in enumerate(variants_raw)),
-        control=str(exp.get("control", "")),
-        seeds=seeds,
-        metric=str(exp.get("metric", "recall@10")),
-        ks=ks,
-        alpha=float(exp.get("alpha", 0.05)),
-        n_boot=int(exp.get("n_boot", 2000)),
-        n_perm=int(exp.get("n_perm", 5000)),
+        control=exp.control,
+        seeds=exp.seeds,
+        metric=exp.metric,
+        ks=exp.ks,
+        alpha=exp.alpha,
+        n_boot=exp.n_boot,
+        n_perm=exp.n_perm,
         baselines=settings,
     )
-
-
-def _baseline_settings(raw: Any) -> BaselineSettings:
-    """``[baselines]`` -> :class:`BaselineSettings` (unknown keys and bad values named)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"`baselines` must be a table of BaselineSettings fields, got {raw!r}")
-    known = {f.name: f for f in dataclasses.fields(BaselineSettings)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in `baselines`; known keys: {sorted(known)}")
-    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    try:
-        return BaselineSettings(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"`baselines`: {err}") from None
 
 
 def load_experiment(path: str | Path) -> ExperimentSpec:
@@ -310,14 +301,12 @@ def load_experiment(path: str | Path) -> ExperimentSpec:
         ConfigError: missing file, invalid TOML, or any invalid field (the message names it).
     """
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"experiment file {str(p)!r} does not exist; pass --config path/to/exp.toml") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"experiment file {str(p)!r} is not valid TOML: {err}") from None
-    spec = parse_experiment(raw, p.parent, default_name=p.stem)
-    for v in spec.variants:  # fail before any training when an override is wrong
-        if not v.is_baseline:
-            spec.run_config(v, spec.seeds[0])
-    return spec
+
+    def build(raw: dict[str, Any]) -> ExperimentSpec:
+        spec = parse_experiment(raw, p.parent, default_name=p.stem)
+        for v in spec.variants:  # fail before any training when an override is wrong
+            if not v.is_baseline:
+                spec.run_config(v, spec.seeds[0])
+        return spec
+
+    return load_toml(p, build, "experiment file", "pass --config path/to/exp.toml")
