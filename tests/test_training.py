@@ -41,6 +41,17 @@ def _decided(cfg: RecfuseConfig, **model: object) -> RecfuseConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
 
 
+def _schedule_cfg(cfg: RecfuseConfig) -> RecfuseConfig:
+    """``cfg`` with only its cheapest modality (the 8-wide audio vector): for the tests of the
+    trainer's epoch loop (early stopping, min_epochs, evaluation cadence, EMA, LR cuts, determinism),
+    which do not depend on the branches. A run costs about half of the full config's (its image and
+    text branches, built and traced on every run); the `trained` fixture covers all three branches."""
+    raw = cfg.to_dict()
+    raw["modalities"] = [m for m in raw["modalities"] if m["name"] == "audio"]
+    assert len(raw["modalities"]) == 1, raw["modalities"]
+    return RecfuseConfig.from_dict(raw)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory):
     from recfuse.data.splits import split_interactions
@@ -164,7 +175,8 @@ def test_deterministic_flag_turns_on_tensorflow_op_determinism(data, tmp_path: P
     import subprocess
     import sys
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     script = f"""
 import json, sys
@@ -230,7 +242,8 @@ def test_early_stopping_keeps_the_best_epoch(data, tmp_path: Path) -> None:
     from recfuse.models.trained import TrainedModel
     from recfuse.training import trainer
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     # scripted validation metric: improves to epoch 2, then falls for `patience` evaluations
     scores = iter([0.2, 0.5, 0.1, 0.05, 0.3, 0.3])
     calls: list[int] = []
@@ -317,7 +330,8 @@ def test_empty_training_split_is_rejected(data, tmp_path: Path) -> None:
 def test_min_epochs_holds_off_early_stopping(data, tmp_path: Path) -> None:
     from recfuse.training import trainer
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     scores = iter([0.2, 0.5, 0.1, 0.05, 0.3, 0.3])
     mp = pytest.MonkeyPatch()
     mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
@@ -340,7 +354,8 @@ def test_unset_min_epochs_holds_off_early_stopping_for_a_quarter_of_the_cap(
     right after epoch 1 still trains to epoch 3; 0 restores plain patience (stop after epoch 2)."""
     from recfuse.training import trainer
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     scores = iter([0.5] + [0.1] * 11)
     mp = pytest.MonkeyPatch()
     mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
@@ -356,7 +371,8 @@ def test_epochs_between_evaluations_leave_the_best_weights_alone(data, tmp_path:
     from recfuse.models.trained import TrainedModel
     from recfuse.training import trainer
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     scores = iter([0.5, 0.2, 0.1])  # evaluated after epochs 2, 4, 6
     mp = pytest.MonkeyPatch()
     mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
@@ -382,7 +398,8 @@ def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path: Pat
     from recfuse.models.trained import TrainedModel
     from recfuse.training import trainer
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     scores = iter([0.1, 0.5, 0.2])
     mp = pytest.MonkeyPatch()
     mp.setattr(trainer, "recall_at_k", lambda q, items, vq, k: next(scores))
@@ -411,7 +428,8 @@ def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path: Pat
 def test_learning_rate_is_cut_on_a_plateau_and_kept_on_resume(data, tmp_path: Path) -> None:
     from recfuse.training import trainer
 
-    _root, cfg, ds, split = data
+    _root, full, ds, split = data
+    cfg = _schedule_cfg(full)
     out = tmp_path / "m"
     mp = pytest.MonkeyPatch()
 
