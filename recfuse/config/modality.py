@@ -24,9 +24,11 @@ class ModalityConfig:
             weights) or ``vector`` (precomputed column); for text ``tokens`` or ``vector``.
         columns: catalog columns feeding this modality (text: concatenated; vector/image: one).
         dim: width of a precomputed vector column (required when ``source``/``kind`` is vector).
-        augment: raw-image CNN only: random left-right flips and shifts of up to 1/8 of the side
+        augment: raw-image CNN only: random left-right flips and shifts of up to ``augment_shift`` of the side
             while training (inference unchanged). Default on; set false for pictures whose
             orientation carries meaning (text in the image, for example).
+        augment_shift: raw-image CNN with ``augment`` only: the largest random shift while training,
+            as a fraction of the image side, in [0, 0.5) (default 0.125 = 1/8; 0 keeps the flips only).
         min_item_count: text tokens found in fewer catalog items than this map to OOV (default 1:
             keep all). 2 keeps a token unique to one item from acting as that item's id.
         token_dropout: token text only: probability of hiding each token of an item's text while
@@ -61,6 +63,7 @@ class ModalityConfig:
     # raw-image CNN: random flips and shifts while training. Unset: on for a raw-image CNN, off (and
     # not allowed) elsewhere
     augment: bool | None = None
+    augment_shift: float = 0.125
 
     def __post_init__(self) -> None:
         sec = f"modalities.{self.name or '?'}"
@@ -95,6 +98,13 @@ class ModalityConfig:
             raise ConfigError(
                 f"`{sec}.augment` applies to the raw-image CNN only (kind 'image', source 'raw'), "
                 f"got kind {self.kind!r} source {self.source!r}; remove it"
+            )
+        if not 0.0 <= self.augment_shift < 0.5:
+            raise ConfigError(f"`{sec}.augment_shift` must be in [0, 0.5), got {self.augment_shift!r}")
+        if self.augment_shift != ModalityConfig.augment_shift and not self.augment:
+            raise ConfigError(
+                f"`{sec}.augment_shift` applies to the raw-image CNN with `augment` on only, got kind {self.kind!r} "
+                f"source {self.source!r} augment {self.augment}; remove it"
             )
         if self.min_item_count != 1 and not (self.kind == "text" and self.source == "tokens"):
             raise ConfigError(

@@ -45,6 +45,14 @@ class ModelConfig:
             is stored resolved): 4 at the default ``dim = 64``, so image, text, categories and one
             more modality can each keep a head, and 2 for ``dim < 48``, where four heads would be
             under 16 dimensions each.
+        attention_dropout: dropout on the ``attention`` fusion's attention weights while training
+            (:class:`recfuse.layers.fusion.AttentionFusion`'s ``dropout``; default 0: off).
+            Inference is unchanged.
+        gated_hidden: width of the ``gated`` fusion's token scorer ``v·tanh(W t)``
+            (:class:`recfuse.layers.fusion.GatedFusion`'s ``hidden``); 0 (the default) means ``dim``.
+        alignment_hidden: hidden width of the ``mlp`` alignment, Dense(ReLU) -> Dense(``dim``)
+            (:class:`recfuse.layers.alignment.ModalityProjection`'s ``hidden``); 0 (the default)
+            means ``2 * dim``. Ignored by the ``linear`` and ``scale`` alignments.
         attention_layers: Transformer blocks of masked self-attention over the modality tokens before
             the ``attention`` fusion pools them (each modality's token then carries what the others
             say about the item); 0 pools the aligned tokens directly.
@@ -91,6 +99,9 @@ class ModelConfig:
     learn_lambda: bool = True
     attention_heads: int | None = None
     attention_layers: int = 0
+    attention_dropout: float = 0.0
+    gated_hidden: int = 0
+    alignment_hidden: int = 0
     modality_dropout: float = 0.1
     item_id_embedding: bool = True
     item_id_dropout: float = 0.5
@@ -132,6 +143,9 @@ class ModelConfig:
         object.__setattr__(self, "attention_heads", heads)
         check_range("model", "attention_heads", heads, 1, 64)
         check_range("model", "attention_layers", self.attention_layers, 0, 8)
+        check_range("model", "attention_dropout", self.attention_dropout, 0.0, 0.9)
+        check_range("model", "gated_hidden", self.gated_hidden, 0, 65536)
+        check_range("model", "alignment_hidden", self.alignment_hidden, 0, 65536)
         check_range("model", "mixed_negatives", self.mixed_negatives, 0, 1_000_000)
         check_choice("model", "query_encoder", self.query_encoder, ("attention", "transformer"))
         check_range("model", "query_layers", self.query_layers, 1, 4)

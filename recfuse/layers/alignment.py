@@ -23,7 +23,7 @@ from typing import Any
 
 import tensorflow as tf
 
-ALIGNMENTS = ("linear", "mlp", "scale")
+from recfuse.config.model import ALIGNMENTS
 
 
 @tf.keras.utils.register_keras_serializable(package="recfuse")

@@ -1,6 +1,7 @@
 """Fusion variants: ``[b, M, d]`` modality tokens + ``[b, M]`` presence mask -> ``[b, d]`` item vector.
 
-Registry :data:`FUSIONS` (selected by ``cfg.model.fusion``):
+Registry :data:`FUSIONS` (selected by ``cfg.model.fusion``; its names are
+:data:`recfuse.config.FUSIONS`, the one list the config validates against):
 
 * ``concat``: masked tokens concatenated with the mask indicators -> MLP -> ``d``;
 * ``weighted``: ``Z = (1-λ)·image + λ·mean(other present tokens)``, λ a learnable sigmoid-parameterised
@@ -29,7 +30,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from recfuse.errors import ConfigError
+from recfuse.config.checks import check_choice
+from recfuse.config.model import FUSIONS as FUSION_NAMES
 from recfuse.layers.text import TransformerBlock
 
 _NEG = -1e9
@@ -289,13 +291,15 @@ class AttentionFusion(Fusion):
         }
 
 
-FUSIONS: dict[str, type[Fusion]] = {
+_CLASSES: dict[str, type[Fusion]] = {
     "concat": ConcatFusion,
     "weighted": WeightedFusion,
     "max": MaxFusion,
     "gated": GatedFusion,
     "attention": AttentionFusion,
 }
+#: the layer of each fusion the config accepts, in its order (a name without a layer fails at import)
+FUSIONS: dict[str, type[Fusion]] = {name: _CLASSES[name] for name in FUSION_NAMES}
 
 
 def make_fusion(
@@ -308,20 +312,33 @@ def make_fusion(
     weighted_lambda: float = 0.5,
     learn_lambda: bool = True,
     encoder_layers: int = 0,
+    dropout: float = 0.0,
+    gated_hidden: int = 0,
 ) -> Fusion:
-    """Build the fusion layer registered under ``name``.
+    """Build the fusion layer registered under ``name`` with the options that variant reads.
+
+    Args:
+        name: one of :data:`FUSIONS` (``model.fusion``).
+        dim: width ``d`` (``model.dim``).
+        num_tokens: ``M``, the modality tokens (``concat`` only).
+        primary_index: the image token's index, -1 when there is none (``weighted`` only).
+        hidden: ``model.fusion_hidden`` (``concat``'s MLP, ``attention``'s feed-forward net).
+        num_heads: ``model.attention_heads`` (``attention`` only).
+        weighted_lambda / learn_lambda: ``model.weighted_lambda`` / ``model.learn_lambda`` (``weighted``).
+        encoder_layers: ``model.attention_layers`` (``attention`` only).
+        dropout: ``model.attention_dropout`` (``attention`` only).
+        gated_hidden: ``model.gated_hidden``, the scorer's width, 0 = ``dim`` (``gated`` only).
 
     Raises:
         ConfigError: ``name`` is not in :data:`FUSIONS`.
     """
-    if name not in FUSIONS:
-        raise ConfigError(f"`model.fusion` {name!r} is not a known fusion; choose one of {sorted(FUSIONS)}")
+    check_choice("model", "fusion", name, FUSION_NAMES)
     if name == "concat":
         return ConcatFusion(dim, num_tokens, hidden, name="fusion")
     if name == "weighted":
         return WeightedFusion(dim, primary_index, weighted_lambda, learn_lambda, name="fusion")
     if name == "gated":
-        return GatedFusion(dim, name="fusion")
+        return GatedFusion(dim, gated_hidden, name="fusion")
     if name == "attention":
-        return AttentionFusion(dim, num_heads, hidden, encoder_layers=encoder_layers, name="fusion")
+        return AttentionFusion(dim, num_heads, hidden, dropout, encoder_layers, name="fusion")
     return FUSIONS[name](dim, name="fusion")

@@ -60,7 +60,11 @@ def _encoder(m: ModalityConfig, vocabularies: Mapping[str, Sequence[str]]) -> tf
         if m.source == "backbone":
             return BackboneEncoder(m.backbone, m.image_size, m.backbone_weights, m.trainable, name=f"{m.name}_backbone")
         return ImageCNN(
-            m.cnn_filters, augment=bool(m.augment), convs_per_block=m.cnn_convs_per_block, name=f"{m.name}_cnn"
+            m.cnn_filters,
+            augment=bool(m.augment),
+            augment_shift=m.augment_shift,
+            convs_per_block=m.cnn_convs_per_block,
+            name=f"{m.name}_cnn",
         )
     if m.kind == "text":
         return TextEncoder(
@@ -137,7 +141,12 @@ class CandidateTower(tf.keras.Model):
         self.encoders = {m.name: _encoder(m, self.vocabularies) for m in cfg.modalities}
         self.projections = {
             m.name: ModalityProjection(
-                mc.dim, mc.alignment, normalize=mc.normalize_tokens, seed=i, name=f"{m.name}_align"
+                mc.dim,
+                mc.alignment,
+                hidden=mc.alignment_hidden,
+                normalize=mc.normalize_tokens,
+                seed=i,
+                name=f"{m.name}_align",
             )
             for i, m in enumerate(cfg.modalities)
         }
@@ -167,6 +176,8 @@ class CandidateTower(tf.keras.Model):
             weighted_lambda=mc.weighted_lambda,
             learn_lambda=mc.learn_lambda,
             encoder_layers=mc.attention_layers,
+            dropout=mc.attention_dropout,
+            gated_hidden=mc.gated_hidden,
         )
         self.contrastive_weight = mc.contrastive_weight if self.image_index >= 0 and self.text_index >= 0 else 0.0
 
