@@ -76,6 +76,17 @@ def test_every_field_of_every_section_is_in_the_reference() -> None:
     }
 
 
+def test_every_key_has_a_description() -> None:
+    secs = config_ref.sections(config_ref.server_source(""))
+    missing = [
+        f"{s.file} {s.table} {k.name}"
+        for s in secs
+        for k in s.keys
+        if k.doc == config_ref.NO_DOC or k.doc.startswith("(")  # "—" or a bare group label: "(image options)"
+    ]
+    assert not missing, f"document these keys (the dataclass docstring's Attributes, or a comment): {missing}"
+
+
 def test_server_defaults_read_from_source_equal_the_dataclass_defaults() -> None:
     secs = config_ref.sections(config_ref.server_source(""))
     keys = {(s.table, k.name): k for s in secs if s.file == "server.toml" for k in s.keys}

@@ -55,6 +55,7 @@ def test_config_from_toml_with_sections(tmp_path):
         ({"ab": []}, r"`ab` must be a table, got \[\] \(list\)"),
         ({"auth": {"tokens": "0123456789"}}, r"`auth.tokens` must be a list of strings, got '0123456789' \(str\)"),
         ({"tls": {"cert_file": "a.pem"}}, "must be set together"),
+        ({"exposures": {"rotate_rows": 0}}, r"`exposures.rotate_rows` must be > 0, got 0"),
         ({"auth": {"tokens": ["short"]}}, r"`auth.tokens\[0\]` must be a string of at least 8"),
         ({"queue_timeout_s": -1}, "`queue_timeout_s` must be >= 0"),
         ({"batching": "yes"}, "`batching` must be true or false, got 'yes'"),

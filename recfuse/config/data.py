@@ -21,8 +21,15 @@ class DataConfig:
             standard leave-one-out protocol), ``cold_start`` (items held out) or ``column`` (the
             interactions' own ``split`` column: ``train`` / ``valid`` / ``test``); see
             :mod:`recfuse.data.splits`.
+        split_seed: seed of the ``random`` and ``cold_start`` splits (the same seed gives the same split;
+            an experiment keeps it fixed across variants and seeds).
         cold_item_fraction: share of items held out entirely for the ``cold_start`` split.
+        max_history: longest history a query reads: training examples and evaluation queries keep a
+            user's latest ``max_history`` interactions.
         on_bad_rows: ``fail`` stops at the first unusable row; ``quarantine`` writes them to a side file.
+        quarantine_dir: where ``on_bad_rows = "quarantine"`` writes the rejected rows
+            (``rejected_items.parquet``, ``rejected_interactions.parquet``); empty means ``quarantine/``
+            beside the catalog file.
         allow_external_images: image paths may point outside ``images_dir`` (absolute paths, ``..``).
             Off by default: a catalog cannot make recfuse read files elsewhere on the machine.
         max_title_chars: longest ``title`` (characters, default 1000).

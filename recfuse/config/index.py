@@ -37,6 +37,11 @@ class IndexConfig:
         threads: faiss OpenMP threads set on build/load (``0`` leaves faiss's default; 1 suits
             single-query serving).
         seed: seed of the training sample and the recall queries.
+        ef_construction: HNSW efConstruction: candidates kept while the graph is built (higher: better
+            graph, slower build).
+        recall_queries: queries whose Recall@10 against exact search is measured after a build and
+            compared with ``recall_floor`` (0 skips the check).
+        exact_max_items: ``auto``: catalogs up to this many items get an exact ``Flat`` index.
         ef_search / nprobe: HNSW efSearch / IVF nprobe. Unset, export picks the smallest value of a
             grid whose served recall meets ``target_recall`` (and stores it in the bundle), or uses
             :data:`DEFAULT_EF_SEARCH` / :data:`DEFAULT_NPROBE` where nothing is tuned; a value set

@@ -24,6 +24,25 @@ class ModalityConfig:
             weights) or ``vector`` (precomputed column); for text ``tokens`` or ``vector``.
         columns: catalog columns feeding this modality (text: concatenated; vector/image: one).
         dim: width of a precomputed vector column (required when ``source``/``kind`` is vector).
+        image_size: images are resized to ``image_size`` x ``image_size`` pixels (raw CNN and backbone).
+        backbone: ``tf.keras.applications`` model of ``source = "backbone"`` (e.g. ``mobilenet_v3_small``).
+        backbone_weights: local weights file (.h5) of the backbone; nothing is downloaded, and empty means
+            random initialisation.
+        trainable: fine-tune the backbone's weights while training (``false`` keeps them frozen).
+        encoder: token text: ``mean`` (masked mean of the token embeddings) or ``transformer``
+            (``encoder_layers`` Transformer blocks with learned positions, then the masked mean).
+        vocab_size: token text and categorical: vocabulary size including the padding and OOV ids (the
+            ``vocab_size - 2`` most frequent tokens or categories of the catalog are kept).
+        max_tokens: token text: tokens read per item (longer texts are truncated).
+        char_ngrams: token text: longest character n-gram emitted for Chinese / Japanese runs (1 =
+            single characters; words elsewhere are whitespace tokens).
+        embedding_dim: token text and categorical: width of the token / category embeddings (the
+            branch's output, before alignment to ``model.dim``).
+        encoder_layers: token text with ``encoder = "transformer"``: Transformer blocks.
+        encoder_heads: token text with ``encoder = "transformer"``: attention heads of each block.
+        cnn_filters: raw-image CNN: output channels of each conv block (the last one is the feature
+            width); four blocks by default.
+        cnn_convs_per_block: raw-image CNN: 3x3 conv layers per block (default 1).
         augment: raw-image CNN only: random left-right flips and shifts of up to ``augment_shift`` of the side
             while training (inference unchanged). Default on; set false for pictures whose
             orientation carries meaning (text in the image, for example).

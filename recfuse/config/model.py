@@ -24,8 +24,14 @@ class ModelConfig:
         dim: shared embedding dimension ``d`` of both towers.
         fusion: fusion variant name (see :data:`FUSIONS`).
         alignment: projection of each modality into the shared space.
+        normalize: L2-normalise both towers' output embeddings (the inner product is then the cosine).
+        normalize_tokens: L2-normalise each aligned modality token before fusion (keeps modalities on one scale).
         weighted_lambda: λ of the ``weighted`` fusion, Z = (1−λ)·image + λ·others.
+        learn_lambda: ``weighted`` fusion: learn λ (initialised at ``weighted_lambda``) or keep it fixed.
         modality_dropout: probability of masking each present modality per item while training.
+        item_id_embedding: give each catalog item a learned id embedding, one more token of the item
+            tower (present for items with training interactions only, so cold items are embedded from
+            content).
         item_id_dropout: probability of hiding the item-id embedding while training (cold-start robustness).
         user_id_embedding: give each training user an embedding row in the query tower (``true``), or
             build the query from the history alone (``false``). ``"auto"`` (the default) decides at
@@ -33,6 +39,11 @@ class ModelConfig:
             :data:`recfuse.training.checks.SPARSE_USERS_MEDIAN` (10) distinct training items, off
             below. A user-id row learns only from its own user's targets, so with a handful of them it
             overfits. The model directory stores the resolved value.
+        user_oov_buckets: hashed query-tower rows shared by users outside the training vocabulary
+            (anonymous and new users), trained through ``train.user_dropout``.
+        query_hidden: widths of the query tower's ReLU hidden layers after the history summary.
+        fusion_hidden: hidden widths of the ``concat`` fusion's MLP and of the ``attention`` fusion's
+            feed-forward net.
         contrastive_weight: weight of the InfoNCE image–text alignment loss (0 disables it).
         modality_loss_weight: weight of the per-modality auxiliary retrieval losses (0 disables
             them): each content modality's aligned token is also scored alone against the query
@@ -57,6 +68,9 @@ class ModelConfig:
             the ``attention`` fusion pools them (each modality's token then carries what the others
             say about the item); 0 pools the aligned tokens directly.
         temperature: softmax temperature of the retrieval loss.
+        logq_correction: ``sampled`` softmax: subtract each candidate's log sampling probability from its
+            logit (corrects the popularity bias of in-batch negatives).
+        remove_accidental_hits: ignore in-batch negatives that are the positive item itself.
         mixed_negatives: extra uniformly sampled catalog items per batch (0 disables).
         popularity_prior: γ of a popularity prior trained into the model (0 disables): each item's
             vector is ranked multiplied by ``1 + γ·log(1 + training count)``
@@ -93,7 +107,6 @@ class ModelConfig:
     fusion: str = "attention"
     alignment: str = "mlp"
     normalize: bool = True
-    # L2-normalise each aligned modality token before fusion (keeps modalities on one scale)
     normalize_tokens: bool = True
     weighted_lambda: float = 0.5
     learn_lambda: bool = True

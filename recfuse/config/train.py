@@ -18,11 +18,18 @@ class TrainConfig:
     patience must outlast such plateaus and the noise of the validation metric.
     """
 
+    # most epochs of a run (a cap: early stopping usually ends it sooner)
     epochs: int = 50
+    # training examples per step (and, with the sampled softmax, the in-batch negatives of each)
     batch_size: int = 256
+    # initial learning rate of Adam (AdamW with ``weight_decay``)
     learning_rate: float = 3e-3
+    # seed of weight initialisation, shuffling and sampling (with ``deterministic``, the same config and
+    # seed give the same model)
     seed: int = 42
+    # K of the validation Recall@K that early stopping, the learning-rate decay and the best epoch follow
     eval_k: int = 10
+    # validation evaluations without improvement before training stops (0 disables early stopping)
     early_stopping_patience: int = 5
     # early stopping never ends a run before this many epochs (validation recall can sit on a
     # plateau while the towers reorganise; the best epoch is still the one kept). Unset: a quarter
@@ -32,7 +39,9 @@ class TrainConfig:
     # learning rate is multiplied by lr_decay_factor (0 = constant learning rate), never below
     # min_learning_rate; not before min_epochs. Off by default
     lr_decay_patience: int = 0
+    # reduce-on-plateau: the learning rate's multiplier at each decay (in [0.01, 0.99])
     lr_decay_factor: float = 0.5
+    # reduce-on-plateau: the learning rate never decays below this
     min_learning_rate: float = 1e-5
     # exponential moving average of the weights, updated every step with this momentum, warmed up as
     # min(momentum, (1 + step) / (10 + step)) so a short run's average is not its initialisation
@@ -53,6 +62,7 @@ class TrainConfig:
     # decoupled weight decay (AdamW): each step every weight but biases and normalisation parameters
     # shrinks by learning_rate * weight_decay of itself (0 = plain Adam)
     weight_decay: float = 0.0
+    # validate (early stopping, best checkpoint) every this many epochs
     eval_every_epochs: int = 1
     # ``live``: history items go through the candidate tower in each step (gradient reaches item
     # representations through the query side); ``memory_bank``: a refreshed, frozen item matrix
@@ -60,7 +70,10 @@ class TrainConfig:
     # with ``live``: the most history-only items run through the candidate tower per step, drawn at
     # random (0 = all, up to batch_size x max_history); the rest read the memory bank (default 256)
     live_history_items: int = 256
+    # ``memory_bank``: recompute the bank every this many steps (0: at the start of training and at each
+    # epoch end only)
     memory_refresh_steps: int = 0
+    # model directory ``recfuse train`` writes (weights, checkpoints, TensorBoard logs); ``--out`` wins
     out_dir: str = "runs/model"
     # share of examples whose user id is replaced by its hashed OOV bucket, so anonymous and new
     # users (who land in those buckets at serving time) get trained rows, not random ones

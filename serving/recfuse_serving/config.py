@@ -85,17 +85,36 @@ class ABConfig:
 
 @dataclass(frozen=True)
 class ExposureConfig:
-    """Exposure logging (one row per served Recommend). ``directory`` "" disables it."""
+    """Exposure logging (one row per served Recommend). ``directory`` "" disables it.
+
+    Attributes:
+        directory: folder of the exposure Parquet files; "" (the default) logs no exposures.
+        rotate_rows: start a new file after this many rows.
+        rotate_seconds: write buffered rows at least this often (seconds).
+        queue_size: bound of the in-memory queue; rows beyond it are dropped and counted.
+    """
 
     directory: str = ""
     rotate_rows: int = 10_000
     rotate_seconds: float = 60.0
     queue_size: int = 10_000
 
+    def __post_init__(self) -> None:
+        # checked when the config loads, not only when the logger starts
+        for name in ("rotate_rows", "rotate_seconds", "queue_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"`exposures.{name}` must be > 0, got {value!r}")
+
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """Server TLS: PEM files. Both empty = plaintext (fine on 127.0.0.1, not beyond)."""
+    """Server TLS: PEM files. Both empty = plaintext (fine on 127.0.0.1, not beyond).
+
+    Attributes:
+        cert_file: the server's PEM certificate chain; set together with ``key_file``.
+        key_file: the PEM private key of ``cert_file``.
+    """
 
     cert_file: str = ""
     key_file: str = ""
