@@ -50,6 +50,17 @@ def test_augment_shift_reaches_the_raw_image_cnn() -> None:
     assert _tower({}, [IMAGE]).encoders["img"].augment_shift == 0.125
 
 
+def test_text_encoder_ff_dim_and_dropout_reach_each_transformer_block() -> None:
+    text = {"name": "text", "kind": "text", "embedding_dim": 6, "max_tokens": 4, "encoder": "transformer"}
+    tower = _tower({}, [{**text, "encoder_layers": 2, "encoder_ff_dim": 10, "encoder_dropout": 0.2}])
+    enc = tower.encoders["text"]
+    assert (enc.ff_dim, enc.dropout) == (10, 0.2) and len(enc.blocks) == 2
+    for block in enc.blocks:
+        assert (block.ff_dim, block.dropout, block.ff1.units) == (10, 0.2, 10)
+    default = _tower({}, [text]).encoders["text"]
+    assert (default.ff_dim, default.dropout, default.blocks[0].ff_dim) == (12, 0.0, 12)  # 2 * embedding_dim
+
+
 @pytest.mark.parametrize(
     ("section", "raw", "match"),
     [
@@ -58,6 +69,16 @@ def test_augment_shift_reaches_the_raw_image_cnn() -> None:
         ("model", {"gated_hidden": -1}, r"`model.gated_hidden` must be in \[0, 65536\], got -1"),
         ("model", {"gated_hidden": 1.5}, r"`model.gated_hidden` must be an integer, got 1.5 \(float\)"),
         ("model", {"alignment_hidden": -2}, r"`model.alignment_hidden` must be in \[0, 65536\], got -2"),
+        (
+            "modality",
+            {"name": "t", "kind": "text", "encoder_dropout": 1.0},
+            r"`modalities.t.encoder_dropout` must be in \[0.0, 0.9\], got 1.0",
+        ),
+        (
+            "modality",
+            {"name": "t", "kind": "text", "encoder_ff_dim": -4},
+            r"`modalities.t.encoder_ff_dim` must be in \[0, 65536\], got -4",
+        ),
         ("modality", {**IMAGE, "augment_shift": 0.5}, r"`modalities.img.augment_shift` must be in \[0, 0.5\), got 0.5"),
         (
             "modality",

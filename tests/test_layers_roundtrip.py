@@ -51,7 +51,14 @@ CASES: list[tuple[str, Callable[[], tf.keras.layers.Layer], Callable[[Any], tf.T
     (
         "text_transformer",
         lambda: TextEncoder(
-            ["a", "b"], max_tokens=5, embedding_dim=8, encoder="transformer", num_layers=2, token_dropout=0.3
+            ["a", "b"],
+            max_tokens=5,
+            embedding_dim=8,
+            encoder="transformer",
+            num_layers=2,
+            token_dropout=0.3,
+            ff_dim=10,
+            dropout=0.1,
         ),
         lambda layer: layer(tf.constant(["a b a", "b"])),
     ),

@@ -40,6 +40,10 @@ class ModalityConfig:
             branch's output, before alignment to ``model.dim``).
         encoder_layers: token text with ``encoder = "transformer"``: Transformer blocks.
         encoder_heads: token text with ``encoder = "transformer"``: attention heads of each block.
+        encoder_ff_dim: token text with ``encoder = "transformer"``: hidden width of each block's
+            feed-forward net; 0 (the default) means ``2 * embedding_dim``.
+        encoder_dropout: token text with ``encoder = "transformer"``: dropout of each block's attention
+            and feed-forward outputs while training (default 0: off).
         cnn_filters: raw-image CNN: output channels of each conv block (the last one is the feature
             width); four blocks by default.
         cnn_convs_per_block: raw-image CNN: 3x3 conv layers per block (default 1).
@@ -74,6 +78,8 @@ class ModalityConfig:
     embedding_dim: int = 64
     encoder_layers: int = 1
     encoder_heads: int = 2
+    encoder_ff_dim: int = 0
+    encoder_dropout: float = 0.0
     # raw-image CNN: output channels of each conv block (the last one is the feature width); four
     # blocks by default, trained with flips and shifts (``augment``)
     cnn_filters: tuple[int, ...] = (16, 32, 64, 128)
@@ -140,6 +146,8 @@ class ModalityConfig:
         check_range(sec, "embedding_dim", self.embedding_dim, 1, 65536)
         check_range(sec, "encoder_layers", self.encoder_layers, 1, 24)
         check_range(sec, "encoder_heads", self.encoder_heads, 1, 64)
+        check_range(sec, "encoder_ff_dim", self.encoder_ff_dim, 0, 65536)
+        check_range(sec, "encoder_dropout", self.encoder_dropout, 0.0, 0.9)
         check_range(sec, "cnn_convs_per_block", self.cnn_convs_per_block, 1, 8)
         if not self.cnn_filters or min(self.cnn_filters) < 1:
             raise ConfigError(f"`{sec}.cnn_filters` must be a non-empty list of positive ints, got {self.cnn_filters}")

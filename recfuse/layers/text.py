@@ -102,6 +102,10 @@ class TextEncoder(tf.keras.layers.Layer):
             padding mask and learned positions, then masked mean).
         num_layers: Transformer blocks (``transformer`` only).
         num_heads: attention heads (``transformer`` only).
+        ff_dim: hidden width of each block's feed-forward net (``transformer`` only; default
+            ``2 * embedding_dim``).
+        dropout: dropout of each block's attention and feed-forward outputs while training
+            (``transformer`` only; default 0).
         token_dropout: while training, each token of a text is hidden with this probability
             (word dropout: the pooled vector cannot lean on one rare token that names its item); a
             text never loses all its tokens (one comes back). Inference is unchanged.
@@ -120,6 +124,8 @@ class TextEncoder(tf.keras.layers.Layer):
         num_layers: int = 1,
         num_heads: int = 2,
         token_dropout: float = 0.0,
+        ff_dim: int = 0,
+        dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -137,6 +143,8 @@ class TextEncoder(tf.keras.layers.Layer):
         self.encoder = encoder
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
+        self.ff_dim = int(ff_dim or 2 * self.embedding_dim)
+        self.dropout = float(dropout)
         self.vectorize = tf.keras.layers.TextVectorization(
             max_tokens=len(self.vocabulary) + 2,
             standardize=None,
@@ -154,7 +162,8 @@ class TextEncoder(tf.keras.layers.Layer):
         if encoder == "transformer":
             self.positions = tf.keras.layers.Embedding(self.max_tokens, self.embedding_dim, name="positions")
             self.blocks = [
-                TransformerBlock(self.embedding_dim, self.num_heads, name=f"block{i}") for i in range(self.num_layers)
+                TransformerBlock(self.embedding_dim, self.num_heads, self.ff_dim, self.dropout, name=f"block{i}")
+                for i in range(self.num_layers)
             ]
 
     @property
@@ -192,4 +201,6 @@ class TextEncoder(tf.keras.layers.Layer):
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "token_dropout": self.token_dropout,
+            "ff_dim": self.ff_dim,
+            "dropout": self.dropout,
         }

@@ -75,6 +75,8 @@ def _encoder(m: ModalityConfig, vocabularies: Mapping[str, Sequence[str]]) -> tf
             num_layers=m.encoder_layers,
             num_heads=m.encoder_heads,
             token_dropout=m.token_dropout,
+            ff_dim=m.encoder_ff_dim,
+            dropout=m.encoder_dropout,
             name=f"{m.name}_text",
         )
     return CategoryEncoder(vocabularies.get(m.name, ()), m.embedding_dim, CATEGORY_SEPARATOR, name=f"{m.name}_cat")
