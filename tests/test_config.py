@@ -57,6 +57,8 @@ columns = ["title"]
         ({"model": {"query_hidden": [64, "32"]}}, r"`model.query_hidden\[1\]` must be an integer, got '32' \(str\)"),
         ({"model": {"query_hidden": 64}}, r"`model.query_hidden` must be a list of integers, got 64 \(int\)"),
         ({"model": {"temperature": "0.1"}}, r"`model.temperature` must be a number, got '0.1' \(str\)"),
+        ({"model": {"temperature": float("nan")}}, r"`model.temperature` must be a finite number, got nan \(float\)"),
+        ({"index": {"latency_bound_ms": float("inf")}}, r"`index.latency_bound_ms` must be a finite number, got inf"),
         ({"model": 3}, r"`model` must be a table, got 3 \(int\)"),
         ({"modalities": [{"kind": "text"}]}, r"`modalities\[0\]` is missing the required key\(s\) \['name'\]"),
         ({"modalities": [{"name": "audio", "kind": "vector"}]}, r"`modalities.audio.dim` must be the width"),

@@ -8,7 +8,7 @@ all read here, so they fail the same way:
 * an unknown key is named with its table and a did-you-mean hint, and the known keys are listed;
 * a missing required key is named;
 * a value of the wrong type names ``section.key``, the value, its type and the expected type
-  (``bool``, ``int``, ``float``, ``str``, ``X | None``, tuples, string-keyed tables and nested
+  (``bool``, ``int``, ``float`` (finite), ``str``, ``X | None``, tuples, string-keyed tables and nested
   dataclasses are checked; anything else is left to the dataclass);
 * the dataclass's own validation (``__post_init__``, raising :class:`ConfigError` or
   ``ValueError``) runs on construction;
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -166,6 +167,8 @@ def coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong(where, "a number", value)
+        if not math.isfinite(value):  # TOML has nan and inf; no key means them, and nan passes range checks
+            raise _wrong(where, "a finite number", value)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
