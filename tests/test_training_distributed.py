@@ -292,17 +292,13 @@ def test_two_workers_stream_their_own_prepared_shards(
     why = _namespace_ok()
     if why:
         pytest.skip(why)
-    from recfuse.config import RecfuseConfig
-    from recfuse.data.prepare import prepare_interactions
-    from recfuse.data.splits import split_for
-    from recfuse.data.validate import load_dataset
+    from recfuse.cli.main import main
 
     cfg, _, single = one_process
-    conf = RecfuseConfig.from_toml(cfg)
-    split = split_for(load_dataset(conf.data, conf.modalities).interactions, conf.data)
-    split.train.to_parquet(tmp_path / "train.parquet")
-    manifest = prepare_interactions(tmp_path / "train.parquet", tmp_path / "prepared", buckets=5)
-    assert len(manifest["shards"]) == 5  # worker 0 streams 3 shards, worker 1 streams 2
+    # the split made while streaming: each worker loads only the catalog, and streams its own shards
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "prepared"), "--buckets", "5"]) == 0
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text(encoding="utf-8"))
+    assert len(manifest["shards"]) == 5 and manifest["split"]["kind"] == "random"  # 3 shards for worker 0, 2 for 1
 
     out = tmp_path / "multi"
     workers = ["127.0.0.1:23466", "127.0.0.1:23467"]
@@ -325,3 +321,6 @@ def test_two_workers_stream_their_own_prepared_shards(
     assert not (out / "stream_examples").exists() and not list(short_tmp.glob("recfuse-worker*"))
     multi = _val_recall(out)
     assert abs(multi - single) <= TOLERANCE, (multi, single)
+    # the chief records the split an in-memory run records
+    split = json.loads((out / "model.json").read_text(encoding="utf-8"))["split"]
+    assert split == {k: v for k, v in manifest["split"].items() if k != "cold_item_fraction"}

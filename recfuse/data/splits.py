@@ -29,7 +29,7 @@ per-row hashes (:class:`SplitFingerprint`), so a split written bucket by bucket 
 Example:
     >>> split = split_interactions(ds.interactions, "random", seed=42)  # doctest: +SKIP
     >>> split.summary()["train"]  # doctest: +SKIP
-    19873
+    18768
 """
 
 from __future__ import annotations
