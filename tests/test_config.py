@@ -144,6 +144,23 @@ def test_file_errors_start_with_the_path(tmp_path: Path) -> None:
         RecfuseConfig.from_toml(path)
 
 
+def test_a_written_modality_table_refuses_keys_of_another_kind(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text('[[modalities]]\nname = "img"\nkind = "image"\nmax_tokens = 16\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^config file '.*': `modalities.img.max_tokens` applies to kind 'text' "
+                       r"only, got kind 'image'; remove it$"):  # fmt: skip
+        RecfuseConfig.from_toml(path)
+    path.write_text('[[modalities]]\nname = "tags"\nkind = "categorical"\nembedding_dim = 8\nimage_size = 32\n')
+    with pytest.raises(ConfigError, match=r"`modalities.tags.image_size` applies to kind 'image' only"):
+        RecfuseConfig.from_toml(path)
+    cfg = RecfuseConfig()  # image, text, categories
+    with pytest.raises(ConfigError, match=r"`modalities.categories.encoder` applies to kind 'text' only"):
+        cfg.with_overrides({"modalities.categories.encoder": "transformer"})
+    assert cfg.with_overrides({"modalities.categories.embedding_dim": 8}).modality("categories").embedding_dim == 8
+    # a full dump holds every key of every modality at its default: it still loads, from a dict or a file
+    assert RecfuseConfig.from_dict(cfg.to_dict()) == cfg == RecfuseConfig.from_written_dict(cfg.to_dict())
+
+
 def test_attention_heads_resolve_from_dim_and_are_stored() -> None:
     heads = {d: RecfuseConfig.from_dict({"model": {"dim": d}}).model.attention_heads for d in (8, 16, 47, 48, 64, 512)}
     assert heads == {8: 2, 16: 2, 47: 2, 48: 3, 64: 4, 512: 4}

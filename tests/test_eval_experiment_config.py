@@ -83,6 +83,8 @@ def test_metric_direction() -> None:
         (HEAD + VARIANTS + '[[variants]]\nname = "c"\nmodalities = ["smell"]\n',
          r"variant 'c': `modalities` \['smell'\] not in the base config"),
         (HEAD + VARIANTS + '[[variants]]\nname = "c"\nmodalities = []\n', "must be a non-empty list of modality"),
+        (HEAD + '[[modalities]]\nname = "a"\nkind = "vector"\ndim = 4\nmax_tokens = 8\n' + VARIANTS,
+         r"`modalities.a.max_tokens` applies to kind 'text' only, got kind 'vector'"),
         (HEAD + VARIANTS + '[[variants]]\nname = "c"\ncolour = 1\n',
          r"unknown key\(s\) \['colour'\] in `variants\[2\]`"),
         (HEAD.replace("[experiment]", '[experiment]\nbase = "nope.toml"') + VARIANTS,

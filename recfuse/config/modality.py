@@ -12,6 +12,38 @@ IMAGE_SOURCES = ("raw", "backbone", "vector")
 TEXT_SOURCES = ("tokens", "vector")
 TEXT_ENCODERS = ("mean", "transformer")
 
+#: the kinds each kind-specific key applies to. A config file that sets one in a table of another kind
+#: is refused (:func:`check_kind_keys`), so a key copied into the wrong [[modalities]] table is not
+#: silently ignored; :class:`ModalityConfig` itself accepts them, so stored models keep loading
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("image_size", "backbone", "backbone_weights", "trainable", "cnn_filters"), ("image",)),
+    "cnn_convs_per_block": ("image",),
+    **dict.fromkeys(("encoder", "max_tokens", "char_ngrams", "encoder_layers", "encoder_heads"), ("text",)),
+    **dict.fromkeys(("encoder_ff_dim", "encoder_dropout"), ("text",)),
+    **dict.fromkeys(("vocab_size", "embedding_dim"), ("text", "categorical")),
+}
+
+
+def check_kind_keys(table: object, where: str) -> None:
+    """Refuse the keys of a written ``[[modalities]]`` table that do not apply to its ``kind``.
+
+    A key at its default passes: a full dump of a config (``to_dict``, ``tune``'s best.toml) holds
+    every key of every modality.
+
+    Raises:
+        ConfigError: e.g. ``max_tokens`` (text only) in a table of kind ``image``.
+    """
+    if not isinstance(table, dict) or table.get("kind") not in MODALITY_KINDS:
+        return  # ModalityConfig names a missing or unknown kind
+    for key, value in table.items():
+        kinds = KIND_KEYS.get(key)
+        default = getattr(ModalityConfig, key, None)
+        if kinds and table["kind"] not in kinds and (tuple(value) if isinstance(value, list) else value) != default:
+            raise ConfigError(
+                f"`{where}.{key}` applies to kind {' and '.join(repr(k) for k in kinds)} only, got kind "
+                f"{table['kind']!r}; remove it"
+            )
+
 
 @dataclass(frozen=True)
 class ModalityConfig:

@@ -14,7 +14,7 @@ from recfuse.config.data import DataConfig
 from recfuse.config.evaluation import EvalConfig
 from recfuse.config.index import IndexConfig
 from recfuse.config.item_head import ItemHeadConfig
-from recfuse.config.modality import ModalityConfig, default_modalities
+from recfuse.config.modality import ModalityConfig, check_kind_keys, default_modalities
 from recfuse.config.model import ModelConfig
 from recfuse.config.parse import build_section, closest, load_toml, to_plain
 from recfuse.config.train import TrainConfig
@@ -81,7 +81,21 @@ class RecfuseConfig:
             ConfigError: the file is missing or not TOML, or a key or value is invalid (the message
                 starts with the file's path and names the key).
         """
-        return load_toml(path, cls.from_dict, "config file", "pass an existing TOML file")
+        return load_toml(path, cls.from_written_dict, "config file", "pass an existing TOML file")
+
+    @classmethod
+    def from_written_dict(cls, raw: Mapping[str, Any]) -> RecfuseConfig:
+        """:meth:`from_dict` of a config a person wrote (a TOML file, an experiment's tables).
+
+        Also refuses a key of another modality kind in a ``[[modalities]]`` table (``max_tokens`` in
+        an image modality), which :meth:`from_dict` cannot: a stored config holds every key of every
+        modality.
+        """
+        modalities = raw.get("modalities") if isinstance(raw, Mapping) else None
+        for i, table in enumerate(modalities if isinstance(modalities, list) else []):
+            name = table.get("name") if isinstance(table, dict) else None
+            check_kind_keys(table, f"modalities.{name}" if isinstance(name, str) and name else f"modalities[{i}]")
+        return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""
@@ -112,6 +126,8 @@ class RecfuseConfig:
                 node = node[part]
             if isinstance(node, list):
                 raise ConfigError(f"override {dotted!r}: name a modality, e.g. 'modalities.text.{parts[-1]}'")
+            if parts[0] == "modalities" and len(parts) == 3:
+                check_kind_keys({"kind": node.get("kind"), parts[-1]: value}, f"modalities.{parts[1]}")
             if parts[-1] not in node:
                 close = closest(parts[-1], set(node))
                 hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -278,7 +278,7 @@ def parse_experiment(raw: Mapping[str, Any], base_dir: Path, default_name: str =
     if exp.base:
         base_path = (base_dir / exp.base).resolve()
         base_raw = read_toml(base_path, "`experiment.base`", "give a path relative to exp.toml")
-    base = RecfuseConfig.from_dict(_merge(base_raw, raw))
+    base = RecfuseConfig.from_written_dict(_merge(base_raw, raw))
     return ExperimentSpec(
         name=exp.name or default_name,
         base=base,
