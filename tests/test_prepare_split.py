@@ -154,3 +154,31 @@ def test_prepare_with_a_config_leaves_out_the_rows_validate_rejects(tmp_path: Pa
     fail = ["--set", 'data.on_bad_rows="fail"']
     assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "q"), *fail]) == 4
     assert not (tmp_path / "q").exists()
+
+
+def test_load_prepared_split_checks_the_config(tmp_path: Path) -> None:
+    from recfuse.config import DataConfig
+    from recfuse.data.prepare import input_files
+    from recfuse.data.prepared_split import load_prepared_split
+
+    df = _ties().drop(columns="split")
+    df.to_parquet(tmp_path / "i.parquet")
+    prepare_interactions(tmp_path / "i.parquet", tmp_path / "cold", split="cold_start", seed=3, cold_item_fraction=0.2)
+    split = load_prepared_split(tmp_path / "cold", DataConfig(split="cold_start", split_seed=3, cold_item_fraction=0.2))
+    ref = split_interactions(df, "cold_start", 3, cold_item_fraction=0.2)
+    assert split is not None and split.record() == ref.record() and split.fingerprint() == ref.fingerprint()
+    assert len(split.train) == len(ref.train) and _rows(split.val) == _rows(ref.val)
+    assert split.train.median_user_items() == ref.train.groupby("user_id")["item_id"].nunique().median()
+    with pytest.raises(ConfigError, match=r"data.cold_item_fraction = 0.2 but the config asks for .*"
+                       r"data.cold_item_fraction = 0.1; re-run `recfuse prepare --config`"):  # fmt: skip
+        load_prepared_split(tmp_path / "cold", DataConfig(split="cold_start", split_seed=3))
+    with pytest.raises(ConfigError, match=r"was split with data.split = 'cold_start', data.split_seed = 3 but the "
+                       r"config asks for data.split = 'random', data.split_seed = 42"):  # fmt: skip
+        load_prepared_split(tmp_path / "cold", DataConfig())
+    with pytest.raises(ConfigError, match=r"--prepared '.*nowhere': .*is not a prepared folder"):
+        load_prepared_split(tmp_path / "nowhere", DataConfig())
+    prepare_interactions(tmp_path / "i.parquet", tmp_path / "plain")
+    assert load_prepared_split(tmp_path / "plain", DataConfig()) is None  # no split recorded: the older path
+    (tmp_path / "i.csv").write_text("user_id,item_id,timestamp\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"is not a Parquet file; `recfuse prepare` streams Parquet only"):
+        input_files(tmp_path / "i.csv")
