@@ -25,6 +25,10 @@ through a ``shuffle_buffer``), for checks and tools that want arrays without Ten
 
 Vocabularies and popularity come from the prepared folder without a pass over the shards:
 :func:`prepared_user_ids` (every user) and :func:`prepared_item_counts` (rows per catalog item).
+When the folder records its split (``recfuse prepare --config``), the rest of what training needs
+of the training rows is streamed from the shards too: :func:`stream_val_queries` (the validation
+queries, only the held-out users' rows kept) and :func:`write_prepared_user_lists` (the model
+directory's per-user lists), one shard at a time.
 Under several workers each takes every ``workers``-th shard (:class:`StreamedExamples` ``part``); the
 trainer gives all of them the steps of the smallest share.
 
