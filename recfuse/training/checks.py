@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recfuse.config import FUSIONS, RecfuseConfig
+from recfuse.config import RecfuseConfig
 from recfuse.data.prepared_split import TrainingRows
 from recfuse.errors import ConfigError, DataError, SchemaError
 
@@ -30,12 +30,9 @@ def check_training_inputs(cfg: RecfuseConfig, items: pd.DataFrame, train: pd.Dat
     """Raise on a config/data mismatch; returns ``None`` when training can start.
 
     Raises:
-        ConfigError: unknown fusion name.
         SchemaError: a modality column is missing, a vector has the wrong width or a NaN.
         DataError: the training split (or the catalog) is empty.
     """
-    if cfg.model.fusion not in FUSIONS:
-        raise ConfigError(f"`model.fusion` must be one of {list(FUSIONS)}, got {cfg.model.fusion!r}")
     if len(items) == 0:
         raise DataError("the catalog (`data.items`) has no rows; nothing to train on")
     if len(train) == 0:
