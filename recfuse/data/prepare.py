@@ -43,7 +43,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +54,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recfuse.config import SPLITS
-from recfuse.data.splits import (
-    SPLIT_COLUMN,
-    SplitFingerprint,
-    cold_item_set,
-    column_parts,
-    split_parts,
-)
-from recfuse.data.validate_interactions import MAX_TIMESTAMP
+from recfuse.data.bucket_split import COLUMNS, SCHEMA, BucketSplit
+from recfuse.data.prepare_input import WEIGHT, batches, ids, input_files, timestamps
+from recfuse.data.splits import SPLIT_COLUMN, column_parts
 from recfuse.errors import ArtifactError, ConfigError, DataError, SchemaError
 from recfuse.fsio import atomic_write_json, fsync_dir, fsync_tree, sha256_file
 
@@ -69,74 +64,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "recfuse.prepared/1"
 MANIFEST = "manifest.json"
-COLUMNS = ("user_id", "item_id", "timestamp")
-SCHEMA = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.int64())])
 REASONS = ("null_user_id", "null_item_id", "bad_timestamp", "bad_weight", "unknown_item")
-WEIGHT = "weight"  # optional: read only to leave out the rows `recfuse validate` rejects
 PARTS = ("val", "test")  # the held-out parts' files: val.parquet, test.parquet
 
 __all__ = ["FORMAT", "MANIFEST", "input_files", "load_manifest", "prepare_interactions"]
-
-
-def input_files(src: str | Path) -> list[Path]:
-    """The Parquet files of ``src`` (a file, or every ``*.parquet`` under a folder), sorted."""
-    path = Path(src)
-    if path.is_file():
-        if path.suffix.lower() not in (".parquet", ".pq"):
-            raise SchemaError(
-                f"`interactions` {str(path)!r} is not a Parquet file; `recfuse prepare` streams Parquet only "
-                "(convert it, e.g. pandas read_csv(...).to_parquet(...))"
-            )
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
-        if files:
-            return files
-        raise SchemaError(f"`interactions` folder {str(path)!r} holds no *.parquet file; point it at Parquet data")
-    raise SchemaError(f"`interactions` {str(path)!r} does not exist; give a Parquet file or a folder of them")
-
-
-def _ids(col: pa.ChunkedArray | pa.Array, name: str, path: Path) -> pa.Array:
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return pc.cast(col, pa.string())
-    if pa.types.is_integer(col.type):
-        return pc.cast(col, pa.string())  # ids are strings everywhere: 7 -> "7" (see recfuse.data.vocab)
-    raise SchemaError(
-        f"`{name}` in {str(path)!r} has type {col.type}; ids must be strings or integers (cast the column)"
-    )
-
-
-def _timestamps(col: pa.ChunkedArray | pa.Array, path: Path) -> pa.Array:
-    """int64 unix seconds; unusable values (NaN, non-integral floats, outside [0, MAX_TIMESTAMP]) become null."""
-    if pa.types.is_timestamp(col.type):
-        return pc.cast(pc.cast(col, pa.timestamp("s"), safe=False), pa.int64())
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        values = col.to_numpy(zero_copy_only=False).astype(np.float64)
-        ok = np.isfinite(values) & (values == np.floor(values)) & (values >= 0) & (values <= MAX_TIMESTAMP)
-        if pa.types.is_integer(col.type):  # exact int64 (a float64 round trip is exact below 2**53 only)
-            ints = np.asarray(pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(zero_copy_only=False))
-            return pa.array(np.where(ok, ints, 0), pa.int64(), mask=~ok)
-        return pa.array(np.where(ok, values, 0).astype(np.int64), mask=~ok)
-    raise SchemaError(
-        f"`timestamp` in {str(path)!r} has type {col.type}; expected int64 unix seconds "
-        "(convert it, e.g. pandas to_datetime(...).astype('int64') // 10**9)"
-    )
-
-
-def _batches(files: list[Path], batch_rows: int, columns: tuple[str, ...]) -> Iterator[tuple[Path, pa.RecordBatch]]:
-    for path in files:
-        pf = pq.ParquetFile(path)
-        missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            why = (
-                f"; `data.split` = 'column' needs a {SPLIT_COLUMN!r} column (train / valid / test)"
-                if SPLIT_COLUMN in missing
-                else " (see recfuse validate)"
-            )
-            raise SchemaError(f"{str(path)!r} lacks column(s) {missing}; interactions need {list(columns)}{why}")
-        read = [*columns, WEIGHT] if WEIGHT in pf.schema_arrow.names else list(columns)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=read, use_threads=False):
-            yield path, batch
 
 
 def prepare_interactions(
@@ -200,7 +131,7 @@ def prepare_interactions(
         bad, all_items = _partition(files, tmp / "buckets", n_buckets, batch_rows, split, known, on_bad_rows)
         splitter = None
         if split is not None:
-            splitter = _BucketSplit(tmp, split, seed, cold_item_fraction, all_items)
+            splitter = BucketSplit(tmp, split, seed, cold_item_fraction, all_items)
         shards, n_users, item_counts = _sort_buckets(tmp, n_buckets, rows_per_shard, splitter)
         shutil.rmtree(tmp / "buckets")
         counts = pa.table({"item_id": pa.array(list(item_counts.index), pa.string()),
@@ -258,10 +189,10 @@ def _partition(
     items_seen: set[str] = set()
     offset = 0
     try:
-        for path, batch in _batches(files, batch_rows, columns):
-            users = _ids(batch.column("user_id"), "user_id", path)
-            items = _ids(batch.column("item_id"), "item_id", path)
-            ts = _timestamps(batch.column("timestamp"), path)
+        for path, batch in batches(files, batch_rows, columns):
+            users = ids(batch.column("user_id"), "user_id", path)
+            items = ids(batch.column("item_id"), "item_id", path)
+            ts = timestamps(batch.column("timestamp"), path)
             u_null, i_null, t_null = (
                 np.asarray(c.is_null().to_numpy(zero_copy_only=False)) for c in (users, items, ts)
             )
@@ -320,61 +251,8 @@ def _bucket_schema(split: str | None) -> pa.Schema:
     return pa.schema([*fields, pa.field("part", pa.int8())] if split == "column" else fields)
 
 
-class _BucketSplit:
-    """Pass 2's split of each bucket: train rows back, val/test rows written, the split's record summed."""
-
-    def __init__(self, tmp: Path, kind: str, seed: int, cold_item_fraction: float, all_items: list[str]) -> None:
-        self.kind, self.seed, self.fraction = kind, int(seed), float(cold_item_fraction)
-        self.cold = cold_item_set(all_items, cold_item_fraction, seed) if kind == "cold_start" else frozenset()
-        self.writers = {p: pq.ParquetWriter(tmp / f"{name}.parquet", SCHEMA) for p, name in ((1, "val"), (2, "test"))}
-        self.fingerprint = SplitFingerprint()
-        self.rows = [0, 0, 0]
-        self.users = [0, 0, 0]
-        self.train_only = 0
-
-    def apply(self, table: pa.Table) -> pa.Table:
-        """The training rows of a bucket (every row of its users, in input order)."""
-        df = table.select(list(COLUMNS)).to_pandas()
-        if self.kind == "column":
-            part = table.column("part").to_numpy().astype(np.int8)
-            users = df["user_id"].to_numpy()
-            self.train_only += len(set(users[part == 0]) - set(users[part != 0]))
-        else:
-            part, train_only = split_parts(df, self.kind, self.seed, self.cold, table.column("row").to_numpy())
-            self.train_only += train_only
-        for p in range(3):
-            rows = df.loc[part == p]
-            self.fingerprint.add(p, rows)
-            self.rows[p] += len(rows)
-            self.users[p] += int(rows["user_id"].nunique())
-            if p in self.writers and len(rows):
-                self.writers[p].write_table(table.select(list(COLUMNS)).filter(pa.array(part == p)))
-        return table.select(list(COLUMNS)).filter(pa.array(part == 0))
-
-    def close(self) -> dict[str, Any]:
-        """The split's record (the keys of ``Split.record()``) plus ``cold_item_fraction``."""
-        for w in self.writers.values():
-            w.close()
-        if self.kind == "column" and not self.rows[0]:
-            raise SchemaError(f"interactions column {SPLIT_COLUMN!r} names no 'train' row; nothing to train on")
-        return {
-            "kind": self.kind,
-            "seed": self.seed,
-            "train": self.rows[0],
-            "val": self.rows[1],
-            "test": self.rows[2],
-            "train_users": self.users[0],
-            "val_users": self.users[1],
-            "test_users": self.users[2],
-            "cold_items": len(self.cold),
-            "train_only_users": self.train_only,
-            "fingerprint": self.fingerprint.hexdigest(),
-            "cold_item_fraction": self.fraction,
-        }
-
-
 def _sort_buckets(
-    tmp: Path, n_buckets: int, rows_per_shard: int, splitter: _BucketSplit | None
+    tmp: Path, n_buckets: int, rows_per_shard: int, splitter: BucketSplit | None
 ) -> tuple[list[dict[str, Any]], int, pd.Series]:
     """Pass 2: each bucket (split, with ``splitter``) sorted by (user, time) and cut into shards between users.
 

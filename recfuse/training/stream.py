@@ -28,7 +28,7 @@ Vocabularies and popularity come from the prepared folder without a pass over th
 When the folder records its split (``recfuse prepare --config``), the rest of what training needs
 of the training rows is streamed from the shards too: :func:`stream_val_queries` (the validation
 queries, only the held-out users' rows kept) and :func:`write_prepared_user_lists` (the model
-directory's per-user lists), one shard at a time.
+directory's per-user lists), one shard at a time (:mod:`recfuse.training.stream_users`).
 Under several workers each takes every ``workers``-th shard (:class:`StreamedExamples` ``part``); the
 trainer gives all of them the steps of the smallest share.
 
@@ -62,9 +62,7 @@ __all__ = [
     "read_stream_dataset",
     "prepared_item_counts",
     "prepared_user_ids",
-    "stream_val_queries",
     "streamed_input",
-    "write_prepared_user_lists",
 ]
 
 KEYS = ("user_idx", "hist_idx", "hist_pos", "item_idx")
@@ -320,86 +318,3 @@ def read_stream_dataset(
     ds = tf.data.Dataset.zip((files, keys)).flat_map(shard)
     ds = ds.map(widen, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return with_user_dropout(ds, user_dropout, seed).prefetch(tf.data.AUTOTUNE)
-
-
-def _shard_rows_of(path: Path, users: Any) -> Any:
-    """A shard's rows (user_id, item_id, timestamp; user- and time-sorted) whose user is in ``users``."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = pq.read_table(path, columns=["user_id", "item_id", "timestamp"])
-    return table.filter(pc.is_in(table.column("user_id"), value_set=pa.array(users, pa.string()))).to_pandas()
-
-
-def stream_val_queries(
-    folder: str | Path, heldout: Any, item_vocab: IdVocab, user_vocab: IdVocab, max_history: int
-) -> Any:
-    """``build_val_queries(train, heldout, ...)`` with ``train`` the prepared folder's shards, streamed.
-
-    Shard by shard, only the rows of ``heldout``'s users are read into memory and turned into their
-    queries (history, training-item mask); the queries are then put in user order, as
-    :func:`recfuse.training.validation.build_val_queries` orders them. Memory: one shard plus the
-    queries (``[q, max_history]`` and each query user's distinct training items).
-    """
-    from recfuse.training.validation import ValQueries, build_val_queries
-
-    manifest = load_manifest(folder, verify=False)
-    held_users = set(map(str, heldout["user_id"].unique()))
-    parts: list[ValQueries] = []
-    covered: set[str] = set()
-    for entry in manifest["shards"]:
-        train = _shard_rows_of(Path(folder) / entry["file"], sorted(held_users - covered))
-        users = set(map(str, train["user_id"].unique()))
-        if users:
-            parts.append(build_val_queries(train, heldout[heldout["user_id"].isin(users)], item_vocab, user_vocab,
-                                           max_history))  # fmt: skip
-            covered |= users
-    rest = heldout[~heldout["user_id"].isin(covered)]  # held-out users without a training row
-    parts.append(build_val_queries(_empty().astype({"user_id": str, "item_id": str}), rest, item_vocab, user_vocab,
-                                   max_history))  # fmt: skip
-    user_ids = [u for p in parts for u in p.user_ids]
-    order = sorted(range(len(user_ids)), key=user_ids.__getitem__)
-    relevant = [r for p in parts for r in p.relevant]
-    exclude = [e for p in parts for e in p.exclude]
-    cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("user_idx", "hist_idx", "hist_pos")}
-    return ValQueries(
-        [user_ids[i] for i in order],
-        cat["user_idx"][order],
-        cat["hist_idx"][order],
-        cat["hist_pos"][order],
-        [relevant[i] for i in order],
-        [exclude[i] for i in order],
-    )
-
-
-def write_prepared_user_lists(folder: str | Path, val: Any, history_path: Path, train_items_path: Path) -> None:
-    """Write a model directory's ``user_history.parquet`` (train + val) and ``train_items.parquet`` shard by shard.
-
-    Each user's lists equal what ``write_model_dir`` makes of ``split.train`` and ``split.val`` in
-    memory (most recent first; a val row tied in time with a training row counts as the later one,
-    as in the in-memory concatenation); users follow shard order, then val-only users.
-    """
-    import pandas as pd
-    import pyarrow as pa
-
-    from recfuse.training.examples import user_histories
-
-    schema = pa.schema([("user_id", pa.string()), ("items", pa.list_(pa.string()))])
-
-    def table(hist: dict[str, list[str]]) -> Any:
-        return pa.table([pa.array(list(hist), pa.string()), pa.array(list(hist.values()), pa.list_(pa.string()))],
-                        schema=schema)  # fmt: skip
-
-    manifest = load_manifest(folder, verify=False)
-    val_users = set(map(str, val["user_id"].unique()))
-    with pq.ParquetWriter(history_path, schema) as seen_out, pq.ParquetWriter(train_items_path, schema) as train_out:
-        for entry in manifest["shards"]:
-            train = pq.read_table(Path(folder) / entry["file"], columns=["user_id", "item_id", "timestamp"]).to_pandas()
-            users = set(map(str, train["user_id"].unique()))
-            held = val[val["user_id"].isin(users)]
-            seen = pd.concat([train, held.loc[:, list(train.columns)]], ignore_index=True) if len(held) else train
-            seen_out.write_table(table(user_histories(seen)))
-            train_out.write_table(table(user_histories(train)))
-            val_users -= users
-        if val_users:
-            seen_out.write_table(table(user_histories(val[val["user_id"].isin(val_users)])))

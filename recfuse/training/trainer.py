@@ -54,10 +54,9 @@ from recfuse.training.stream import (
     materialise,
     prepared_user_ids,
     read_stream_dataset,
-    stream_val_queries,
     streamed_input,
-    write_prepared_user_lists,
 )
+from recfuse.training.stream_users import stream_val_queries, write_prepared_user_lists
 from recfuse.training.tb_logging import ScalarLogger
 from recfuse.training.validation import build_val_queries, recall_at_k
 
