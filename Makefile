@@ -35,12 +35,14 @@ protos: setup
 	$(PY) proto/generate.py --check
 
 # Everything CI checks: generated stubs current, lint, import contracts, types, then every test
-# (slow integration tests included).
+# (slow integration tests included), on PYTEST_WORKERS pytest-xdist workers (one per core of the
+# 2-core CI machine; PYTEST_WORKERS=0 runs in one process, e.g. to use --pdb).
+PYTEST_WORKERS ?= 2
 test: setup protos lint importlint typecheck
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS)
 
 unit: setup
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
