@@ -58,12 +58,12 @@ from recfuse.training.stream import (
 )
 from recfuse.training.stream_users import stream_val_queries, write_prepared_user_lists
 from recfuse.training.tb_logging import ScalarLogger
-from recfuse.training.validation import build_val_queries, recall_at_k
+from recfuse.training.validation import ValQueries, build_val_queries, recall_at_k
 
 logger = logging.getLogger(__name__)
 
 STREAM_DIR = "stream_examples"  # under the run's work dir while a streamed fit runs
-VAL_BLOCK = 8192  # validation users per query-tower call
+VAL_BLOCK, RANK_BLOCK = 8192, 256  # validation users per query-tower call / ranked at a time
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,9 @@ def train(
             examples are then streamed from its shards (:mod:`recfuse.training.stream`, bounded
             memory) instead of built in memory; under several workers each streams every
             ``workers``-th shard. ``split.train`` still feeds the checks, the user vocabulary,
-            validation and the model directory. With a
-            :class:`~recfuse.data.prepared_split.PreparedSplit` as ``split`` (the folder records
-            its split; ``prepared`` defaults to its folder) no training interaction is held in
-            memory: the user vocabulary comes from ``users.parquet``, the validation queries and
-            the model directory's per-user lists from the shards, streamed.
+            validation and the model directory. A ``PreparedSplit`` as ``split`` (its folder is the
+            default ``prepared``) holds no training row in memory: users, validation queries and
+            the model's per-user lists come from the folder (:mod:`recfuse.training.stream_users`).
 
     Under a multi-worker ``TF_CONFIG`` every worker calls this with the same arguments (and the
     same ``out_dir`` on storage all of them read, for resuming); see :mod:`recfuse.training.distribute`.
@@ -245,15 +243,19 @@ def _train(
         items_m = model.memory_bank  # refreshed at epoch end by MemoryBankRefresh (runs first)
         if vq is None:  # the callback gets `evaluate` only with validation queries
             return float("nan")
-        # in blocks of users: one call over every validation user holds [users, max_history, dim]
-        # intermediates at once (hundreds of MB at 200k users)
+        # in blocks: one call over every validation user holds [users, max_history, dim] intermediates
         q = np.concatenate([
             model.query_tower(items_m, vq.user_idx[s : s + VAL_BLOCK], vq.hist_idx[s : s + VAL_BLOCK],
                               vq.hist_pos[s : s + VAL_BLOCK]).numpy()
             for s in range(0, len(vq), VAL_BLOCK)
         ])  # fmt: skip
         ranked = items_m.numpy() if rank_scale is None else items_m.numpy() * rank_scale[:, None]
-        return recall_at_k(q, ranked, vq, cfg.train.eval_k)  # type: ignore[arg-type]
+        total = 0.0  # RANK_BLOCK users at a time: ranking holds [block, items] scores and their argpartition
+        for b in (slice(s, s + RANK_BLOCK) for s in range(0, len(vq), RANK_BLOCK)):
+            part = ValQueries(vq.user_ids[b], vq.user_idx[b], vq.hist_idx[b], vq.hist_pos[b], vq.relevant[b],
+                              vq.exclude[b])  # fmt: skip
+            total += recall_at_k(q[b], ranked, part, cfg.train.eval_k) * len(part)
+        return total / len(vq) if len(vq) else 0.0
 
     writer = tf.summary.create_file_writer(str(work / "tensorboard" / "validation"))
     start_epoch = int(state["epoch"])
