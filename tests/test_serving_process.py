@@ -188,14 +188,20 @@ def test_workers_share_one_port_and_stop_on_sigterm(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )
+    listening = f"recfuse server listening on 127.0.0.1:{port}"
     try:
         with RecfuseClient(f"127.0.0.1:{port}") as c:
             c.wait_ready(timeout=60)
             assert len(c.recommend(user_id="u1", k=3).items) == 3
+        # the first worker to listen answers the call; on a busy machine the second may still be
+        # loading its bundle, so wait for it before the SIGTERM (both must have listened, see below)
+        end = time.monotonic() + 60
+        while log.read_text().count(listening) < 2 and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert log.read_text().count(f"recfuse server listening on 127.0.0.1:{port}") == 2
+    assert log.read_text().count(listening) == 2
