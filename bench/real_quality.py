@@ -39,7 +39,10 @@ Usage:
     python bench/real_quality.py [--src ../shared/datasets/microlens-50k] [--work runs/real_quality]
         [--protocols loo,random,cold] [--target valid|test] [--baselines-only]
         [--baselines popularity,itemknn,ease] [--variants ids,text,text_tags] [--seeds 1,2]
-        [--epochs 20] [--reuse] [--text-vectors FILE] [--set KEY=VALUE ...]
+        [--epochs 20] [--reuse] [--text-vectors FILE] [--heads ease,sequential] [--set KEY=VALUE ...]
+
+``--heads`` fits each named item-item head (``[item_head]``, chosen on the validation split cut from
+the training rows) on every trained model and scores ``VARIANT+METHOD`` beside the towers alone.
 """
 
 from __future__ import annotations
@@ -314,7 +317,7 @@ def _config(data: DataConfig, variant: str, seed: int, epochs: int, history: str
         "model": dict(VARIANTS[variant][1]),
         "train": {"seed": seed, "epochs": epochs, "out_dir": str(out), "example_history": example_history},
         "eval": {"mask": "train", "history": history},
-        "variant": variant,
+        "bundle": {"variant": variant},
     }
     return RecfuseConfig.from_dict(raw).with_overrides(overrides) if overrides else RecfuseConfig.from_dict(raw)
 
@@ -387,18 +390,20 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
             else:
                 model_dir, (epochs_run, best_epoch), t_train = out, reused, float("nan")
             model = TrainedModel.load(model_dir)
-            t_head = 0.0
-            if cfg.item_head.enabled:  # refitted on reuse too: the towers do not depend on [item_head]
+            methods = [m for m in args.heads.split(",") if m]
+            methods = methods or ([cfg.item_head.method] if cfg.item_head.enabled else [])
+            runs: list[tuple[str, Any, float]] = [(variant, model, 0.0)]  # towers alone, then each head
+            for method in methods:  # refitted on reuse too: the towers do not depend on [item_head]
                 t3 = time.perf_counter()
-                head = fit_item_head(model, split, cfg.item_head, cfg.data.max_history, seed=seed)
-                head.save(Path(model_dir) / HEAD_DIR)
-                model = TrainedModel.load(model_dir)
-                t_head = time.perf_counter() - t3
-            heads = [False, True] if model.item_head is not None and cfg.item_head.enabled else [False]
-            for with_head in heads:
-                name = f"{variant}+head" if with_head else variant
+                head_cfg = dataclasses.replace(cfg.item_head, method=method)
+                head = fit_item_head(model, split, head_cfg, cfg.data.max_history, seed=seed)
+                head.save(Path(model_dir) / HEAD_DIR)  # the last one stays with the model
+                with_it = dataclasses.replace(model, item_head=head)
+                runs.append((f"{variant}+{method}", with_it, time.perf_counter() - t3))
+            for name, ranked_by, t_head in runs:
+                with_head = ranked_by.item_head is not None
                 t2 = time.perf_counter()
-                res = evaluate_model(model, split, ks=KS, protocol=protocol_cfg, item_head=with_head)
+                res = evaluate_model(ranked_by, split, ks=KS, protocol=protocol_cfg, item_head=with_head)
                 t_eval = time.perf_counter() - t2
                 results.setdefault(name, {})[seed] = res
                 extra = {"head": res.info.get("item_head"), "head_s": t_head} if with_head else {}
@@ -407,8 +412,8 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
                     "epochs": epochs_run, "best_epoch": best_epoch, "reused": reused is not None, **extra})  # fmt: skip
                 how = "reused" if reused is not None else f"train {t_train:.0f} s"
                 h = extra.get("head") or {}
-                about = f", head {h.get('method')} {h.get('params')} beta {h.get('beta', 0):.4g} ({t_head:.0f} s)"
-                about = about if with_head else ""
+                about = (f", head {h.get('params')} decay {h.get('decay')} beta {h.get('beta', 0):.4g} "
+                         f"({t_head:.0f} s)") if with_head else ""  # fmt: skip
                 print(f"  recfuse {name} seed {seed}: {per_name[name][-1]['means']} (epochs {epochs_run}, best "
                       f"{best_epoch}, {how}, eval {t_eval:.0f} s{about})", flush=True)  # fmt: skip
         for name, per_seed in per_name.items():
@@ -526,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2", help="train.seed of each recfuse run")
     p.add_argument("--text-vectors", default="", help="catalog with a 384-d text_vec column (recfuse features --text) "
                    "for the minilm_tags variant; the same item ids as the converted catalog")  # fmt: skip
+    p.add_argument("--heads", default="", help="item-item heads to fit on each trained model and score beside it, "
+                   "e.g. ease,sequential (default: the config's item_head.method, if any)")
     p.add_argument("--epochs", type=int, default=20, help="train.epochs cap (early stopping on valid)")
     p.add_argument("--reuse", action="store_true", help="evaluate a model directory left by an earlier run when its "
                    "stored config and split are exactly this run's (else train it again)")  # fmt: skip

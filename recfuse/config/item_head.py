@@ -47,7 +47,7 @@ class ItemHeadConfig:
     """
 
     method: str = "none"
-    ease_lambdas: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
+    ease_lambdas: tuple[float, ...] = (100.0, 300.0)
     knn_neighbors: tuple[int, ...] = (20, 50, 100, 200)
     seq_windows: tuple[int, ...] = (1, 2, 5)
     history_decays: tuple[float, ...] = (1.0, 0.7, 0.4)
