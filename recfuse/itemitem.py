@@ -1,4 +1,4 @@
-"""Item-item weights (EASE^R, cosine item-kNN) and the item-item head that blends them into a ranking.
+"""The item-item head: sparse item-item weights blended into the model's ranking, stored and served.
 
 The two-tower model scores an item by ``q . v`` (times the popularity factor). On random per-user
 splits, where a user's whole profile carries the signal rather than its order, whole-profile models
@@ -14,8 +14,8 @@ have no row and no column: the head adds nothing to them, which also means it do
 items in a mixed ranking (their content score alone must do that).
 
 This module is numpy + scipy only (no TensorFlow): training, evaluation and the serving
-``Recommender`` share it. The weight builders here are also the evaluation baselines' (EASE,
-item-kNN in :mod:`recfuse.evaluation.baselines`): one implementation.
+``Recommender`` share it. The weights come from :mod:`recfuse.item_weights` (EASE, item-kNN,
+sequential rules), whose builders the evaluation baselines use too: one implementation.
 
 Example:
     >>> import numpy as np, scipy.sparse as sp
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from scipy.linalg import lapack
 
 from recfuse.errors import ArtifactError
 from recfuse.fsio import atomic_write_json, fsync_dir, fsync_tree
+from recfuse.item_weights import ease_weights, knn_weights, sequential_weights
 from recfuse.types import FloatArray, Int64Array
 
 HEAD_DIR = "item_head"
@@ -53,224 +53,25 @@ __all__ = [
     "HEAD_DIR",
     "METHODS",
     "ItemHead",
-    "active_items",
-    "binary_csr",
-    "cut_rows",
-    "ease_memory_bytes",
     "ease_weights",
-    "ease_weights_dense",
-    "gram_row_blocks",
+    "history_rows",
     "history_weights",
     "knn_weights",
     "load_item_head",
-    "neighbour_matrix",
     "profile_matrix",
-    "prune_rows",
     "sequential_weights",
-    "top_neighbours",
 ]
 
 
-def binary_csr(matrix: Any, arg: str, n_items: int | None = None) -> sp.csr_matrix:
-    """``matrix`` as a float32 CSR of 0/1 (duplicates summed, values > 0 become 1); validated."""
-    if not sp.issparse(matrix):
-        raise TypeError(f"`{arg}` must be a scipy.sparse matrix [rows, n_items], got {type(matrix).__name__}")
-    if matrix.ndim != 2 or (n_items is not None and matrix.shape[1] != n_items):
-        raise ValueError(f"`{arg}` must be [rows, {n_items or 'n_items'}] (train's item count), got {matrix.shape}")
-    m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    m.sum_duplicates()
-    if m.nnz and (not np.isfinite(m.data).all() or m.data.min() < 0):
-        raise ValueError(f"`{arg}` must hold finite interaction values >= 0, got min {float(m.data.min())!r}")
-    m.data = (m.data > 0).astype(np.float32)
-    m.eliminate_zeros()
-    return m
-
-
-def gram_row_blocks(x: sp.csr_matrix, block: int) -> Iterator[tuple[int, int, FloatArray]]:
-    """Dense row blocks ``(start, stop, G[start:stop] [b, n])`` of ``G = X^T X`` (co-occurrence counts)."""
-    xt = x.T.tocsr()
-    for s in range(0, xt.shape[0], block):
-        e = min(s + block, xt.shape[0])
-        yield s, e, np.asarray((xt[s:e] @ x).toarray(), dtype=np.float32)
-
-
-def top_neighbours(x: sp.csr_matrix, k: int, shrink: float, block: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
-    """Per item its ``k`` most cosine-similar items ``([n, k] indices, [n, k] similarities)``.
-
-    Sorted by descending similarity, ties by ascending index; missing neighbours (similarity 0)
-    have index 0 and value 0.
-    """
-    n = x.shape[1]
-    norms = np.sqrt(np.asarray(x.power(2).sum(axis=0), dtype=np.float32).reshape(-1))
-    nb_idx = np.zeros((n, k), dtype=np.int64)
-    nb_val = np.zeros((n, k), dtype=np.float32)
-    for s, e, sim in gram_row_blocks(x, block):
-        denom = norms[s:e, None] * norms[None, :] + np.float32(shrink)
-        np.divide(sim, denom, out=sim, where=denom > 0)
-        sim[np.arange(e - s), np.arange(s, e)] = 0.0
-        rows, cols, vals = _top_per_row(sim, k)
-        pos = np.arange(len(rows)) - np.searchsorted(rows, rows)
-        nb_idx[s + rows, pos], nb_val[s + rows, pos] = cols, vals
-    return nb_idx, nb_val
-
-
-def _top_per_row(block: FloatArray, k: int) -> tuple[Int64Array, Int64Array, FloatArray]:
-    """The ``k`` largest positive entries of each row ``(rows, cols, values)``, by row then descending
-    value then ascending column (a tie at the cut is filled by ascending column: well defined)."""
-    k = min(k, block.shape[1])
-    kth = -np.partition(-block, k - 1, axis=1)[:, k - 1 : k]  # k-th largest per row
-    greater = block > kth
-    equal = block == kth
-    need = k - greater.sum(axis=1, keepdims=True)
-    keep = (greater | (equal & (np.cumsum(equal, axis=1, dtype=np.int32) <= need))) & (block > 0)
-    rows, cols = np.nonzero(keep)
-    vals = block[rows, cols]
-    order = np.lexsort((cols, -vals, rows))
-    return rows[order].astype(np.int64), cols[order].astype(np.int64), vals[order].astype(np.float32)
-
-
-def knn_weights(x: sp.csr_matrix, neighbors: int, shrink: float = 0.0, block: int = 1024) -> sp.csr_matrix:
-    """Item-kNN weights ``W [n, n]``: ``W[i, j]`` = cosine(i, j) when ``i`` is one of target ``j``'s
-    ``neighbors`` most similar items (the RecBole / Dacrema "ItemKNN-CF"), so ``profile @ W`` sums each
-    target's neighbours that the profile holds."""
-    x = binary_csr(x, "x")
-    k = min(int(neighbors), max(x.shape[1] - 1, 1))
-    return neighbour_matrix(*top_neighbours(x, k, shrink, block))
-
-
-def neighbour_matrix(idx: npt.NDArray[np.int64], val: FloatArray) -> sp.csr_matrix:
-    """``W [n, n]`` from :func:`top_neighbours`' ``[n, k]`` output: ``W[idx[j, r], j] = val[j, r]``."""
-    n = idx.shape[0]
-    keep = val > 0
-    targets = np.broadcast_to(np.arange(n)[:, None], idx.shape)[keep]
-    return sp.csr_matrix((val[keep], (idx[keep], targets)), shape=(n, n), dtype=np.float32)
-
-
-def ease_memory_bytes(n_items: int) -> int:
-    """Peak bytes EASE holds for ``n_items`` items with training interactions (two ``n x n`` float32)."""
-    return 2 * n_items * n_items * 4
-
-
-def ease_weights_dense(xa: sp.csr_matrix, lam: float, out: FloatArray, block: int) -> None:
-    """EASE ``B [m, m]`` into ``out``: Gram, Cholesky inverse and column scaling all in place."""
-    m = out.shape[0]
-    for s, e, g in gram_row_blocks(xa, block):
-        out[s:e] = g
-    out[np.diag_indices(m)] += np.float32(lam)
-    # out.T is Fortran-ordered, so LAPACK works on our buffer without a copy; its upper triangle is
-    # our lower one.
-    c, info = lapack.spotrf(out.T, lower=0, overwrite_a=1, clean=0)
-    if info == 0:
-        c, info = lapack.spotri(c, lower=0, overwrite_c=1)
-    if info != 0:
-        raise ValueError(
-            f"EASE: X^T X + lambda I is not positive definite in float32 (LAPACK info {info}) at "
-            f"lambda {lam}; use larger `ease_lambdas`"
-        )
-    if not np.shares_memory(c, out):  # scipy would only copy if the buffer layout changed
-        out[...] = c.T
-    tile = 256  # mirror the lower triangle into the upper one in cache-sized tiles (5x faster than strips)
-    for s in range(0, m, tile):
-        e = min(s + tile, m)
-        diag = out[s:e, s:e]
-        diag[...] = np.tril(diag) + np.tril(diag, -1).T
-        for r in range(e, m, tile):
-            out[s:e, r : r + tile] = out[r : r + tile, s:e].T
-    d = np.diagonal(out).copy()
-    out *= -1.0 / d[None, :]  # B = -P / diag(P), column j divided by P[j, j]
-    out[np.diag_indices(m)] = 0.0
-
-
-def active_items(x: sp.csr_matrix) -> npt.NDArray[np.intp]:
-    """Columns of ``x`` with at least one interaction."""
-    return np.flatnonzero(np.diff(x.tocsc().indptr) > 0)
-
-
-def ease_weights(x: sp.csr_matrix, lam: float, keep: int, block: int = 1024, max_items: int = 50_000) -> sp.csr_matrix:
-    """EASE^R weights ``W [n, n]`` with each row (a history item) cut to its ``keep`` largest positive
-    weights: what the item-item head stores and serves.
-
-    Raises:
-        ValueError: more than ``max_items`` items have interactions (EASE holds an ``m x m`` float32
-            matrix), or the Gram matrix is not positive definite at ``lam``.
-    """
-    x = binary_csr(x, "x")
-    n = x.shape[1]
-    active = active_items(x)
-    m = len(active)
-    if m > max_items:
-        raise ValueError(
-            f"EASE over {m:,} items (those with training interactions) needs a dense {m:,} x {m:,} float32 "
-            f"matrix ({ease_memory_bytes(m) // 2 / 1e9:.1f} GB); raise `item_head.ease_max_items` (now "
-            f"{max_items:,}) if the machine has the memory, or use method 'itemknn'"
-        )
-    b = np.empty((m, m), dtype=np.float32)
-    ease_weights_dense(x[:, active] if m < n else x, float(lam), b, block)
-    return prune_rows(b, keep, active, n, block)
-
-
-def prune_rows(
-    dense: FloatArray, keep: int, index: npt.NDArray[np.intp] | None = None, n: int | None = None, block: int = 1024
-) -> sp.csr_matrix:
-    """A CSR ``[n, n]`` of each row's ``keep`` largest positive entries of ``dense [m, m]``, whose rows and
-    columns are items ``index`` (default: all ``m``)."""
-    m = dense.shape[0]
-    index = np.arange(m) if index is None else np.asarray(index, dtype=np.int64)
-    n = m if n is None else n
-    parts = []
-    for s in range(0, m, block):
-        rows, cols, vals = _top_per_row(dense[s : s + block], keep)
-        parts.append((index[s + rows], index[cols], vals))
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)
-
-
-def cut_rows(w: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """Each row of ``w`` cut to its ``keep`` largest entries (ties by ascending column)."""
-    w = sp.csr_matrix(w, dtype=np.float32)
-    counts = np.diff(w.indptr)
-    if counts.max(initial=0) <= keep:
-        return w
-    rows = np.repeat(np.arange(w.shape[0]), counts)
-    order = np.lexsort((w.indices, -w.data, rows))
-    rank = np.arange(len(order)) - np.repeat(w.indptr[:-1], counts)
-    sel = order[rank < keep]
-    return sp.csr_matrix((w.data[sel], (rows[sel], w.indices[sel])), shape=w.shape, dtype=np.float32)
-
-
-def sequential_weights(users: npt.ArrayLike, items: npt.ArrayLike, n: int, window: int, keep: int) -> sp.csr_matrix:
-    """Sequential rules: ``W[i, j]`` = sum over every user's training sequence of ``1 / gap`` for each
-    time ``j`` follows ``i`` within ``window`` steps (Ludewig & Jannach's "SR"), each row cut to ``keep``.
-
-    Args:
-        users: ``[m]`` user codes of the interactions, sorted by user then time (oldest first).
-        items: ``[m]`` the interactions' catalog rows, in the same order.
-        n: catalog size.
-        window: the largest gap counted (1: only the next item).
-        keep: weights kept per row.
-    """
-    u = np.asarray(users).reshape(-1)
-    it = np.asarray(items, dtype=np.int64).reshape(-1)
-    if len(u) != len(it):
-        raise ValueError(f"`users` and `items` must have equal length, got {len(u)} and {len(it)}")
-    if window < 1:
-        raise ValueError(f"`window` must be >= 1, got {window}")
-    rows, cols, vals = [], [], []
-    for gap in range(1, window + 1):
-        same = u[gap:] == u[:-gap]
-        src, dst = it[:-gap][same], it[gap:][same]
-        keep_pair = src != dst
-        rows.append(src[keep_pair])
-        cols.append(dst[keep_pair])
-        vals.append(np.full(int(keep_pair.sum()), 1.0 / gap, np.float32))
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    v = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-    w = sp.csr_matrix((v, (r, c)), shape=(n, n), dtype=np.float32)
-    w.sum_duplicates()
-    return cut_rows(w, keep)
+def history_rows(histories: Sequence[Sequence[str]], index: dict[str, int], max_history: int) -> list[Int64Array]:
+    """Per query, the catalog rows of its history ids as a served query reads them: most recent first,
+    unknown ids skipped, repeats dropped (the most recent kept), cut to ``max_history``."""
+    out = []
+    for h in histories:
+        rows = np.fromiter((index[i] for i in h if i in index), dtype=np.int64)
+        _, first = np.unique(rows, return_index=True)
+        out.append(rows[np.sort(first)][:max_history])
+    return out
 
 
 def history_weights(history: npt.ArrayLike, n: int, decay: float) -> tuple[Int64Array, FloatArray]:

@@ -11,7 +11,8 @@ import scipy.sparse as sp
 
 from recfuse.config import ItemHeadConfig, RecfuseConfig
 from recfuse.errors import ArtifactError, ConfigError
-from recfuse.itemitem import ItemHead, ease_weights, knn_weights, load_item_head, prune_rows, sequential_weights
+from recfuse.item_weights import ease_weights, knn_weights, prune_rows, sequential_weights
+from recfuse.itemitem import ItemHead, load_item_head
 
 
 def _interactions(n_users: int = 40, n_items: int = 12, seed: int = 0) -> sp.csr_matrix:

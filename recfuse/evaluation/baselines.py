@@ -38,7 +38,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from recfuse.evaluation.metrics import hit_rate_at_k, hits_from_pairs, ndcg_at_k, recall_at_k, relevant_pairs
-from recfuse.itemitem import (
+from recfuse.item_weights import (
     active_items,
     binary_csr,
     ease_memory_bytes,

@@ -42,6 +42,7 @@ import pandas as pd
 from recfuse.config import EvalConfig
 from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics_from_pairs, relevant_pairs
 from recfuse.evaluation.result import EvalResult, SegmentResult
+from recfuse.itemitem import history_rows
 from recfuse.ranking import masked_topk, topk_of_scores
 from recfuse.types import FloatArray, Int64Array
 
@@ -235,17 +236,6 @@ def evaluate_scores(
     return EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
 
 
-def history_rows(histories: Sequence[Sequence[str]], index: Mapping[str, int], max_history: int) -> list[Int64Array]:
-    """Per query, the catalog rows of its history ids as a served query reads them: most recent first,
-    unknown ids skipped, repeats dropped (the most recent kept), cut to ``max_history``."""
-    out = []
-    for h in histories:
-        rows = np.fromiter((index[i] for i in h if i in index), dtype=np.int64)
-        _, first = np.unique(rows, return_index=True)
-        out.append(rows[np.sort(first)][:max_history])
-    return out
-
-
 def _items_by_user(df: pd.DataFrame, index: Mapping[str, int]) -> tuple[dict[str, list[int]], int]:
     """user -> item indices of the rows of ``df``; also the number of rows whose item is unknown."""
     if df is None or df.empty:
@@ -390,30 +380,21 @@ def evaluate_model(
         stop = start + query_batch
         queries[start:stop] = model.query_embeddings(users[start:stop], sets.histories[start:stop])
     head = getattr(model, "item_head", None) if item_head else None
-    if head is not None and head.active:
-        max_history = int(model.config.data.max_history)  # type: ignore[attr-defined]
+    head = head if head is not None and head.active else None
+    if head is not None:
         index = {item: i for i, item in enumerate(item_ids)}
+        max_history = int(model.config.data.max_history)  # type: ignore[attr-defined]
         profiles = head.profile_rows(history_rows(sets.histories, index, max_history))
-        beta = np.float32(head.beta)
 
-        def score(rows: Int64Array) -> FloatArray:
-            return queries[rows] @ vectors.T + beta * head.scores(profiles[rows])
+    def score(rows: Int64Array) -> FloatArray:  # what evaluate_embeddings scores, plus the head's term
+        out = queries[rows] @ vectors.T
+        if head is not None:
+            out += np.float32(head.beta) * head.scores(profiles[rows])
+        return out
 
-        result = evaluate_scores(score, len(item_ids), users, sets.exclude, sets.test, ks, sets.cold_mask,
-                                 sets.item_counts, block_size, sets.counts)  # fmt: skip
+    result = evaluate_scores(score, len(item_ids), users, sets.exclude, sets.test, ks, sets.cold_mask,
+                             sets.item_counts, block_size, sets.counts)  # fmt: skip
+    if head is not None:
         result.info["item_head"] = {k: v for k, v in head.record().items() if k != "selection"}
-    else:
-        result = evaluate_embeddings(
-            queries,
-            vectors,
-            users,
-            sets.exclude,
-            sets.test,
-            ks=ks,
-            cold_mask=sets.cold_mask,
-            item_counts=sets.item_counts,
-            block_size=block_size,
-            counts=sets.counts,
-        )
     result.info.update(sets.info)
     return result

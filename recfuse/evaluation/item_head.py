@@ -34,17 +34,10 @@ import scipy.sparse as sp
 
 from recfuse.config import EvalConfig, ItemHeadConfig
 from recfuse.evaluation.baselines import validation_metric
-from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets, history_rows
+from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets
 from recfuse.evaluation.metrics import relevant_pairs
-from recfuse.itemitem import (
-    HEAD_DIR,
-    ItemHead,
-    cut_rows,
-    ease_weights,
-    knn_weights,
-    profile_matrix,
-    sequential_weights,
-)
+from recfuse.item_weights import cut_rows, ease_weights, knn_weights, sequential_weights
+from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, profile_matrix
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
