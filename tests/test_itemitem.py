@@ -77,6 +77,8 @@ def test_sequential_weights_sum_inverse_gaps_within_a_user() -> None:
     assert sequential_weights(users, items, n=5, window=1, keep=1).nnz == 3  # rows 1, 2, 3 keep one each
     with pytest.raises(ValueError, match="`window` must be >= 1, got 0"):
         sequential_weights(users, items, n=5, window=0, keep=1)
+    with pytest.raises(ValueError, match="`users` and `items` must have equal length, got 6 and 5"):
+        sequential_weights(users, items[:5], n=5, window=1, keep=1)
 
 
 def test_prune_rows_keeps_positive_largest_per_row_with_ties_by_column() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def test_fit_chooses_weights_and_beta_on_validation(trained: tuple[Any, Any, Pat
     assert seq.method == "sequential" and seq.params["window"] in (1, 3) and seq.weights.nnz > 0
     with pytest.raises(ValueError, match="`item_head.method` is 'none'"):
         fit_item_head(model, split, ItemHeadConfig(), MAX_HISTORY)
+    no_val = dataclasses.replace(split, val=split.val.iloc[:0])
+    with pytest.raises(ValueError, match="the validation split has no user with a catalog item"):
+        fit_item_head(model, no_val, cfg, MAX_HISTORY)
 
 
 def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, Path]) -> None:
