@@ -48,8 +48,11 @@ def load_catalog(
     modalities: Sequence[ModalityConfig] = default_modalities(),
     *,
     max_problems: int = MAX_PROBLEMS,
+    truncated: dict[str, int] | None = None,
 ) -> Catalog:
     """Read and validate ``data_cfg.items`` (the interactions are not read).
+
+    ``truncated``, when given, receives per text column the number of values cut to the limits.
 
     Raises:
         SchemaError: table-level problems, or bad rows when ``on_bad_rows == "fail"``.
@@ -63,7 +66,7 @@ def load_catalog(
     items, report, rejected = validate_catalog(
         read_table(items_path), modalities, images_dir, path=str(items_path), on_bad_rows=data_cfg.on_bad_rows,
         quarantine_dir=qdir, max_problems=max_problems, max_title_chars=data_cfg.max_title_chars,
-        max_text_chars=data_cfg.max_text_chars, long_text=data_cfg.long_text,
+        max_text_chars=data_cfg.max_text_chars, long_text=data_cfg.long_text, truncated=truncated,
     )  # fmt: skip
     if items.empty:
         raise DataError(f"items file {str(items_path)!r}: no usable items ({report.rejected} rejected)")

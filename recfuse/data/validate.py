@@ -35,11 +35,11 @@ from typing import Any
 import pandas as pd
 
 from recfuse.config import DataConfig, ModalityConfig, default_modalities
-from recfuse.data.images import image_root
+from recfuse.data.catalog import load_catalog
 from recfuse.data.readers import read_table
 from recfuse.data.report import MAX_PROBLEMS, ValidationReport
 from recfuse.data.validate_interactions import validate_interactions
-from recfuse.data.validate_items import validate_catalog
+from recfuse.data.validate_items import validate_catalog  # noqa: F401  (re-exported: the catalog half of load_dataset)
 from recfuse.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -88,20 +88,10 @@ def load_dataset(
         >>> ds.report.items.ok, ds.report.interactions.rejected  # doctest: +SKIP
         (200, 0)
     """
-    items_path = Path(data_cfg.items)
-    images_dir = image_root(
-        data_cfg.images_dir if data_cfg.images_dir else items_path.parent, data_cfg.allow_external_images
-    )
-    qdir = Path(data_cfg.quarantine_dir) if data_cfg.quarantine_dir else items_path.parent / "quarantine"
-    items_raw = read_table(items_path)
     truncated: dict[str, int] = {}
-    items, item_report, rejected = validate_catalog(
-        items_raw, modalities, images_dir, path=str(items_path), on_bad_rows=data_cfg.on_bad_rows,
-        quarantine_dir=qdir, max_problems=max_problems, max_title_chars=data_cfg.max_title_chars,
-        max_text_chars=data_cfg.max_text_chars, long_text=data_cfg.long_text, truncated=truncated,
-    )  # fmt: skip
-    if items.empty:
-        raise DataError(f"items file {str(items_path)!r}: no usable items ({item_report.rejected} rejected)")
+    cat = load_catalog(data_cfg, modalities, max_problems=max_problems, truncated=truncated)
+    items, item_report, rejected, images_dir = cat.items, cat.report, cat.rejected, cat.images_dir
+    qdir = Path(data_cfg.quarantine_dir) if data_cfg.quarantine_dir else Path(data_cfg.items).parent / "quarantine"
     inter_raw = read_table(data_cfg.interactions)
     inter, inter_report = validate_interactions(
         inter_raw, set(items["item_id"]), rejected_items=rejected, path=str(data_cfg.interactions),
