@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from recfuse.cli.train_cmds import add_set_option
 from recfuse.errors import InvalidRequestError, UsageError
 
 
@@ -31,14 +32,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--config", default=None, help="TOML config: its [data] interactions, catalog and split")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (as for `recfuse train`), e.g. data.split_seed=7",
-    )
+    add_set_option(p, "override a config value (as for `recfuse train`), e.g. data.split_seed=7")
     p.add_argument(
         "--interactions",
         default=None,

@@ -31,14 +31,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", required=True, help="TOML config file")
     p.add_argument("--out", default=None, help="model directory (default: train.out_dir of the config)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help='override a config value, VALUE parsed as TOML (e.g. model.dim=32, model.fusion="max")',
-    )
+    add_set_option(p, 'override a config value, VALUE parsed as TOML (e.g. model.dim=32, model.fusion="max")')
     p.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -65,6 +58,11 @@ def register(sub: Any) -> None:
         help="running Ray cluster for --engine ray (default: a local session on 127.0.0.1)",
     )
     p.set_defaults(handler=_train)
+
+
+def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` option (read back with :func:`parse_overrides`)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
