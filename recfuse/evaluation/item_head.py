@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from recfuse.config import EvalConfig, ItemHeadConfig
 from recfuse.evaluation.baselines import validation_metric
 from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets
 from recfuse.evaluation.metrics import relevant_pairs
-from recfuse.item_weights import cut_rows, ease_weights, knn_weights, sequential_weights
+from recfuse.item_weights import cut_rows, ease_weights, neighbour_matrix, sequential_weights, top_neighbours
 from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, profile_matrix
 from recfuse.types import FloatArray
 
@@ -82,7 +83,6 @@ def fit_item_head(
     item_ids = [str(i) for i in model.item_ids]
     index = {item: i for i, item in enumerate(item_ids)}
     n = len(item_ids)
-    x = _train_matrix(split, index)
     sets = build_eval_sets(_ValSplit(split), item_ids, EvalConfig(mask="train", history="train"))
     keep_users = np.arange(len(sets.users))
     if len(keep_users) > cfg.max_val_users:
@@ -102,10 +102,8 @@ def fit_item_head(
 
     selection: list[dict[str, Any]] = []
     best: tuple[float, sp.csr_matrix, dict[str, float | int], float] | None = None
-    grid = {"ease": cfg.ease_lambdas, "itemknn": cfg.knn_neighbors, "sequential": cfg.seq_windows}[cfg.method]
-    for value in grid:
-        t = time.perf_counter()
-        w, params = _weights(cfg, split, index, x, value, block_size)
+    t = time.perf_counter()
+    for w, params in _weight_grid(cfg, split, index, block_size):
         for decay, profiles in profiles_by_decay.items():
             score = metric(lambda s, e, w=w, p=profiles: np.asarray((p[s:e] @ w).toarray(), np.float32))
             selection.append({"stage": "weights", **params, "decay": decay, cfg.select_metric: score,
@@ -168,18 +166,31 @@ def _train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
     return x
 
 
-def _weights(
-    cfg: ItemHeadConfig, split: SplitLike, index: dict[str, int], x: sp.csr_matrix, value: float, block_size: int
-) -> tuple[sp.csr_matrix, dict[str, float | int]]:
-    """The head's weights for one grid value of ``cfg.method``, and the params that name them."""
+def _weight_grid(
+    cfg: ItemHeadConfig, split: SplitLike, index: dict[str, int], block_size: int
+) -> Iterator[tuple[sp.csr_matrix, dict[str, float | int]]]:
+    """The head's weights for each grid value of ``cfg.method`` and the params that name them; what
+    the values share (the training matrix, one similarity pass at the largest K, the sorted
+    sequences) is built once."""
+    keep = cfg.keep
+    if cfg.method == "sequential":
+        users, items = _sequences(split, index)
+        for window in cfg.seq_windows:
+            yield sequential_weights(users, items, len(index), int(window), keep), {"window": int(window), "keep": keep}
+        return
+    x = _train_matrix(split, index)
     if cfg.method == "ease":
-        return ease_weights(x, float(value), cfg.keep, block_size, cfg.ease_max_items), {"lambda": float(value),
-                                                                                          "keep": cfg.keep}  # fmt: skip
-    if cfg.method == "itemknn":
-        return cut_rows(knn_weights(x, int(value), block=block_size), cfg.keep), {"neighbors": int(value),
-                                                                                   "keep": cfg.keep}  # fmt: skip
-    users, items = _sequences(split, index)
-    return sequential_weights(users, items, len(index), int(value), cfg.keep), {"window": int(value), "keep": cfg.keep}
+        for lam in cfg.ease_lambdas:
+            yield (
+                ease_weights(x, float(lam), keep, block_size, cfg.ease_max_items),
+                {"lambda": float(lam), "keep": keep},
+            )
+        return
+    k_max = min(max(cfg.knn_neighbors), max(len(index) - 1, 1))
+    nb_idx, nb_val = top_neighbours(x, k_max, 0.0, block_size)  # smaller K are prefixes of the largest
+    for k in cfg.knn_neighbors:
+        w = cut_rows(neighbour_matrix(nb_idx[:, :k], nb_val[:, :k]), keep)
+        yield w, {"neighbors": int(k), "keep": keep}
 
 
 def _sequences(split: SplitLike, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
