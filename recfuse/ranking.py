@@ -106,16 +106,7 @@ def topk_of_scores(
     if k < 1:
         raise ValueError(f"`k` must be >= 1, got {k}")
     b, n = scores.shape
-    if exclude is not None:
-        if len(exclude) != b:
-            raise ValueError(f"`exclude` must have one entry per row ({b}), got {len(exclude)}")
-        rows, cols = [], []
-        for r, ex in enumerate(exclude):
-            ex_arr = np.asarray(ex, dtype=np.int64).reshape(-1)
-            rows.append(np.full(len(ex_arr), r, dtype=np.int64))
-            cols.append(ex_arr)
-        if rows:
-            scores[np.concatenate(rows), np.concatenate(cols)] = -np.inf
+    mask_excluded(scores, exclude)
     k = min(k, n)
     if k < n:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -124,3 +115,23 @@ def topk_of_scores(
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+
+
+def mask_excluded(scores: FloatArray, exclude: Sequence[npt.ArrayLike] | None) -> None:
+    """Set each row's excluded columns of a score block ``[b, n]`` to ``-inf``, in place.
+
+    Args:
+        scores: ``[b, n]`` float32 scores.
+        exclude: per-row arrays of column indices (len ``b``), or None for no exclusions.
+    """
+    if exclude is None:
+        return
+    if len(exclude) != scores.shape[0]:
+        raise ValueError(f"`exclude` must have one entry per row ({scores.shape[0]}), got {len(exclude)}")
+    rows, cols = [], []
+    for r, ex in enumerate(exclude):
+        ex_arr = np.asarray(ex, dtype=np.int64).reshape(-1)
+        rows.append(np.full(len(ex_arr), r, dtype=np.int64))
+        cols.append(ex_arr)
+    if rows:
+        scores[np.concatenate(rows), np.concatenate(cols)] = -np.inf

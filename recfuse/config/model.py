@@ -85,6 +85,13 @@ class ModelConfig:
             from content alone and score below warm items' content + id vectors, so among all
             items new items rarely reach a top k; a factor above 1 lifts them. Training is
             unchanged, so it can be set at evaluation or export time.
+        new_item_share: the share of every ranking's positions held for new items (no training
+            interactions: cold items, items added with ``add-items``): ``floor(p * share)`` of the
+            first ``p`` positions go to the best-scoring new items that pass the query's filters,
+            when fewer reach them on their own (:mod:`recfuse.new_item_slots`; 0.1 puts a new item
+            at position 10 and 20 at the latest). 0 (the default) is off. Applied by evaluation,
+            the Recommender and the server (read from the bundle's config); training is unchanged,
+            so it can be set at evaluation or export time. Must be in [0, 1).
         query_encoder: how the query tower reads the history (through the item tower's
             embeddings): ``attention`` (additive-attention pooling with a learned recency term,
             order-blind apart from it) or ``transformer`` (a SASRec-style causal self-attention
@@ -134,6 +141,7 @@ class ModelConfig:
     mixed_negatives: int = 0
     popularity_prior: float = 0.0
     new_item_scale: float = 1.0
+    new_item_share: float = 0.0
     softmax: str = "sampled"
 
     def __post_init__(self) -> None:
@@ -143,6 +151,12 @@ class ModelConfig:
                 f'`model.user_id_embedding` must be true, false or "auto", got {self.user_id_embedding!r}'
             )
         check_range("model", "new_item_scale", self.new_item_scale, 0.1, 10.0)
+        share = self.new_item_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise ConfigError(
+                f"`model.new_item_share` must be a number in [0, 1) (the share of ranking positions held for new "
+                f"items), got {share!r}; e.g. 0.1 holds 2 of 20 positions, 0 turns it off"
+            )
         check_choice("model", "fusion", self.fusion, FUSIONS)
         check_choice("model", "alignment", self.alignment, ALIGNMENTS)
         check_range("model", "dim", self.dim, 2, 4096)

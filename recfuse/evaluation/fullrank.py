@@ -32,18 +32,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from recfuse.config import EvalConfig
+from recfuse.evaluation.eval_sets import EvalSets, SplitLike, build_eval_sets  # noqa: F401  (re-exported)
 from recfuse.evaluation.metrics import aggregate_metrics, per_user_metrics_from_pairs, relevant_pairs
 from recfuse.evaluation.result import EvalResult, SegmentResult
 from recfuse.itemitem import history_rows
-from recfuse.ranking import masked_topk, topk_of_scores
+from recfuse.new_item_slots import check_share, topk_with_new_slots
+from recfuse.ranking import masked_topk
 from recfuse.types import FloatArray, Int64Array
 
 logger = logging.getLogger(__name__)
@@ -67,22 +67,6 @@ class RankingModel(Protocol):
     def user_histories(self) -> Mapping[str, Sequence[str]]: ...
 
     def query_embeddings(self, user_ids: Sequence[str | None], histories: Sequence[Sequence[str]]) -> FloatArray: ...
-
-
-class SplitLike(Protocol):
-    """What evaluation needs from a split (``recfuse.data.splits.Split`` fits)."""
-
-    @property
-    def train(self) -> pd.DataFrame: ...
-
-    @property
-    def val(self) -> pd.DataFrame: ...
-
-    @property
-    def test(self) -> pd.DataFrame: ...
-
-    @property
-    def cold_items(self) -> frozenset[str]: ...
 
 
 def ranked_topk(
@@ -118,6 +102,9 @@ def evaluate_embeddings(
     item_counts: npt.ArrayLike | None = None,
     block_size: int = 1024,
     counts: Mapping[str, Any] | None = None,
+    *,
+    new_items: npt.ArrayLike | None = None,
+    new_item_share: float = 0.0,
 ) -> EvalResult:
     """Evaluate precomputed query/item embeddings with full ranking.
 
@@ -132,6 +119,10 @@ def evaluate_embeddings(
         item_counts: ``[n]`` training counts (adds ``novelty@k``).
         block_size: users scored per block.
         counts: extra bookkeeping copied into :attr:`EvalResult.counts`.
+        new_items: ``[n]`` bool, True for items the model never trained on; with ``new_item_share``
+            > 0 every ranking holds that share of its positions for them
+            (:func:`recfuse.new_item_slots.topk_with_new_slots`, ``model.new_item_share``).
+        new_item_share: the share of positions held for new items (0: off).
 
     Returns:
         :class:`EvalResult` with segment ``all`` (and ``warm``/``cold`` when ``cold_mask`` is given).
@@ -145,8 +136,9 @@ def evaluate_embeddings(
         return q[rows] @ vectors.T
 
     return evaluate_scores(
-        score, int(vectors.shape[0]), user_ids, train_items, test_items, ks, cold_mask, item_counts, block_size, counts
-    )
+        score, int(vectors.shape[0]), user_ids, train_items, test_items, ks, cold_mask, item_counts, block_size, counts,
+        new_items=new_items, new_item_share=new_item_share,
+    )  # fmt: skip
 
 
 ScoreFn = Callable[[Int64Array], FloatArray]
@@ -163,14 +155,24 @@ def evaluate_scores(
     item_counts: npt.ArrayLike | None = None,
     block_size: int = 1024,
     counts: Mapping[str, Any] | None = None,
+    *,
+    new_items: npt.ArrayLike | None = None,
+    new_item_share: float = 0.0,
 ) -> EvalResult:
     """Full-ranking evaluation of any scorer: ``score(user_positions [b]) -> [b, n_items]`` scores.
 
     The scorer receives positions into ``user_ids`` (as given, not sorted) and returns a fresh
     float32 block (it is modified in place). Masking, top-k, tie order and metrics are those of
     :func:`evaluate_embeddings`, which is this function with ``queries @ item_vectors.T`` as the
-    scorer; baselines whose scores are not inner products (EASE, item-kNN) use it directly.
+    scorer; baselines whose scores are not inner products (EASE, item-kNN) use it directly. With
+    ``new_items`` and ``new_item_share`` > 0 each ranking holds that share of its positions for the
+    new items (:mod:`recfuse.new_item_slots`, as served).
     """
+    share = check_share(new_item_share)
+    is_new = np.zeros(n_items, bool) if new_items is None else np.asarray(new_items, dtype=bool)
+    if is_new.shape != (n_items,):
+        raise ValueError(f"`new_items` must have shape ({n_items},), got {is_new.shape}")
+    slots = share > 0 and 0 < int(is_new.sum()) < n_items
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 1:
         raise ValueError(f"`ks` must be positive cut-offs, got {ks}")
@@ -201,10 +203,11 @@ def evaluate_scores(
         block = np.asarray(score(order[start:stop]), dtype=np.float32)
         if block.shape != (stop - start, n_items):
             raise ValueError(f"the scorer must return [{stop - start}, {n_items}] scores, got {block.shape}")
-        idx, vals = topk_of_scores(block, k_max, masks[start:stop])
+        idx, vals = topk_with_new_slots(block, k_max, is_new, share, masks[start:stop])
         idx = np.where(np.isfinite(vals), idx, -1)
-        tie_order = np.lexsort((idx, -vals.astype(np.float64)), axis=-1)
-        top[start:stop, : idx.shape[1]] = np.take_along_axis(idx, tie_order, axis=1)
+        if not slots:  # a merged list is in its own order (ties by index already; a held slot out of score order)
+            idx = np.take_along_axis(idx, np.lexsort((idx, -vals.astype(np.float64)), axis=-1), axis=1)
+        top[start:stop, : idx.shape[1]] = idx
 
     segment_masks: dict[str, npt.NDArray[np.bool_] | None] = {"all": None}
     if cold_mask is not None:
@@ -233,104 +236,10 @@ def evaluate_scores(
             skipped_users=int(skipped),
         )
         logger.info("segment %s: %d users evaluated, %d without test items skipped", name, len(rows), skipped)
-    return EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
-
-
-def _items_by_user(df: pd.DataFrame, index: Mapping[str, int]) -> tuple[dict[str, list[int]], int]:
-    """user -> item indices of the rows of ``df``; also the number of rows whose item is unknown."""
-    if df is None or df.empty:
-        return {}, 0
-    rows = df["item_id"].astype(str).map(index)
-    unknown = int(rows.isna().sum())
-    known = df.loc[rows.notna(), "user_id"].astype(str)
-    grouped = pd.Series(rows[rows.notna()].astype(np.int64).to_numpy(), index=known.to_numpy()).groupby(level=0)
-    return {str(u): list(v) for u, v in grouped}, unknown
-
-
-def _histories(df: pd.DataFrame) -> dict[str, list[str]]:
-    """``user -> [item_id, ...]`` most recent first (ordered by timestamp, ties in file order)."""
-    if df is None or df.empty:
-        return {}
-    order = df.sort_values(["user_id", "timestamp"], kind="stable") if "timestamp" in df.columns else df
-    out: dict[str, list[str]] = {}
-    for user, group in order.groupby(order["user_id"].astype(str), sort=False):
-        out[str(user)] = group["item_id"].astype(str).tolist()[::-1]
-    return out
-
-
-@dataclass(frozen=True)
-class EvalSets:
-    """Who is evaluated and how, under one protocol (:class:`recfuse.config.EvalConfig`).
-
-    Attributes:
-        users: test users with at least one rankable test item, sorted.
-        histories: per user, the item ids the query reads (most recent first).
-        exclude: per user, item indices removed from the ranking.
-        test: per user, held-out item indices.
-        item_counts: ``[n]`` training interactions per item.
-        cold_mask: ``[n]`` True for the split's cold items, or None without cold items.
-        counts: bookkeeping copied into the result.
-        info: ``protocol`` and ``split`` descriptions for reports.
-    """
-
-    users: list[str]
-    histories: list[list[str]]
-    exclude: list[list[int]]
-    test: list[list[int]]
-    item_counts: Int64Array
-    cold_mask: npt.NDArray[np.bool_] | None
-    counts: dict[str, int]
-    info: dict[str, Any]
-
-
-def build_eval_sets(
-    split: SplitLike,
-    item_ids: Sequence[str],
-    protocol: EvalConfig | None = None,
-    cold_items: frozenset[str] | None = None,
-) -> EvalSets:
-    """Build the test users, their queries' histories and masks for ``protocol`` (default: ``EvalConfig()``).
-
-    The split's kind (``split.kind`` when it has one) resolves ``protocol.history = "auto"``.
-    """
-    protocol = protocol or EvalConfig()
-    kind = str(getattr(split, "kind", "random"))
-    history = protocol.resolved_history(kind)
-    index = {str(item): i for i, item in enumerate(item_ids)}
-    test_by_user, unknown_test = _items_by_user(split.test, index)
-    train_by_user = _items_by_user(split.train, index)[0]
-    val_by_user = _items_by_user(split.val, index)[0]
-    test_users = set(split.test["user_id"].astype(str)) if not split.test.empty else set()
-    users = sorted(test_by_user)
-    if unknown_test:
-        logger.warning("%d test row(s) name items the model cannot rank; left out of the relevant sets", unknown_test)
-    read = pd.concat([split.train, split.val], ignore_index=True) if history == "train+valid" else split.train
-    by_user = _histories(read)
-    histories = [by_user.get(u, []) for u in users]
-    with_valid = protocol.mask == "train+valid"
-    exclude = [train_by_user.get(u, []) + (val_by_user.get(u, []) if with_valid else []) for u in users]
-    cold = frozenset(getattr(split, "cold_items", frozenset())) if cold_items is None else cold_items
-    cold_mask = np.array([str(i) in cold for i in item_ids], dtype=bool) if cold else None
-    train_idx = split.train["item_id"].astype(str).map(index).dropna().astype(np.int64).to_numpy()
-    counts = {
-        "test_rows": len(split.test),
-        "unknown_test_rows": unknown_test,
-        "users_only_unknown_test_items": len(test_users) - len(users),
-        "users_without_history": sum(1 for h in histories if not h),
-        "train_users_without_test_rows": len(set(split.train["user_id"].astype(str)) - test_users),
-    }
-    record = split.record() if hasattr(split, "record") else {}
-    info = {"protocol": protocol.describe(kind), "mask": protocol.mask, "history": history, "split": record}
-    return EvalSets(
-        users=users,
-        histories=histories,
-        exclude=exclude,
-        test=[test_by_user[u] for u in users],
-        item_counts=np.bincount(train_idx, minlength=len(item_ids)).astype(np.int64),
-        cold_mask=cold_mask,
-        counts=counts,
-        info=info,
-    )
+    result = EvalResult(ks=ks, segments=segments, n_items=n_items, counts=dict(counts or {}))
+    if slots:
+        result.info["new_item_slots"] = {"share": share, "new_items": int(is_new.sum())}
+    return result
 
 
 def evaluate_model(
@@ -342,6 +251,7 @@ def evaluate_model(
     query_batch: int = 1024,
     protocol: EvalConfig | None = None,
     item_head: bool = True,
+    new_item_share: float | None = None,
 ) -> EvalResult:
     """Full-ranking evaluation of a trained model on ``split.test``.
 
@@ -357,6 +267,8 @@ def evaluate_model(
         item_head: rank with the model's item-item head when it has one (``model.item_head``, as
             served: ``q . v * factor + beta * head``, the head reading the query's history rows
             as :func:`history_rows` gives them); False scores the towers alone.
+        new_item_share: the share of each ranking held for items the model never trained on
+            (:mod:`recfuse.new_item_slots`; default: the model's ``config.model.new_item_share``).
 
     Returns:
         :class:`EvalResult` (per-user arrays, means via ``.means(segment)``, counts of unusable rows,
@@ -392,8 +304,13 @@ def evaluate_model(
             out += np.float32(head.beta) * head.scores(profiles[rows])
         return out
 
+    if new_item_share is None:
+        new_item_share = float(getattr(getattr(getattr(model, "config", None), "model", None), "new_item_share", 0.0))
+    popularity = getattr(model, "popularity", {})
+    is_new = np.array([popularity.get(i, 0) <= 0 for i in item_ids], bool) if new_item_share else None
     result = evaluate_scores(score, len(item_ids), users, sets.exclude, sets.test, ks, sets.cold_mask,
-                             sets.item_counts, block_size, sets.counts)  # fmt: skip
+                             sets.item_counts, block_size, sets.counts, new_items=is_new,
+                             new_item_share=new_item_share)  # fmt: skip
     if head is not None:
         result.info["item_head"] = {k: v for k, v in head.record().items() if k != "selection"}
     result.info.update(sets.info)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from recfuse.bundle import LoadedBundle
 from recfuse.index import SearchResult
 from recfuse.inference.plan import QueryPlan
 from recfuse.inference.search import FilteredSearch
@@ -59,6 +60,14 @@ class HeadRerank:
         self.vectors = vectors
         self.candidates = int(candidates)
         self.searcher = searcher
+
+    @classmethod
+    def for_bundle(cls, bundle: LoadedBundle, vectors: FloatArray, searcher: FilteredSearch) -> HeadRerank | None:
+        """The re-rank of a bundle's active item-item head, None when it has none (or an inactive one)."""
+        head = bundle.item_head
+        if head is None or not head.active:
+            return None
+        return cls(head, vectors, bundle.item_head_candidates, searcher)
 
     def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
         """One ``SearchResult(blended scores [m], rows [m])`` per plan, best first, ``m <= plan.k``,

@@ -17,8 +17,9 @@ from recfuse.index.served import tunable_param
 from recfuse.inference.types import BundleInfo
 
 
-def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> BundleInfo:
-    """The :class:`BundleInfo` of a loaded bundle, served with request limit ``max_k``."""
+def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int, new_item_slots: str = "") -> BundleInfo:
+    """The :class:`BundleInfo` of a loaded bundle, served with request limit ``max_k`` (``new_item_slots``:
+    the Recommender's :meth:`~recfuse.inference.new_items.NewItemSlots.describe`, "" when off)."""
     m = bundle.manifest
     served = m.get("served_recall") or {}
     head = _head(bundle)
@@ -42,7 +43,7 @@ def bundle_info(bundle: LoadedBundle, max_k: int, category_count: int) -> Bundle
         served_recall=None if served.get("recall") is None else float(served["recall"]),
         served_recall_queries=str(served.get("queries", "")),
         # the head is part of the ranking in force: Info shows it in search_params, as the factory choice
-        search_params="; ".join(t for t in (params, head and f"item head {head}") if t),
+        search_params="; ".join(t for t in (params, head and f"item head {head}", new_item_slots) if t),
         item_head=head,
     )
 

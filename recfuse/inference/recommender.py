@@ -13,13 +13,13 @@ Request path, per batch of queries:
    ``k`` items whenever that many candidates pass the filters;
 5. with an active item-item head in the bundle (``LoadedBundle.item_head``), the search fetches
    ``k + candidates`` and every model query is re-ranked by ``q . v * factor + beta * head``
-   (:mod:`recfuse.inference.head_rerank`), the same score ``recfuse evaluate --model`` ranks by.
+   (:mod:`recfuse.inference.head_rerank`), the same score ``recfuse evaluate --model`` ranks by;
+6. with ``model.new_item_share`` > 0, that share of each model ranking is held for the best new
+   items (:mod:`recfuse.inference.new_items`), as evaluation ranks.
 
-:meth:`Recommender.recommend_batch` answers model queries through :meth:`Recommender.search_model`;
-so does :meth:`Recommender.rank` (the serving fast path) when the bundle has an active head. Without
-one, ``rank`` calls the index's ``search_one`` directly: the same search as ``search_model``'s
-unfiltered single query, returning lists (about 5 µs a call less than arrays + ``tolist``); the
-two are tested equal with and without a head.
+:meth:`Recommender.recommend_batch` and :meth:`Recommender.rank` (the serving fast path) answer model
+queries through :meth:`Recommender.search_model`, except that ``rank`` without a head or slots calls
+the index's ``search_one`` directly (lists; ~5 µs a call less); the paths are tested equal.
 
 Everything is precomputed at load and never mutated, so one instance serves concurrent threads.
 
@@ -49,6 +49,7 @@ from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.head_rerank import HeadRerank
 from recfuse.inference.info import bundle_info
 from recfuse.inference.limits import Limits
+from recfuse.inference.new_items import NewItemSlots
 from recfuse.inference.plan import EMPTY_RESULT, EMPTY_ROWS, QueryPlan, filter_rows, history_rows
 from recfuse.inference.query_vectors import QueryVectors, known_user_vectors
 from recfuse.inference.search import FilteredSearch, popular_rows
@@ -86,6 +87,8 @@ class Recommender:
             miss the TLB far less, for some start-up time per GB of index. A no-op where the kernel
             does not allow it. Off by default for one-shot uses; the server turns it on
             (``ServerConfig.hugepages``).
+        new_item_share: the share of each model ranking held for new items; None (the default)
+            takes the bundle's ``model.new_item_share`` (:mod:`recfuse.inference.new_items`).
         search_threads: faiss OpenMP threads for this Recommender's searches. 1, the default, is
             right for single requests: with more, every small search pays thread wake-ups. OpenMP
             keeps this setting per calling thread (``omp_set_num_threads`` in one thread leaves the
@@ -107,6 +110,7 @@ class Recommender:
         exact_filter_max: int = 20_000,
         user_vectors_mb: float = 0.0,
         hugepages: bool = False,
+        new_item_share: float | None = None,
     ) -> None:
         self._search_threads = None if search_threads is None else int(search_threads)
         if self._search_threads is not None:
@@ -115,11 +119,9 @@ class Recommender:
         self.limits = limits or Limits()
         self._tables = CatalogTables.from_bundle(self.bundle)
         self._tower = self.bundle.query_tower
-        # the index's vectors: what items are ranked by (popularity prior applied at export)
-        # what the index ranks by (exact filtered searches and similar-item queries use the same)
+        # what the index ranks by (× each item's factor); exact filtered and similar-item searches too
         self._vectors = self.bundle.ranked_vectors
-        # Per-item attention logits etc. computed once here (cold items of an incremental bundle are
-        # rows of this matrix, so they get theirs too); a request runs the short forward.
+        # per-item attention logits etc. once here (added items too); a request runs the short forward
         self._encoder = QueryEncoder(self._tower, self.bundle.item_vectors)
         self._item_id_list: list[str] = [str(i) for i in self._tables.item_ids]
         #: id and title of each catalog row, for callers of :meth:`rank` (read-only tuples)
@@ -151,14 +153,12 @@ class Recommender:
             self.bundle.path,
         )
         self._queries = QueryVectors(self._encoder, self.user_vectors, self._user_vocab.num_oov, self.bundle.path)
-        head = self.bundle.item_head
         #: the item-item head's re-rank of model queries, None without an active head
-        self.head_rerank: HeadRerank | None = (
-            HeadRerank(head, self._vectors, self.bundle.item_head_candidates, self._searcher)
-            if head is not None and head.active
-            else None
-        )
-        self._info = bundle_info(self.bundle, self.limits.max_k, len(self._tables.category_rows))
+        self.head_rerank = HeadRerank.for_bundle(self.bundle, self._vectors, self._searcher)
+        #: new-item slots of model rankings, None when off (or no item is new)
+        self.new_slots = NewItemSlots.from_bundle(self.bundle, self._vectors, new_item_share)
+        slots = self.new_slots.describe() if self.new_slots is not None else ""
+        self._info = bundle_info(self.bundle, self.limits.max_k, len(self._tables.category_rows), slots)
 
     @classmethod
     def from_bundle(
@@ -170,15 +170,11 @@ class Recommender:
         search_threads: int | None = 1,
         user_vectors_mb: float = 0.0,
         hugepages: bool = False,
+        new_item_share: float | None = None,
     ) -> Recommender:
         """Load (and verify) a bundle and build a Recommender over it."""
-        return cls(
-            load_bundle(path, variant=variant, verify=verify),
-            limits,
-            search_threads,
-            user_vectors_mb=user_vectors_mb,
-            hugepages=hugepages,
-        )
+        bundle = load_bundle(path, variant=variant, verify=verify)
+        return cls(bundle, limits, search_threads, 20_000, user_vectors_mb, hugepages, new_item_share)
 
     # ------------------------------------------------------------------ public API
     def info(self) -> BundleInfo:
@@ -235,8 +231,8 @@ class Recommender:
 
         The serving fast path: the same validation, history merge, query forward and search as
         ``recommend(user_id, history, k)`` (tested equal), without building a query, a plan or an
-        object per returned item (with an active item-item head it goes through the same
-        :meth:`search_model` re-rank as ``recommend``). Map rows to ids and titles with
+        object per returned item (with an active item-item head or new-item slots it goes through
+        the same :meth:`search_model` as ``recommend``). Map rows to ids and titles with
         :attr:`item_id_of_row` and :attr:`title_of_row`.
 
         Raises:
@@ -257,7 +253,7 @@ class Recommender:
         else:
             q = self._queries.finite(self._encoder.encode_one(max(user_idx, 0), hist)[None, :])
         t1 = time.perf_counter()
-        if self.head_rerank is None:
+        if self.head_rerank is None and self.new_slots is None:
             found = self._searcher.search_one(q, k)  # = search_model's answer for an unfiltered plan, as lists
             rows, scores = found.ids, found.scores
         else:
@@ -305,10 +301,12 @@ class Recommender:
 
     def search_model(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
         """The ranking of model queries ``[b, d]`` under their plans: the filtered index search, re-ranked
-        with the item-item head when the bundle has an active one. ``ids`` are catalog rows."""
+        with the bundle's active item-item head, with new-item slots held when on. ``ids`` are catalog rows."""
         if self.head_rerank is not None:
-            return self.head_rerank.search(queries, plans)
-        return self._searcher.search(queries, plans)
+            found = self.head_rerank.search(queries, plans)
+        else:
+            found = self._searcher.search(queries, plans)
+        return found if self.new_slots is None else self.new_slots.apply(queries, plans, found)
 
     def similar_items(
         self,
