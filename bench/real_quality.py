@@ -94,6 +94,9 @@ COLD_FRACTION = 0.2
 COLD_KEYS = ("recall", "hit", "ndcg")
 # model.new_item_scale values the cold protocol scores each model with (training does not depend on it)
 NEW_ITEM_SCALES = (1.0, 1.05, 1.1, 1.2, 1.5)
+# model.new_item_share values the cold protocol scores each model with (0.05 / 0.1 / 0.2 hold 1 / 2 / 4 of
+# the 20 positions for new items; like new_item_scale, training does not depend on it)
+NEW_ITEM_SHARES = (0.05, 0.1, 0.2)
 # λ = 100 won every protocol on MicroLens-50k's valid split with the library's five-value grid
 # (10 … 1000); three values around it keep both protocols' baselines inside ~10 minutes on 2 cores
 EASE_LAMBDAS = (30.0, 100.0, 300.0)
@@ -152,12 +155,14 @@ def cold_target(interactions: pd.DataFrame, target: str, seed: int = 0) -> Split
                  kind="cold_start", seed=seed)  # fmt: skip
 
 
-def cold_metrics(queries: np.ndarray, vectors: np.ndarray, sets: Any) -> dict[str, float]:
+def cold_metrics(queries: np.ndarray, vectors: np.ndarray, sets: Any, is_new: np.ndarray | None = None,
+                 share: float = 0.0) -> dict[str, float]:  # fmt: skip
     """Recall / HR / NDCG @20 of the held-out items ranked among the held-out items only and among all items.
 
     ``sets`` are the evaluation sets of a :func:`cold_target` split (every target item is a held-out
-    item). Among all items the user's training items are masked, as served; among the held-out items
-    nothing needs masking (none was ever trained on).
+    item). Among all items the user's training items are masked, as served, and ``share`` of the
+    positions is held for the ``is_new`` items (``model.new_item_share``); among the held-out items
+    nothing needs masking (none was ever trained on) and every item is new.
     """
     from recfuse.evaluation.fullrank import evaluate_embeddings
 
@@ -166,7 +171,8 @@ def cold_metrics(queries: np.ndarray, vectors: np.ndarray, sets: Any) -> dict[st
     position[cold_idx] = np.arange(len(cold_idx))
     among_cold = evaluate_embeddings(queries, vectors[cold_idx], sets.users, [[] for _ in sets.users],
                                      [position[np.asarray(t, np.int64)] for t in sets.test], ks=(20,))  # fmt: skip
-    among_all = evaluate_embeddings(queries, vectors, sets.users, sets.exclude, sets.test, ks=(20,))
+    among_all = evaluate_embeddings(queries, vectors, sets.users, sets.exclude, sets.test, ks=(20,), new_items=is_new,
+                                    new_item_share=share)  # fmt: skip
     out = {f"held-out {k}": float(v) for k, v in among_cold.means("all").items() if k.split("@")[0] in COLD_KEYS}
     out.update({f"all {k}": float(v) for k, v in among_all.means("all").items() if k.split("@")[0] in COLD_KEYS})
     return out
@@ -214,9 +220,14 @@ def run_cold(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
     t0 = time.perf_counter()
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     knn = cold_metrics(text_knn_queries(vectors, item_ids, sets.histories), unit, sets)
-    knn["warm recall@20"] = float(evaluate_embeddings(
-        text_knn_queries(vectors, item_ids, warm_sets.histories), unit, warm_sets.users, warm_sets.exclude,
-        warm_sets.test, ks=(20,)).means("all")["recall@20"])  # fmt: skip
+    knn_warm = evaluate_embeddings(text_knn_queries(vectors, item_ids, warm_sets.histories), unit, warm_sets.users,
+                                   warm_sets.exclude, warm_sets.test, ks=(20,)).means("all")  # fmt: skip
+    knn["warm recall@20"], knn["warm ndcg@20"] = float(knn_warm["recall@20"]), float(knn_warm["ndcg@20"])
+    # the baseline with the same slots, for comparison: new = no training interaction in this split
+    trained = set(split.train["item_id"].astype(str))
+    knn_new = np.array([i not in trained for i in item_ids])
+    knn.update(slot_metrics(text_knn_queries(vectors, item_ids, sets.histories),
+                            text_knn_queries(vectors, item_ids, warm_sets.histories), unit, knn_new, sets, warm_sets))
     rows = [{"name": "text-kNN (MiniLM)", "kind": "baseline", "means": knn, "train_s": 0.0,
              "eval_s": time.perf_counter() - t0}]  # fmt: skip
     print(f"  text-kNN: {knn}", flush=True)
@@ -244,7 +255,10 @@ def run_cold(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
                 warm = evaluate_embeddings(warm_queries, ranked, warm_sets.users, warm_sets.exclude, warm_sets.test,
                                            ks=(20,)).means("all")  # fmt: skip
                 found["warm recall@20"] = float(warm["recall@20"])
+                found["warm ndcg@20"] = float(warm["ndcg@20"])
                 means.update({f"{k} x{scale:g}": v for k, v in found.items()})
+            plain = model.item_embeddings * popularity_scale(counts, cfg.model.popularity_prior, 1.0)[:, None]
+            means.update(slot_metrics(queries, warm_queries, plain, counts == 0, sets, warm_sets))
             per_seed.append({"seed": seed, "means": means, "train_s": t_train, "eval_s": time.perf_counter() - t2,
                              "epochs": result.epochs_run, "best_epoch": result.best_epoch})  # fmt: skip
             print(f"  recfuse {variant} seed {seed}: {means} (epochs {result.epochs_run}, train {t_train:.0f} s)",
@@ -258,6 +272,44 @@ def run_cold(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
             "history": "train", "sizes": {"train": len(split.train), "valid": len(split.val),
                                           "target": len(split.test), "held_out_items": len(split.cold_items),
                                           "users_without_history": without}}  # fmt: skip
+
+
+def slot_metrics(queries: np.ndarray, warm_queries: np.ndarray, vectors: np.ndarray, is_new: np.ndarray, sets: Any,
+                 warm_sets: Any) -> dict[str, float]:  # fmt: skip
+    """New-item slots (``model.new_item_share``, at ``new_item_scale`` 1): for each share, the held-out
+    items' metrics among all items (``{metric} s{share}``) and the warm validation rows' Recall@20 and
+    NDCG@20 with the same slots; ``... s{share} mid`` is the same share with the held slot in the
+    middle of each block instead of at its end (the placement compared in docs/decisions.md)."""
+    from recfuse.evaluation.fullrank import evaluate_embeddings
+
+    out: dict[str, float] = {}
+    for share in NEW_ITEM_SHARES:
+        found = cold_metrics(queries, vectors, sets, is_new, share)
+        out.update({f"{k} s{share:g}": v for k, v in found.items() if k.startswith("all ")})
+        warm = evaluate_embeddings(warm_queries, vectors, warm_sets.users, warm_sets.exclude, warm_sets.test, ks=(20,),
+                                   new_items=is_new, new_item_share=share).means("all")  # fmt: skip
+        out[f"warm recall@20 s{share:g}"] = float(warm["recall@20"])
+        out[f"warm ndcg@20 s{share:g}"] = float(warm["ndcg@20"])
+        out[f"all ndcg@20 s{share:g} mid"] = _ndcg20(queries, vectors, sets, is_new, share, 0.5)
+        out[f"warm ndcg@20 s{share:g} mid"] = _ndcg20(warm_queries, vectors, warm_sets, is_new, share, 0.5)
+    return out
+
+
+def _ndcg20(queries: np.ndarray, vectors: np.ndarray, sets: Any, is_new: np.ndarray, share: float,
+            offset: float) -> float:  # fmt: skip
+    """Mean NDCG@20 over users with a target item, slots placed at ``offset`` in each block."""
+    from recfuse.evaluation.metrics import per_user_metrics_from_pairs, relevant_pairs
+    from recfuse.new_item_slots import topk_with_new_slots
+
+    tops = []
+    for start in range(0, len(sets.users), 1024):
+        stop = min(start + 1024, len(sets.users))
+        idx, vals = topk_with_new_slots(queries[start:stop] @ vectors.T, 20, is_new, share,
+                                        sets.exclude[start:stop], offset=offset)  # fmt: skip
+        tops.append(np.where(np.isfinite(vals), idx, -1))
+    users, items = relevant_pairs(sets.test)
+    per_user = per_user_metrics_from_pairs(np.concatenate(tops), users, items, (20,), None)
+    return float(np.mean(per_user["ndcg@20"]))
 
 
 def _queries(model: Any, sets: Any) -> np.ndarray:
@@ -284,6 +336,32 @@ def render_cold(block: dict[str, Any]) -> list[str]:
             ratio = " / ".join(f"{m[c] / base[c]:.2f}x" if base[c] > 0 else "–" for c in (cols[0], cols[2]))
             lines.append(f"| {r['name']} | {'' if scale is None else f'{scale:g}'} | "
                          + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {ratio} | {r['train_s']:.0f} |")  # fmt: skip
+    return lines + render_slots(block)
+
+
+def render_slots(block: dict[str, Any]) -> list[str]:
+    """The new-item slot rows (``model.new_item_share``; new_item_scale 1): share 0 is the plain ranking."""
+    base = next(r for r in block["rows"] if r["kind"] == "baseline")["means"]
+    lines = [
+        "\nnew-item slots (model.new_item_share, new_item_scale 1; 'mid' = the held slot mid-block instead of last):",
+        "",
+        "| model | new_item_share (of k=20) | Recall@20 among held-out | Recall@20 among all | NDCG@20 among all | "
+        "warm Recall@20 | warm NDCG@20 | ÷ text-kNN without slots (held-out / all) | NDCG@20 all / warm, mid |",
+        "|---|---:|" + "---:|" * 7,
+    ]  # fmt: skip
+    for r in block["rows"]:
+        m = r["means"]
+        if r["kind"] == "baseline":  # its plain keys carry no suffix; its slot rows are for comparison
+            m = {**m, **{f"{k} x1": v for k, v in m.items()}}
+        held = m["held-out recall@20 x1"]
+        for share in (0.0, *NEW_ITEM_SHARES):
+            tag = " x1" if share == 0 else f" s{share:g}"
+            rec, ndcg, warm = m[f"all recall@20{tag}"], m[f"all ndcg@20{tag}"], m[f"warm recall@20{tag}"]
+            warm_ndcg = m.get(f"warm ndcg@20{tag}", float("nan"))
+            mid = "" if share == 0 else f"{m[f'all ndcg@20{tag} mid']:.4f} / {m[f'warm ndcg@20{tag} mid']:.4f}"
+            lines.append(f"| {r['name']} | {share:g} ({round(share * 20)}) | {held:.4f} | {rec:.4f} | {ndcg:.4f} | "
+                         f"{warm:.4f} | {warm_ndcg:.4f} | {held / max(base['held-out recall@20'], 1e-12):.2f}x / "
+                         f"{rec / max(base['all recall@20'], 1e-12):.2f}x | {mid} |")  # fmt: skip
     return lines
 
 
@@ -301,6 +379,11 @@ def cold_summary_line(block: dict[str, Any]) -> str:
         m = best["means"]
         parts.append(f"{m[f'all recall@20 x{scale:g}'] / max(base['all recall@20'], 1e-12):.2f} among all at "
                      f"new_item_scale {scale:g} (warm Recall@20 {m[f'warm recall@20 x{scale:g}']:.4f}, {best['name']})")
+    for share in NEW_ITEM_SHARES:
+        best = max(ours, key=lambda r: r["means"][f"all recall@20 s{share:g}"])
+        m = best["means"]
+        parts.append(f"{m[f'all recall@20 s{share:g}'] / max(base['all recall@20'], 1e-12):.2f} among all at "
+                     f"new_item_share {share:g} (warm Recall@20 {m[f'warm recall@20 s{share:g}']:.4f}, {best['name']})")
     return "cold start: recfuse / text-kNN Recall@20 = " + "; ".join(parts)
 
 
