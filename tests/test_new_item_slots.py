@@ -313,3 +313,22 @@ def test_grpc_serves_a_new_item_with_slots_on_and_not_off(tmp_path: Path) -> Non
             assert sum(is_new[i] for i in served) == (2 if share else 0), share
             info = s.Info(pb.InfoRequest(), timeout=10)
             assert ("new-item slots: share 0.1" in info.variants[0].search_params) == bool(share)
+
+
+def test_items_added_later_are_new_and_reach_the_ranking_through_a_slot(tmp_path: Path, bundles: dict[str, Path]):
+    pytest.importorskip("tensorflow")  # recfuse.bundle.incremental loads TrainedModel
+    from recfuse.bundle.incremental import _extended
+
+    loaded = load_bundle(bundles["on"])
+    rec = Recommender(loaded)
+    q = rec._queries.encode([rec._plan(RecommendQuery("u3", (), 20))])[0]  # u3's query vector, as served
+    new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["N1", "N2"], "categories": [["c1"], ["c2"]]})
+    vectors = np.stack([0.7 * q / np.linalg.norm(q), -q / np.linalg.norm(q)]).astype(np.float32)
+    contents, index = _extended(loaded, new, vectors)
+    grown = load_bundle(write_bundle(tmp_path, contents, contents.index_config, index=index))
+    is_new = dict(zip(grown.item_ids, bundle_new_items(grown)))
+    assert is_new["n1"] and is_new["n2"] and sum(is_new.values()) == sum(bundle_new_items(loaded)) + 2
+    assert bundle_share(grown) == 0.1  # the setting travels with the bundle's config
+    served = Recommender(grown).recommend(user_id="u3", k=20).item_ids
+    assert "n1" in served and "n2" not in served
+    assert "n1" not in Recommender(grown, new_item_share=0.0).recommend(user_id="u3", k=20).item_ids
