@@ -124,10 +124,11 @@ def _train(args: argparse.Namespace) -> int:
 
     from recfuse.training.trainer import train
 
+    n_test = split.test_rows if hasattr(split, "test_rows") else len(split.test)  # a prepared split does not hold them
     mods = ", ".join(f"{m.name} ({m.kind}/{m.source})" for m in cfg.modalities) or "none: item ids only"
     print(
         f"training {cfg.variant!r}: {len(dataset.items)} items, {len(split.train)} train / "
-        f"{len(split.val)} val / {len(split.test)} test interactions ({cfg.data.split} split) -> {out}\n"
+        f"{len(split.val)} val / {n_test} test interactions ({cfg.data.split} split) -> {out}\n"
         f"modalities: {mods}; fusion {cfg.model.fusion}",
         flush=True,
     )

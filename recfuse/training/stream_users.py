@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from recfuse.data.prepare import load_manifest
 from recfuse.data.vocab import IdVocab
 from recfuse.training.examples import user_histories
-from recfuse.training.validation import ValQueries, build_val_queries
+from recfuse.training.validation import Ragged, ValQueries, build_val_queries
 
 __all__ = ["stream_val_queries", "write_prepared_user_lists"]
 
@@ -62,17 +62,15 @@ def stream_val_queries(
     parts.append(build_val_queries(_EMPTY.astype({"user_id": str, "item_id": str}), rest, item_vocab, user_vocab,
                                    max_history))  # fmt: skip
     user_ids = [u for p in parts for u in p.user_ids]
-    order = sorted(range(len(user_ids)), key=user_ids.__getitem__)
-    relevant = [r for p in parts for r in p.relevant]
-    exclude = [e for p in parts for e in p.exclude]
+    order = np.asarray(sorted(range(len(user_ids)), key=user_ids.__getitem__), np.int64)
     cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("user_idx", "hist_idx", "hist_pos")}
     return ValQueries(
         [user_ids[i] for i in order],
         cat["user_idx"][order],
         cat["hist_idx"][order],
         cat["hist_pos"][order],
-        [relevant[i] for i in order],
-        [exclude[i] for i in order],
+        Ragged.concat([p.relevant for p in parts]).take(order),
+        Ragged.concat([p.exclude for p in parts]).take(order),
     )
 
 

@@ -58,7 +58,7 @@ from recfuse.training.stream import (
 )
 from recfuse.training.stream_users import stream_val_queries, write_prepared_user_lists
 from recfuse.training.tb_logging import ScalarLogger
-from recfuse.training.validation import ValQueries, build_val_queries, recall_at_k
+from recfuse.training.validation import build_val_queries, recall_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _train(
     if prepared is not None:
         part = (cluster.index, cluster.workers)  # several workers: each streams every workers-th shard
         source, item_counts, skipped = streamed_input(prepared, len(train_df), *ex_args, part=part)
-        examples = source.shard_examples(source.shards[0])  # builds the variables below; fit streams them all
+        examples = source.first_examples(2)  # build the variables below; fit streams them all
     else:
         examples = build_examples(train_df, *ex_args)
         item_counts, skipped = np.asarray(examples.item_counts), int(len(train_df) - examples.interactions)
@@ -251,10 +251,9 @@ def _train(
         ])  # fmt: skip
         ranked = items_m.numpy() if rank_scale is None else items_m.numpy() * rank_scale[:, None]
         total = 0.0  # RANK_BLOCK users at a time: ranking holds [block, items] scores and their argpartition
-        for b in (slice(s, s + RANK_BLOCK) for s in range(0, len(vq), RANK_BLOCK)):
-            part = ValQueries(vq.user_ids[b], vq.user_idx[b], vq.hist_idx[b], vq.hist_pos[b], vq.relevant[b],
-                              vq.exclude[b])  # fmt: skip
-            total += recall_at_k(q[b], ranked, part, cfg.train.eval_k) * len(part)
+        for s in range(0, len(vq), RANK_BLOCK):
+            part = vq.block(s, s + RANK_BLOCK)
+            total += recall_at_k(q[s : s + RANK_BLOCK], ranked, part, cfg.train.eval_k) * len(part)
         return total / len(vq) if len(vq) else 0.0
 
     writer = tf.summary.create_file_writer(str(work / "tensorboard" / "validation"))
