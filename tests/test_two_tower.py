@@ -203,3 +203,15 @@ def test_live_history_cap_encodes_a_bounded_random_subset_and_reads_the_rest_fro
     grad = np.abs(tf.convert_to_tensor(tape.gradient(loss, emb)).numpy()).sum(axis=1)
     assert grad[0] > 0 and grad[1] > 0  # candidates are always live
     assert int((grad[[5, 6, 7, 8, 9]] > 0).sum()) == 2  # exactly `live_history_items` history items
+
+
+def test_live_pass_rows_are_bucketed_to_few_shapes() -> None:
+    from recfuse.models.two_tower import _bucketed
+
+    counts = [*range(1, 300), *range(300, 20_001, 37), 8193, 10_000, 20_000]
+    sizes = {n: int(tf.size(_bucketed(tf.range(n, dtype=tf.int64)))) for n in counts}
+    assert [sizes[n] for n in (1, 8, 9, 100, 8193, 10_000, 20_000)] == [8, 8, 16, 104, 9216, 10240, 20480]
+    assert all(n <= s <= n + max(7, n // 8) for n, s in sizes.items())  # at most an eighth more rows
+    assert len(set(sizes.values())) <= 8 * 12  # about eight per doubling, not one per count
+    padded = _bucketed(tf.constant([4, 2, 7], tf.int64)).numpy().tolist()
+    assert padded == [4, 2, 7, 0, 0, 0, 0, 0]  # the items first, then row 0 (encoded, never read)

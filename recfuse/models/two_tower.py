@@ -45,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -321,11 +322,12 @@ class TwoTowerModel(tfrs.models.Model):
             keep = tf.minimum(extra, self.live_history_items)
             picked = n_uc + tf.argsort(self._rng.uniform((extra,)))[:keep]  # a random `keep` of them
             live_pos = tf.concat([tf.range(n_uc), picked], axis=0)
-            live_rows, tokens, mask = self._encode(tf.gather(uniq, live_pos), training)
+            live_rows, tokens, mask = self._encode(_bucketed(tf.gather(uniq, live_pos)), training)
             bank_rows = tf.stop_gradient(tf.gather(self.memory_bank, uniq))
-            rows = tf.tensor_scatter_nd_update(bank_rows, live_pos[:, None], live_rows)
+            rows = tf.tensor_scatter_nd_update(bank_rows, live_pos[:, None], live_rows[: tf.size(live_pos)])
         else:
-            rows, tokens, mask = self._encode(uniq, training)
+            # the rows past the unique items (bucket padding) are encoded but never read
+            rows, tokens, mask = self._encode(_bucketed(uniq), training)
         cand_rows = inv[:n_cand]
         if tokens is not None and mask is not None:
             # the candidates' unique items are the first rows of both the live and the all-live pass
@@ -344,3 +346,19 @@ class TwoTowerModel(tfrs.models.Model):
 
     def get_config(self) -> dict[str, Any]:  # pragma: no cover - not serialised as a whole
         raise NotImplementedError("TwoTowerModel is saved as a tf.train.Checkpoint of its towers")
+
+
+def _bucketed(idx: tf.Tensor) -> tf.Tensor:
+    """``idx`` ``[n]`` padded with index 0 to a bucketed length: the next multiple of 2**(floor(log2 n) - 3)
+    (at least 8), at most 1/8 more rows.
+
+    A batch's unique items are a different count every step; oneDNN (TensorFlow's CPU kernels) builds
+    and caches a matmul primitive per input shape, up to 1,024 per thread, so over an epoch the candidate
+    tower's varying shapes grew the process by hundreds of MB (bench/README.md, "The real commands at
+    2M, 5M and 20M interactions"). Bucketed, a run sees at most eight shapes per doubling of ``n``.
+    """
+    n = tf.size(idx)
+    octave = tf.cast(tf.math.floor(tf.math.log(tf.cast(tf.maximum(n, 1), tf.float32)) / math.log(2.0)), tf.int32)
+    step = tf.bitwise.left_shift(1, tf.maximum(octave - 3, 3))
+    padded = (n + step - 1) // step * step
+    return tf.pad(idx, [[0, padded - n]])
