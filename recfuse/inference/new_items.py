@@ -76,8 +76,10 @@ class NewItemSlots:
     def from_bundle(cls, bundle: LoadedBundle, vectors: FloatArray, share: float | None = None) -> NewItemSlots | None:
         """The bundle's slots (``share`` None: its ``model.new_item_share``); None when off or no item is new."""
         share = bundle_share(bundle) if share is None else check_share(share)
+        if share == 0:
+            return None
         is_new = bundle_new_items(bundle)
-        if share == 0 or not is_new.any():
+        if not is_new.any():
             return None
         return cls(vectors, is_new, share, bundle.index_config.metric)
 
