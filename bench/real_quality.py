@@ -94,9 +94,9 @@ COLD_FRACTION = 0.2
 COLD_KEYS = ("recall", "hit", "ndcg")
 # model.new_item_scale values the cold protocol scores each model with (training does not depend on it)
 NEW_ITEM_SCALES = (1.0, 1.05, 1.1, 1.2, 1.5)
-# model.new_item_share values the cold protocol scores each model with (0.05 / 0.1 / 0.2 hold 1 / 2 / 4 of
-# the 20 positions for new items; like new_item_scale, training does not depend on it)
-NEW_ITEM_SHARES = (0.05, 0.1, 0.2)
+# model.new_item_share values the cold protocol scores each model with (0.05 / 0.1 / 0.2 … hold 1 / 2 / 4 …
+# of the 20 positions for new items; like new_item_scale, training does not depend on it)
+NEW_ITEM_SHARES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 # λ = 100 won every protocol on MicroLens-50k's valid split with the library's five-value grid
 # (10 … 1000); three values around it keep both protocols' baselines inside ~10 minutes on 2 cores
 EASE_LAMBDAS = (30.0, 100.0, 300.0)
