@@ -52,7 +52,7 @@ class ItemHeadConfig:
     seq_windows: tuple[int, ...] = (1, 2, 5)
     history_decays: tuple[float, ...] = (1.0, 0.7, 0.4)
     keep: int = 200
-    betas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    betas: tuple[float, ...] = (0.03, 0.06, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     select_metric: str = "ndcg@10"
     max_val_users: int = 5000
     candidates: int = 200

@@ -141,8 +141,9 @@ def fit_item_head(
         logger.info("item head beta %.4g: %s %.5f", beta, cfg.select_metric, score)
         if score > best_score:
             best_beta, best_score = beta, score
-    if scale > 0 and best_beta == scale * max(cfg.betas):
-        logger.warning("item head: the best beta is the largest multiplier %s; widen `item_head.betas`", max(cfg.betas))
+    for edge, word in ((max(cfg.betas), "largest"), (min(cfg.betas), "smallest")):
+        if scale > 0 and best_beta == scale * edge and len(cfg.betas) > 1:
+            logger.warning("item head: the best beta is the %s multiplier %s; widen `item_head.betas`", word, edge)
     logger.info("item head fitted in %.1f s: %s %s, beta %.4g", time.perf_counter() - t0, cfg.method, params, best_beta)
     return ItemHead(weights, float(best_beta), cfg.method, params, selection, decay)
 
