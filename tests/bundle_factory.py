@@ -147,3 +147,21 @@ def make_bundle(
     keep = kwargs.pop("keep_versions", None)
     contents = make_contents(n_items, dim, variant, seed, **kwargs)  # type: ignore[arg-type]
     return write_bundle(root, contents, version=version, keep_versions=keep)  # type: ignore[arg-type]
+
+
+def oracle_scores(bundle, user: str | None, history: list[str]) -> tuple[list[int], np.ndarray]:  # type: ignore[no-untyped-def]
+    """By hand, what a served query scores: the history rows (request ids first, then the stored
+    history, repeats dropped, cut to the manifest's ``max_history``) and ``ranked_v . q`` of every
+    item, ``q`` from the numpy tower (the head and filters are the caller's)."""
+    b = bundle
+    stored = dict(zip(b.user_history["user_id"], b.user_history["items"])).get(user, []) if user else []
+    merged: list[str] = []
+    for i in [h for h in history if h in b.item_ids] + list(stored):
+        if i not in merged:
+            merged.append(i)
+    hist = [b.item_ids.index(i) for i in merged[: int(b.manifest["max_history"])]]
+    rows = np.full((1, 20), -1, np.int64)
+    rows[0, : len(hist)] = hist
+    user_idx = np.array([b.user_vocab.lookup_one(user) if user else 0])
+    q = b.query_tower.encode(b.item_vectors, user_idx, rows)[0]
+    return hist, (b.ranked_vectors @ q).astype(np.float32)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from bundle_factory import make_contents
+from bundle_factory import make_contents, oracle_scores
 
 from recfuse.bundle import load_bundle, write_bundle
 from recfuse.bundle.item_head import HEAD_FILES, grown_head, reindexed_head
@@ -72,17 +72,7 @@ def _brute(
 ) -> tuple[list[str], list[float]]:
     """Full ranking by hand: the numpy tower on the merged history, ``q . ranked_v + beta * sum W[hist]``."""
     b = rec.bundle
-    stored = dict(zip(b.user_history["user_id"], b.user_history["items"])).get(user, []) if user else []
-    merged: list[str] = []
-    for i in [h for h in history if h in b.item_ids] + list(stored):
-        if i not in merged:
-            merged.append(i)
-    hist = [b.item_ids.index(i) for i in merged[: int(b.manifest["max_history"])]]
-    rows = np.full((1, 20), -1, np.int64)
-    rows[0, : len(hist)] = hist
-    user_idx = np.array([b.user_vocab.lookup_one(user) if user else 0])
-    q = b.query_tower.encode(b.item_vectors, user_idx, rows)[0]
-    scores = b.ranked_vectors @ q
+    hist, scores = oracle_scores(b, user, history)
     if head and b.item_head is not None and hist:
         head_scores = b.item_head.scores(b.item_head.profile_rows([hist]))[0]  # as evaluate_model scores it
         scores = scores + np.float32(b.item_head.beta) * head_scores

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from bundle_factory import make_contents
+from bundle_factory import make_contents, oracle_scores
 
 from recfuse.bundle import load_bundle, write_bundle
 from recfuse.config import RecfuseConfig
@@ -194,17 +194,8 @@ def _expected(rec: Recommender, user: str | None, history: list[str], k: int, sh
               mask: Sequence[int] = (), head: bool = False) -> list[str]:  # fmt: skip
     """The evaluation's ranking (topk_with_new_slots over every item's score) of the served query."""
     b = rec.bundle
-    stored = dict(zip(b.user_history["user_id"], b.user_history["items"])).get(user, []) if user else []
-    merged: list[str] = []
-    for i in [h for h in history if h in b.item_ids] + list(stored):
-        if i not in merged:
-            merged.append(i)
-    hist = [b.item_ids.index(i) for i in merged[: int(b.manifest["max_history"])]]
-    rows = np.full((1, 20), -1, np.int64)
-    rows[0, : len(hist)] = hist
-    user_idx = np.array([b.user_vocab.lookup_one(user) if user else 0])
-    q = b.query_tower.encode(b.item_vectors, user_idx, rows)[0]
-    scores = (b.ranked_vectors @ q)[None, :].astype(np.float32)
+    hist, flat = oracle_scores(b, user, history)
+    scores = flat[None, :]
     if head and hist:
         scores += np.float32(b.item_head.beta) * b.item_head.scores(b.item_head.profile_rows([hist]))
     idx, _ = topk_with_new_slots(scores, k, bundle_new_items(b), share, [np.asarray(mask, np.int64)])
