@@ -174,7 +174,8 @@ class Recommender:
     ) -> Recommender:
         """Load (and verify) a bundle and build a Recommender over it."""
         bundle = load_bundle(path, variant=variant, verify=verify)
-        return cls(bundle, limits, search_threads, 20_000, user_vectors_mb, hugepages, new_item_share)
+        return cls(bundle, limits, search_threads, user_vectors_mb=user_vectors_mb, hugepages=hugepages,
+                   new_item_share=new_item_share)  # fmt: skip
 
     # ------------------------------------------------------------------ public API
     def info(self) -> BundleInfo:
