@@ -70,6 +70,24 @@ def test_fit_chooses_weights_and_beta_on_validation(trained: tuple[Any, Any, Pat
         fit_item_head(model, no_val, cfg, MAX_HISTORY)
 
 
+def test_a_best_beta_at_either_end_of_the_grid_warns(
+    trained: tuple[Any, Any, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    model, split, _ = trained
+    cfg = ItemHeadConfig(method="itemknn", knn_neighbors=(20,), keep=10, betas=(0.25, 1.0, 4.0), history_decays=(1.0,))
+    with caplog.at_level("WARNING", logger="recfuse.evaluation.item_head"):
+        head = fit_item_head(model, split, cfg, MAX_HISTORY)
+    multipliers = {r["beta"]: r["multiplier"] for r in head.selection if r["stage"] == "beta"}
+    chosen = multipliers[head.beta]
+    warned = [r.getMessage() for r in caplog.records if "widen `item_head.betas`" in r.getMessage()]
+    if chosen == pytest.approx(0.25):
+        assert warned == ["item head: the best beta is the smallest multiplier 0.25; widen `item_head.betas`"]
+    elif chosen == pytest.approx(4.0):
+        assert warned == ["item head: the best beta is the largest multiplier 4.0; widen `item_head.betas`"]
+    else:  # 0 (no head) or inside the grid
+        assert warned == []
+
+
 def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, Path]) -> None:
     from recfuse.models.trained import TrainedModel
 
@@ -113,7 +131,7 @@ def _write_cfg(tmp_path: Path, data_dir: Path, head: str) -> Path:
     cfg.write_text(
         f'modalities = []\n[data]\nitems = "{data_dir / "items.parquet"}"\n'
         f'interactions = "{data_dir / "interactions.parquet"}"\nmax_history = {MAX_HISTORY}\n'
-        '[model]\ndim = 16\nquery_hidden = [16]\n[train]\nepochs = 1\nbatch_size = 128\n'
+        "[model]\ndim = 16\nquery_hidden = [16]\n[train]\nepochs = 1\nbatch_size = 128\n"
         f'[item_head]\nmethod = "{head}"\nknn_neighbors = [10]\nbetas = [1.0, 4.0]\n',
         encoding="utf-8",
     )
