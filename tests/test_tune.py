@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -101,6 +102,30 @@ def test_space_files_that_are_missing_or_not_toml(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[params\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_space(tmp_path / "bad.toml")
+
+
+_LR_TABLE = '[params."train.learning_rate"]\ntype = "float"\nlow = 1e-3\nhigh = 1e-2\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (f"[study]\ntrails = 3\n{_LR_TABLE}", r"\['trails'\] in `study` \('trails' -> did you mean 'trials'\?\)"),
+        (
+            f"[study.pruner]\nn_warmup_step = 1\n{_LR_TABLE}",
+            r"\['n_warmup_step'\] in `study.pruner` \(.*did you mean 'n_warmup_steps'\?",
+        ),
+        ("[param.x]\ntype = 'int'\n", r"\['param'\] in `search space` \('param' -> did you mean 'params'\?\)"),
+        (_LR_TABLE + "hihg = 0.2\n", r"\['hihg'\] in `params.\"train.learning_rate\"` \(.*did you mean 'high'\?"),
+    ],
+)
+def test_a_misspelled_key_in_a_space_file_names_the_file_the_key_and_the_likely_one(
+    text: str, match: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^search space file '{re.escape(str(path))}': unknown key\(s\) {match}"):
+        load_space(path)
 
 
 @pytest.mark.parametrize(

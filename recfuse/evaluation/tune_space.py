@@ -44,19 +44,16 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from recfuse.config import RecfuseConfig
+from recfuse.config.parse import build_section, load_toml
 from recfuse.errors import ConfigError
 
 PARAM_TYPES = ("float", "int", "categorical")
-PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
-STUDY_KEYS = ("direction", "trials", "minutes", "seed", "metric", "pruner")
-PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps")
 # modality fields that decide which catalog columns the dataset loads
 _MODALITY_FIXED = ("name", "kind", "source", "columns", "dim")
 _FIXED = {
@@ -190,48 +187,86 @@ def metric_k(metric: str) -> int:
     return int(m.group(1))
 
 
-def _table(raw: Any, where: str, known: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"`{where}` must be a table, got {raw!r}")
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in `{where}`; known keys: {list(known)}")
-    return raw
+@dataclass(frozen=True)
+class _PrunerTable:
+    """``[study.pruner]`` as written; :class:`TuneSpace` checks the values."""
+
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class _StudyTable:
+    """``[study]`` as written; :class:`TuneSpace` checks the values."""
+
+    direction: str = "maximize"
+    trials: int = 20
+    minutes: float | None = None
+    seed: int = 0
+    metric: str | None = None
+    pruner: _PrunerTable = field(default_factory=_PrunerTable)
+
+
+@dataclass(frozen=True)
+class _ParamTable:
+    """One ``[params."KEY"]`` as written. Values are left untyped here: :class:`ParamSpec` checks them
+    with messages that name the entry and the rule (``low`` below ``high``, an integer for ``int`` …)."""
+
+    type: Any = None
+    low: Any = None
+    high: Any = None
+    log: Any = False
+    step: Any = None
+    choices: Any = ()
+
+
+@dataclass(frozen=True)
+class _SpaceFile:
+    """The top level of a search-space file; each table is built on its own so messages name it."""
+
+    study: Any = None
+    params: Any = None
 
 
 def parse_space(raw: Mapping[str, Any]) -> TuneSpace:
-    """Build a :class:`TuneSpace` from parsed TOML; every problem raises :class:`ConfigError` naming the entry."""
-    top = _table(raw, "search space", ("study", "params"))
-    study = dict(_table(top.get("study", {}), "study", STUDY_KEYS))
-    pruner = _table(study.pop("pruner", {}), "study.pruner", PRUNER_KEYS)
-    direction = study.pop("direction", "maximize")
-    if direction != "maximize":
-        raise ConfigError(f'`study.direction` must be "maximize" (the validation metric), got {direction!r}')
-    params = top.get("params", {})
+    """Build a :class:`TuneSpace` from parsed TOML; every problem raises :class:`ConfigError` naming the entry.
+
+    Tables go through :func:`recfuse.config.parse.build_section`, like every other config file, so an
+    unknown key is named with its table and a did-you-mean hint.
+    """
+    top = build_section(_SpaceFile, raw, "search space")
+    study = build_section(_StudyTable, {} if top.study is None else top.study, "study")
+    if study.direction != "maximize":
+        raise ConfigError(f'`study.direction` must be "maximize" (the validation metric), got {study.direction!r}')
+    params = {} if top.params is None else top.params
     if not isinstance(params, Mapping):
         raise ConfigError(f'`params` must be tables [params."KEY"], got {params!r}')
     specs = []
     for key, entry in params.items():
-        body = dict(_table(entry, f'params."{key}"', PARAM_KEYS))
-        if "type" not in body:
+        table = build_section(_ParamTable, entry, f'params."{key}"')
+        if table.type is None:
             raise ConfigError(f'params."{key}": `type` is missing; one of {list(PARAM_TYPES)}')
-        choices = body.pop("choices", ())
-        if not isinstance(choices, list | tuple):
-            raise ConfigError(f'params."{key}": `choices` must be a list, got {choices!r}')
-        specs.append(ParamSpec(key=key, choices=tuple(choices), **body))
-    return TuneSpace(params=tuple(specs), **study, **pruner)
+        if not isinstance(table.choices, list | tuple):
+            raise ConfigError(f'params."{key}": `choices` must be a list, got {table.choices!r}')
+        specs.append(ParamSpec(key=key, **{**asdict(table), "choices": tuple(table.choices)}))
+    return TuneSpace(
+        params=tuple(specs),
+        trials=study.trials,
+        minutes=study.minutes,
+        seed=study.seed,
+        metric=study.metric,
+        n_startup_trials=study.pruner.n_startup_trials,
+        n_warmup_steps=study.pruner.n_warmup_steps,
+    )
 
 
 def load_space(path: str | Path) -> TuneSpace:
-    """Read and validate a search-space TOML file."""
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"search space file {str(p)!r} does not exist; pass an existing TOML file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"search space file {str(p)!r} is not valid TOML: {err}") from None
-    return parse_space(raw)
+    """Read and validate a search-space TOML file; every :class:`ConfigError` names the file.
+
+    Raises:
+        ConfigError: the file is missing or not valid TOML, or :func:`parse_space` refuses it.
+    """
+    return load_toml(path, parse_space, "search space file", "pass an existing TOML file")
 
 
 def _fixed_reason(key: str) -> str | None:
