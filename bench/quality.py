@@ -106,7 +106,7 @@ def _eval_model(model, split, candidates: set[str] | None = None) -> tuple[float
         allowed[model.item_vocab.lookup(sorted(candidates))] = True
         others = np.flatnonzero(~allowed)
         exclude = [np.union1d(e, others) for e in exclude]
-    top, _ = masked_topk(q, items, K, exclude=exclude)
+    top = masked_topk(q, items, K, exclude=exclude).rows
     rec, ndcg = _metrics(top, relevant)
     return rec, ndcg, len(users)
 

@@ -7,18 +7,39 @@ training items) to ``-inf`` and takes the top ``k`` with ``argpartition``.
 Example:
     >>> import numpy as np
     >>> q = np.eye(2, dtype=np.float32); items = np.eye(2, dtype=np.float32)
-    >>> masked_topk(q, items, k=1, exclude=[np.array([0]), np.array([], np.int64)])[0].tolist()
-    [[1], [1]]
+    >>> top = masked_topk(q, items, k=1, exclude=[np.array([0]), np.array([], np.int64)])
+    >>> top.rows.tolist(), top.scores.tolist()
+    ([[1], [1]], [[0.0], [1.0]])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from recfuse.types import FloatArray, Int64Array
+
+
+class TopK(NamedTuple):
+    """A full ranking's top ``k``, best first: ``rows`` and ``scores`` of equal shape ``[q, k]``.
+
+    ``rows`` are row positions in the ``items`` (or score-block columns) that were ranked, not item
+    ids: a caller that ranked a subset maps them back itself. Read the fields by name; the order
+    (rows first) differs from an index search's ``SearchResult(scores, ids)``
+    (:mod:`recfuse.index.result`), and both fields can have the same shape, so a positional
+    unpack in the wrong order would swap them silently.
+
+    Attributes:
+        rows: int64 row positions.
+        scores: float32 scores, descending per row; ``-inf`` marks an excluded item, present only
+            when fewer than ``k`` items remain.
+    """
+
+    rows: Int64Array
+    scores: FloatArray
 
 
 def popularity_scale(counts: npt.ArrayLike, prior: float, new_item_scale: float = 1.0) -> FloatArray:
@@ -47,7 +68,7 @@ def masked_topk(
     k: int,
     exclude: Sequence[npt.ArrayLike] | None = None,
     block_size: int = 1024,
-) -> tuple[Int64Array, FloatArray]:
+) -> TopK:
     """Top-``k`` items by inner product for each query, excluded items removed.
 
     Args:
@@ -58,10 +79,9 @@ def masked_topk(
         block_size: queries scored per block; bounds memory at ``block_size * n`` floats.
 
     Returns:
-        ``(indices [q, k] int64, scores [q, k] float32)`` sorted by descending score. Excluded items
-        get score ``-inf`` and only appear when fewer than ``k`` items remain (callers drop them).
-        Row positions come first here, unlike an index search's ``SearchResult(scores, ids)``
-        (:mod:`recfuse.index.result`).
+        :class:`TopK` ``(rows [q, k] int64, scores [q, k] float32)`` sorted by descending score.
+        Excluded items get score ``-inf`` and only appear when fewer than ``k`` items remain
+        (callers drop them).
     """
     queries = np.asarray(queries, dtype=np.float32)
     items = np.asarray(items, dtype=np.float32)
@@ -80,13 +100,12 @@ def masked_topk(
     for start in range(0, len(queries), block_size):
         stop = min(start + block_size, len(queries))
         block = None if exclude is None else exclude[start:stop]
-        out_idx[start:stop], out_scores[start:stop] = topk_of_scores(queries[start:stop] @ items.T, k, block)
-    return out_idx, out_scores
+        top = topk_of_scores(queries[start:stop] @ items.T, k, block)
+        out_idx[start:stop], out_scores[start:stop] = top.rows, top.scores
+    return TopK(out_idx, out_scores)
 
 
-def topk_of_scores(
-    scores: FloatArray, k: int, exclude: Sequence[npt.ArrayLike] | None = None
-) -> tuple[Int64Array, FloatArray]:
+def topk_of_scores(scores: FloatArray, k: int, exclude: Sequence[npt.ArrayLike] | None = None) -> TopK:
     """Top-``k`` columns of a score block ``[b, n]`` per row, excluded columns removed.
 
     The block is modified in place (excluded entries set to ``-inf``). Used by :func:`masked_topk`
@@ -98,8 +117,9 @@ def topk_of_scores(
         exclude: per-row arrays of column indices that must not be returned (len ``b``).
 
     Returns:
-        ``(indices [b, k] int64, scores [b, k] float32)`` sorted by descending score; excluded items
-        get ``-inf`` and only appear when fewer than ``k`` items remain.
+        :class:`TopK` ``(rows [b, k] int64, scores [b, k] float32)`` (rows are column positions)
+        sorted by descending score; excluded items get ``-inf`` and only appear when fewer than
+        ``k`` items remain.
     """
     if scores.ndim != 2:
         raise ValueError(f"`scores` must be rank 2 [b, n], got shape {scores.shape}")
@@ -114,7 +134,8 @@ def topk_of_scores(
         part = np.broadcast_to(np.arange(n), (b, n)).copy()
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    rows = np.take_along_axis(part, order, axis=1)
+    return TopK(rows, np.take_along_axis(part_scores, order, axis=1).astype(np.float32))
 
 
 def mask_excluded(scores: FloatArray, exclude: Sequence[npt.ArrayLike] | None) -> None:

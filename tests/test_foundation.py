@@ -22,7 +22,7 @@ from recfuse.errors import (
     exit_code_for,
 )
 from recfuse.forward.query import NumpyQueryTower
-from recfuse.ranking import masked_topk
+from recfuse.ranking import TopK, masked_topk
 
 
 def test_keras2_switch_is_set_by_importing_recfuse() -> None:
@@ -82,7 +82,10 @@ def test_masked_topk_matches_bruteforce() -> None:
     q = rng.normal(size=(37, 8)).astype(np.float32)
     items = rng.normal(size=(200, 8)).astype(np.float32)
     exclude = [rng.choice(200, size=rng.integers(0, 30), replace=False) for _ in range(37)]
-    idx, scores = masked_topk(q, items, k=10, exclude=exclude, block_size=16)
+    top = masked_topk(q, items, k=10, exclude=exclude, block_size=16)
+    idx, scores = top.rows, top.scores
+    assert isinstance(top, TopK) and top == tuple(top)  # named, and still unpacks (rows, scores)
+    assert idx.dtype == np.int64 and scores.dtype == np.float32 and idx.shape == scores.shape == (37, 10)
     full = q @ items.T
     for r in range(37):
         s = full[r].copy()

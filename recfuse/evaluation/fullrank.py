@@ -85,9 +85,9 @@ def ranked_topk(
         exclude: per-query item indices to mask.
         block_size: queries scored per block (memory ``block_size * n`` floats).
     """
-    idx, scores = masked_topk(queries, items, k, exclude=exclude, block_size=block_size)
-    idx = np.where(np.isfinite(scores), idx, -1)
-    order = np.lexsort((idx, -scores.astype(np.float64)), axis=-1)
+    top = masked_topk(queries, items, k, exclude=exclude, block_size=block_size)
+    idx = np.where(np.isfinite(top.scores), top.rows, -1)
+    order = np.lexsort((idx, -top.scores.astype(np.float64)), axis=-1)
     return np.take_along_axis(idx, order, axis=1)
 
 

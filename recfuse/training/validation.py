@@ -140,6 +140,6 @@ def recall_at_k(queries: FloatArray, items: FloatArray, vq: ValQueries, k: int) 
     """Mean Recall@K over the queries (0.0 when there are none)."""
     if len(vq) == 0:
         return 0.0
-    top, _ = masked_topk(queries, items, k, exclude=vq.exclude.rows(0, len(vq)))
+    top = masked_topk(queries, items, k, exclude=vq.exclude.rows(0, len(vq))).rows
     recalls = [np.isin(vq.relevant[r], top[r]).sum() / len(vq.relevant[r]) for r in range(len(vq))]
     return float(np.mean(recalls))
