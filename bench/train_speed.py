@@ -68,12 +68,12 @@ def measure(cfg: RecfuseConfig, ds, split, epochs: int) -> tuple[float, float, i
     from recfuse.training.callbacks import MemoryBankRefresh
     from recfuse.training.examples import build_examples
     from recfuse.training.pipeline import make_dataset
-    from recfuse.training.setup import build_model
+    from recfuse.training.setup import build_model, user_vocabulary
 
     tf.keras.utils.set_random_seed(cfg.train.seed)
     t0 = time.perf_counter()
     item_vocab = IdVocab.build(ds.items["item_id"].tolist(), num_oov=0)
-    user_vocab = IdVocab.build(sorted(set(split.train["user_id"])), num_oov=cfg.model.user_oov_buckets)
+    user_vocab = user_vocabulary(cfg, sorted(set(split.train["user_id"])))
     ex = build_examples(split.train, item_vocab, user_vocab, cfg.data.max_history)
     counts = np.bincount(ex.item_idx, minlength=len(item_vocab)).astype(np.float64)
     warm = frozenset(item_vocab.ids[i] for i in np.flatnonzero(counts))

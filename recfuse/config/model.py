@@ -9,11 +9,27 @@ from recfuse.errors import ConfigError
 
 FUSIONS = ("concat", "weighted", "max", "gated", "attention")
 ALIGNMENTS = ("linear", "mlp", "scale")
+#: Upper bound of ``model.item_id_buckets`` / ``model.user_id_buckets`` (a table of 2^31 rows is a typo).
+MAX_ID_BUCKETS = 2**31 - 1
 
 
 def default_attention_heads(dim: int) -> int:
     """Heads of the attention fusion when ``model.attention_heads`` is unset: ``dim // 16`` in [2, 4]."""
     return max(2, min(4, int(dim) // 16))
+
+
+def check_buckets(name: str, value: object, table: bool | str, table_key: str) -> None:
+    """``model.<name>``: a hashed id table's row count, an int >= 0 (0: off), and only with its table on."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID_BUCKETS:
+        raise ConfigError(
+            f"`model.{name}` must be an integer in [0, {MAX_ID_BUCKETS}] (rows of the hashed id table; 0: one "
+            f"row per id), got {value!r}"
+        )
+    if value and table is False:
+        raise ConfigError(
+            f"`model.{name}` = {value} has no effect with `model.{table_key}` = false (there is no id table "
+            f"to hash into); set it to 0, or enable `model.{table_key}`"
+        )
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,12 @@ class ModelConfig:
             tower (present for items with training interactions only, so cold items are embedded from
             content).
         item_id_dropout: probability of hiding the item-id embedding while training (cold-start robustness).
+        item_id_buckets: ``B`` > 0 hashes item ids into a ``B``-row item-id table, item ``i``
+            reading row ``crc32(i) % B``; 0 (the default) keeps one row per catalog item. With
+            buckets (:func:`recfuse.data.vocab.hash_buckets`) the table no longer grows with the
+            catalog; items in one bucket share its row (their content tokens still tell them apart).
+            Only warm items read it, as without buckets: an item added after training has a bucket
+            but, having no training interactions, is embedded from content. See docs/model.md.
         user_id_embedding: give each training user an embedding row in the query tower (``true``), or
             build the query from the history alone (``false``). ``"auto"`` (the default) decides at
             training from the training split: on when the median user has at least
@@ -40,7 +62,16 @@ class ModelConfig:
             below. A user-id row learns only from its own user's targets, so with a handful of them it
             overfits. The model directory stores the resolved value.
         user_oov_buckets: hashed query-tower rows shared by users outside the training vocabulary
-            (anonymous and new users), trained through ``train.user_dropout``.
+            (anonymous and new users), trained through ``train.user_dropout``. Unused when
+            ``user_id_buckets`` > 0.
+        user_id_buckets: ``B`` > 0 hashes every user id into a ``B``-row user-id table, row
+            ``crc32(user_id) % B``, with no per-user rows; 0 (the default) keeps one row per training
+            user plus ``user_oov_buckets`` rows for the others. With buckets a user seen in training
+            and one never seen map alike, in training and in serving (the user vocabulary is stored
+            as ``B`` hash buckets and no ids). A user's stored history is still read at serving; the
+            user-id row it adds is its bucket's, shared with the other users hashed there. Needs a
+            user-id table (``user_id_embedding`` true, or ``"auto"``, which drops the buckets when
+            it turns the table off).
         query_hidden: widths of the query tower's ReLU hidden layers after the history summary.
         fusion_hidden: hidden widths of the ``concat`` fusion's MLP and of the ``attention`` fusion's
             feed-forward net.
@@ -125,8 +156,10 @@ class ModelConfig:
     modality_dropout: float = 0.1
     item_id_embedding: bool = True
     item_id_dropout: float = 0.5
+    item_id_buckets: int = 0
     user_id_embedding: bool | str = "auto"
     user_oov_buckets: int = 64
+    user_id_buckets: int = 0
     query_hidden: tuple[int, ...] = (128,)
     query_encoder: str = "attention"
     query_layers: int = 2
@@ -163,6 +196,8 @@ class ModelConfig:
         check_range("model", "weighted_lambda", self.weighted_lambda, 0.0, 1.0)
         check_range("model", "modality_dropout", self.modality_dropout, 0.0, 0.9)
         check_range("model", "item_id_dropout", self.item_id_dropout, 0.0, 1.0)
+        check_buckets("item_id_buckets", self.item_id_buckets, self.item_id_embedding, "item_id_embedding")
+        check_buckets("user_id_buckets", self.user_id_buckets, self.user_id_embedding, "user_id_embedding")
         check_range("model", "temperature", self.temperature, 1e-4, 10.0)
         check_range("model", "contrastive_weight", self.contrastive_weight, 0.0, 100.0)
         check_range("model", "modality_loss_weight", self.modality_loss_weight, 0.0, 100.0)

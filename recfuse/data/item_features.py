@@ -6,6 +6,9 @@ training example is only a few integers. Keys:
 
 * ``item_idx`` int64 ``[n]`` (index in the item vocabulary, -1 unknown) and ``item_id_mask``
   float32 ``[n]`` (1 for warm items — seen in training — so cold items rank from content alone);
+* with ``model.item_id_buckets`` = ``B`` > 0, ``item_id_row`` int64 ``[n]``: the item-id table row
+  each item reads, ``crc32(item_id) % B`` (:func:`recfuse.data.vocab.hash_buckets`), a function of
+  the id alone, so training, ``embed`` and ``add-items`` give an item the same row;
 * per modality ``m``: ``m.name`` -> image pixels ``[n, S, S, 3]`` float32 in [0, 1] (sources
   ``raw``/``backbone``), a float32 vector ``[n, dim]`` (source ``vector``), whitespace-joined
   tokens ``[n]`` object/str (text ``tokens``), or ``"a|b"`` category strings ``[n]`` (categorical);
@@ -31,14 +34,14 @@ import pandas as pd
 from recfuse.config import ModalityConfig, RecfuseConfig
 from recfuse.data.images import load_image
 from recfuse.data.text_tokens import tokenize_fields
-from recfuse.data.vocab import IdVocab, id_str
+from recfuse.data.vocab import IdVocab, hash_buckets, id_str
 from recfuse.errors import ConfigError, SchemaError
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
 CATEGORY_SEPARATOR = "|"
-RESERVED_NAMES = ("item_idx", "item_id")
+RESERVED_NAMES = ("item_idx", "item_id", "item_id_row")
 
 
 def _is_null(v: object) -> bool:
@@ -198,6 +201,8 @@ def build_item_features(
     known = idx >= 0 if item_vocab.num_oov == 0 else np.array([i in item_vocab for i in ids], dtype=bool)
     warm = known if warm_items is None else known & np.array([i in warm_items for i in ids], dtype=bool)
     table: dict[str, np.ndarray] = {"item_idx": idx.astype(np.int64), "item_id_mask": warm.astype(np.float32)}
+    if cfg.model.item_id_buckets:
+        table["item_id_row"] = hash_buckets(ids, cfg.model.item_id_buckets)
     for m in cfg.modalities:
         if m.kind == "image" and m.source in ("raw", "backbone"):
             table[m.name], table[f"{m.name}_mask"] = image_pixels(items, m, images_dir, num_threads)

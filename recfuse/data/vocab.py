@@ -3,12 +3,15 @@
 Known ids map to ``num_oov + position``; unknown ids map to one of ``num_oov`` out-of-vocabulary
 buckets chosen by a stable hash (crc32, identical in every process and in numpy-only serving), or to
 ``-1`` when ``num_oov == 0`` (used for items, where an unknown id must be skipped, not guessed).
+A vocabulary with no ids (:meth:`IdVocab.hashed`) maps every id to its bucket: the hashed user table
+of ``model.user_id_buckets``; :func:`hash_buckets` is the same hash for the item table of
+``model.item_id_buckets``.
 Ids are strings everywhere (an integer catalog id ``7`` becomes ``"7"``).
 
 Example:
     >>> v = IdVocab.build(["b", "a", "b"], num_oov=1)
     >>> v.lookup(["a", "b", "zzz"]).tolist()
-    [1, 2, 0]
+    [2, 1, 0]
 """
 
 from __future__ import annotations
@@ -34,6 +37,23 @@ def id_str(value: object) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+def hash_bucket(value: str, buckets: int) -> int:
+    """The stable bucket ``crc32(utf-8 value) % buckets`` of an id (the same in every process)."""
+    return zlib.crc32(value.encode("utf-8")) % buckets
+
+
+def hash_buckets(values: Iterable[object], buckets: int) -> Int64Array:
+    """``[n]`` int64 :func:`hash_bucket` of each id (in its :func:`id_str` form).
+
+    Example:
+        >>> hash_buckets(["a", 7], 5).tolist() == [hash_bucket("a", 5), hash_bucket("7", 5)]
+        True
+    """
+    if buckets < 1:
+        raise ValueError(f"`buckets` must be >= 1, got {buckets!r}")
+    return np.fromiter((hash_bucket(id_str(v), buckets) for v in values), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,13 @@ class IdVocab:
             seen.setdefault(id_str(v), None)
         return cls(tuple(seen), num_oov)
 
+    @classmethod
+    def hashed(cls, buckets: int) -> IdVocab:
+        """A vocabulary of no ids and ``buckets`` hash buckets: every id maps to ``hash_bucket(id, buckets)``."""
+        if buckets < 1:
+            raise ValueError(f"`buckets` must be >= 1, got {buckets!r}")
+        return cls((), buckets)
+
     @property
     def size(self) -> int:
         """Number of rows an embedding table over this vocabulary needs (OOV buckets included)."""
@@ -79,7 +106,7 @@ class IdVocab:
     def oov_bucket(self, value: str) -> int:
         if self.num_oov == 0:
             return -1
-        return zlib.crc32(value.encode("utf-8")) % self.num_oov
+        return hash_bucket(value, self.num_oov)
 
     def lookup_one(self, value: object) -> int:
         s = id_str(value)

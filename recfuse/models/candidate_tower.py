@@ -88,6 +88,8 @@ def feature_specs(cfg: RecfuseConfig) -> dict[str, tf.TensorSpec]:
         "item_idx": tf.TensorSpec([None], tf.int64, name="item_idx"),
         "item_id_mask": tf.TensorSpec([None], tf.float32, name="item_id_mask"),
     }
+    if cfg.model.item_id_buckets:
+        specs["item_id_row"] = tf.TensorSpec([None], tf.int64, name="item_id_row")
     for m in cfg.modalities:
         if m.source == "vector":
             spec = tf.TensorSpec([None, m.dim], tf.float32, name=m.name)
@@ -116,7 +118,9 @@ class CandidateTower(tf.keras.Model):
     Args:
         config: the run configuration (a :class:`RecfuseConfig` or its ``to_dict()``).
         vocabularies: ``{modality name: tokens}`` for text-token and categorical modalities.
-        item_rows: rows of the item-id embedding (``item_vocab.size``); 0 disables the id token.
+        item_rows: rows of the item-id embedding (``item_vocab.size``, or ``model.item_id_buckets``
+            when set: items then read the row their ``item_id_row`` feature names); 0 disables the
+            id token.
 
     Call:
         features ``{name: [b, ...]}`` (see :func:`feature_specs`) -> ``[b, d]`` (L2-normalised when
@@ -207,7 +211,12 @@ class CandidateTower(tf.keras.Model):
             tokens.append(self.projections[name](h))
             masks.append(self._mask(features, f"{name}_mask"))
         if self.id_embedding is not None:
-            idx = tf.reshape(tf.cast(features["item_idx"], tf.int64), [-1])
+            row_key = "item_id_row" if self.cfg.model.item_id_buckets else "item_idx"  # hashed: row = bucket
+            if row_key not in features:
+                raise SchemaError(
+                    f"candidate-tower features lack {row_key!r}; got {sorted(features)} (use build_item_features)"
+                )
+            idx = tf.reshape(tf.cast(features[row_key], tf.int64), [-1])
             in_range = tf.logical_and(idx >= 0, idx < self.item_rows)
             emb = self.id_embedding(tf.where(in_range, idx, tf.zeros_like(idx)))
             tokens.append(tf.math.l2_normalize(emb, axis=-1) if self.cfg.model.normalize_tokens else emb)
@@ -328,7 +337,8 @@ def build_candidate_tower(
         cfg: configuration.
         items: catalog used to compute the text/category vocabularies (may be ``None`` when
             ``vocabularies`` is given, e.g. when reloading a trained model).
-        item_vocab: item vocabulary (size of the item-id embedding).
+        item_vocab: item vocabulary (size of the item-id embedding, unless ``model.item_id_buckets``
+            sets it).
         vocabularies: saved ``tower.vocabularies`` to reuse instead of computing them.
 
     Returns:
@@ -338,7 +348,7 @@ def build_candidate_tower(
         if items is None:
             raise ConfigError("build_candidate_tower needs `items` (catalog) or saved `vocabularies`; got neither")
         vocabularies = catalog_vocabularies(items, cfg)
-    tower = CandidateTower(cfg, vocabularies, item_rows=item_vocab.size)
+    tower = CandidateTower(cfg, vocabularies, item_rows=cfg.model.item_id_buckets or item_vocab.size)
     tower.build_with_dummy()
     n_params = int(np.sum([np.prod(v.shape) for v in tower.trainable_variables]))
     logger.info(

@@ -75,7 +75,8 @@ def resolve_auto_settings(cfg: RecfuseConfig, train: pd.DataFrame | TrainingRows
     ``model.user_id_embedding = "auto"`` becomes true when the median user has at least
     :data:`SPARSE_USERS_MEDIAN` distinct training items and false below (see
     :func:`sparsity_warnings` for why). The decision is logged; the returned config is the one the
-    model is built from and stored with.
+    model is built from and stored with. Off, ``model.user_id_buckets`` becomes 0 as well (there is
+    no user table to hash into).
     """
     if cfg.model.user_id_embedding != "auto":
         return cfg
@@ -87,7 +88,10 @@ def resolve_auto_settings(cfg: RecfuseConfig, train: pd.DataFrame | TrainingRows
         median,
         SPARSE_USERS_MEDIAN,
     )
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, user_id_embedding=use))
+    buckets = cfg.model.user_id_buckets if use else 0
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, user_id_embedding=use, user_id_buckets=buckets)
+    )
 
 
 def sparsity_warnings(cfg: RecfuseConfig, train: pd.DataFrame | TrainingRows) -> list[str]:

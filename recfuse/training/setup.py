@@ -8,7 +8,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,18 @@ class BuiltModel:
     user_vocab: IdVocab
     items: pd.DataFrame
     warm_items: frozenset[str]
+
+
+def user_vocabulary(cfg: RecfuseConfig, train_users: Iterable[object]) -> IdVocab:
+    """The user vocabulary of a training run (its indices are the user-id table's rows).
+
+    ``model.user_id_buckets`` = ``B`` > 0: no ids and ``B`` hash buckets, so every user, in the
+    training split or not, maps to ``crc32(user_id) % B`` here and in serving alike. Otherwise the
+    training users after ``model.user_oov_buckets`` hashed rows for the others.
+    """
+    if cfg.model.user_id_buckets:
+        return IdVocab.hashed(cfg.model.user_id_buckets)
+    return IdVocab.build(train_users, num_oov=cfg.model.user_oov_buckets)
 
 
 def build_model(

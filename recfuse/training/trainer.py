@@ -47,7 +47,7 @@ from recfuse.training.examples import Examples, build_examples
 from recfuse.training.model_dir import write_model_dir
 from recfuse.training.optimizer import make_optimizer
 from recfuse.training.pipeline import make_dataset
-from recfuse.training.setup import build_model
+from recfuse.training.setup import build_model, user_vocabulary
 from recfuse.training.stream import (
     StreamedExamples,
     make_stream_dataset,
@@ -179,7 +179,7 @@ def _train(
     on_disk = isinstance(split, PreparedSplit)  # the training rows are the prepared shards, never a frame
     item_vocab = IdVocab.build(items["item_id"].tolist(), num_oov=0)
     train_users = prepared_user_ids(split.folder) if on_disk else sorted(set(map(str, train_df["user_id"])))
-    user_vocab = IdVocab.build(train_users, num_oov=cfg.model.user_oov_buckets)
+    user_vocab = user_vocabulary(cfg, train_users)
     source = None
     ex_args = (item_vocab, user_vocab, cfg.data.max_history, cfg.train.example_history, cfg.train.targets)
     if prepared is not None:
