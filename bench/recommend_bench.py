@@ -318,7 +318,6 @@ def bench_item_head(path: Path, n: int, keep: int, candidates: int, beta: float)
     hq20 = [[items[j] for j in rng.integers(0, len(items), 20)] for _ in range(n + 50)]
     cats = sorted(plain._tables.category_rows)  # noqa: SLF001  (bench only: pick a real category)
     kinds: dict[str, Callable[[Recommender, int], object]] = {
-        "known user (rank fast path)": lambda r, i: r.rank(uq[i], (), 10),
         "known user": lambda r, i: r.recommend(user_id=uq[i], k=10),
         "known user, exclude_seen": lambda r, i: r.recommend(user_id=uq[i], k=10, exclude_seen=True),
         "anonymous, 5-item history": lambda r, i: r.recommend(history=hq[i], k=10),

@@ -208,7 +208,7 @@ def served_recall(bundles: Path, n_users: int = 500, k: int = 10) -> float:
         block = queries[start : start + 50]
         exact = np.argpartition(-(vecs @ block.T), k, axis=0)[:k].T  # [b, k] rows of the true top k
         for u, want in zip(users[start : start + 50], exact):
-            hits += len(set(rec.rank(u, (), k).rows) & set(want.tolist()))
+            hits += len(set(rec.recommend(user_id=u, k=k).rows) & set(want.tolist()))
     return hits / (n_users * k)
 
 

@@ -136,6 +136,11 @@ def test_similar_items_nearest_neighbours_without_itself(rec: Recommender) -> No
     assert r.item_ids == [b.item_ids[i] for i in idx[0]] and "i10" not in r.item_ids
     r = rec.similar_items("i10", k=5, include_categories=["c3"], exclude_item_ids=["i3"])
     assert len(r.items) == 5 and all(item_category(int(i[1:])) == "c3" for i in r.item_ids) and "i3" not in r.item_ids
+    # within the item's own category (an allow-list ranked exactly) the item is still left out
+    r = rec.similar_items("i10", k=5, include_categories=["c2"])
+    outside_c2 = [i for i in range(400) if item_category(i) != "c2"]
+    idx, _ = masked_topk(b.item_vectors[10:11], b.item_vectors, 5, exclude=[np.array([*outside_c2, 10])])
+    assert r.item_ids == [b.item_ids[i] for i in idx[0]] and "i10" not in r.item_ids
     with pytest.raises(NotFoundError, match=r"`item_id` 'ghost' is not in bundle attention/.* \(400 items\)"):
         rec.similar_items("ghost")
 
@@ -160,37 +165,59 @@ def test_batch_equals_single_calls(rec: Recommender) -> None:
     assert rec.recommend_batch([]) == []
 
 
-@pytest.mark.parametrize("bundle", ["plain", "item_head"])
-def test_rank_equals_recommend_for_unfiltered_queries(request: pytest.FixtureRequest, bundle: str) -> None:
-    """The serving fast path (rows, no per-item objects) answers exactly what recommend() answers,
-    with and without an item-item head re-ranking the model queries."""
-    rec: Recommender = request.getfixturevalue("rec" if bundle == "plain" else "rec_head")
-    assert (rec.head_rerank is not None) == (bundle == "item_head")
+def test_one_path_answers_plain_filtered_and_allow_list_queries_exactly(rec: Recommender) -> None:
+    """A query without filters, one excluding an item (the index's filtered search) and one whose
+    allow-list is every category (ranked exactly over the allowed rows) are answered by the same code
+    and all give the exact ranking on a Flat index; every answer's rows, ids and titles agree."""
+    assert rec._searcher.exact_filters  # noqa: SLF001  (the allow-list below is ranked exactly)
+    every_category = sorted(rec._tables.category_rows)  # noqa: SLF001
     hist = list(dict(zip(rec.bundle.user_history["user_id"], rec.bundle.user_history["items"]))["u5"])
     cases = [
         ("u3", [], 10),  # known user: stored history + user embedding
         ("u5", [hist[2], "i9", hist[2], "ghost"], 7),  # duplicates keep the first position, unknown id counted
         (None, ["i9", "i17", "i25"], 5),  # anonymous with a history
         ("stranger", ["i4"], 3),  # unknown user with a history
-        ("stranger", [], 4),  # no user signal: popular
-        (None, [], 6),  # anonymous, no history: popular
-        ("u1", [], 400),  # k = the whole catalog
     ]
     for user, history, k in cases:
-        want = rec.recommend(user_id=user, history=history, k=k)
-        got = rec.rank(user, history, k)
-        assert [rec.item_id_of_row[r] for r in got.rows] == want.item_ids, (user, history, k)
-        np.testing.assert_allclose(got.scores, [it.score for it in want.items], rtol=1e-6)
-        assert (got.fallback, got.skipped_history) == (want.fallback, want.skipped_history)
-        assert [rec.title_of_row[r] for r in got.rows] == [rec.item_title(i) for i in want.item_ids]
-        assert (got.query_ms > 0 and got.search_ms > 0) == (want.fallback == "")
-    assert rec.rank("u5", [hist[2], "i9", hist[2], "ghost"], 7).skipped_history == 1
-    with pytest.raises(InvalidRequestError, match=r"`k` must be in \[1, 1000\], got 0"):
-        rec.rank("u3", [], 0)
+        want = _expected(rec, user, history, 400, [])
+        plain = rec.recommend(user_id=user, history=history, k=k)
+        filtered = rec.recommend(user_id=user, history=history, k=k, exclude_item_ids=[want[-1]])
+        allowed = rec.recommend(user_id=user, history=history, k=k, include_categories=every_category)
+        assert plain.item_ids == filtered.item_ids == allowed.item_ids == want[:k], (user, history, k)
+        np.testing.assert_allclose(filtered.scores, plain.scores, rtol=1e-6)
+        np.testing.assert_allclose(allowed.scores, plain.scores, rtol=1e-5)
+        for r in (plain, filtered, allowed):
+            assert r.fallback == "" and r.query_ms > 0 and r.search_ms > 0
+            assert [rec.item_id_of_row[row] for row in r.rows] == r.item_ids
+            assert [rec.title_of_row[row] for row in r.rows] == [rec.item_title(i) for i in r.item_ids]
+            assert [(it.item_id, it.score) for it in r.items] == list(zip(r.item_ids, r.scores))
+    assert rec.recommend(user_id="u5", history=[hist[2], "i9", hist[2], "ghost"], k=7).skipped_history == 1
+    for user in ("stranger", None):  # no user signal: the popularity order through the same answer
+        pop = rec.recommend(user_id=user, k=6)
+        assert pop.fallback == "popular" and pop.item_ids == rec.bundle.popularity["item_id"].tolist()[:6]
+        assert [rec.item_id_of_row[row] for row in pop.rows] == pop.item_ids
+
+
+def test_k_is_checked_once_and_clipped_to_the_catalog(rec: Recommender) -> None:
+    """``k`` is refused outside ``[1, max_k]`` with a message naming it (the plan's one check), and a
+    ``k`` above the catalog's size is clipped to it (400 items here), on every kind of query."""
+    full = rec.recommend(user_id="u1", k=1000)
+    assert len(full.item_ids) == len(set(full.item_ids)) == 400
+    assert full.item_ids[:30] == _expected(rec, "u1", [], 30, [])
+    assert full.item_ids[:10] == rec.recommend(user_id="u1", k=10).item_ids
+    assert len(rec.recommend(user_id="u1", k=1000, exclude_item_ids=["i1", "i2"]).item_ids) == 398
+    assert len(rec.recommend(k=1000).item_ids) == 400  # popular
+    assert rec.plan(RecommendQuery(user_id="u1", k=1000)).k == 400 and rec.plan(RecommendQuery(k=7)).k == 7
+    assert rec.plan(RecommendQuery(user_id="u1")).k == 10  # the library's default k
+    for bad in (0, -3, 1001):
+        with pytest.raises(InvalidRequestError, match=rf"^`k` must be in \[1, 1000\], got {bad}$"):
+            rec.recommend(user_id="u3", k=bad)
+        with pytest.raises(InvalidRequestError, match=rf"^`k` must be in \[1, 1000\], got {bad}$"):
+            rec.recommend(user_id="u3", k=bad, exclude_seen=True, include_categories=["c1"])
     with pytest.raises(InvalidRequestError, match=r"`history` has 1001 entries; at most 1000"):
-        rec.rank("u3", ["i1"] * 1001, 5)
+        rec.recommend(user_id="u3", history=["i1"] * 1001, k=5)
     with pytest.raises(InvalidRequestError, match=r"`history\[1\]` is an empty string"):
-        rec.rank(None, ["i1", ""], 5)
+        rec.recommend(history=["i1", ""], k=5)
 
 
 def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
@@ -214,8 +241,7 @@ def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
         want, got = off.recommend(user_id=u, k=10), rec.recommend(user_id=u, k=10)
         assert got.item_ids == want.item_ids, u
         np.testing.assert_allclose([i.score for i in got.items], [i.score for i in want.items], atol=1e-5)
-        fast = rec.rank(u, [], 10)
-        assert [rec.item_id_of_row[r] for r in fast.rows] == want.item_ids
+        assert [rec.item_id_of_row[r] for r in got.rows] == want.item_ids
     hist5 = list(stored["u5"])
     cases = [
         ("u5", ["ghost"]),  # only unknown ids: the stored history alone, the precomputed vector
@@ -225,11 +251,11 @@ def test_known_users_query_vectors_precomputed_same_answers_as_the_forward(
         ("stranger", ["i4"]),
     ]
     for user, history in cases:
-        want, got = off.rank(user, history, 8), rec.rank(user, history, 8)
+        want, got = off.recommend(user, history, 8), rec.recommend(user, history, 8)
         assert got.rows == want.rows and got.skipped_history == want.skipped_history, (user, history)
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
-    assert rec.rank("u5", ["ghost"], 8).rows == rec.rank("u5", [], 8).rows
-    assert rec.rank("u5", ["i9"], 8).rows != rec.rank("u5", [], 8).rows
+    assert rec.recommend("u5", ["ghost"], 8).rows == rec.recommend("u5", [], 8).rows
+    assert rec.recommend("u5", ["i9"], 8).rows != rec.recommend("u5", [], 8).rows
     # One batch mixing precomputed and encoded queries (and a popular fallback) keeps each answer.
     queries = [
         RecommendQuery(user_id="u1", k=5),
@@ -267,10 +293,10 @@ def test_non_finite_query_tower_output_is_an_artifact_error(tmp_path: Path) -> N
     with pytest.raises(ArtifactError, match=r"non-finite vectors for 1 known user\(s\)"):
         Recommender.from_bundle(path, user_vectors_mb=256)
     lazy = Recommender.from_bundle(path)
-    assert len(lazy.rank("u4", [], 5).rows) == 5
-    # both request paths (the row fast path and the query path) say the same: a broken bundle
+    assert len(lazy.recommend(user_id="u4", k=5).rows) == 5
+    # with or without filters, alone or in a batch: a broken bundle, not a bad request
     with pytest.raises(ArtifactError, match=r"query tower of bundle .* gave a non-finite vector; re-export"):
-        lazy.rank("u3", [], 5)
+        lazy.recommend(user_id="u3", k=5)
     with pytest.raises(ArtifactError, match=r"gave a non-finite vector"):
         lazy.recommend(user_id="u3", k=5, exclude_seen=True)
     with pytest.raises(ArtifactError, match=r"gave a non-finite vector"):
@@ -317,17 +343,22 @@ def test_hnsw_bundle_exact_k_with_filters(tmp_path: Path) -> None:
     assert all("t1" in cats.iloc[int(i[1:])] and "c0" not in cats.iloc[int(i[1:])] for i in r.item_ids)
 
 
-def test_rank_drops_missing_slots_like_recommend(tmp_path: Path) -> None:
-    """An IVF index probing one of 16 lists finds fewer than k items: both paths return the same short list."""
+def test_missing_index_slots_are_dropped_with_and_without_filters(tmp_path: Path) -> None:
+    """An IVF index probing one of 16 lists finds fewer than k items: a plain query's answer is the
+    short list of what was found (no -1 rows); a filtered one (the index's filtered search, which
+    widens its probe until k items pass) is whole, and neither holds a missing slot."""
     from recfuse.config import IndexConfig
 
     cfg = IndexConfig(factory="IVF16,Flat", nprobe=1)
     rec = Recommender.from_bundle(make_bundle(tmp_path, n_items=400, dim=16, n_users=20, index_cfg=cfg))
-    want = rec.recommend(user_id="u1", k=200)
-    got = rec.rank("u1", [], 200)
-    assert 0 < len(want.items) < 200 and -1 not in got.rows
-    assert [rec.item_id_of_row[r] for r in got.rows] == want.item_ids
-    np.testing.assert_allclose(got.scores, [it.score for it in want.items], rtol=1e-6)
+    plain = rec.recommend(user_id="u1", k=200)
+    assert 0 < len(plain.item_ids) < 200 and -1 not in plain.rows and len(plain.scores) == len(plain.rows)
+    assert plain.scores == sorted(plain.scores, reverse=True)
+    outside = next(i for i in rec.bundle.item_ids if i not in plain.item_ids)
+    filtered = rec.recommend(user_id="u1", k=200, exclude_item_ids=[outside])
+    assert len(filtered.item_ids) == 200 and -1 not in filtered.rows and outside not in filtered.item_ids
+    assert filtered.scores == sorted(filtered.scores, reverse=True)
+    assert [rec.item_id_of_row[r] for r in filtered.rows] == filtered.item_ids
 
 
 def test_search_threads_set_for_single_requests(tmp_path: Path) -> None:

@@ -35,15 +35,20 @@ def check(res: SearchResult, scores: list[float], rows: list[int]) -> None:
 def test_filtered_search_returns_scores_then_rows(exact_filter_max: int) -> None:
     index = build_index(VECS, np.arange(4), IndexConfig(factory="Flat", recall_queries=0))
     search = FilteredSearch(index, VECS, 4, exact_filter_max=exact_filter_max)
-    (plain,) = search.search(QUERY, [plan(3)])  # the one-unfiltered-query fast path
-    check(plain, [2.0, 1.0, 0.625], [3, 0, 2])
+    (plain,) = search.search(QUERY, [plan(3)])  # one plain query: the index's single-query search, as lists
+    assert isinstance(plain, SearchResultList) and plain.scores == [2.0, 1.0, 0.625] and plain.ids == [3, 0, 2]
     both = np.vstack([QUERY, QUERY, QUERY])
     excluded, allowed, nothing = search.search(both, [plan(2, exclude=(3,)), plan(2, allow=(1, 2)), plan(2, allow=())])
     check(excluded, [1.0, 0.625], [0, 2])
     check(allowed, [0.625, 0.25], [2, 1])
     assert nothing is EMPTY_RESULT and nothing.ids.dtype == np.int64 and nothing.scores.dtype == np.float32
-    one = search.search_one(QUERY, 2)
-    assert isinstance(one, SearchResultList) and one.scores == [2.0, 1.0] and one.ids == [3, 0]
+    plain_pair = search.search(both[:2], [plan(2), plan(3)])  # plain queries in one batch: arrays
+    check(plain_pair[0], [2.0, 1.0], [3, 0])
+    check(plain_pair[1], [2.0, 1.0, 0.625], [3, 0, 2])
+    mixed = search.search(both, [plan(1), plan(2, exclude=(3, 0)), plan(1, allow=(1,))])
+    check(mixed[0], [2.0], [3])
+    check(mixed[1], [0.625, 0.25], [2, 1])
+    check(mixed[2], [0.25], [1])
 
 
 def test_popular_rows_returns_counts_then_rows() -> None:

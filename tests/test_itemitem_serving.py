@@ -156,13 +156,16 @@ def test_filters_hold_under_the_head(bundles: dict[str, Path]):
         assert got.item_ids == _brute(rec, user, history, 10, allow={r for r in range(N_ITEMS) if "c4" in cats[b.item_ids[r]]})[0]  # noqa: E501
 
 
-def test_rank_and_batch_answer_alike_with_the_head(bundles: dict[str, Path]):
+def test_single_and_batched_queries_answer_alike_with_the_head(bundles: dict[str, Path]):
+    """A lone query (the index's single-query search under the re-rank) and the same queries in one
+    batch give the same blended ranking, its rows naming its ids."""
     rec = Recommender.from_bundle(bundles["head"], user_vectors_mb=1)  # known users' vectors precomputed
     queries = [RecommendQuery(u, h, k) for u, h, k in CASES]
     for q, want in zip(queries, rec.recommend_batch(queries)):
-        got = rec.rank(q.user_id, q.history, q.k)
+        got = rec.recommend(q.user_id, q.history, q.k)
+        assert got.item_ids == want.item_ids and len(got.item_ids) == q.k
         assert [rec.item_id_of_row[r] for r in got.rows] == want.item_ids
-        np.testing.assert_allclose(got.scores, [it.score for it in want.items], rtol=1e-6)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
 
 
 def test_without_an_active_head_serving_is_unchanged(bundles: dict[str, Path]):

@@ -221,9 +221,10 @@ def test_served_ranking_equals_the_evaluations_and_all_paths_agree(bundles: dict
         want = _expected(rec, user, history, k, 0.1, head=which == "head")
         got = rec.recommend(user_id=user, history=history, k=k)
         assert got.item_ids == want, (user, history, k)
-        ranked = rec.rank(user_id=user, history=history, k=k)
-        assert [rec.item_id_of_row[r] for r in ranked.rows] == want
-        np.testing.assert_allclose(ranked.scores, [it.score for it in got.items], rtol=1e-6)
+        assert [rec.item_id_of_row[r] for r in got.rows] == want
+        filtered = rec.recommend(user_id=user, history=history, k=k, exclude_item_ids=["not-an-item"])
+        assert filtered.item_ids == want and filtered.skipped_exclusions == 1
+        np.testing.assert_allclose(filtered.scores, got.scores, rtol=1e-6)
         held = sum(is_new[rec.bundle.item_ids.index(i)] for i in want)
         assert held >= k // 10
     batch = rec.recommend_batch([RecommendQuery(u, h, k) for u, h, k in CASES])
@@ -312,7 +313,7 @@ def test_items_added_later_are_new_and_reach_the_ranking_through_a_slot(tmp_path
 
     loaded = load_bundle(bundles["on"])
     rec = Recommender(loaded)
-    q = rec._queries.encode([rec._plan(RecommendQuery("u3", (), 20))])[0]  # u3's query vector, as served
+    q = rec._queries.encode([rec.plan(RecommendQuery("u3", (), 20))])[0]  # u3's query vector, as served
     new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["N1", "N2"], "categories": [["c1"], ["c2"]]})
     vectors = np.stack([0.7 * q / np.linalg.norm(q), -q / np.linalg.norm(q)]).astype(np.float32)
     contents, index = _extended(loaded, new, vectors)

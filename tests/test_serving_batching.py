@@ -23,6 +23,7 @@ from serving_support import DIM, N_ITEMS, make_root, running, stub
 
 from recfuse.errors import InvalidRequestError
 from recfuse.inference import Recommendation, Recommender, RecommendQuery
+from recfuse.inference.plan import QueryPlan
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +32,25 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
 
 
 class GatedRecommender:
-    """A real Recommender whose first ``recommend_batch`` waits for ``gate``; records batch sizes."""
+    """A real Recommender whose first ``answer`` waits for ``gate``; records batch sizes."""
 
     def __init__(self, rec: Recommender, fail_user: str | None = None) -> None:
         self.rec = rec
-        self.limits = rec.limits
+        self.plan = rec.plan
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.sizes: list[int] = []
         self.fail_user = fail_user
+        self.fail_idx = None if fail_user is None else rec.bundle.user_vocab.lookup_one(fail_user)
 
-    def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
-        self.sizes.append(len(queries))
+    def answer(self, plans: Sequence[QueryPlan]) -> list[Recommendation]:
+        self.sizes.append(len(plans))
         if len(self.sizes) == 1:
             self.entered.set()
             assert self.gate.wait(10)
-        if self.fail_user is not None and any(q.user_id == self.fail_user for q in queries):
+        if self.fail_idx is not None and any(p.user_idx == self.fail_idx for p in plans):
             raise RuntimeError(f"cannot answer {self.fail_user}")
-        return self.rec.recommend_batch(queries)
+        return self.rec.answer(plans)
 
 
 def _queued(batcher: RecommendBatcher, n: int) -> None:

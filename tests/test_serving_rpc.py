@@ -69,10 +69,13 @@ def test_recommend_known_user_history_and_popular_fallback(served):
 
 
 def test_recommend_filters_and_default_k(served):
-    _, channel, _ = served
+    server, channel, _ = served
     s = stub(channel)
     r = s.Recommend(pb.RecommendRequest(user_id="u2", include_categories=["c5"]), timeout=5)
     assert len(r.items) == 10  # k=0 -> default_k
+    plain = s.Recommend(pb.RecommendRequest(user_id="u2", variant="attention"), timeout=5)
+    want = server.registry.get("attention").recommend(user_id="u2", k=10)
+    assert [it.item_id for it in plain.items] == want.item_ids  # k=0 -> default_k without filters too
     assert all(int(it.item_id[1:]) % 8 == 5 for it in r.items)
     excluded = [it.item_id for it in r.items[:3]]
     r2 = s.Recommend(pb.RecommendRequest(user_id="u2", include_categories=["c5"], exclude_item_ids=excluded), timeout=5)
@@ -80,8 +83,8 @@ def test_recommend_filters_and_default_k(served):
 
 
 def test_recommend_answers_what_the_library_answers_and_logs_exposures(served):
-    """Unfiltered calls take the servicer's row fast path, filtered ones the query path: both must give
-    the library's answer (ids, scores, titles, fallback, version), and both log their exposures."""
+    """Unfiltered and filtered calls, model answers and the popularity fallback all give the library's
+    answer (ids, scores, titles, fallback, version) and log their exposures."""
     server, channel, exposures = served
     s = stub(channel)
     cases = [
@@ -89,8 +92,8 @@ def test_recommend_answers_what_the_library_answers_and_logs_exposures(served):
         dict(user_id="u4", history=["i3", "ghost", "i3"], k=7),
         dict(history=["i9", "i17"], k=4),
         dict(user_id="stranger-2", k=3),  # popular fallback
-        dict(user_id="u2", k=6, exclude_seen=True),  # query path
-        dict(user_id="u2", k=6, include_categories=["c1"]),  # query path
+        dict(user_id="u2", k=6, exclude_seen=True),  # filtered: the index's filtered search
+        dict(user_id="u2", k=6, include_categories=["c1"]),  # an allow-list, ranked exactly
     ]
     for i, case in enumerate(cases):
         r = s.Recommend(pb.RecommendRequest(variant="concat", request_id=f"lib-{i}", **case), timeout=5)

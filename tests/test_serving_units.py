@@ -113,16 +113,20 @@ def test_status_table(error, code):
 def test_convert_query_defaults_and_response():
     q = convert.to_query(pb.RecommendRequest(user_id="", history=["i1"], k=0, exclude_seen=True), default_k=7)
     assert (q.user_id, list(q.history), q.k, q.exclude_seen) == (None, ["i1"], 7, True)
-    rec = Recommendation([ScoredItem("i2", 0.5)], "popular", "v1", "attention", 0.1, 0.2)
-    msg = convert.to_response(rec, "r1", 1.5, {"i2": "Two"}.__getitem__)
+    rec = Recommendation(["i2", "i0"], [0.5, 0.25], [2, 0], "popular", "v1", "attention", 0.1, 0.2)
+    assert rec.items == [ScoredItem("i2", 0.5), ScoredItem("i0", 0.25)]
+    msg = convert.to_response(rec, "r1", 1.5, ("Zero", "One", "Two"))  # titles by catalog row
     assert msg.fallback == pb.FALLBACK_POPULAR and msg.fallback_reason == "popular"
-    assert [(i.item_id, i.title) for i in msg.items] == [("i2", "Two")]
+    assert [(i.item_id, i.score, i.title) for i in msg.items] == [("i2", 0.5, "Two"), ("i0", 0.25, "Zero")]
     assert (msg.timing.query_ms, msg.timing.search_ms, msg.timing.total_ms) == pytest.approx((0.1, 0.2, 1.5))
-    other = convert.to_response(Recommendation([], "cold", "v1", "a", 0, 0), "r2", 0.0)
+    bare = convert.to_response(rec, "r0", 1.0)
+    assert [(i.item_id, i.HasField("title")) for i in bare.items] == [("i2", False), ("i0", False)]
+    other = convert.to_response(Recommendation([], [], [], "cold", "v1", "a", 0, 0), "r2", 0.0)
     assert other.fallback == pb.FALLBACK_OTHER and other.fallback_reason == "cold"
-    model = convert.to_response(Recommendation([], "", "v7", "a", 0, 0), "r3", 0.0)
+    model = convert.to_response(Recommendation([], [], [], "", "v7", "a", 0, 0), "r3", 0.0)
     assert model.fallback == pb.FALLBACK_NONE != pb.FALLBACK_UNSPECIFIED and model.bundle_version == "v7"
-    assert convert.to_similar_response(rec, "r4", 1.0).bundle_version == "v1"
+    similar = convert.to_similar_response(rec, "r4", 1.0, ("Zero", "One", "Two"))
+    assert similar.bundle_version == "v1" and [i.title for i in similar.items] == ["Two", "Zero"]
 
 
 def test_k_zero_is_the_default_and_negative_k_is_refused():

@@ -9,13 +9,12 @@ Example:
 from recfuse.inference.batch import BatchResult, known_users, read_user_ids, recommend_all
 from recfuse.inference.limits import Limits
 from recfuse.inference.recommender import Recommender
-from recfuse.inference.types import BundleInfo, RankedRows, Recommendation, RecommendQuery, ScoredItem
+from recfuse.inference.types import BundleInfo, Recommendation, RecommendQuery, ScoredItem
 
 __all__ = [
     "BatchResult",
     "BundleInfo",
     "Limits",
-    "RankedRows",
     "Recommendation",
     "RecommendQuery",
     "Recommender",

@@ -157,11 +157,11 @@ def recommend_all(
                     cols: dict[str, list[object]] = {"user_id": [], "item_id": [], "rank": [], "score": []}
                     for user, rec in zip(chunk, recommender.recommend_batch(queries)):
                         fallback += rec.fallback == FALLBACK_POPULAR
-                        n = len(rec.items)
+                        n = len(rec.item_ids)
                         cols["user_id"].extend([user] * n)
-                        cols["item_id"].extend(it.item_id for it in rec.items)
+                        cols["item_id"].extend(rec.item_ids)
                         cols["rank"].extend(range(1, n + 1))
-                        cols["score"].extend(it.score for it in rec.items)
+                        cols["score"].extend(rec.scores)
                     writer.write_table(pa.table(cols, schema=RECS_SCHEMA))
                     rows += len(cols["user_id"])
                     if progress is not None:

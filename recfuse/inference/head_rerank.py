@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,7 +34,7 @@ import numpy.typing as npt
 from recfuse.bundle import LoadedBundle
 from recfuse.index import SearchResult
 from recfuse.inference.plan import QueryPlan
-from recfuse.inference.search import FilteredSearch
+from recfuse.inference.search import FilteredSearch, Found
 from recfuse.itemitem import ItemHead
 from recfuse.types import FloatArray, Int64Array
 
@@ -69,13 +68,13 @@ class HeadRerank:
             return None
         return cls(head, vectors, bundle.item_head_candidates, searcher)
 
-    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
+    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[Found]:
         """One ``SearchResult(blended scores [m], rows [m])`` per plan, best first, ``m <= plan.k``,
         every row passing the plan's exclusions and allow-list."""
         n = self.searcher.n_items
-        wide = [dataclasses.replace(p, k=min(p.k + self.candidates, n)) for p in plans]
+        wide = [p._replace(k=min(p.k + self.candidates, n)) for p in plans]
         found = self.searcher.search(queries, wide)
-        return [self.rescore(queries[j], p, found[j].ids) for j, p in enumerate(plans)]
+        return [self.rescore(queries[j], p, np.asarray(found[j].ids, np.int64)) for j, p in enumerate(plans)]
 
     def rescore(self, query: FloatArray, plan: QueryPlan, index_rows: Int64Array) -> SearchResult:
         """The best ``plan.k`` of ``index_rows`` ∪ the head's columns for ``plan.hist`` (filtered), by

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,21 +82,22 @@ class Limits:
         return user_id
 
     def check(self, q: RecommendQuery) -> RecommendQuery:
-        """A validated copy of ``q`` (lists normalised, anonymous user as ``None``)."""
+        """``q`` validated: ``q`` itself, or a copy with the anonymous user as ``None`` (``""`` on the
+        wire) and ``exclude_seen`` a bool. Empty lists cost nothing to check (the common request)."""
         self.check_k(q.k)
-        include = self.check_ids("include_categories", q.include_categories, self.max_categories)
-        exclude = self.check_ids("exclude_categories", q.exclude_categories, self.max_categories)
-        if len(include) + len(exclude) > self.max_categories:
-            raise InvalidRequestError(
-                f"`include_categories` + `exclude_categories` have {len(include) + len(exclude)} entries; "
-                f"at most {self.max_categories} are allowed"
-            )
-        return RecommendQuery(
-            user_id=self.check_user(q.user_id),
-            history=self.check_ids("history", q.history, self.max_history),
-            k=q.k,
-            exclude_item_ids=self.check_ids("exclude_item_ids", q.exclude_item_ids, self.max_exclusions),
-            exclude_seen=bool(q.exclude_seen),
-            include_categories=include,
-            exclude_categories=exclude,
-        )
+        if len(q.include_categories) or len(q.exclude_categories):
+            include = self.check_ids("include_categories", q.include_categories, self.max_categories)
+            exclude = self.check_ids("exclude_categories", q.exclude_categories, self.max_categories)
+            if len(include) + len(exclude) > self.max_categories:
+                raise InvalidRequestError(
+                    f"`include_categories` + `exclude_categories` have {len(include) + len(exclude)} entries; "
+                    f"at most {self.max_categories} are allowed"
+                )
+        if len(q.history):
+            self.check_ids("history", q.history, self.max_history)
+        if len(q.exclude_item_ids):
+            self.check_ids("exclude_item_ids", q.exclude_item_ids, self.max_exclusions)
+        user = self.check_user(q.user_id)
+        if user is q.user_id and type(q.exclude_seen) is bool:
+            return q
+        return dataclasses.replace(q, user_id=user, exclude_seen=bool(q.exclude_seen))

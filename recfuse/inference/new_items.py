@@ -27,6 +27,7 @@ import numpy.typing as npt
 from recfuse.bundle import LoadedBundle
 from recfuse.index import SearchResult
 from recfuse.inference.plan import QueryPlan
+from recfuse.inference.search import Found
 from recfuse.new_item_slots import check_share, merge_new_items, quota
 from recfuse.types import FloatArray
 
@@ -87,9 +88,7 @@ class NewItemSlots:
         """``share 0.1 of each ranking held for 312 new items`` (``Info``'s search parameters)."""
         return f"new-item slots: share {self.share:g} of each ranking held for {len(self.rows)} new items"
 
-    def apply(
-        self, queries: FloatArray, plans: Sequence[QueryPlan], results: Sequence[SearchResult]
-    ) -> list[SearchResult]:
+    def apply(self, queries: FloatArray, plans: Sequence[QueryPlan], results: Sequence[Found]) -> list[Found]:
         """The results with new-item slots: one ``SearchResult`` per plan, best first, ``<= plan.k`` rows.
 
         Args:
@@ -99,7 +98,7 @@ class NewItemSlots:
         """
         return [self._one(queries[j], p, res) for j, (p, res) in enumerate(zip(plans, results))]
 
-    def _one(self, query: FloatArray, plan: QueryPlan, res: SearchResult) -> SearchResult:
+    def _one(self, query: FloatArray, plan: QueryPlan, res: Found) -> Found:
         need = quota(plan.k, self.share)
         if need[-1] == 0:
             return res

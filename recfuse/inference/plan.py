@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,11 +31,10 @@ EMPTY_SCORES.flags.writeable = False
 EMPTY_RESULT = SearchResult(EMPTY_SCORES, EMPTY_ROWS)
 
 
-@dataclass(frozen=True)
-class QueryPlan:
-    """One validated query resolved to rows."""
+class QueryPlan(NamedTuple):
+    """One validated query resolved to rows (:meth:`Recommender.plan`); a tuple: built once per request."""
 
-    k: int
+    k: int  # at most the catalog's size (clipped by the plan, trusted by the search)
     user_idx: int
     hist: Int64Array  # rows, most recent first, <= max_history
     use_model: bool

@@ -57,6 +57,9 @@ class QueryVectors:
     def encode(self, plans: Sequence[QueryPlan]) -> FloatArray:
         """Query vectors ``[len(plans), d]``: precomputed rows where a plan has one, one forward for the rest."""
         vecs = self.user_vectors
+        if len(plans) == 1 and plans[0].vector_row >= 0:  # the common serving call: a [1, d] view, no copy
+            r = plans[0].vector_row
+            return vecs[r : r + 1]  # type: ignore[index]  # rows only when vecs is set
         stored: list[int] = []
         rest: list[int] = []
         for j, p in enumerate(plans):

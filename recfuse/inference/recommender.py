@@ -1,32 +1,34 @@
 """Recommender: a bundle → ranked items for a user, a history or an item (numpy + faiss, no TensorFlow).
 
-Request path, per batch of queries:
+One request path, whatever the query (``recommend``, ``recommend_batch``, the server's Recommend and
+RecommendBatch, ``recfuse recommend``, ``evaluate --bundle``):
 
-1. validate every field (:class:`~recfuse.inference.limits.Limits`);
-2. resolve ids to item rows: the request history (unknown ids skipped and counted) is merged in
-   front of a known user's stored history (duplicates keep their most recent position) and cut to
-   the model's ``max_history``;
-3. one numpy query-tower forward for all queries that have a user signal (a history, or a known
-   user when the tower has a user embedding) — the rest get the ``"popular"`` fallback;
-4. one batched index search with per-query exclusions (explicit ids, seen items with
-   ``exclude_seen``, excluded categories) and allow-lists (included categories), returning exactly
-   ``k`` items whenever that many candidates pass the filters;
-5. with an active item-item head in the bundle (``LoadedBundle.item_head``), the search fetches
-   ``k + candidates`` and every model query is re-ranked by ``q . v * factor + beta * head``
-   (:mod:`recfuse.inference.head_rerank`), the same score ``recfuse evaluate --model`` ranks by;
-6. with ``model.new_item_share`` > 0, that share of each model ranking is held for the best new
-   items (:mod:`recfuse.inference.new_items`), as evaluation ranks.
-
-:meth:`Recommender.recommend_batch` and :meth:`Recommender.rank` (the serving fast path) answer model
-queries through :meth:`Recommender.search_model`, except that ``rank`` without a head or slots calls
-the index's ``search_one`` directly (lists; ~5 µs a call less); the paths are tested equal.
+1. :meth:`Recommender.plan` validates every field once (:class:`~recfuse.inference.limits.Limits`)
+   and resolves the query to rows (:mod:`recfuse.inference.plan`): the request history (unknown
+   ids skipped and counted) merged in front of a known user's stored history (duplicates keep
+   their most recent position) and cut to the model's ``max_history``; exclusions (explicit ids,
+   seen items with ``exclude_seen``, excluded categories) or an allow-list (included categories);
+   ``k`` clipped to the catalog (the only clip of ``k``);
+2. :meth:`Recommender.answer` ranks planned queries: one query-tower forward for all that have a
+   user signal (a history, or a known user when the tower has a user embedding; a known user's
+   precomputed vector when on), the rest get the ``"popular"`` fallback;
+3. :meth:`Recommender.search_model`, the one ranking of model queries: the searcher
+   (:class:`~recfuse.inference.search.FilteredSearch`) picks each query's strategy — the index's
+   plain search, its filtered search, or an exact ranking of a small allow-list — and returns
+   exactly ``k`` items whenever that many candidates pass the filters; with an active item-item
+   head (``LoadedBundle.item_head``) the search fetches ``k + candidates`` and every model query is
+   re-ranked by ``q . v * factor + beta * head`` (:mod:`recfuse.inference.head_rerank`), the score
+   ``recfuse evaluate --model`` ranks by; with ``model.new_item_share`` > 0, that share of each
+   ranking is held for the best new items (:mod:`recfuse.inference.new_items`), as evaluation ranks;
+4. each answer is a :class:`Recommendation` of parallel lists (ids, scores, catalog rows): no object
+   per item.
 
 Everything is precomputed at load and never mutated, so one instance serves concurrent threads.
 
 Example:
     >>> rec = Recommender.from_bundle("bundles/attention")              # doctest: +SKIP
     >>> r = rec.recommend(user_id="u42", k=5, exclude_seen=True)        # doctest: +SKIP
-    >>> r.fallback, len(r.items)                                         # doctest: +SKIP
+    >>> r.fallback, len(r.item_ids)                                      # doctest: +SKIP
     ('', 5)
 """
 
@@ -43,24 +45,23 @@ import numpy as np
 from recfuse.bundle import LoadedBundle, load_bundle
 from recfuse.errors import InvalidRequestError, NotFoundError
 from recfuse.forward.query import QueryEncoder
-from recfuse.index import SearchResult
+from recfuse.index import SearchResultList
 from recfuse.index.hugepages import advise_hugepages
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.head_rerank import HeadRerank
 from recfuse.inference.info import bundle_info
 from recfuse.inference.limits import Limits
 from recfuse.inference.new_items import NewItemSlots
-from recfuse.inference.plan import EMPTY_RESULT, EMPTY_ROWS, QueryPlan, filter_rows, history_rows
+from recfuse.inference.plan import QueryPlan, filter_rows, history_rows
 from recfuse.inference.query_vectors import QueryVectors, known_user_vectors
-from recfuse.inference.search import FilteredSearch, popular_rows
+from recfuse.inference.search import FilteredSearch, Found, popular_rows
 from recfuse.inference.types import (
+    DEFAULT_K,
     FALLBACK_NONE,
     FALLBACK_POPULAR,
     BundleInfo,
-    RankedRows,
     Recommendation,
     RecommendQuery,
-    ScoredItem,
 )
 from recfuse.types import FloatArray, Int64Array
 
@@ -123,9 +124,8 @@ class Recommender:
         self._vectors = self.bundle.ranked_vectors
         # per-item attention logits etc. once here (added items too); a request runs the short forward
         self._encoder = QueryEncoder(self._tower, self.bundle.item_vectors)
-        self._item_id_list: list[str] = [str(i) for i in self._tables.item_ids]
-        #: id and title of each catalog row, for callers of :meth:`rank` (read-only tuples)
-        self.item_id_of_row: tuple[str, ...] = tuple(self._item_id_list)
+        #: id and title of each catalog row (``Recommendation.rows`` index them; read-only tuples)
+        self.item_id_of_row: tuple[str, ...] = tuple(str(i) for i in self._tables.item_ids)
         self.title_of_row: tuple[str, ...] = tuple(self._tables.titles)
         self._user_vocab = self.bundle.user_vocab
         self._has_user_table = self._tower.user_embedding is not None
@@ -191,8 +191,7 @@ class Recommender:
 
     def item_title(self, item_id: str) -> str:
         """Title of a catalog item. Raises NotFoundError for an unknown id."""
-        row = self._tables.row_of.get(item_id)  # inlined _row: called once per returned item
-        return self._tables.titles[row] if row is not None else self._tables.titles[self._row(item_id, "item_id")]
+        return self._tables.titles[self._row(item_id, "item_id")]
 
     def has_item(self, item_id: str) -> bool:
         return item_id in self._tables.row_of
@@ -201,7 +200,7 @@ class Recommender:
         self,
         user_id: str | None = None,
         history: Sequence[str] = (),
-        k: int = 10,
+        k: int = DEFAULT_K,
         exclude_item_ids: Sequence[str] = (),
         exclude_seen: bool = False,
         include_categories: Sequence[str] = (),
@@ -225,43 +224,7 @@ class Recommender:
             InvalidRequestError: a field breaks a limit (message names it).
         """
         q = RecommendQuery(user_id, history, k, exclude_item_ids, exclude_seen, include_categories, exclude_categories)
-        return self.recommend_batch([q])[0]
-
-    def rank(self, user_id: str | None = None, history: Sequence[str] = (), k: int = 10) -> RankedRows:
-        """The unfiltered single query of :meth:`recommend` (no exclusions, no category filters), as rows.
-
-        The serving fast path: the same validation, history merge, query forward and search as
-        ``recommend(user_id, history, k)`` (tested equal), without building a query, a plan or an
-        object per returned item (with an active item-item head or new-item slots it goes through
-        the same :meth:`search_model` as ``recommend``). Map rows to ids and titles with
-        :attr:`item_id_of_row` and :attr:`title_of_row`.
-
-        Raises:
-            InvalidRequestError: a field breaks a limit (message names it).
-        """
-        lim = self.limits
-        k = lim.check_k(k)
-        user = lim.check_user(user_id)
-        ids = lim.check_ids("history", history, lim.max_history) if history else ()
-        t0 = time.perf_counter()
-        hist, _, user_idx, skipped = self._history_rows(user, ids)
-        if not self._uses_model(hist, user_idx):
-            pop = popular_rows(self._tables, QueryPlan(k, 0, hist, False, EMPTY_ROWS, None, skipped, 0))
-            return RankedRows(pop.ids.tolist(), pop.scores.tolist(), FALLBACK_POPULAR, 0.0, 0.0, skipped)
-        vec_row = self._queries.vector_row(user_idx, len(ids) - skipped)
-        if vec_row >= 0:
-            q = self.user_vectors[vec_row : vec_row + 1]  # type: ignore[index]  # finite (checked at load)
-        else:
-            q = self._queries.finite(self._encoder.encode_one(max(user_idx, 0), hist)[None, :])
-        t1 = time.perf_counter()
-        if self.head_rerank is None and self.new_slots is None:
-            found = self._searcher.search_one(q, k)  # = search_model's answer for an unfiltered plan, as lists
-            rows, scores = found.ids, found.scores
-        else:
-            plan = QueryPlan(k, max(user_idx, 0), hist, True, EMPTY_ROWS, None, skipped, 0, vec_row)
-            (res,) = self.search_model(q, [plan])
-            rows, scores = res.ids.tolist(), res.scores.tolist()
-        return RankedRows(rows, scores, FALLBACK_NONE, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3, skipped)
+        return self.answer([self.plan(q)])[0]
 
     def recommend_batch(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
         """Answer many queries with one query-tower forward and one batched search.
@@ -270,37 +233,50 @@ class Recommender:
         """
         if len(queries) > self.limits.max_batch:
             raise InvalidRequestError(f"batch has {len(queries)} queries; at most {self.limits.max_batch} are allowed")
-        plans = [self._plan(self.limits.check(q)) for q in queries]
-        model_pos = [i for i, p in enumerate(plans) if p.use_model]
-        results: list[SearchResult] = [EMPTY_RESULT] * len(plans)
+        return self.answer([self.plan(q) for q in queries])
+
+    def plan(self, query: RecommendQuery) -> QueryPlan:
+        """A query validated (:meth:`Limits.check`) and resolved to rows: the one check of a request.
+
+        ``k`` is clipped to the catalog here and nowhere else. Unknown history ids are skipped and
+        counted (``skipped_history``), unknown excluded ids too (``skipped_exclusions``).
+
+        Raises:
+            InvalidRequestError: a field breaks a limit (message names it).
+        """
+        q = self.limits.check(query)
+        hist, merged, user_idx, skipped = history_rows(
+            self._tables, self._user_vocab, self._max_history, q.user_id, q.history
+        )
+        exclude, allow, skipped_excl = filter_rows(self._tables, q, merged)
+        if skipped:
+            logger.debug("request history: %d unknown item id(s) skipped", skipped)
+        return QueryPlan(
+            min(q.k, self._tables.n),
+            max(user_idx, 0),
+            hist,
+            self._uses_model(hist, user_idx),
+            exclude,
+            allow,
+            skipped,
+            skipped_excl,
+            self._queries.vector_row(user_idx, len(q.history) - skipped),
+        )
+
+    def answer(self, plans: Sequence[QueryPlan]) -> list[Recommendation]:
+        """The answers to planned queries (from :meth:`plan`): one query-tower forward and one
+        :meth:`search_model` for the model queries, the popularity order for the rest."""
+        model = plans if all(p.use_model for p in plans) else [p for p in plans if p.use_model]
         t0 = time.perf_counter()
-        qvec = self._queries.encode([plans[i] for i in model_pos]) if model_pos else None
+        qvec = self._queries.encode(model) if model else None
         t1 = time.perf_counter()
-        if qvec is not None:
-            for i, res in zip(model_pos, self.search_model(qvec, [plans[i] for i in model_pos])):
-                results[i] = res
-        for i, p in enumerate(plans):
-            if not p.use_model:
-                results[i] = popular_rows(self._tables, p)
+        found = iter(self.search_model(qvec, model) if qvec is not None else ())
+        results = [next(found) if p.use_model else popular_rows(self._tables, p) for p in plans]
         t2 = time.perf_counter()
         query_ms, search_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-        out = []
-        for p, res in zip(plans, results):
-            out.append(
-                Recommendation(
-                    items=self._scored(res),
-                    fallback=FALLBACK_NONE if p.use_model else FALLBACK_POPULAR,
-                    bundle_version=self.bundle.version,
-                    variant=self.bundle.variant,
-                    query_ms=query_ms,
-                    search_ms=search_ms,
-                    skipped_history=p.skipped_history,
-                    skipped_exclusions=p.skipped_exclusions,
-                )
-            )
-        return out
+        return [self._answer(p, res, query_ms, search_ms) for p, res in zip(plans, results)]
 
-    def search_model(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
+    def search_model(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[Found]:
         """The ranking of model queries ``[b, d]`` under their plans: the filtered index search, re-ranked
         with the bundle's active item-item head, with new-item slots held when on. ``ids`` are catalog rows."""
         if self.head_rerank is not None:
@@ -312,7 +288,7 @@ class Recommender:
     def similar_items(
         self,
         item_id: str,
-        k: int = 10,
+        k: int = DEFAULT_K,
         exclude_item_ids: Sequence[str] = (),
         include_categories: Sequence[str] = (),
         exclude_categories: Sequence[str] = (),
@@ -323,7 +299,7 @@ class Recommender:
             InvalidRequestError: bad ``k``/lists; NotFoundError: unknown ``item_id``.
         """
         self.limits.check_ids("item_id", [item_id], 1)
-        q = self.limits.check(
+        base = self.plan(
             RecommendQuery(
                 k=k,
                 exclude_item_ids=exclude_item_ids,
@@ -332,29 +308,13 @@ class Recommender:
             )
         )
         row = self._row(item_id, "item_id")
-        base = self._plan(q)
-        plan = QueryPlan(
-            k=base.k,
-            user_idx=0,
-            hist=base.hist,
-            use_model=True,
-            exclude=np.union1d(base.exclude, [row]).astype(np.int64),
-            allow=base.allow,
-            skipped_history=0,
-            skipped_exclusions=base.skipped_exclusions,
-        )
+        if base.allow is not None:  # the plan holds one of the two row sets: drop the item where it is
+            plan = base._replace(use_model=True, allow=base.allow[base.allow != row])
+        else:
+            plan = base._replace(use_model=True, exclude=np.union1d(base.exclude, [row]).astype(np.int64))
         t0 = time.perf_counter()
         (res,) = self._searcher.search(self._vectors[row : row + 1], [plan])
-        search_ms = (time.perf_counter() - t0) * 1e3
-        return Recommendation(
-            items=self._scored(res),
-            fallback=FALLBACK_NONE,
-            bundle_version=self.bundle.version,
-            variant=self.bundle.variant,
-            query_ms=0.0,
-            search_ms=search_ms,
-            skipped_exclusions=base.skipped_exclusions,
-        )
+        return self._answer(plan, res, 0.0, (time.perf_counter() - t0) * 1e3)
 
     # ------------------------------------------------------------------ internals
     def _row(self, item_id: str, field: str) -> int:
@@ -366,10 +326,25 @@ class Recommender:
             )
         return row
 
-    def _scored(self, res: SearchResult) -> list[ScoredItem]:
-        """One :class:`ScoredItem` per result; ``res.ids`` are catalog rows."""
-        ids = self._item_id_list
-        return [ScoredItem(ids[r], s) for r, s in zip(res.ids.tolist(), res.scores.tolist())]
+    def _answer(self, plan: QueryPlan, res: Found, query_ms: float, search_ms: float) -> Recommendation:
+        """The :class:`Recommendation` of a ranked plan; ``res.ids`` are catalog rows (arrays or lists)."""
+        if isinstance(res, SearchResultList):
+            scores, rows = res
+        else:
+            scores, rows = res.scores.tolist(), res.ids.tolist()
+        ids = self.item_id_of_row
+        return Recommendation(
+            [ids[r] for r in rows],
+            scores,
+            rows,
+            FALLBACK_NONE if plan.use_model else FALLBACK_POPULAR,
+            self.bundle.version,
+            self.bundle.variant,
+            query_ms,
+            search_ms,
+            plan.skipped_history,
+            plan.skipped_exclusions,
+        )
 
     def _history_rows(self, user_id: str | None, history: Sequence[str]) -> tuple[Int64Array, Int64Array, int, int]:
         """``(hist, merged, user_idx, skipped)`` of a query (:func:`recfuse.inference.plan.history_rows`)."""
@@ -379,21 +354,3 @@ class Recommender:
         """A query has a user signal: a history, or a known user (indices past the OOV buckets;
         unknown users hash into them or get -1) when the tower has a user embedding."""
         return len(hist) > 0 or (user_idx >= self._user_vocab.num_oov and self._has_user_table)
-
-    def _plan(self, q: RecommendQuery) -> QueryPlan:
-        hist, merged, user_idx, skipped = self._history_rows(q.user_id, q.history)
-        use_model = self._uses_model(hist, user_idx)
-        exclude, allow, skipped_excl = filter_rows(self._tables, q, merged)
-        if skipped:
-            logger.debug("request history: %d unknown item id(s) skipped", skipped)
-        return QueryPlan(
-            k=q.k,
-            user_idx=max(user_idx, 0),
-            hist=hist,
-            use_model=bool(use_model),
-            exclude=exclude,
-            allow=allow,
-            skipped_history=skipped,
-            skipped_exclusions=skipped_excl,
-            vector_row=self._queries.vector_row(user_idx, len(q.history) - skipped),
-        )

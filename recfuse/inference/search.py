@@ -1,9 +1,10 @@
 """The Recommender's ranking step: index search with per-query filters, and the popularity fallback.
 
 :class:`FilteredSearch` answers a batch of query vectors, each with its :class:`QueryPlan`'s
-exclusions and allow-list, from one bundle's index; small allow-lists are ranked exactly over their
-own vectors instead. :func:`popular_rows` ranks by popularity under the same filters, for queries
-without a user signal. Every answer is a :class:`~recfuse.index.SearchResult` ``(scores, ids)`` whose
+exclusions and allow-list, and picks each query's strategy: the index's plain search (no filter),
+its filtered search, or an exact ranking of a small allow-list over its own vectors.
+:func:`popular_rows` ranks by popularity under the same filters, for queries without a user signal.
+Every answer is a :class:`~recfuse.index.SearchResult` ``(scores, ids)`` whose
 ids are catalog rows (a bundle's index holds row ``i`` under id ``i``).
 
 Example:
@@ -23,7 +24,10 @@ from recfuse.index import ItemIndex, SearchResult, SearchResultList
 from recfuse.inference.catalog import CatalogTables
 from recfuse.inference.plan import EMPTY_RESULT, QueryPlan
 from recfuse.ranking import masked_topk
-from recfuse.types import FloatArray
+from recfuse.types import FloatArray, Int64Array
+
+#: one query's ranking: scores and catalog rows, best first, as arrays or (a single plain query) lists
+Found = SearchResult | SearchResultList
 
 
 class FilteredSearch:
@@ -60,54 +64,69 @@ class FilteredSearch:
         if self.search_threads is not None and faiss.omp_get_max_threads() != self.search_threads:
             faiss.omp_set_num_threads(self.search_threads)
 
-    def search_one(self, query: FloatArray, k: int) -> SearchResultList:
-        """Scores and rows (``.scores``, ``.ids``) of one unfiltered query ``[1, d]`` (the serving fast path)."""
-        self.apply_search_threads()
-        return self.index.search_one(query, min(k, self.n_items))
-
-    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[SearchResult]:
+    def search(self, queries: FloatArray, plans: Sequence[QueryPlan]) -> list[Found]:
         """Search with per-query exclusions and allow-lists (``None``: unrestricted): one
-        ``SearchResult(scores [m], ids [m])`` per plan, ids being catalog rows, ``m <= plan.k``.
+        ``SearchResult(scores [m], ids [m])`` per plan, ids being catalog rows, ``m <= plan.k`` (a
+        :class:`~recfuse.index.SearchResultList` of lists for a single plain query).
 
-        Queries whose allow-list is small (``<= exact_filter_max`` items, inner-product bundles) are
-        ranked exactly over just those items with :func:`recfuse.ranking.masked_topk` — a sparse
-        allow-list is the worst case of a graph index (it must wander far to find k allowed items),
-        while scoring a few thousand vectors directly takes microseconds. The rest go to the index in
-        one batched call.
+        Each query's strategy is picked here:
+
+        * an allow-list of ``<= exact_filter_max`` items (inner-product bundles) is ranked exactly
+          over just those items with :func:`recfuse.ranking.masked_topk` — a sparse allow-list is the
+          worst case of a graph index (it must wander far to find k allowed items), while scoring a
+          few thousand vectors directly takes microseconds; an empty one allows nothing;
+        * every other query goes to the index in one batched call: its plain search when no query
+          of the call has a filter (a single query: ``ItemIndex.search_one``, the common serving
+          call), else its filtered search.
+
+        ``plan.k`` is trusted to be at most the catalog's size (:meth:`Recommender.plan` clips it).
         """
         self.apply_search_threads()
-        out: list[SearchResult] = [EMPTY_RESULT] * len(plans)
         if len(plans) == 1 and plans[0].allow is None and not len(plans[0].exclude):
-            # The common serving call: one unfiltered query straight to the index.
-            scores, ids = self.index.search(queries, min(plans[0].k, self.n_items))  # faiss's order
-            keep = ids[0] >= 0
-            return [SearchResult(scores[0], ids[0]) if keep.all() else SearchResult(scores[0][keep], ids[0][keep])]
+            # One plain query (the common serving call): the index's unchecked single-query search
+            # (the vectors are the Recommender's own), as lists, missing slots dropped.
+            return [self.index.search_one(queries, plans[0].k)]
+        out: list[Found] = [EMPTY_RESULT] * len(plans)
         rest = []
         for j, p in enumerate(plans):
-            if p.allow is not None and len(p.allow) == 0:
+            allow = p.allow
+            if allow is None:
+                rest.append(j)
+            elif not len(allow):
                 continue  # nothing may be returned
-            if p.allow is not None and self.exact_filters and len(p.allow) <= self.exact_filter_max:
+            elif self.exact_filters and len(allow) <= self.exact_filter_max:
                 # masked_topk returns (positions in p.allow, scores)
-                pos, scores = masked_topk(queries[j : j + 1], self.vectors[p.allow], p.k)
-                out[j] = SearchResult(scores[0], p.allow[pos[0]])
+                pos, scores = masked_topk(queries[j : j + 1], self.vectors[allow], p.k)
+                out[j] = SearchResult(scores[0], allow[pos[0]])
             else:
                 rest.append(j)
         if not rest:
             return out
-        k = min(max(plans[j].k for j in rest), self.n_items)
-        # Lists, not arrays: ItemIndex tests emptiness with `not ids` (ambiguous for numpy arrays).
-        excl = [plans[j].exclude.tolist() for j in rest]
-        allow = [None if plans[j].allow is None else plans[j].allow.tolist() for j in rest]  # type: ignore[union-attr]
-        res = self.index.search(
-            queries if len(rest) == len(plans) else queries[rest],
-            k,
-            exclude=excl if any(len(e) for e in excl) else None,
-            allow=allow if any(a is not None for a in allow) else None,
-        )
+        k = max(plans[j].k for j in rest)
+        q = queries if len(rest) == len(plans) else queries[rest]
+        if any(plans[j].allow is not None or len(plans[j].exclude) for j in rest):
+            # Lists, not arrays: ItemIndex tests emptiness with `not ids` (ambiguous for numpy arrays).
+            excl = [plans[j].exclude.tolist() for j in rest]
+            allow_lists = [None if plans[j].allow is None else plans[j].allow.tolist() for j in rest]  # type: ignore[union-attr]
+            scores, ids = self.index.search(
+                q,
+                k,
+                exclude=excl if any(excl) else None,
+                allow=allow_lists if any(a is not None for a in allow_lists) else None,
+            )
+        else:
+            scores, ids = self.index.search(q, k)
         for r, j in enumerate(rest):
-            keep = res.ids[r] >= 0
-            out[j] = SearchResult(res.scores[r][keep][: plans[j].k], res.ids[r][keep][: plans[j].k])
+            out[j] = _found(scores[r], ids[r], plans[j].k)
         return out
+
+
+def _found(scores: FloatArray, ids: Int64Array, k: int) -> SearchResult:
+    """One query's first ``k`` slots that hold an item (the index marks missing slots with id -1)."""
+    if len(ids) == k and ids[k - 1] >= 0:  # full: faiss puts missing slots last
+        return SearchResult(scores, ids)
+    keep = ids >= 0
+    return SearchResult(scores[keep][:k], ids[keep][:k])
 
 
 def popular_rows(tables: CatalogTables, p: QueryPlan) -> SearchResult:

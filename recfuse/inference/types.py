@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 FALLBACK_NONE = ""
 FALLBACK_POPULAR = "popular"
+#: ``k`` of a query that names none (the server's ``default_k`` defaults ``k = 0`` on the wire)
+DEFAULT_K = 10
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class RecommendQuery:
 
     user_id: str | None = None
     history: Sequence[str] = ()
-    k: int = 10
+    k: int = DEFAULT_K
     exclude_item_ids: Sequence[str] = ()
     exclude_seen: bool = False
     include_categories: Sequence[str] = ()
@@ -49,10 +50,13 @@ class RecommendQuery:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """A ranked answer.
+    """A ranked answer, best first, as parallel lists (no object per item).
 
     Attributes:
-        items: best first; exactly ``k`` unless fewer candidates pass the filters.
+        item_ids: exactly ``k`` unless fewer candidates pass the filters.
+        scores: one per item (inner product / negative L2 / blended with the item-item head, or the
+            popularity count).
+        rows: the items' rows in the bundle's catalog (``Recommender.title_of_row[row]`` is the title).
         fallback: ``""`` (model), ``"popular"`` (no user signal: popularity order).
         bundle_version: the bundle version that answered (changes on every publish, incl. incremental adds).
         variant: the bundle's fusion variant.
@@ -62,7 +66,9 @@ class Recommendation:
         skipped_exclusions: ``exclude_item_ids`` not in the catalog (nothing to exclude).
     """
 
-    items: list[ScoredItem]
+    item_ids: list[str]
+    scores: list[float]
+    rows: list[int]
     fallback: str
     bundle_version: str
     variant: str
@@ -72,24 +78,9 @@ class Recommendation:
     skipped_exclusions: int = 0
 
     @property
-    def item_ids(self) -> list[str]:
-        return [it.item_id for it in self.items]
-
-
-class RankedRows(NamedTuple):
-    """A ranked answer as catalog rows: what :meth:`Recommender.rank` returns for the serving fast path.
-
-    ``rows[i]`` is a row of the bundle's catalog (``Recommender.item_id_of_row[rows[i]]`` is its id,
-    ``Recommender.title_of_row[rows[i]]`` its title); no per-item objects are built. The other
-    fields mean what they mean on :class:`Recommendation`.
-    """
-
-    rows: list[int]
-    scores: list[float]
-    fallback: str
-    query_ms: float
-    search_ms: float
-    skipped_history: int
+    def items(self) -> list[ScoredItem]:
+        """One :class:`ScoredItem` per item (built on each access)."""
+        return [ScoredItem(i, s) for i, s in zip(self.item_ids, self.scores)]
 
 
 @dataclass(frozen=True)

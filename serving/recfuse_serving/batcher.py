@@ -3,11 +3,12 @@
 No batcher thread and no timer: the first caller to find the batcher idle runs its own query at once
 (batch of 1, nothing added to an idle server). Callers that arrive while a batch runs queue up; when
 that batch ends, its runner hands the queue (up to ``max_size`` queries) to the first queued caller,
-which runs them as one :meth:`recfuse.inference.Recommender.recommend_batch` per Recommender and wakes
-the others. Each caller's answer comes back on its own thread, so response building, exposure
+which runs them as one :meth:`recfuse.inference.Recommender.answer` per Recommender and wakes the
+others. Each caller's answer comes back on its own thread, so response building, exposure
 logging and the gRPC send stay parallel.
 
-* Each query is validated on its caller's thread before it queues, so a bad request fails alone.
+* Each query is validated and planned (:meth:`recfuse.inference.Recommender.plan`, the request
+  path's one check) on its caller's thread before it runs or queues, so a bad request fails alone.
   Should a batch still raise, every query in it is retried alone and gets its own answer or error.
 * A caller waits at most until its deadline; a query whose deadline passes while queued is dropped
   from the queue and the caller gets :class:`~recfuse_serving.status.DeadlineExceededError`.
@@ -29,19 +30,20 @@ import logging
 import threading
 
 from recfuse.inference import Recommendation, Recommender, RecommendQuery
+from recfuse.inference.plan import QueryPlan
 from recfuse_serving.status import DeadlineExceededError
 
 logger = logging.getLogger(__name__)
 
 
 class _Job:
-    """One call: its query, and where its answer (or error) goes. ``done`` exists only once it queues."""
+    """One call: its planned query, and where its answer (or error) goes. ``done`` exists only once it queues."""
 
-    __slots__ = ("answer", "batch", "done", "error", "query", "rec")
+    __slots__ = ("answer", "batch", "done", "error", "plan", "rec")
 
-    def __init__(self, rec: Recommender, query: RecommendQuery) -> None:
+    def __init__(self, rec: Recommender, plan: QueryPlan) -> None:
         self.rec = rec
-        self.query = query
+        self.plan = plan
         self.done: threading.Event | None = None
         self.answer: Recommendation | None = None
         self.error: BaseException | None = None
@@ -49,7 +51,7 @@ class _Job:
 
 
 class RecommendBatcher:
-    """Coalesces concurrent ``Recommender.recommend`` calls (thread-safe; one per server).
+    """Coalesces concurrent Recommend calls (thread-safe; one per server).
 
     Args:
         max_size: most queries run as one batch.
@@ -82,14 +84,13 @@ class RecommendBatcher:
             InvalidRequestError: the query breaks a limit (only this caller's call fails).
             DeadlineExceededError: the deadline passed while the query waited for its batch.
         """
+        job = _Job(rec, rec.plan(query))  # validated before it can share a batch with others
         with self._lock:
             idle = not self._busy
             self._busy = True
         if idle:  # the common case on a quiet server: run at once, nothing allocated for waiting
-            job = _Job(rec, query)
             self._run_and_hand_over([job])
             return self._result(job)
-        job = _Job(rec, rec.limits.check(query))  # validated before it can share a batch with others
         job.done = done = threading.Event()
         with self._lock:
             queued = self._busy
@@ -145,7 +146,7 @@ class RecommendBatcher:
         if len(batch) == 1:
             job = batch[0]
             try:
-                job.answer = job.rec.recommend_batch([job.query])[0]
+                job.answer = job.rec.answer([job.plan])[0]
             except Exception as exc:
                 job.error = exc
             return
@@ -154,7 +155,7 @@ class RecommendBatcher:
             groups.setdefault(id(j.rec), []).append(j)
         for jobs in groups.values():
             try:
-                answers = jobs[0].rec.recommend_batch([j.query for j in jobs])
+                answers = jobs[0].rec.answer([j.plan for j in jobs])
             except Exception as exc:
                 if len(jobs) == 1:
                     jobs[0].error = exc
@@ -162,7 +163,7 @@ class RecommendBatcher:
                 logger.debug("batch of %d failed (%s); answering its queries one by one", len(jobs), exc)
                 for j in jobs:
                     try:
-                        j.answer = j.rec.recommend_batch([j.query])[0]
+                        j.answer = j.rec.answer([j.plan])[0]
                     except Exception as one_exc:
                         j.error = one_exc
                 continue

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from recfuse_api.v1 import recommender_pb2 as pb
 
 from recfuse.errors import InvalidRequestError
-from recfuse.inference import BundleInfo, RankedRows, Recommendation, RecommendQuery
+from recfuse.inference import BundleInfo, Recommendation, RecommendQuery
 from recfuse.inference.types import FALLBACK_NONE, FALLBACK_POPULAR
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ _FALLBACKS = {FALLBACK_NONE: pb.FALLBACK_NONE, FALLBACK_POPULAR: pb.FALLBACK_POP
 
 
 def k_of(k: int, default_k: int, field: str = "k") -> int:
-    """The ``k`` a request asks for: ``default_k`` for 0, ``k`` when positive.
+    """The ``k`` a request asks for: ``default_k`` for 0, ``k`` when positive (the one place a wire
+    ``k`` is defaulted; its range is the library's to check, ``Limits.check``).
 
     Raises:
         InvalidRequestError: ``k`` is negative (the message names ``field`` and the value).
@@ -39,85 +40,57 @@ def k_of(k: int, default_k: int, field: str = "k") -> int:
     return k or default_k
 
 
-def to_query(request: pb.RecommendRequest, default_k: int) -> RecommendQuery:
+def to_query(request: pb.RecommendRequest, default_k: int, k_field: str = "k") -> RecommendQuery:
     """A library query from a ``RecommendRequest`` (``k=0`` means ``default_k``; "" user = anonymous).
 
     Raises:
-        InvalidRequestError: ``k`` is negative.
+        InvalidRequestError: ``k`` is negative (the message names ``k_field``).
     """
+    # The repeated fields as they are (sequences of str): the Recommender reads them once, at once.
     return RecommendQuery(
-        user_id=request.user_id or None,
-        history=list(request.history),
-        k=k_of(request.k, default_k),
-        exclude_item_ids=list(request.exclude_item_ids),
-        exclude_seen=bool(request.exclude_seen),
-        include_categories=list(request.include_categories),
-        exclude_categories=list(request.exclude_categories),
+        request.user_id or None,
+        request.history,
+        k_of(request.k, default_k, k_field),
+        request.exclude_item_ids,
+        request.exclude_seen,
+        request.include_categories,
+        request.exclude_categories,
     )
-
-
-def _header(
-    variant: str,
-    bundle_version: str,
-    fallback: str,
-    request_id: str,
-    query_ms: float,
-    search_ms: float,
-    total_ms: float,
-) -> pb.RecommendResponse:
-    """A ``RecommendResponse`` without items: who answered, the fallback, the timings."""
-    out = pb.RecommendResponse(
-        variant=variant,
-        bundle_version=bundle_version,
-        fallback=_FALLBACKS.get(fallback, pb.FALLBACK_OTHER),
-        fallback_reason=fallback,
-        request_id=request_id,
-    )
-    timing = out.timing
-    timing.query_ms, timing.search_ms, timing.total_ms = query_ms, search_ms, total_ms
-    return out
 
 
 def to_response(
     rec: Recommendation,
     request_id: str,
     total_ms: float,
-    title_of: Callable[[str], str] | None = None,
+    title_of_row: Sequence[str] | None = None,
 ) -> pb.RecommendResponse:
-    """A ``RecommendResponse`` from a library answer (titles added when ``title_of`` is given)."""
-    out = _header(rec.variant, rec.bundle_version, rec.fallback, request_id, rec.query_ms, rec.search_ms, total_ms)
+    """The one ``RecommendResponse`` builder (Recommend, each answer of RecommendBatch, SimilarItems):
+    who answered, the fallback, the timings and the items, titles by catalog row when
+    ``title_of_row`` is given (``Recommendation.rows`` index it)."""
+    out = pb.RecommendResponse(
+        variant=rec.variant,
+        bundle_version=rec.bundle_version,
+        fallback=_FALLBACKS.get(rec.fallback, pb.FALLBACK_OTHER),
+        fallback_reason=rec.fallback,
+        request_id=request_id,
+    )
+    timing = out.timing
+    timing.query_ms, timing.search_ms, timing.total_ms = rec.query_ms, rec.search_ms, total_ms
     add = out.items.add  # in-place adds: about half the cost of building ScoredItem messages and a list
-    if title_of is not None:
-        for it in rec.items:
-            add(item_id=it.item_id, score=it.score, title=title_of(it.item_id))
+    if title_of_row is not None:
+        for item_id, score, row in zip(rec.item_ids, rec.scores, rec.rows):
+            add(item_id=item_id, score=score, title=title_of_row[row])
     else:
-        for it in rec.items:
-            add(item_id=it.item_id, score=it.score)
-    return out
-
-
-def ranked_to_response(
-    ranked: RankedRows,
-    variant: str,
-    bundle_version: str,
-    request_id: str,
-    total_ms: float,
-    item_id_of_row: tuple[str, ...],
-    title_of_row: tuple[str, ...],
-) -> pb.RecommendResponse:
-    """A ``RecommendResponse`` from catalog rows (``Recommender.rank``): ids and titles by row."""
-    out = _header(variant, bundle_version, ranked.fallback, request_id, ranked.query_ms, ranked.search_ms, total_ms)
-    add = out.items.add
-    for r, s in zip(ranked.rows, ranked.scores):
-        add(item_id=item_id_of_row[r], score=s, title=title_of_row[r])
+        for item_id, score in zip(rec.item_ids, rec.scores):
+            add(item_id=item_id, score=score)
     return out
 
 
 def to_similar_response(
-    rec: Recommendation, request_id: str, total_ms: float, title_of: Callable[[str], str] | None = None
+    rec: Recommendation, request_id: str, total_ms: float, title_of_row: Sequence[str] | None = None
 ) -> pb.SimilarItemsResponse:
-    """A ``SimilarItemsResponse`` from a library answer."""
-    full = to_response(rec, request_id, total_ms, title_of)
+    """A ``SimilarItemsResponse`` from a library answer (through :func:`to_response`)."""
+    full = to_response(rec, request_id, total_ms, title_of_row)
     return pb.SimilarItemsResponse(
         items=full.items,
         variant=full.variant,

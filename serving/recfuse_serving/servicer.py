@@ -114,35 +114,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         start = time.perf_counter()
         variant = self.registry.route(request.user_id, request.variant)
         served = self.registry.served(variant)
-        rec = served.rec
-        k = convert.k_of(request.k, self.config.default_k)
-        if k > served.fit_k:
-            self._check_size("k", k, served)
-        if self.batcher is None and not (
-            request.exclude_item_ids or request.exclude_seen or request.include_categories or request.exclude_categories
-        ):
-            # The common call (a user and/or a history, no filters): rows straight to the response,
-            # no query, plan or per-item objects (same answer: tests/test_serving_rpc.py).
-            ranked = rec.rank(request.user_id or None, request.history, k)
-            ids = rec.item_id_of_row
-            if self.exposures is not None:
-                self._log(request_id, request.user_id, rec.variant, [ids[r] for r in ranked.rows], ranked.scores)
-            return convert.ranked_to_response(
-                ranked,
-                rec.variant,
-                rec.version,
-                request_id,
-                (time.perf_counter() - start) * 1e3,
-                ids,
-                served.title_of_row,
-            )
         query = convert.to_query(request, self.config.default_k)
+        if query.k > served.fit_k:
+            self._check_size("k", query.k, served)
         if self.batcher is not None:
-            answer = self.batcher.recommend(rec, query, _time_left(context))
+            answer = self.batcher.recommend(served.rec, query, _time_left(context))
         else:
-            answer = rec.recommend_batch([query])[0]
+            answer = served.rec.recommend_batch([query])[0]
         self._log_exposure(request_id, request.user_id, answer)
-        return convert.to_response(answer, request_id, (time.perf_counter() - start) * 1e3, served.title_of)
+        return convert.to_response(answer, request_id, (time.perf_counter() - start) * 1e3, served.title_of_row)
 
     def _check_size(self, field: str, k: int, served: Served) -> None:
         """Refuse a ``k`` whose answer could exceed the max message size (``k`` above ``max_k`` is left to the
@@ -165,37 +145,34 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"`requests[{i}]`: {exc}") from None
         views = {variant: self.registry.served(variant) for variant in groups}
+        queries: dict[str, list[RecommendQuery]] = {}
         ks: list[int] = []
         item_bytes: list[int] = []
         header_bytes: list[int] = []
         for variant, rows in groups.items():
             view = views[variant]
+            queries[variant] = group = []
             for i in rows:
-                ks.append(convert.k_of(request.requests[i].k, self.config.default_k, f"requests[{i}].k"))
+                group.append(convert.to_query(request.requests[i], self.config.default_k, f"requests[{i}].k"))
+                ks.append(group[-1].k)
                 item_bytes.append(view.item_bytes)
                 header_bytes.append(view.header_bytes)
         if max(ks, default=0) <= self.config.max_k:  # larger k: the library names the limit
             sizes.check_batch(ks, item_bytes, header_bytes, self.config.max_message_bytes)
-        answers: list[tuple[Recommendation, Callable[[str], str]] | None] = [None] * n
+        answers: list[tuple[Recommendation, tuple[str, ...]] | None] = [None] * n
         for variant, rows in groups.items():
             view = views[variant]
-            queries: list[RecommendQuery] = []
-            for i in rows:
-                try:
-                    queries.append(convert.to_query(request.requests[i], self.config.default_k))
-                except InvalidRequestError as exc:
-                    raise InvalidRequestError(f"`requests[{i}]`: {exc}") from None
-            for i, answer in zip(rows, view.rec.recommend_batch(queries)):
-                answers[i] = (answer, view.title_of)
+            for i, answer in zip(rows, view.rec.recommend_batch(queries[variant])):
+                answers[i] = (answer, view.title_of_row)
         total_ms = (time.perf_counter() - start) * 1e3
         out = pb.RecommendBatchResponse()
         for i, slot in enumerate(answers):
             assert slot is not None  # every index is in exactly one group
-            answer, title_of = slot
+            answer, title_of_row = slot
             sub = request.requests[i]
             sub_id = clean_request_id(sub.request_id) or f"{request_id}-{i}"
             self._log_exposure(sub_id, sub.user_id, answer)
-            out.responses.append(convert.to_response(answer, sub_id, total_ms, title_of))
+            out.responses.append(convert.to_response(answer, sub_id, total_ms, title_of_row))
         return out
 
     def _similar(self, request: pb.SimilarItemsRequest, request_id: str) -> pb.SimilarItemsResponse:
@@ -212,7 +189,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             include_categories=list(request.include_categories),
             exclude_categories=list(request.exclude_categories),
         )
-        return convert.to_similar_response(answer, request_id, (time.perf_counter() - start) * 1e3, served.title_of)
+        return convert.to_similar_response(answer, request_id, (time.perf_counter() - start) * 1e3, served.title_of_row)
 
     def _info(self, request: pb.InfoRequest, request_id: str) -> pb.InfoResponse:
         recs = self.registry.recommenders
@@ -225,13 +202,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def _log_exposure(self, request_id: str, user_id: str, answer: Recommendation) -> None:
         if self.exposures is not None:
-            self._log(request_id, user_id, answer.variant, answer.item_ids, [it.score for it in answer.items])
-
-    def _log(self, request_id: str, user_id: str, variant: str, item_ids: list[str], scores: list[float]) -> None:
-        assert self.exposures is not None
-        self.exposures.log(
-            Exposure(request_id=request_id, user_id=user_id, variant=variant, item_ids=item_ids, scores=scores)
-        )
+            self.exposures.log(
+                Exposure(
+                    request_id=request_id,
+                    user_id=user_id,
+                    variant=answer.variant,
+                    item_ids=answer.item_ids,
+                    scores=answer.scores,
+                )
+            )
 
 
 class RecommenderAdminServicer(pb_grpc.RecommenderAdminServicer):
