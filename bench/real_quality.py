@@ -89,7 +89,7 @@ VARIANTS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
 }
 KS = (10, 20)
 Rows = list[dict[str, Any]]
-# the cold-start protocol: this share of the items loses every interaction (the 20%)
+# the cold-start protocol: this share of the items loses every interaction
 COLD_FRACTION = 0.2
 COLD_KEYS = ("recall", "hit", "ndcg")
 # model.new_item_scale values the cold protocol scores each model with (training does not depend on it)

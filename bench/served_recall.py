@@ -10,7 +10,7 @@ Over clustered unit vectors (as ``index_bench.py``), an HNSW32 index is built wi
 Then :func:`recfuse.index.served.tune_search` picks the cheapest efSearch reaching ``--target`` on
 the history-like queries; its time is set beside the index build time measured in the same run
 (export adds both). Batch-1 search latency (1 thread) is printed for the chosen efSearch and for
-the library's former fixed default 128.
+128 (``DEFAULT_EF_SEARCH``, what an index serves where nothing is tuned).
 
 Last, what ``index.factory = "auto"`` chooses on the same vectors and history-like queries
 (:func:`recfuse.index.choose.choose_index`, as export runs it): every candidate is tried (one row

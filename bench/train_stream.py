@@ -183,7 +183,7 @@ def train_table(root: Path, args: argparse.Namespace) -> None:
     split = split_interactions(pd.read_parquet(root / "interactions.parquet"), "random", 42)
     split.train.to_parquet(root / "train.parquet")
     prepare_interactions(root / "train.parquet", root / "prepared", rows_per_shard=args.rows_per_shard)
-    # ABBA order over --repeats rounds, so a load that drifts on a shared machine weighs on both paths alike
+    # ABBA order over --repeats repeats, so a load that drifts on a shared machine weighs on both paths alike
     names = ("train-memory", "train-stream")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for k in range(args.repeats):
@@ -309,7 +309,7 @@ def main() -> None:
     p.add_argument("--train-users", type=int, default=2000, help="users of the training comparison (0: skip it)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of the training comparison")
     p.add_argument("--skip-input", action="store_true", help="only the training comparison")
-    p.add_argument("--repeats", type=int, default=1, help="rounds of the training comparison (median, ABBA order)")
+    p.add_argument("--repeats", type=int, default=1, help="repeats of the training comparison (median, ABBA order)")
     p.add_argument(
         "--quick",
         action="store_true",

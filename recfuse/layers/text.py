@@ -178,7 +178,7 @@ class TextEncoder(tf.keras.layers.Layer):
         # strings are vectorised here; integer input is taken as precomputed token_ids (faster training)
         ids = self.token_ids(text) if text.dtype == tf.string else tf.cast(text, tf.int64)
         # padding sits at the end: drop the columns no row of this batch uses (identical output,
-        # and short titles no longer pay for max_tokens positions in the Transformer)
+        # so short titles do not pay for max_tokens positions in the Transformer)
         used = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(ids, 0), tf.int32), axis=1))
         ids = ids[:, : tf.maximum(used, 1)]
         mask = tf.not_equal(ids, 0)
