@@ -2,7 +2,7 @@
 
 The cluster is read from ``TF_CONFIG``, the variable that Kubernetes operators (a TFJob), Ray Train's
 ``TensorflowTrainer`` and hand-started workers all set. Without it (or with a single task in it),
-training runs in this process under TensorFlow's default strategy, exactly as before. With two or
+training runs in this process under TensorFlow's default strategy. With two or
 more workers it runs under ``tf.distribute.MultiWorkerMirroredStrategy``: every worker holds a full
 copy of the towers, reads its own shard of the training examples, and gradients are summed across
 workers after every step (the loss is a sum over the batch, so the sum over workers is the gradient
