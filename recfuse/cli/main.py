@@ -3,6 +3,8 @@
 Each command group lives in its own module exposing ``register(subparsers)``; handlers import heavy
 modules (TensorFlow, faiss) lazily so ``recfuse --help`` stays fast. Domain errors are translated
 here, once, into a one-line message on stderr and an exit code (see :mod:`recfuse.errors`).
+TensorFlow's import banner is filtered out of stderr (:mod:`recfuse._tfquiet`); ``RECFUSE_TF_LOGS=1``
+shows it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from recfuse import __version__
+from recfuse import __version__, _tfquiet
 from recfuse.errors import RecfuseError, exit_code_for
 
 # Command-group modules, each with ``register(subparsers) -> None``.
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (:data:`recfuse.errors.EXIT_CODES`: 0 ok, 2 usage,
     3 config, 4 data, 5 artifact, 6 not found, 7 resource exhausted, 130 interrupted)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ.get("RECFUSE_TF_LOGS", "") in ("", "0"):
+        _tfquiet.install()  # TensorFlow's import banner (absl/oneDNN/cuda lines) is dropped; errors pass
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
