@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -134,11 +135,11 @@ def test_bad_overrides_and_files(tmp_path: Path) -> None:
 
 def test_file_errors_start_with_the_path(tmp_path: Path) -> None:
     path = tmp_path / "cfg.toml"
-    path.write_text('[train]\nepoch = 3\n', encoding="utf-8")
+    path.write_text("[train]\nepoch = 3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"^config file '.*cfg.toml': unknown key\(s\) \['epoch'\] in `train` "
                        r"\('epoch' -> did you mean 'epochs'\?\)"):  # fmt: skip
         RecfuseConfig.from_toml(path)
-    path.write_text('[model]\ndim = 3.5\n', encoding="utf-8")
+    path.write_text("[model]\ndim = 3.5\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"^config file '.*cfg.toml': `model.dim` must be an integer, got 3.5 "
                        r"\(float\)$"):  # fmt: skip
         RecfuseConfig.from_toml(path)
@@ -157,8 +158,95 @@ def test_a_written_modality_table_refuses_keys_of_another_kind(tmp_path: Path) -
     with pytest.raises(ConfigError, match=r"`modalities.categories.encoder` applies to kind 'text' only"):
         cfg.with_overrides({"modalities.categories.encoder": "transformer"})
     assert cfg.with_overrides({"modalities.categories.embedding_dim": 8}).modality("categories").embedding_dim == 8
-    # a full dump holds every key of every modality at its default: it still loads, from a dict or a file
-    assert RecfuseConfig.from_dict(cfg.to_dict()) == cfg == RecfuseConfig.from_written_dict(cfg.to_dict())
+    # a stored config holds every key of every modality: from_dict loads it; a file holds to_written_dict
+    assert RecfuseConfig.from_dict(cfg.to_dict()) == cfg == RecfuseConfig.from_written_dict(cfg.to_written_dict())
+    assert "max_tokens" not in cfg.to_written_dict()["modalities"][0]  # the image modality
+    with pytest.raises(ConfigError, match=r"`modalities.image.encoder` applies to kind 'text' only"):
+        RecfuseConfig.from_written_dict(cfg.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        # written at the default value: refused all the same, the key is in the file
+        ('name = "body"\nkind = "text"\nimage_size = 64\n',
+         r"`modalities.body.image_size` applies to kind 'image' only, got kind 'text'; remove it"),
+        ('name = "body"\nkind = "text"\naugment = false\n',
+         r"`modalities.body.augment` applies to kind 'image' only, got kind 'text'; remove it"),
+        ('name = "img"\nkind = "image"\ntoken_dropout = 0.0\n',
+         r"`modalities.img.token_dropout` applies to kind 'text' only, got kind 'image'; remove it"),
+        ('name = "img"\nkind = "image"\nembedding_dim = 64\n',
+         r"`modalities.img.embedding_dim` applies to kind 'text' and 'categorical' only, got kind 'image'"),
+        ('name = "v"\nkind = "vector"\ndim = 4\nmin_item_count = 1\n',
+         r"`modalities.v.min_item_count` applies to kind 'text' only, got kind 'vector'; remove it"),
+    ],
+)  # fmt: skip
+def test_a_key_of_another_kind_is_refused_even_at_its_default(tmp_path: Path, table: str, match: str) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(f"[[modalities]]\n{table}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^config file '.*cfg.toml': {match}"):
+        RecfuseConfig.from_toml(path)
+
+
+def test_keys_of_the_modalitys_own_kind_load() -> None:
+    raw = {
+        "modalities": [
+            {"name": "img", "kind": "image", "image_size": 32, "augment": False, "cnn_filters": [8, 16]},
+            {"name": "body", "kind": "text", "max_tokens": 16, "vocab_size": 100, "token_dropout": 0.1},
+            {"name": "tags", "kind": "categorical", "vocab_size": 50, "embedding_dim": 8},
+            {"name": "v", "kind": "vector", "dim": 4, "columns": ["v_vec"]},
+        ]
+    }
+    cfg = RecfuseConfig.from_written_dict(raw)
+    assert cfg.modality("body").max_tokens == 16 and cfg.modality("tags").embedding_dim == 8
+    assert RecfuseConfig.from_written_dict(cfg.to_written_dict()) == cfg
+
+
+def test_every_shipped_config_loads() -> None:
+    from recfuse.data.synthetic import config_text
+    from recfuse.evaluation.experiment_config import parse_experiment
+
+    samples = Path(__file__).resolve().parent.parent / "data_samples"
+    assert RecfuseConfig.from_toml(samples / "recfuse.toml").modalities
+    assert parse_experiment(tomllib.loads((samples / "experiment.toml").read_text(encoding="utf-8")), samples).variants
+    assert len(RecfuseConfig.from_written_dict(tomllib.loads(config_text(Path("sample")))).modalities) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        # a key of another table: named with the table it was found in and the one it belongs to
+        ("[model]\nlearning_rate = 0.01\n",
+         r"\['learning_rate'\] in `model` \('learning_rate' -> did you mean \[train\] learning_rate\?\)"),
+        ("[model]\nlearning_rat = 0.01\n",
+         r"\['learning_rat'\] in `model` \('learning_rat' -> did you mean \[train\] learning_rate\?\)"),
+        ("learning_rate = 0.01\n",
+         r"\['learning_rate'\] in the top level \('learning_rate' -> did you mean \[train\] learning_rate\?\)"),
+        ("[train]\nmax_tokens = 8\n",
+         r"\['max_tokens'\] in `train` \('max_tokens' -> did you mean \[\[modalities\]\] max_tokens\?\)"),
+        ('[[modalities]]\nname = "t"\nkind = "text"\nepochs = 2\n',
+         r"\['epochs'\] in `modalities\[0\]` \('epochs' -> did you mean \[train\] epochs\?\)"),
+        ("[model]\nseed = 1\n", r"\['seed'\] in `model` \('seed' -> did you mean \[train\] seed or \[index\] seed\?\)"),
+        # a close key of the same table still wins
+        ("[train]\nlearning_rat = 0.01\n",
+         r"\['learning_rat'\] in `train` \('learning_rat' -> did you mean 'learning_rate'\?\)"),
+    ],
+)  # fmt: skip
+def test_a_key_in_the_wrong_table_names_the_table_it_belongs_to(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^config file '.*cfg.toml': unknown key\(s\) {match}; known keys: "):
+        RecfuseConfig.from_toml(path)
+
+
+def test_an_override_of_a_key_in_the_wrong_section_names_its_section() -> None:
+    cfg = RecfuseConfig()
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rate'; did you mean 'train.learning_rate'\?"):
+        cfg.with_overrides({"model.learning_rate": 0.01})
+    with pytest.raises(ConfigError, match=r"unknown key 'max_tokens'; did you mean 'modalities.text.max_tokens'\?"):
+        cfg.with_overrides({"train.max_tokens": 8})
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch'; did you mean 'epochs'\?"):
+        cfg.with_overrides({"train.epoch": 2})
 
 
 def test_attention_heads_resolve_from_dim_and_are_stored() -> None:
@@ -207,7 +295,9 @@ def test_overrides_address_a_modality_by_name() -> None:
         cfg.with_overrides({"modalities.txt.token_dropout": 0.2})
     with pytest.raises(ConfigError, match=r"name a modality, e.g. 'modalities.text.token_dropout'"):
         cfg.with_overrides({"modalities.token_dropout": 0.2})
-    with pytest.raises(ConfigError, match=r"`modalities.image.token_dropout` applies to token text only"):
+    with pytest.raises(
+        ConfigError, match=r"`modalities.image.token_dropout` applies to kind 'text' only, got kind 'image'"
+    ):
         cfg.with_overrides({"modalities.image.token_dropout": 0.2})
 
 
@@ -254,7 +344,6 @@ def test_a_stored_config_with_a_removed_key_still_loads_with_a_warning(caplog: p
         cfg = RecfuseConfig.from_dict(raw)
     assert "attention_user_conditioned` is no longer a setting" in caplog.text
     assert cfg == RecfuseConfig() and "attention_user_conditioned" not in cfg.to_dict()["model"]
-
 
 
 def test_the_bundle_variant_is_explicit_and_old_configs_migrate(caplog: pytest.LogCaptureFixture) -> None:

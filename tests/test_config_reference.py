@@ -170,3 +170,16 @@ def test_toml_values() -> None:
     assert [config_ref.toml_value(v) for v in (None, True, "a", 3, 1e-5, (16, 32), {"a": 0.5}, ())] == [
         "unset", "true", '"a"', "3", "1e-05", "[16, 32]", "{a = 0.5}", "[]",
     ]  # fmt: skip
+
+
+def test_every_modality_key_names_the_kinds_it_applies_to() -> None:
+    lines = REFERENCE.read_text(encoding="utf-8").split("### [[modalities]]", 1)[1].split("\n### ", 1)[0].splitlines()
+    assert "| key | type | default | kinds | description |" in lines
+    kinds = {row.split("`")[1]: row.split(" | ")[3] for row in lines if row.startswith("| `")}
+    assert set(kinds) == set(_names(cfg.ModalityConfig))
+    assert kinds["max_tokens"] == "text" and kinds["image_size"] == "image" and kinds["augment"] == "image"
+    assert kinds["vocab_size"] == "text, categorical" and kinds["name"] == "all"
+    # the column is the table the loader refuses keys by
+    from recfuse.config.modality import KIND_KEYS
+
+    assert {k: v for k, v in kinds.items() if v != "all"} == {k: ", ".join(v) for k, v in KIND_KEYS.items()}

@@ -48,6 +48,7 @@ class Key:
     default: str
     doc: str
     literal: bool = True  # ``default`` is a TOML value (else words: "required", "the file's stem")
+    kinds: str = ""  # a modality key: the kinds it applies to ("image, text"; "all")
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,6 @@ def sections(server_config: Path) -> list[Section]:
     out = [Section(lib, "top level", _summary(cfg.RecfuseConfig), (modalities, *_keys(cfg.RecfuseConfig, top)))]
     for table, cls in (
         ("[data]", cfg.DataConfig),
-        ("[[modalities]]", cfg.ModalityConfig),
         ("[model]", cfg.ModelConfig),
         ("[train]", cfg.TrainConfig),
         ("[index]", cfg.IndexConfig),
@@ -148,6 +148,8 @@ def sections(server_config: Path) -> list[Section]:
         ("[item_head]", cfg.ItemHeadConfig),
     ):
         out.append(Section(lib, table, _summary(cls), _keys(cls)))
+        if table == "[data]":
+            out.append(Section(lib, "[[modalities]]", _summary(cfg.ModalityConfig), _modality_keys()))
     exp, settings = "exp.toml", experiment_config.ExperimentSettings
     # an unset `name` is the file's stem
     overrides = {"name": ("str", "the file's stem", None)}
@@ -159,6 +161,16 @@ def sections(server_config: Path) -> list[Section]:
     out.append(Section(exp, "[baselines]", _summary(baselines.BaselineSettings), _keys(baselines.BaselineSettings)))
     out.extend(_server_sections(server_config))
     return out
+
+
+def _modality_keys() -> tuple[Key, ...]:
+    """The keys of ``[[modalities]]``, each with the modality kinds it applies to."""
+    from recfuse.config.modality import MODALITY_KINDS, ModalityConfig, key_kinds
+
+    def kinds(name: str) -> str:
+        return "all" if key_kinds(name) == MODALITY_KINDS else ", ".join(key_kinds(name))
+
+    return tuple(dataclasses.replace(k, kinds=kinds(k.name)) for k in _keys(ModalityConfig))
 
 
 def _nested(cls: type) -> set[str]:
@@ -300,6 +312,12 @@ _FILES = {
 }
 
 
+_KINDS_NOTE = (
+    "The `kinds` column names the modality kinds a key applies to. A config file that sets a key in a table of "
+    "another kind is refused, even at the key's default value."
+)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -314,8 +332,9 @@ def render(secs: Iterable[Section]) -> str:
         "default has its value: [decisions.md](decisions.md).",
         "",
         "The three files are read by one loader (`recfuse.config.parse`), so they fail alike: an unknown key is an",
-        "error that names it with a did-you-mean hint, a value of the wrong type is named with its key, value and",
-        "expected type, and every message starts with the file's path.",
+        "error that names it with a did-you-mean hint (a close key of the same table, else the table the key belongs",
+        "to: `learning_rate` under `[model]` gets `did you mean [train] learning_rate?`), a value of the wrong type is",
+        "named with its key, value and expected type, and every message starts with the file's path.",
     ]
     file = ""
     for sec in secs:
@@ -325,8 +344,13 @@ def render(secs: Iterable[Section]) -> str:
         out += ["", f"### {sec.table}", ""]
         if sec.summary and sec.summary != NO_DOC:
             out += [sec.summary, ""]
-        out += ["| key | type | default | description |", "|---|---|---|---|"]
+        kinds = any(key.kinds for key in sec.keys)
+        if kinds:
+            out += [_KINDS_NOTE, ""]
+        out += ["| key | type | default | " + ("kinds | " if kinds else "") + "description |"]
+        out += ["|---|---|---|" + ("---|" if kinds else "") + "---|"]
         for key in sec.keys:
             default = f"`{_cell(key.default)}`" if key.literal and key.default != "unset" else _cell(key.default)
-            out.append(f"| `{key.name}` | `{_cell(key.type)}` | {default} | {_cell(key.doc)} |")
+            kind = f" {_cell(key.kinds)} |" if kinds else ""
+            out.append(f"| `{key.name}` | `{_cell(key.type)}` | {default} |{kind} {_cell(key.doc)} |")
     return "\n".join(out) + "\n"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from recfuse.config.checks import check_choice, check_range
+from recfuse.config.parse import to_plain
 from recfuse.errors import ConfigError
 
 MODALITY_KINDS = ("image", "text", "vector", "categorical")
@@ -12,37 +15,56 @@ IMAGE_SOURCES = ("raw", "backbone", "vector")
 TEXT_SOURCES = ("tokens", "vector")
 TEXT_ENCODERS = ("mean", "transformer")
 
-#: the kinds each kind-specific key applies to. A config file that sets one in a table of another kind
-#: is refused (:func:`check_kind_keys`), so a key copied into the wrong [[modalities]] table is not
-#: silently ignored; :class:`ModalityConfig` itself accepts them, so stored models keep loading
+#: the kinds each kind-specific key applies to (a key not listed applies to every kind). A config file
+#: that sets one in a table of another kind is refused (:func:`check_kind_keys`), so a key copied into
+#: the wrong [[modalities]] table is not silently ignored; :class:`ModalityConfig` (what ``from_dict``
+#: builds) does not refuse them for being there, so stored configs, which hold every key, keep loading
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("image_size", "backbone", "backbone_weights", "trainable", "cnn_filters"), ("image",)),
-    "cnn_convs_per_block": ("image",),
+    **dict.fromkeys(("cnn_convs_per_block", "augment", "augment_shift"), ("image",)),
     **dict.fromkeys(("encoder", "max_tokens", "char_ngrams", "encoder_layers", "encoder_heads"), ("text",)),
-    **dict.fromkeys(("encoder_ff_dim", "encoder_dropout"), ("text",)),
+    **dict.fromkeys(("encoder_ff_dim", "encoder_dropout", "min_item_count", "token_dropout"), ("text",)),
     **dict.fromkeys(("vocab_size", "embedding_dim"), ("text", "categorical")),
 }
+
+
+def key_kinds(key: str) -> tuple[str, ...]:
+    """The modality kinds ``key`` applies to (every kind for a key that is not kind-specific)."""
+    return KIND_KEYS.get(key, MODALITY_KINDS)
 
 
 def check_kind_keys(table: object, where: str) -> None:
     """Refuse the keys of a written ``[[modalities]]`` table that do not apply to its ``kind``.
 
-    A key at its default passes: a full dump of a config (``to_dict``, ``tune``'s best.toml) holds
-    every key of every modality.
+    A key is refused for being written at all, whatever its value (its default included). A full
+    dump of a config for a file to hold (``tune``'s best.toml) is :func:`written_modality` of each
+    modality, which leaves such keys out.
 
     Raises:
         ConfigError: e.g. ``max_tokens`` (text only) in a table of kind ``image``.
     """
     if not isinstance(table, dict) or table.get("kind") not in MODALITY_KINDS:
         return  # ModalityConfig names a missing or unknown kind
-    for key, value in table.items():
+    for key in table:
         kinds = KIND_KEYS.get(key)
-        default = getattr(ModalityConfig, key, None)
-        if kinds and table["kind"] not in kinds and (tuple(value) if isinstance(value, list) else value) != default:
+        if kinds and table["kind"] not in kinds:
             raise ConfigError(
                 f"`{where}.{key}` applies to kind {' and '.join(repr(k) for k in kinds)} only, got kind "
                 f"{table['kind']!r}; remove it"
             )
+
+
+def written_modality(table: dict[str, Any]) -> dict[str, Any]:
+    """A ``[[modalities]]`` table of ``to_dict`` without the keys of other kinds that hold their default.
+
+    What a config file holds (:func:`check_kind_keys` refuses those keys); a key of another kind
+    set to another value stays, so the file is refused rather than read as a different config.
+    """
+    base = ModalityConfig(**{k: v for k, v in table.items() if k in ("name", "kind", "source", "columns", "dim")})
+    default = to_plain(dataclasses.asdict(base))
+    return {
+        k: v for k, v in table.items() if table["kind"] in key_kinds(k) or k not in default or to_plain(v) != default[k]
+    }
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ The training config (:class:`recfuse.config.RecfuseConfig`), the experiment file
 all read here, so they fail the same way:
 
 * a missing file or invalid TOML names the file (:func:`read_toml`);
-* an unknown key is named with its table and a did-you-mean hint, and the known keys are listed;
+* an unknown key is named with its table and a did-you-mean hint, and the known keys are listed; the
+  hint is a close key of the same table, else the table the key belongs to (``learning_rate`` under
+  ``[model]``: ``did you mean [train] learning_rate?``);
 * a missing required key is named;
 * a value of the wrong type names ``section.key``, the value, its type and the expected type
   (``bool``, ``int``, ``float`` (finite), ``str``, ``X | None``, tuples, string-keyed tables and nested
@@ -104,11 +106,12 @@ def build_section(cls: type[T], raw: Any, section: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     known = {f.name for f in fields}
+    tables = table_keys(cls) if not section else {}
     unknown = sorted(str(k) for k in set(raw) - known)
     if unknown:
-        guesses = [f"{k!r} -> did you mean {close[0]!r}?" for k in unknown if (close := closest(k, known))]
-        hint = f" ({'; '.join(guesses)})" if guesses else ""
-        raise ConfigError(f"unknown key(s) {unknown} in {where}{hint}; known keys: {sorted(known)}")
+        raise unknown_keys(unknown, known, where, {t: keys for t, keys in tables.items() if t != _TOP})
+    if tables:
+        _check_tables(raw, tables)
     required = [
         f.name
         for f in fields
@@ -128,6 +131,95 @@ def build_section(cls: type[T], raw: Any, section: str) -> T:
 def closest(key: str, known: set[str]) -> list[str]:
     """The known key a misspelled ``key`` most likely meant (empty when none is close)."""
     return difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+
+
+def unknown_keys(unknown: list[str], known: set[str], where: str, elsewhere: Mapping[str, set[str]]) -> ConfigError:
+    """The error naming the ``unknown`` keys of the table ``where``, each with a did-you-mean hint.
+
+    A close key of the same table is the hint; failing that, the table of ``elsewhere`` (label ->
+    its keys, e.g. ``{"[train]": {...}}``) that holds the key, or a close one (:func:`other_table`).
+
+    Example:
+        >>> err = unknown_keys(["learning_rate"], {"dim"}, "`model`", {"[train]": {"learning_rate"}})
+        >>> str(err).split("; known")[0]
+        "unknown key(s) ['learning_rate'] in `model` ('learning_rate' -> did you mean [train] learning_rate?)"
+    """
+    guesses = []
+    for key in unknown:
+        if close := closest(key, known):
+            guesses.append(f"{key!r} -> did you mean {close[0]!r}?")
+        elif other := other_table(key, elsewhere):
+            guesses.append(f"{key!r} -> did you mean {' or '.join(f'{t} {k}' for t, k in other)}?")
+    hint = f" ({'; '.join(guesses)})" if guesses else ""
+    return ConfigError(f"unknown key(s) {unknown} in {where}{hint}; known keys: {sorted(known)}")
+
+
+def other_table(key: str, tables: Mapping[str, set[str]]) -> list[tuple[str, str]]:
+    """``(table, key)`` pairs where ``key`` most likely belongs among ``tables`` (label -> its keys).
+
+    Every table holding ``key`` itself; else every table holding the closest key; else none.
+    """
+    exact = [(t, key) for t, keys in tables.items() if key in keys]
+    if exact:
+        return exact
+    close = closest(key, set().union(*tables.values())) if tables else []
+    return [(t, close[0]) for t, keys in tables.items() if close and close[0] in keys]
+
+
+#: the label of a root config's own keys among its tables (``table_keys``)
+_TOP = "top-level"
+
+
+def table_keys(cls: type) -> dict[str, set[str]]:
+    """The keys of each table of the root config dataclass ``cls``: ``{"[model]": {...}, "[[modalities]]": ...}``.
+
+    A field typed as a dataclass is a table, one typed as a tuple of dataclasses an array of tables;
+    the other fields are ``cls``'s own keys, labelled ``top-level`` (absent when there are none).
+    """
+    hints = typing.get_type_hints(cls)
+    out: dict[str, set[str]] = {}
+    top = set()
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        table, array = _table_class(hints[f.name])
+        if table is None:
+            top.add(f.name)
+        else:
+            out[f"[[{f.name}]]" if array else f"[{f.name}]"] = {g.name for g in dataclasses.fields(table) if g.init}
+    return {**out, _TOP: top} if top else out
+
+
+def _table_class(hint: Any) -> tuple[type | None, bool]:
+    """``(dataclass, is an array of tables)`` of a field's type hint; ``(None, False)`` for a plain key."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint, False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
+        return args[0], True
+    return None, False
+
+
+def _check_tables(raw: Mapping[str, Any], tables: Mapping[str, set[str]]) -> None:
+    """Refuse an unknown key in a table of a root config (``tables``: :func:`table_keys`), hinting at the
+    table it belongs to.
+
+    Runs before any table is built, where every table's keys are at hand; each table is named as
+    :func:`build_section` names it (```model```, ```modalities[0]```).
+    """
+    for name, value in raw.items():
+        if f"[{name}]" in tables:
+            label, entries = f"[{name}]", [(f"`{name}`", value)]
+        elif f"[[{name}]]" in tables and isinstance(value, list):
+            label, entries = f"[[{name}]]", [(f"`{name}[{i}]`", v) for i, v in enumerate(value)]
+        else:
+            continue
+        known = tables[label]
+        others = {t: keys for t, keys in tables.items() if t != label}
+        for where, entry in entries:
+            unknown = sorted(str(k) for k in set(entry) - known) if isinstance(entry, Mapping) else []
+            if unknown:
+                raise unknown_keys(unknown, known, where, others)
 
 
 def _wrong(where: str, expected: str, value: Any) -> ConfigError:

@@ -14,9 +14,9 @@ from recfuse.config.data import DataConfig
 from recfuse.config.evaluation import EvalConfig
 from recfuse.config.index import IndexConfig
 from recfuse.config.item_head import ItemHeadConfig
-from recfuse.config.modality import ModalityConfig, check_kind_keys, default_modalities
+from recfuse.config.modality import ModalityConfig, check_kind_keys, default_modalities, key_kinds, written_modality
 from recfuse.config.model import ModelConfig
-from recfuse.config.parse import build_section, closest, load_toml, to_plain
+from recfuse.config.parse import build_section, closest, load_toml, other_table, to_plain
 from recfuse.config.train import TrainConfig
 from recfuse.errors import ConfigError
 
@@ -88,8 +88,8 @@ class RecfuseConfig:
         """:meth:`from_dict` of a config a person wrote (a TOML file, an experiment's tables).
 
         Also refuses a key of another modality kind in a ``[[modalities]]`` table (``max_tokens`` in
-        an image modality), which :meth:`from_dict` cannot: a stored config holds every key of every
-        modality.
+        an image modality), even at its default, which :meth:`from_dict` cannot: a stored config
+        holds every key of every modality. :meth:`to_written_dict` is what such a file holds.
         """
         modalities = raw.get("modalities") if isinstance(raw, Mapping) else None
         for i, table in enumerate(modalities if isinstance(modalities, list) else []):
@@ -100,6 +100,14 @@ class RecfuseConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""
         return to_plain(dataclasses.asdict(self))
+
+    def to_written_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` as a config file holds it: each modality without the other kinds' keys.
+
+        :meth:`from_written_dict` of it gives an equal config.
+        """
+        raw = self.to_dict()
+        return {**raw, "modalities": [written_modality(m) for m in raw["modalities"]]}
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RecfuseConfig:
         """Apply dotted overrides (``{"model.fusion": "max"}``), as given on a command line.
@@ -129,8 +137,7 @@ class RecfuseConfig:
             if parts[0] == "modalities" and len(parts) == 3:
                 check_kind_keys({"kind": node.get("kind"), parts[-1]: value}, f"modalities.{parts[1]}")
             if parts[-1] not in node:
-                close = closest(parts[-1], set(node))
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = _override_hint(parts, node, raw)
                 raise ConfigError(f"override {dotted!r}: unknown key {parts[-1]!r}{hint}; known: {sorted(node)}")
             node[parts[-1]] = value
         return RecfuseConfig.from_dict(raw)
@@ -140,6 +147,19 @@ class RecfuseConfig:
             if m.name == name:
                 return m
         raise ConfigError(f"no modality named {name!r}; configured: {[m.name for m in self.modalities]}")
+
+
+def _override_hint(parts: list[str], node: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
+    """The did-you-mean of the unknown last key of the override ``parts``: a close key of its table
+    (``node``), else the same key (or a close one) in another section of ``raw``, as an override."""
+    if close := closest(parts[-1], set(node)):
+        return f"; did you mean {close[0]!r}?"
+    sections = {name: set(value) for name, value in raw.items() if isinstance(value, dict) and name != parts[0]}
+    if parts[0] != "modalities" and isinstance(raw.get("modalities"), list):
+        for m in (m for m in raw["modalities"] if isinstance(m, dict)):
+            sections[f"modalities.{m.get('name')}"] = {k for k in m if m.get("kind") in key_kinds(k)}
+    other = other_table(parts[-1], sections)
+    return f"; did you mean {' or '.join(repr(f'{t}.{k}') for t, k in other)}?" if other else ""
 
 
 def _migrated(raw: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,4 +1,4 @@
-"""A small TOML writer for config dicts (``RecfuseConfig.to_dict()``): what ``recfuse tune`` writes as best.toml.
+"""A small TOML writer for config dicts (``RecfuseConfig.to_written_dict()``): ``recfuse tune``'s best.toml.
 
 It covers what a config holds: strings, booleans, integers, floats (``inf`` / ``nan`` included), lists of
 those, tables, and lists of tables (``[[modalities]]``). ``None`` has no TOML spelling, so a ``None`` value is
@@ -95,10 +95,13 @@ def dumps(data: Mapping[str, Any]) -> str:
 def config_toml(cfg: RecfuseConfig) -> str:
     """The full config as TOML text that ``RecfuseConfig.from_toml`` reads back into an equal config.
 
+    Each modality holds the keys of its kind only (``RecfuseConfig.to_written_dict``), as a config
+    file must.
+
     Raises:
         ConfigError: the text would not read back equal (a value TOML cannot carry).
     """
-    text = dumps(cfg.to_dict())
-    if RecfuseConfig.from_dict(tomllib.loads(text)) != cfg:
+    text = dumps(cfg.to_written_dict())
+    if RecfuseConfig.from_written_dict(tomllib.loads(text)) != cfg:
         raise ConfigError("the config does not round-trip through TOML; a value has no TOML spelling")
     return text
