@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -337,7 +338,14 @@ def test_cli_export_and_add_items(
     data_dir, model_dir, items = trained
     root = tmp_path / "bundles"
     assert main(["export", "--model", str(model_dir), "--out", str(root), "--factory", "HNSW16"]) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
+    # progress goes to stderr, one line per stage as it starts, each with the seconds since the start
+    stages = [ln.rsplit(" (", 1)[0] for ln in progress.splitlines()]
+    assert stages[0] == "loading model ..." and any(s.startswith("query vectors for served recall: ") for s in stages)
+    order = ["building index ...", "measuring served recall ...", "publishing ..."]
+    assert [s for s in stages if s in order] == order
+    assert all(re.search(r" \(\d+\.\d s\)$", ln) for ln in progress.splitlines()), progress
+    assert "loading model" not in printed and "building index" not in printed  # stdout: the result lines only
     served = load_bundle(root).manifest["served_recall"]
     assert "exported bundle" in printed and f"served recall@10 {served['recall']:.4f} on " in printed
     assert f"tuned ef_search={served['tuned']['ef_search']} to 0.95" in printed and "; target met" in printed
@@ -347,7 +355,9 @@ def test_cli_export_and_add_items(
     new.iloc[:2].assign(image=relative).to_parquet(tmp_path / "n.parquet")  # image paths inside --images-dir
     catalog = ["--catalog", str(tmp_path / "n.parquet"), "--images-dir", str(data_dir)]
     assert main(["add-items", "--bundle", str(root / "default"), *catalog]) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
+    for stage in ("loading bundle ...", "embedding items: 2/2", "adding items to the index ...", "publishing ..."):
+        assert f"\n{stage} (" in f"\n{progress}", (stage, progress)
     assert "added 2 item(s), skipped 0 already present, rejected 0" in printed and "served recall@10" in printed
     assert len(list_versions(root / "default")) == 2
     assert main(["export", "--model", str(tmp_path / "nope"), "--out", str(root)]) == 5

@@ -51,7 +51,7 @@ def test_features_writes_vector_column_and_counts_missing(catalog, capsys: pytes
         ]
     )  # fmt: skip
     assert code == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
     assert "4 vectors, 1 without image (null), 1 unreadable (null)" in printed and "unreadable: e:" in printed
     table = pq.read_table(out)
     assert table.column_names == ["item_id", "title", "image", "img_vec"]
@@ -64,6 +64,7 @@ def test_features_writes_vector_column_and_counts_missing(catalog, capsys: pytes
     got = np.array([vecs[i] for i in (0, 1, 3, 5)], np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert not list(out.parent.glob(".*.tmp"))  # atomic write left no temp file
+    assert "loading backbone mobilenet_v3_small ..." in progress and "mobilenet_v3_small features: 6/6 (" in progress
 
 
 def test_features_bad_arguments_exit_with_config_code(catalog, capsys: pytest.CaptureFixture[str]) -> None:

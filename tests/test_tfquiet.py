@@ -26,7 +26,7 @@ def test_filtered_stderr_drops_the_noise_and_keeps_other_lines(capfd: pytest.Cap
     with filtered_stderr():
         os.write(2, NOISE_LINES.encode())
         os.write(2, b"E0000 real_error.cc:1] something actually broke\n")
-        os.write(2, b"  File \"x.py\", line 1, in <module>\n")
+        os.write(2, b'  File "x.py", line 1, in <module>\n')
     err = capfd.readouterr().err
     assert err == 'E0000 real_error.cc:1] something actually broke\n  File "x.py", line 1, in <module>\n'
 

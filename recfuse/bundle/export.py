@@ -40,13 +40,14 @@ import numpy as np
 import pandas as pd
 
 from recfuse.bundle.contents import BundleContents
-from recfuse.bundle.writer import write_bundle
+from recfuse.bundle.writer import progress_steps, write_bundle
 from recfuse.config import IndexConfig, RecfuseConfig
 from recfuse.data.readers import read_table
 from recfuse.data.vocab import IdVocab, id_str
 from recfuse.errors import ArtifactError
 from recfuse.index.choose import auto_index
 from recfuse.models.trained import TrainedModel
+from recfuse.types import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def export_model(
     version: str | None = None,
     keep_versions: int | None = None,
     savedmodel: bool = True,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Publish a trained model as ``root/<variant>/<version>``.
 
@@ -73,6 +75,7 @@ def export_model(
         version: version name (default: time-based).
         keep_versions: prune older versions after publishing.
         savedmodel: also write the TF SavedModel of the query tower.
+        progress: called ``(stage, done, total)`` as the export proceeds (:data:`recfuse.types.ProgressFn`).
 
     Returns:
         The published version directory.
@@ -80,28 +83,43 @@ def export_model(
     Raises:
         ArtifactError: unreadable model directory or invalid contents.
     """
+    report = progress or _quiet
+    report("loading model", 0, 0)
     model = TrainedModel.load(model_dir)
     cfg = index_cfg or model.config.index
     if factory:
         cfg = dataclasses.replace(cfg, factory=factory)
-    contents = contents_from_model(model, cfg, catalog)
+    contents = contents_from_model(model, cfg, catalog, progress=report)
     # factory "auto": the index is chosen by measurement on the served queries (recfuse.index.choose)
+    if cfg.factory.strip() == "auto":
+        report("choosing index (factory auto)", 0, 0)
     index, cfg = auto_index(contents.ranked_vectors, contents.served_queries, cfg)
     with tempfile.TemporaryDirectory(prefix="recfuse-export-") as td:
         if savedmodel:
+            report("writing query tower SavedModel", 0, 0)
             contents.query_savedmodel_dir = model.export_query_savedmodel(Path(td) / "query_tower_savedmodel")
         contents.model_dir = model.model_dir  # copied without its work dirs (see writer.MODEL_COPY_IGNORE)
-        path = write_bundle(root, contents, cfg, version=version, index=index, keep_versions=keep_versions)
+        path = write_bundle(
+            root, contents, cfg, version=version, index=index, keep_versions=keep_versions,
+            on_step=progress_steps(progress),
+        )  # fmt: skip
     logger.info("exported %s as %s", model_dir, path)
     return path
 
 
+def _quiet(stage: str, done: int, total: int) -> None:
+    del stage, done, total
+
+
 def contents_from_model(
-    model: TrainedModel, index_cfg: IndexConfig, catalog: str | Path | pd.DataFrame | None = None
+    model: TrainedModel,
+    index_cfg: IndexConfig,
+    catalog: str | Path | pd.DataFrame | None = None,
+    progress: ProgressFn | None = None,
 ) -> BundleContents:
     """The :class:`BundleContents` of a trained model (no SavedModel, no model copy)."""
     items = _metadata(model, catalog)
-    queries, about = served_query_vectors(model, index_cfg.served_queries, index_cfg.seed)
+    queries, about = served_query_vectors(model, index_cfg.served_queries, index_cfg.seed, progress)
     return BundleContents(
         variant=model.config.variant,
         model_id=model_id_of(model.model_dir),
@@ -123,13 +141,16 @@ def contents_from_model(
     )
 
 
-def served_query_vectors(model: TrainedModel, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+def served_query_vectors(
+    model: TrainedModel, n: int, seed: int = 0, progress: ProgressFn | None = None
+) -> tuple[np.ndarray, str]:
     """Query vectors like the ones the index will serve, from the model's own query tower.
 
     Four in five are known users' query vectors (user id and stored history, drawn at random), one
     in five history-only queries (an anonymous user with a prefix of a drawn user's history, most
     recent first, as a client sends one). Returns ``([m, d] float32, a description for the
-    manifest)``; ``m`` is 0 when ``n`` is 0 or the model has no user history.
+    manifest)``; ``m`` is 0 when ``n`` is 0 or the model has no user history. ``progress`` gets the
+    count of vectors computed after each chunk.
     """
     users = sorted(u for u, h in model.user_histories.items() if len(h))
     dim = model.item_embeddings.shape[1]
@@ -140,13 +161,17 @@ def served_query_vectors(model: TrainedModel, n: int, seed: int = 0) -> tuple[np
     known = [users[i] for i in rng.choice(len(users), n_known, replace=False)]
     drawn = [users[i] for i in rng.integers(0, len(users), n // 5)]
     prefixes = [list(model.user_histories[u])[: int(rng.integers(1, len(model.user_histories[u]) + 1))] for u in drawn]
-    parts = []
+    report = progress or _quiet
+    total = n_known + len(prefixes)
+    parts: list[np.ndarray] = []
     for i in range(0, n_known, 1024):
         chunk = known[i : i + 1024]
         parts.append(model.query_embeddings(chunk, [model.user_histories[u] for u in chunk]))
+        report("query vectors for served recall", sum(map(len, parts)), total)
     for i in range(0, len(prefixes), 1024):
-        chunk = prefixes[i : i + 1024]
-        parts.append(model.query_embeddings([None] * len(chunk), chunk))
+        chunk_h = prefixes[i : i + 1024]
+        parts.append(model.query_embeddings([None] * len(chunk_h), chunk_h))
+        report("query vectors for served recall", sum(map(len, parts)), total)
     queries = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     about = f"{n_known} known users' query vectors + {len(prefixes)} history-only queries (model query tower)"
     return queries, about

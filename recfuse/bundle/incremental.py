@@ -40,7 +40,7 @@ from recfuse.bundle.contents import BundleContents
 from recfuse.bundle.export import metadata_frame
 from recfuse.bundle.item_head import grown_head
 from recfuse.bundle.loader import LoadedBundle, load_bundle
-from recfuse.bundle.writer import write_bundle
+from recfuse.bundle.writer import progress_steps, write_bundle
 from recfuse.config import RecfuseConfig
 from recfuse.data.images import image_root
 from recfuse.data.readers import read_table
@@ -49,7 +49,7 @@ from recfuse.data.vocab import id_str
 from recfuse.errors import ArtifactError, DataError, SchemaError
 from recfuse.index import ItemIndex, measure_recall
 from recfuse.models.trained import TrainedModel
-from recfuse.types import FloatArray
+from recfuse.types import FloatArray, ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def add_items(
     on_existing: str = "skip",
     version: str | None = None,
     keep_versions: int | None = None,
+    progress: ProgressFn | None = None,
 ) -> AddResult:
     """Embed ``catalog``'s new items and publish ``bundle`` + them as a new version.
 
@@ -96,6 +97,7 @@ def add_items(
         on_existing: ``skip`` (count) or ``error`` for ids already in the bundle.
         version: name of the new version (default: time-based).
         keep_versions: prune older versions after publishing.
+        progress: called ``(stage, done, total)`` as the work proceeds (:data:`recfuse.types.ProgressFn`).
 
     Returns:
         :class:`AddResult` (nothing is published when no row is new and usable).
@@ -106,6 +108,8 @@ def add_items(
     """
     if on_existing not in ("skip", "error"):
         raise DataError(f"`on_existing` must be 'skip' or 'error', got {on_existing!r}")
+    tell = progress or _quiet
+    tell("loading bundle", 0, 0)
     loaded = bundle if isinstance(bundle, LoadedBundle) else load_bundle(bundle)
     if loaded.model_dir is None:
         raise ArtifactError(
@@ -114,6 +118,7 @@ def add_items(
         )
     frame, base_dir = _read_catalog(catalog)
     images = image_root(images_dir if images_dir is not None else base_dir, allow_external_images)
+    tell("loading model", 0, 0)
     model = TrainedModel.load(loaded.model_dir)
 
     ids = [id_str(x) for x in frame["item_id"]]
@@ -125,22 +130,24 @@ def add_items(
         )
     fresh = frame[[i not in loaded.item_vocab for i in ids]].reset_index(drop=True)
     name = "catalog" if isinstance(catalog, pd.DataFrame) else str(catalog)
+    tell("validating new items", 0, 0)
     with tempfile.TemporaryDirectory(prefix="recfuse-add-") as qdir:
         valid, report, _ = validate_catalog(
             fresh, model.config.modalities, images, path=name, on_bad_rows="quarantine", quarantine_dir=qdir
         )
     rejects = [(p.id, f"{p.reason}: {p.message}") for p in report.problems]
-    vectors, valid, embed_rejects = _embed(model, valid, images)
+    vectors, valid, embed_rejects = _embed(model, valid, images, tell)
     rejects += embed_rejects
     n_rejected = report.rejected + len(embed_rejects)
     if len(valid) == 0:
         logger.warning("add_items: no new usable items (%d existing, %d rejected)", len(existing), n_rejected)
         return AddResult(loaded.path, 0, len(existing), n_rejected, rejects)
 
-    contents, index = _extended(loaded, valid, vectors)
+    contents, index = _extended(loaded, valid, vectors, tell)
     path = write_bundle(
-        root or loaded.root, contents, contents.index_config, version=version, index=index, keep_versions=keep_versions
-    )
+        root or loaded.root, contents, contents.index_config, version=version, index=index,
+        keep_versions=keep_versions, on_step=progress_steps(progress),
+    )  # fmt: skip
     logger.info(
         "add_items: %d added, %d existing skipped, %d rejected -> %s", len(valid), len(existing), n_rejected, path
     )
@@ -160,12 +167,26 @@ def _read_catalog(catalog: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Pat
 Reject = tuple[str, str]
 
 
-def _embed(model: TrainedModel, items: pd.DataFrame, images: Path) -> tuple[FloatArray, pd.DataFrame, list[Reject]]:
+def _quiet(stage: str, done: int, total: int) -> None:
+    del stage, done, total
+
+
+def _embed(
+    model: TrainedModel, items: pd.DataFrame, images: Path, tell: ProgressFn
+) -> tuple[FloatArray, pd.DataFrame, list[Reject]]:
     """Embed all rows; when a batch fails, embed row by row and reject the rows that fail."""
     if items.empty:
         return np.zeros((0, model.query_tower.dim), np.float32), items, []
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        tell("embedding items", done, len(items))
+
+    tell("embedding items", 0, len(items))
     try:
-        vectors = model.embed_items(items, images)
+        vectors = model.embed_items(items, images, on_batch=step)
     except (SchemaError, DataError, ValueError) as err:
         logger.warning("add_items: batch embedding failed (%s); isolating bad rows", err)
         keep: list[int] = []
@@ -188,7 +209,7 @@ def _embed(model: TrainedModel, items: pd.DataFrame, images: Path) -> tuple[Floa
 
 
 def _extended(
-    loaded: LoadedBundle, new_items: pd.DataFrame, new_vectors: FloatArray
+    loaded: LoadedBundle, new_items: pd.DataFrame, new_vectors: FloatArray, tell: ProgressFn
 ) -> tuple[BundleContents, ItemIndex]:
     """Contents of ``loaded`` with the new items appended, and its index with them added."""
     n = len(loaded.item_ids)
@@ -213,8 +234,10 @@ def _extended(
     vectors = np.concatenate([loaded.item_vectors, new_vectors])
     index = loaded.index
     index.choice = loaded.manifest.get("index_choice")  # the grown index keeps the chosen factory
+    tell("adding items to the index", 0, 0)
     index.add(new_vectors * new_scale[:, None], np.arange(n, n + len(new_ids), dtype=np.int64))
     if cfg.recall_queries > 0:
+        tell("measuring index recall", 0, 0)
         ranked = vectors * scale[:, None]
         index.recall = measure_recall(index, ranked, np.arange(len(ranked)), min(cfg.recall_queries, len(ranked)))
     else:

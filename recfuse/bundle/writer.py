@@ -1,7 +1,8 @@
 """Write a bundle version and publish it atomically.
 
 Steps (each reported to ``on_step``, which crash tests use to kill the writer at that point):
-``locked`` → ``tmp_created`` → ``wrote:<file>`` … → ``index_built`` → ``manifest_written`` →
+``locked`` → ``tmp_created`` → ``wrote:<file>`` … → ``building_index`` → ``measuring_recall`` →
+``index_built`` → ``manifest_written`` →
 ``fsynced`` → ``renamed`` (version directory in place, not yet published) → ``published``
 (``CURRENT`` replaced) → ``done``. A crash before ``published`` leaves the previous version
 visible; after it, the new one. No file is ever modified after the rename.
@@ -46,6 +47,7 @@ from recfuse.errors import ArtifactError
 from recfuse.fsio import fsync_dir, fsync_tree
 from recfuse.index import ItemIndex, build_index
 from recfuse.index.served import TuneResult, served_recall, tunable_param, tune_search
+from recfuse.types import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,28 @@ MODEL_COPY_IGNORE = ("checkpoints", "tensorboard", ".*")
 
 def _noop(step: str) -> None:
     del step
+
+
+# the writer steps a progress report names (the others are too quick to mention)
+_STEP_STAGES = {
+    "tmp_created": "writing bundle files",
+    "building_index": "building index",
+    "measuring_recall": "measuring served recall",
+    "manifest_written": "publishing",
+}
+
+
+def progress_steps(progress: ProgressFn | None) -> StepHook | None:
+    """An ``on_step`` hook reporting the writer's long steps to ``progress`` as stages (None: None)."""
+    if progress is None:
+        return None
+    report = progress
+
+    def hook(step: str) -> None:
+        if step in _STEP_STAGES:
+            report(_STEP_STAGES[step], 0, 0)
+
+    return hook
 
 
 def write_bundle(
@@ -108,7 +132,9 @@ def write_bundle(
         try:
             _write_files(tmp, contents, hook)
             ranked = contents.ranked_vectors  # what the index holds: computed once for build and recall
+            hook("building_index")
             built = _write_index(tmp, ranked, cfg, index)
+            hook("measuring_recall")
             served = _served(tmp, contents, ranked, cfg, built)
             hook("index_built")
             manifest = _manifest(tmp, contents, built.config, built, version)

@@ -2,7 +2,8 @@
 
 ``recommend --users all|FILE --out recs.parquet`` answers many users in batches through
 :func:`recfuse.inference.batch.recommend_all` (seen items excluded, as serving with ``exclude_seen``),
-with a progress bar on stderr and a summary line.
+with a progress bar on stderr and a summary line. ``export`` and ``add-items`` print a progress line
+per stage on stderr (:mod:`recfuse.cli.progress`); stdout keeps their result lines.
 
 Handlers import their heavy modules lazily: ``recommend`` and ``bundle-info`` never import
 TensorFlow (numpy query tower + faiss); ``export`` and ``add-items`` need the trained model.
@@ -45,13 +46,19 @@ def register(sub: Any) -> None:
     p.add_argument("--bundle", required=True, help="bundles root, ROOT/<variant> or a version directory")
     p.add_argument("--variant", default=None, help="variant of a root holding several")
     p.add_argument("--user", default=None, help="user id (stored history + user embedding when known)")
-    p.add_argument("--history", default="", help="comma-separated item ids, most recent first")
+    p.add_argument("--history", default="", help="comma-separated item ids, most recent first (default: none)")
     p.add_argument("--similar-to", default=None, help="item id: nearest neighbours instead of user recommendations")
     p.add_argument("--k", type=int, default=10, help="items to return (default: 10)")
-    p.add_argument("--exclude", default="", help="comma-separated item ids never to return")
+    p.add_argument("--exclude", default="", help="comma-separated item ids never to return (default: none)")
     p.add_argument("--exclude-seen", action="store_true", help="drop items in the user's (and request) history")
-    p.add_argument("--category", action="append", default=[], help="only items in this category (repeatable)")
-    p.add_argument("--exclude-category", action="append", default=[], help="never items in this category")
+    p.add_argument(
+        "--category", action="append", default=[],
+        help="only items in this category (repeatable; default: any)",
+    )
+    p.add_argument(
+        "--exclude-category", action="append", default=[],
+        help="never items in this category (repeatable; default: none)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "--users", default=None, metavar="all|FILE",
@@ -76,10 +83,12 @@ def _split(value: str) -> list[str]:
 
 def _export(args: argparse.Namespace) -> int:
     from recfuse.bundle.export import export_model
+    from recfuse.cli.progress import ProgressPrinter
 
     path = export_model(
-        args.model, args.out, factory=args.factory, catalog=args.catalog, keep_versions=args.keep_versions
-    )
+        args.model, args.out, factory=args.factory, catalog=args.catalog, keep_versions=args.keep_versions,
+        progress=ProgressPrinter(),
+    )  # fmt: skip
     print(f"exported bundle {path}")
     print(_index_line(path))
     return 0
@@ -109,8 +118,11 @@ def _index_line(path: Path) -> str:
 
 def _add_items(args: argparse.Namespace) -> int:
     from recfuse.bundle.incremental import add_items
+    from recfuse.cli.progress import ProgressPrinter
 
-    result = add_items(args.bundle, args.catalog, images_dir=args.images_dir, on_existing=args.on_existing)
+    result = add_items(
+        args.bundle, args.catalog, images_dir=args.images_dir, on_existing=args.on_existing, progress=ProgressPrinter()
+    )
     print(
         f"added {result.added} item(s), skipped {result.skipped_existing} already present, "
         f"rejected {result.rejected}; published {result.path}"

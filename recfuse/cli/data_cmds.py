@@ -37,10 +37,13 @@ def register(sub: Any) -> None:
         description="Exit 0 when the data is usable; table-level errors (and bad rows without --quarantine) exit 3.",
     )
     v.add_argument("--config", help="recfuse TOML config (default: built-in defaults, i.e. data_samples/)")
-    v.add_argument("--items", default="", help="catalog file, overrides [data] items")
-    v.add_argument("--interactions", default="", help="interactions file, overrides [data] interactions")
+    v.add_argument("--items", default="", help="catalog file (default: the config's [data] items)")
+    v.add_argument("--interactions", default="", help="interactions file (default: the config's [data] interactions)")
     v.add_argument("--images-dir", default="", help="base of relative image paths (default: the catalog's directory)")
-    v.add_argument("--quarantine", default="", metavar="DIR", help="set bad rows aside in DIR instead of failing")
+    v.add_argument(
+        "--quarantine", default="", metavar="DIR",
+        help="set bad rows aside in DIR instead of failing (default: fail)",
+    )
     v.add_argument("--split", default="", choices=["", *SPLITS],
                    help="split to report (default: the config's data.split)")
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of text")

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
                    "(default: the training config stored in the bundle)")  # fmt: skip
     e.add_argument("--ks", default="10,20,50", help="cut-offs, comma-separated (default 10,20,50)")
     e.add_argument("--baselines", default="", help="comma-separated baselines to score beside the model: "
-                   "popularity, itemknn, ease (hyper-parameters chosen on the valid split)")  # fmt: skip
+                   "popularity, itemknn, ease (hyper-parameters chosen on the valid split; default: none)")  # fmt: skip
     e.add_argument("--mask", default=None, choices=["train", "train+valid"],
                    help="override eval.mask: items removed from each test ranking (default: the model's config)")
     e.add_argument("--history", default=None, choices=["auto", "train", "train+valid"],

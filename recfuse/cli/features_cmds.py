@@ -12,6 +12,7 @@ and are counted in the printed summary. Then declare
 ``{name = "image", kind = "image", source = "vector", columns = ["image_vec"], dim = F}`` or
 ``{name = "text_vec", kind = "vector", columns = ["text_vec"], dim = 384}``. Text vectors need the
 ``text`` extra and record their model, weights sha256 and source columns in the Parquet schema metadata.
+Progress lines (model loading, items done, writing) go to stderr as the work proceeds.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ def register(sub: Any) -> None:
         help="base of relative image paths (default: [data] images_dir or the catalog's directory)",
     )
     p.add_argument(
-        "--backbone", default="", help="mobilenet_v3_small | mobilenet_v3_large | efficientnet_b0 | resnet50"
+        "--backbone",
+        default="",
+        help="mobilenet_v3_small | mobilenet_v3_large | efficientnet_b0 | resnet50 (default: the image modality's)",
     )
     p.add_argument("--weights", default=None, help="local weights file of the headless backbone ('' = random init)")
-    p.add_argument("--image-size", type=int, default=0, help="input side in pixels (default: the image modality's)")
+    p.add_argument("--image-size", type=int, default=0, help="input side in pixels (default 0: the image modality's)")
     p.add_argument("--column", default="", help="name of the new vector column (default image_vec, text: text_vec)")
     p.add_argument(
         "--image-column", default="", help="catalog column holding the images (default: the image modality's)"
@@ -51,7 +54,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--text", action="store_true", help="text vectors from a local sentence-transformers model (needs --model)"
     )
-    p.add_argument("--model", default="", metavar="DIR", help="--text: local sentence-transformers model folder")
+    p.add_argument(
+        "--model", default="", metavar="DIR",
+        help="--text: local sentence-transformers model folder (no default: required with --text)",
+    )
     p.add_argument(
         "--columns",
         default="",
@@ -105,8 +111,7 @@ def _text_features(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from tqdm import tqdm
-
+    from recfuse.cli.progress import ProgressPrinter
     from recfuse.config import RecfuseConfig
     from recfuse.embeddings.text_vectors import TextVectorEncoder, add_text_vectors, compose_texts
     from recfuse.errors import UsageError
@@ -127,11 +132,14 @@ def _text_features(args: argparse.Namespace) -> int:
         columns = [c for c in wanted if c in table.column_names] or wanted
     compose_texts(table, columns)  # unknown columns fail here, before the model loads
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
+    progress = ProgressPrinter()
+    progress(f"loading text model {Path(args.model).name}")
     encoder = TextVectorEncoder(args.model)
     start = time.perf_counter()
-    with tqdm(total=table.num_rows, desc=f"text vectors ({encoder.model_dir.name})", unit="item") as bar:
-        result = add_text_vectors(table, encoder, columns, column, args.batch_size, on_batch=bar.update)
+    step = progress.counter(f"text vectors ({encoder.model_dir.name})", table.num_rows)
+    result = add_text_vectors(table, encoder, columns, column, args.batch_size, on_batch=step)
     seconds = time.perf_counter() - start
+    progress(f"writing {out}")
     atomic_write_parquet(out, result)
     n_vec = result.num_rows - result.column(column).null_count
     print(
@@ -144,8 +152,7 @@ def _text_features(args: argparse.Namespace) -> int:
 
 
 def _image_features(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from recfuse.cli.progress import ProgressPrinter
     from recfuse.config import ModalityConfig, RecfuseConfig
     from recfuse.embeddings.image_vectors import add_image_vectors, backbone_encoder, check_image_column
     from recfuse.errors import UsageError
@@ -165,12 +172,15 @@ def _image_features(args: argparse.Namespace) -> int:
     table = _read_catalog(items_path)
     check_image_column(table, image_col, str(items_path))
     weights = m.backbone_weights if args.weights is None else args.weights
+    progress = ProgressPrinter()
+    progress(f"loading backbone {args.backbone or m.backbone}")
     encoder = backbone_encoder(args.backbone or m.backbone, image_size, weights)
-    with tqdm(total=table.num_rows, desc=f"{encoder.backbone} features", unit="item") as bar:
-        table, res = add_image_vectors(
-            table, encoder, image_col, images_dir, column, args.batch_size, on_batch=bar.update, source=str(items_path)
-        )
+    step = progress.counter(f"{encoder.backbone} features", table.num_rows)
+    table, res = add_image_vectors(
+        table, encoder, image_col, images_dir, column, args.batch_size, on_batch=step, source=str(items_path)
+    )
     dim = res.vectors.shape[1]
+    progress(f"writing {out}")
     atomic_write_parquet(out, table)
     print(
         f"wrote {table.num_rows} items to {out} with column {column!r} ({dim} floats, backbone "

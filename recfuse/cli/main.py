@@ -36,6 +36,29 @@ COMMAND_MODULES = (
 Handler = Callable[[argparse.Namespace], int]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default: appends ``(default: X)`` to its help unless the help already says
+    what the default is. Flags (``--json``) and options whose default is unset (None, '', []) add nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is argparse.SUPPRESS or (isinstance(default, (str, list)) and not default)
+        if "default" in text or unset or action.nargs == 0:
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every subparser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += _parsers(child)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recfuse",
@@ -45,10 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"recfuse {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="one of the commands below; `recfuse COMMAND --help` shows its options"
+    )
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for each in _parsers(parser):
+        each.formatter_class = HelpFormatter
     return parser
 
 

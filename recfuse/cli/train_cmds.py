@@ -62,7 +62,10 @@ def register(sub: Any) -> None:
 
 def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
     """The repeatable ``--set KEY=VALUE`` option (read back with :func:`parse_overrides`)."""
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help=f"{help}; repeatable (default: none)",
+    )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -122,6 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.prepared is not None:
             check_prepared(args.prepared, len(split.train))
 
+    from recfuse.cli.progress import ProgressPrinter
     from recfuse.training.trainer import train
 
     n_test = split.test_rows if hasattr(split, "test_rows") else len(split.test)  # a prepared split does not hold them
@@ -135,11 +139,10 @@ def _train(args: argparse.Namespace) -> int:
     # Keras' carriage-return bar only helps on a terminal; every run also gets a line per validated
     # epoch on stderr as it ends (logs, `nohup`, CI and `make demo` see training move), and the
     # summary table on stdout at the end
-    started = time.perf_counter()
+    lines = ProgressPrinter()
 
     def epoch_line(epoch: int, metric: float) -> bool:
-        print(f"epoch {epoch}/{cfg.train.epochs}: val_recall@{cfg.train.eval_k} = {metric:.4f} "
-              f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+        lines.line(f"epoch {epoch}/{cfg.train.epochs}: val_recall@{cfg.train.eval_k} = {metric:.4f}")
         return False
 
     result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line,

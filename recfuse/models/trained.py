@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,11 +192,17 @@ class TrainedModel:
         status.assert_existing_objects_matched()
         self._candidate_tower, self._tf_query_tower = candidate, query
 
-    def embed_items(self, items_df: pd.DataFrame, images_dir: str | Path, batch_size: int = 512) -> FloatArray:
+    def embed_items(
+        self,
+        items_df: pd.DataFrame,
+        images_dir: str | Path,
+        batch_size: int = 512,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> FloatArray:
         """``[n, d]`` candidate-tower embeddings of catalog rows (new items embed from content alone).
 
         Items seen in training keep their item-id embedding; other items (cold or new) are embedded
-        from their content with the id masked, as in training.
+        from their content with the id masked, as in training. ``on_batch`` gets each batch's row count.
         """
         from recfuse.data.item_features import build_item_features
 
@@ -210,6 +216,8 @@ class TrainedModel:
             feats = build_item_features(chunk, self.config, images_dir, vocab, warm_items=set(self.warm_items))
             feats = {k: _clip_ids(k, v, len(self.item_vocab)) for k, v in feats.items()}
             out.append(tower(feats, training=False).numpy())
+            if on_batch is not None:
+                on_batch(len(chunk))
         if not out:
             return np.zeros((0, self.query_tower.dim), np.float32)
         return np.concatenate(out, axis=0).astype(np.float32)
