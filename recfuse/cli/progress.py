@@ -1,6 +1,6 @@
 """Progress lines on stderr for long commands (train, export, add-items, features).
 
-One plain line per event, each ending with the seconds since the command started, flushed as it
+One plain line per event, each ending with the seconds since the work began, flushed as it
 happens: logs, ``nohup``, CI and ``make demo`` see the work move (a carriage-return bar only helps
 on a terminal). Library functions take a :data:`recfuse.types.ProgressFn` ``(stage, done, total)``
 and never print; the CLI passes a :class:`ProgressPrinter`. A stage is printed when it starts;
@@ -42,7 +42,7 @@ class ProgressPrinter:
         self._last = float("-inf")
 
     def elapsed(self) -> float:
-        """Seconds since this printer was made (the command started)."""
+        """Seconds since this printer was made (the command's work began)."""
         return self._clock() - self._started
 
     def line(self, text: str) -> None:
