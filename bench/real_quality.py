@@ -304,9 +304,9 @@ def _ndcg20(queries: np.ndarray, vectors: np.ndarray, sets: Any, is_new: np.ndar
     tops = []
     for start in range(0, len(sets.users), 1024):
         stop = min(start + 1024, len(sets.users))
-        idx, vals = topk_with_new_slots(queries[start:stop] @ vectors.T, 20, is_new, share,
-                                        sets.exclude[start:stop], offset=offset)  # fmt: skip
-        tops.append(np.where(np.isfinite(vals), idx, -1))
+        top = topk_with_new_slots(queries[start:stop] @ vectors.T, 20, is_new, share,
+                                  sets.exclude[start:stop], offset=offset)  # fmt: skip
+        tops.append(np.where(np.isfinite(top.scores), top.rows, -1))
     users, items = relevant_pairs(sets.test)
     per_user = per_user_metrics_from_pairs(np.concatenate(tops), users, items, (20,), None)
     return float(np.mean(per_user["ndcg@20"]))

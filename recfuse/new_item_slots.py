@@ -20,7 +20,7 @@ Example:
     >>> import numpy as np
     >>> scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.1]], np.float32)   # item 4 is new
     >>> is_new = np.array([False, False, False, False, True])
-    >>> topk_with_new_slots(scores, 4, is_new, share=0.25)[0].tolist()
+    >>> topk_with_new_slots(scores, 4, is_new, share=0.25).rows.tolist()
     [[0, 1, 2, 4]]
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from recfuse.ranking import mask_excluded, topk_of_scores
+from recfuse.ranking import TopK, mask_excluded, topk_of_scores
 from recfuse.types import FloatArray, Int64Array
 
 #: guards ``floor(p * share)`` against float error (0.29 * 100 = 28.999…)
@@ -134,15 +134,16 @@ def topk_with_new_slots(
     share: float,
     exclude: Sequence[npt.ArrayLike] | None = None,
     offset: float = 0.0,
-) -> tuple[Int64Array, FloatArray]:
+) -> TopK:
     """:func:`recfuse.ranking.topk_of_scores` with new-item slots: the top ``k`` of a score block ``[b, n]``.
 
     ``is_new [n]`` marks the new items. With ``share`` 0 (or no new item) this is ``topk_of_scores``.
     The block is modified in place (excluded entries set to ``-inf``).
 
     Returns:
-        ``(indices [b, k] int64, scores [b, k] float32)``, best first as merged; where fewer than
-        ``k`` items remain the last positions hold index ``-1`` and score ``-inf``.
+        :class:`recfuse.ranking.TopK` ``(rows [b, k] int64, scores [b, k] float32)`` (rows are column
+        positions), best first as merged; where fewer than ``k`` items remain the last positions hold
+        row ``-1`` and score ``-inf``. Read the fields by name, as with ``topk_of_scores``.
     """
     share = check_share(share)
     new = np.asarray(is_new, dtype=bool)
@@ -153,6 +154,9 @@ def topk_with_new_slots(
     mask_excluded(scores, exclude)
     k = min(int(k), scores.shape[1])
     warm_cols, new_cols = np.flatnonzero(~new), np.flatnonzero(new)
-    w_pos, w_sc = topk_of_scores(scores[:, warm_cols], min(k, len(warm_cols)))
-    n_pos, n_sc = topk_of_scores(scores[:, new_cols], min(k, len(new_cols)))
-    return merge_new_items(warm_cols[w_pos], w_sc, new_cols[n_pos], n_sc, k, share, offset)
+    warm = topk_of_scores(scores[:, warm_cols], min(k, len(warm_cols)))
+    fresh = topk_of_scores(scores[:, new_cols], min(k, len(new_cols)))
+    rows, merged = merge_new_items(
+        warm_cols[warm.rows], warm.scores, new_cols[fresh.rows], fresh.scores, k, share, offset
+    )
+    return TopK(rows, merged)

@@ -20,6 +20,7 @@ from recfuse.inference import Recommender, RecommendQuery
 from recfuse.inference.new_items import NewItemSlots, bundle_new_items, bundle_share
 from recfuse.itemitem import ItemHead, knn_weights
 from recfuse.new_item_slots import merge_new_items, quota, topk_with_new_slots
+from recfuse.ranking import TopK
 
 N_ITEMS = 400
 NEW_SCALE = 0.6  # new items rank below warm ones, as content-only vectors do on real data
@@ -74,15 +75,15 @@ def test_topk_with_slots_meets_the_quota_keeps_prefixes_and_is_plain_at_zero() -
     is_new[rng.choice(200, 30, replace=False)] = True
     scores[:, is_new] -= 2.0  # new items score low: rarely in a plain top 20
     exclude = [rng.choice(200, 5, replace=False) for _ in range(50)]
-    plain, _ = topk_with_new_slots(scores.copy(), 20, is_new, 0.0, exclude)
+    plain = topk_with_new_slots(scores.copy(), 20, is_new, 0.0, exclude).rows
     assert is_new[plain].sum(axis=1).mean() < 1
     for share in (0.05, 0.1, 0.2):
-        idx, _ = topk_with_new_slots(scores.copy(), 20, is_new, share, exclude)
+        idx = topk_with_new_slots(scores.copy(), 20, is_new, share, exclude).rows
         need = quota(20, share)
         assert (np.cumsum(is_new[idx], axis=1) >= need).all()
         assert all(not set(row) & set(ex) for row, ex in zip(idx.tolist(), exclude))  # filters hold
         assert all(len(set(row)) == 20 for row in idx.tolist())
-        short, _ = topk_with_new_slots(scores.copy(), 10, is_new, share, exclude)
+        short = topk_with_new_slots(scores.copy(), 10, is_new, share, exclude).rows
         assert (short == idx[:, :10]).all()  # a shorter list is a prefix of a longer one
         # the warm items kept are the plain ranking's best warm items, in order
         for r in range(50):
@@ -90,6 +91,16 @@ def test_topk_with_slots_meets_the_quota_keeps_prefixes_and_is_plain_at_zero() -
             assert warm == [i for i in plain[r] if not is_new[i]][: len(warm)]
     with pytest.raises(ValueError, match=r"`is_new` must have one flag per score column \(200\), got shape \(3,\)"):
         topk_with_new_slots(scores.copy(), 20, np.zeros(3, bool), 0.1)
+
+
+def test_topk_with_slots_returns_the_named_result_on_every_branch() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.1]], np.float32)
+    mixed = np.array([False, False, False, False, True])
+    for share, is_new in ((0.25, mixed), (0.0, mixed), (0.25, np.zeros(5, bool)), (0.25, np.ones(5, bool))):
+        top = topk_with_new_slots(scores.copy(), 4, is_new, share)
+        assert isinstance(top, TopK) and top.rows.dtype == np.int64 and top.scores.dtype == np.float32
+    assert topk_with_new_slots(scores.copy(), 4, mixed, 0.25).rows.tolist() == [[0, 1, 2, 4]]
+    assert topk_with_new_slots(scores.copy(), 4, mixed, 0.25).scores[0, 3] == np.float32(0.1)
 
 
 # ----------------------------------------------------------------------------------- config and evaluation
@@ -198,7 +209,7 @@ def _expected(rec: Recommender, user: str | None, history: list[str], k: int, sh
     scores = flat[None, :]
     if head and hist:
         scores += np.float32(b.item_head.beta) * b.item_head.scores(b.item_head.profile_rows([hist]))
-    idx, _ = topk_with_new_slots(scores, k, bundle_new_items(b), share, [np.asarray(mask, np.int64)])
+    idx = topk_with_new_slots(scores, k, bundle_new_items(b), share, [np.asarray(mask, np.int64)]).rows
     return [b.item_ids[r] for r in idx[0] if r >= 0]
 
 
@@ -316,7 +327,7 @@ def test_items_added_later_are_new_and_reach_the_ranking_through_a_slot(tmp_path
     q = rec._queries.encode([rec.plan(RecommendQuery("u3", (), 20))])[0]  # u3's query vector, as served
     new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["N1", "N2"], "categories": [["c1"], ["c2"]]})
     vectors = np.stack([0.7 * q / np.linalg.norm(q), -q / np.linalg.norm(q)]).astype(np.float32)
-    contents, index = _extended(loaded, new, vectors)
+    contents, index = _extended(loaded, new, vectors, lambda stage, done, total: None)
     grown = load_bundle(write_bundle(tmp_path, contents, contents.index_config, index=index))
     is_new = dict(zip(grown.item_ids, bundle_new_items(grown)))
     assert is_new["n1"] and is_new["n2"] and sum(is_new.values()) == sum(bundle_new_items(loaded)) + 2

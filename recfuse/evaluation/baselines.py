@@ -248,8 +248,9 @@ def validation_metric(
     for s in range(0, n_rows, block_size):
         e = min(s + block_size, n_rows)
         block = score_rows(s, e)
-        idx, scores = topk_of_scores(block, min(k, block.shape[1]), None if exclude is None else exclude[s:e])
-        idx = np.where(np.isfinite(scores), idx, -1)  # excluded items fill a short list: empty slots
+        top = topk_of_scores(block, min(k, block.shape[1]), None if exclude is None else exclude[s:e])
+        scores = top.scores
+        idx = np.where(np.isfinite(scores), top.rows, -1)  # excluded items fill a short list: empty slots
         tops.append(np.take_along_axis(idx, np.lexsort((idx, -scores.astype(np.float64)), axis=-1), axis=1))
     hits, n_rel = hits_from_pairs(np.concatenate(tops), rel_users, rel_items)
     k = hits.shape[1]

@@ -203,8 +203,9 @@ def evaluate_scores(
         block = np.asarray(score(order[start:stop]), dtype=np.float32)
         if block.shape != (stop - start, n_items):
             raise ValueError(f"the scorer must return [{stop - start}, {n_items}] scores, got {block.shape}")
-        idx, vals = topk_with_new_slots(block, k_max, is_new, share, masks[start:stop])
-        idx = np.where(np.isfinite(vals), idx, -1)
+        ranked = topk_with_new_slots(block, k_max, is_new, share, masks[start:stop])
+        vals = ranked.scores
+        idx = np.where(np.isfinite(vals), ranked.rows, -1)
         if not slots:  # a merged list is in its own order (ties by index already; a held slot out of score order)
             idx = np.take_along_axis(idx, np.lexsort((idx, -vals.astype(np.float64)), axis=-1), axis=1)
         top[start:stop, : idx.shape[1]] = idx
