@@ -23,6 +23,7 @@ import numpy as np
 
 from recfuse.index.factory import apply_search_params, faiss_metric, inner_index, ivf_of
 from recfuse.index.item_index import ItemIndex
+from recfuse.index.recall import knn_recall
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -71,17 +72,15 @@ def served_recall(
     exact: np.ndarray | None = None,
     ids: np.ndarray | None = None,
 ) -> float:
-    """Mean over ``queries`` of ``|index top-k ∩ exact top-k| / k`` (``vectors``: the indexed rows,
-    held under ``ids``, default ``0..n-1``; ``k`` clipped to ``n``; ``exact``: :func:`exact_topk`,
-    computed when not given)."""
+    """Mean over ``queries`` of ``|index top-k ∩ exact top-k| / k`` (:func:`recfuse.index.recall.knn_recall`;
+    ``vectors``: the indexed rows, held under ``ids``, default ``0..n-1``; ``k`` clipped to ``n``;
+    ``exact``: ``[m, k]`` :func:`exact_topk`, computed when not given)."""
     k = min(k, len(vectors))
     if len(queries) == 0 or k == 0:
         return float("nan")
     q = np.ascontiguousarray(queries, dtype=np.float32)
     truth = exact_topk(index, vectors, q, k, ids) if exact is None else exact
-    ann = index.search(q, k).ids
-    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(ann, truth, strict=True))
-    return float(hits / (len(q) * k))
+    return knn_recall(index.search(q, k).ids, truth)
 
 
 def tunable_param(index: ItemIndex) -> str:

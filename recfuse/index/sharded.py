@@ -55,6 +55,7 @@ from recfuse.errors import ConfigError, SchemaError
 from recfuse.index.build import _check_recall, _faiss_msg
 from recfuse.index.factory import auto_factory, faiss_metric, ivf_of, resolve_factory
 from recfuse.index.item_index import ItemIndex
+from recfuse.index.recall import knn_recall
 from recfuse.index.shard_scan import (
     Progress,
     ShardProgress,
@@ -227,7 +228,5 @@ def build_index_from_shards(
 
 
 def _recall(index: ItemIndex, queries: FloatArray, exact: np.ndarray, k: int) -> float:
-    """Mean ``|ANN top-k ∩ exact top-k| / k`` (the formula of :func:`recfuse.index.served.served_recall`)."""
-    ann = index.search(queries, k).ids
-    hits = sum(len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(ann, exact, strict=True))
-    return float(hits / (len(queries) * k))
+    """Mean ``|ANN top-k ∩ exact top-k| / k`` (:func:`recfuse.index.recall.knn_recall`, as in ``served_recall``)."""
+    return knn_recall(index.search(queries, k).ids, exact)
