@@ -250,7 +250,7 @@ def test_add_items_carries_the_head_forward_resized(tmp_path: Path, head: ItemHe
     new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["N1", "N2"], "categories": [["c1"], ["c2"]]})
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((2, 16)).astype(np.float32)
-    contents, index = _extended(loaded, new, vectors)
+    contents, index = _extended(loaded, new, vectors, lambda stage, done, total: None)
     grown = load_bundle(write_bundle(tmp_path, contents, contents.index_config, index=index))
     assert grown.manifest["parent_version"] == loaded.version
     h = grown.item_head
