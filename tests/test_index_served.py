@@ -38,13 +38,12 @@ def test_hnsw_is_tuned_to_the_smallest_ef_search_that_meets_the_target() -> None
     index = build_index(x, np.arange(len(x)), IndexConfig(factory="HNSW8", recall_queries=0))
     result = tune_search(index, x, q, target=0.95)
     assert result.param == "ef_search" and result.met and result.recall >= 0.95
-    tried = dict(result.tried)
-    # bisected: far fewer tries than grid values, and the grid value just below the choice missed
-    assert len(tried) <= 5 and tried[result.value] == result.recall
-    below = EF_SEARCH_GRID[EF_SEARCH_GRID.index(result.value) - 1]
-    assert result.value > EF_SEARCH_GRID[0] and tried[below] < 0.95
-    assert all(r < 0.95 for v, r in tried.items() if v < result.value)
-    assert all(r >= 0.95 for v, r in tried.items() if v >= result.value)
+    # walked up the grid cheapest first: every value up to the choice was tried, each below it
+    # missed, and nothing more expensive than the choice was searched
+    values = [v for v, _ in result.tried]
+    assert values == list(EF_SEARCH_GRID[: EF_SEARCH_GRID.index(result.value) + 1])
+    assert result.value > EF_SEARCH_GRID[0] and result.tried[-1] == (result.value, result.recall)
+    assert all(r < 0.95 for _, r in result.tried[:-1])
     assert index.config.ef_search == result.value and inner_index(index.faiss_index).hnsw.efSearch == result.value
     assert served_recall(index, x, q) == pytest.approx(result.recall)
 
@@ -61,4 +60,6 @@ def test_ivf_is_tuned_by_nprobe_and_an_unreachable_target_keeps_the_best() -> No
     pq = build_index(x, np.arange(len(x)), IndexConfig(factory="IVF16,PQ2x4", recall_queries=0))
     missed = tune_search(pq, x, q, target=0.99)
     assert not missed.met and missed.recall == max(r for _, r in missed.tried)
+    # recall stopped rising: the walk ended on the plateau, before the grid's end (nprobe = nlist)
+    assert len(missed.tried) < 6 and missed.tried[-1][0] < 16
     assert pq.config.nprobe == missed.value and served_recall(pq, x, q) == pytest.approx(missed.recall)

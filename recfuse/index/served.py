@@ -4,7 +4,7 @@ Item vectors used as queries overstate an ANN index's recall (each is its own ne
 a dense region of the graph); the queries a recommender serves are users' query vectors, which sit
 elsewhere. :func:`served_recall` measures Recall@k of the index against exact inner-product (or L2)
 search over the same vectors with given query vectors, and :func:`tune_search` picks the smallest
-efSearch (HNSW) or nprobe (IVF) of a grid whose served recall meets a target (by bisection).
+efSearch (HNSW) or nprobe (IVF) of a grid whose served recall meets a target (cheapest first).
 
 Example:
     >>> result = tune_search(index, vectors, queries, target=0.95)    # doctest: +SKIP
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: nprobe values tried for an IVF index (clipped to its number of lists), cheapest first
 NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
+#: the walk up the grid stops below the target after this many values in a row that each add less
+#: than PLATEAU_GAIN to the best recall so far (recall has stopped rising: a larger setting will not help)
+PLATEAU_STEPS = 3
+PLATEAU_GAIN = 0.001
 
 
 @dataclass
@@ -100,12 +104,16 @@ def tune_search(
 ) -> TuneResult:
     """Set ``index`` to the smallest efSearch / nprobe of the grid whose served recall meets ``target``.
 
-    Recall grows with efSearch and nprobe, so the grid is bisected: the largest value is tried
-    first (when even it misses the target, the index keeps it and the result says ``met = False``:
-    a bigger index, with more HNSW links or IVF lists, or ``Flat``, is needed), then about
-    log2(len(grid)) more. The value just below the chosen one has always been tried and missed.
-    ``index.config`` records the chosen value. ``exact``: :func:`exact_topk` of ``vectors`` and
-    ``queries`` when the caller has it (computed here otherwise).
+    The grid is walked upwards, cheapest first, and the walk stops at the first value that meets the
+    target, so no setting more expensive than the chosen one is ever searched: a search's cost grows
+    about linearly with efSearch / nprobe and the grid about geometrically, so tuning costs about
+    2-3 searches at the chosen setting (starting from the largest value, as a bisection does, costs
+    an exhaustive scan at nprobe = nlist). Every value below the chosen one has been tried and missed.
+    When recall stops rising (``PLATEAU_STEPS`` values in a row add less than ``PLATEAU_GAIN``: PQ
+    codes cap it) or the grid ends below the target, the walk stops, the index keeps the value with
+    the best recall and the result says ``met = False``: a bigger index (more HNSW links or IVF lists,
+    or ``Flat``) is needed. ``index.config`` records the chosen value. ``exact``: :func:`exact_topk`
+    of ``vectors`` and ``queries`` when the caller has it (computed here otherwise).
     """
     param = tunable_param(index)
     exact = exact_topk(index, vectors, queries, k) if exact is None else exact
@@ -117,29 +125,25 @@ def tune_search(
     if param == "nprobe":
         nlist = int(ivf_of(index.faiss_index).nlist)  # type: ignore[union-attr]
         grid = tuple(sorted({min(v, nlist) for v in grid}))
-    tried: dict[int, float] = {}
-
-    def recall_at(i: int) -> float:
-        _apply(index, param, grid[i], ef, nprobe)
-        tried[grid[i]] = served_recall(index, vectors, queries, k, exact)
-        return tried[grid[i]]
-
-    if recall_at(len(grid) - 1) < target:
-        logger.warning(
-            "index %s: served recall@%d %.3f at %s = %d is below the target %.2f; use a larger index "
-            "(more HNSW links or IVF lists, or Flat) or lower index.target_recall",
-            index.factory, k, tried[grid[-1]], param, grid[-1], target,
-        )  # fmt: skip
-        return TuneResult(param, grid[-1], tried[grid[-1]], False, list(tried.items()))
-    lo, hi = 0, len(grid) - 1  # grid[hi] meets the target; everything below lo misses it
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if recall_at(mid) >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    _apply(index, param, grid[hi], ef, nprobe)  # measured: hi is the largest value or a passing midpoint
-    return TuneResult(param, grid[hi], tried[grid[hi]], True, list(tried.items()))
+    tried: list[tuple[int, float]] = []
+    best, flat = (grid[0], -1.0), 0
+    for value in grid:
+        _apply(index, param, value, ef, nprobe)
+        recall = served_recall(index, vectors, queries, k, exact)
+        tried.append((value, recall))
+        if recall >= target:
+            return TuneResult(param, value, recall, True, tried)
+        flat = flat + 1 if recall < best[1] + PLATEAU_GAIN else 0
+        best = max(best, (value, recall), key=lambda vr: vr[1])
+        if flat >= PLATEAU_STEPS:
+            break
+    logger.warning(
+        "index %s: served recall@%d reaches %.3f (%s = %d) and no more up to %s = %d, below the target "
+        "%.2f; use a larger index (more HNSW links or IVF lists, or Flat) or lower index.target_recall",
+        index.factory, k, best[1], param, best[0], param, tried[-1][0], target,
+    )  # fmt: skip
+    _apply(index, param, best[0], ef, nprobe)
+    return TuneResult(param, best[0], best[1], False, tried)
 
 
 def _params(param: str, value: int, ef: int, nprobe: int) -> tuple[int, int]:
