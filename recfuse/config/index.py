@@ -28,6 +28,11 @@ class IndexConfig:
             manifest's ``index_choice`` lists what was tried). Without query vectors ``auto`` is the
             size rule alone.
         metric: ``ip`` (inner product; cosine when vectors are normalised) or ``l2``.
+        mips: how an ``ip`` index over vectors of unequal norm is built (:mod:`recfuse.index.mips`):
+            ``auto`` builds inverted-file (``IVF…``) indexes as L2 search over vectors with one more
+            dimension that makes every norm equal (the same ranking and scores; under inner product
+            IVF probes by direction and misses long vectors), ``on`` does so for every index but
+            ``Flat``, ``off`` never.
         recall_floor: minimum measured ANN Recall@10 vs exact search.
         on_low_recall: ``raise`` or ``warn`` when the measured recall is below the floor.
         filter_mode: how exclusions/allow-lists are applied: ``selector`` (faiss ID selectors, where
@@ -59,6 +64,7 @@ class IndexConfig:
 
     factory: str = "auto"
     metric: str = "ip"
+    mips: str = "auto"
     ef_search: int | None = None
     ef_construction: int = 80
     nprobe: int | None = None
@@ -77,6 +83,7 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         check_choice("index", "metric", self.metric, ("ip", "l2"))
+        check_choice("index", "mips", self.mips, ("auto", "on", "off"))
         check_choice("index", "filter_mode", self.filter_mode, ("auto", "selector", "refill"))
         check_range("index", "train_sample", self.train_sample, 1_000, 100_000_000)
         check_range("index", "threads", self.threads, 0, 1024)

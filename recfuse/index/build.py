@@ -21,6 +21,7 @@ import numpy as np
 
 from recfuse.config import IndexConfig
 from recfuse.errors import ConfigError, SchemaError
+from recfuse.index import mips
 from recfuse.index.factory import faiss_metric, inner_index, resolve_factory
 from recfuse.index.item_index import ItemIndex
 from recfuse.index.served import served_recall
@@ -36,7 +37,9 @@ REFINE_K_FACTOR = 8
 def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemIndex:
     """Build an index over ``vectors [n, d]`` keyed by int64 ``ids [n]``.
 
-    The index type is ``cfg.factory`` (``auto``: see :mod:`recfuse.index.factory`), wrapped in ``IDMap2``.
+    The index type is ``cfg.factory`` (``auto``: see :mod:`recfuse.index.factory`), wrapped in ``IDMap2``;
+    an inner-product one is built as L2 over augmented vectors where ``cfg.mips`` says so
+    (:mod:`recfuse.index.mips`).
     IVF/PQ indexes are trained on ``cfg.train_sample`` sampled vectors. Afterwards ANN Recall@10 vs
     exact search is measured on ``cfg.recall_queries`` sampled item vectors (0 skips it) and compared
     with ``cfg.recall_floor``.
@@ -62,11 +65,16 @@ def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemI
     id_arr = check_ids(ids, n)
     factory = resolve_factory(cfg.factory, n, dim, cfg.exact_max_items)
     start = time.perf_counter()
+    norm = mips.norm_of(x) if mips.wanted(cfg.mips, cfg.metric, factory, x) else None
+    if norm is not None:
+        x = mips.augment(x, norm)
+    width = x.shape[1]
     try:
-        index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss_metric(cfg.metric))
+        index = faiss.index_factory(width, f"IDMap2,{factory}", faiss_metric("l2" if norm else cfg.metric))
     except RuntimeError as err:
+        why = f" ({dim} + 1: index.mips augments inner-product vectors; set it to 'off')" if norm else ""
         raise ConfigError(
-            f"`index.factory` {factory!r} is not a valid faiss factory string for dim {dim}: "
+            f"`index.factory` {factory!r} is not a valid faiss factory string for dim {width}{why}: "
             f"{_faiss_msg(err)}; try 'Flat', 'HNSW32' or 'IVF1024,PQ{max(1, dim // 2)}'"
         ) from None
     inner = inner_index(index)
@@ -85,9 +93,11 @@ def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemI
                 "use fewer IVF lists / PQ bits or 'Flat' for small catalogs"
             ) from None
     index.add_with_ids(x, id_arr)
-    item_index = ItemIndex(index, factory, cfg)
-    logger.info("built %s index over %d x %d in %.2fs", factory, n, dim, time.perf_counter() - start)
+    item_index = ItemIndex(index, factory, cfg, mips_norm=norm)
+    how = f" (L2 over augmented vectors, norm {norm:.4g})" if norm else ""
+    logger.info("built %s index over %d x %d in %.2fs%s", factory, n, dim, time.perf_counter() - start, how)
     if cfg.recall_queries > 0:
+        x = x[:, :dim] if norm else x
         item_index.recall = measure_recall(item_index, x, id_arr, cfg.recall_queries, k=10, seed=cfg.seed)
         _check_recall(item_index.recall, factory, cfg)
     return item_index

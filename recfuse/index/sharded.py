@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from recfuse.config import IndexConfig
 from recfuse.errors import ConfigError, SchemaError
+from recfuse.index import mips
 from recfuse.index.build import _check_recall, _faiss_msg
 from recfuse.index.factory import auto_factory, faiss_metric, ivf_of, resolve_factory
 from recfuse.index.item_index import ItemIndex
@@ -128,13 +129,21 @@ def _new_index(factory: str, dim: int, metric: str) -> Any:
     return index
 
 
-def _gather(scan: ShardScan, rows: np.ndarray, scale: np.ndarray | None, progress: Progress | None) -> FloatArray:
-    """``[len(rows), d]`` the usable rows ``rows`` (sorted, unique), times their ``scale``."""
+def _gather(
+    scan: ShardScan, rows: np.ndarray, scale: np.ndarray | None, progress: Progress | None
+) -> tuple[FloatArray, float, float]:
+    """``[len(rows), d]`` the usable rows ``rows`` (sorted, unique), times their ``scale``, and the
+    smallest and largest norm of every usable row (times its scale)."""
     out = np.empty((len(rows), scan.dim), np.float32)
+    lo_sq, hi_sq = np.inf, 0.0
     for start, x in iter_usable(scan, "sample", progress):
         lo, hi = np.searchsorted(rows, [start, start + len(x)])
         out[lo:hi] = x[rows[lo:hi] - start]
-    return out if scale is None else out * scale[rows][:, None]
+        if len(x):
+            scaled = x if scale is None else x * scale[start : start + len(x), None]
+            sq = (scaled.astype(np.float64) ** 2).sum(axis=1)
+            lo_sq, hi_sq = min(lo_sq, float(sq.min())), max(hi_sq, float(sq.max()))
+    return (out if scale is None else out * scale[rows][:, None]), float(np.sqrt(lo_sq)), float(np.sqrt(hi_sq))
 
 
 def build_index_from_shards(
@@ -177,18 +186,23 @@ def build_index_from_shards(
             f"`scale` must hold one positive finite factor per usable row ({n}), got shape {factors.shape}"
         )
     factory = _sharded_factory(cfg, n, dim)
-    index = _new_index(factory, dim, cfg.metric)
+    _new_index(factory, dim, cfg.metric)  # a bad factory fails before the sample pass
 
     t0 = time.perf_counter()
     train_rows = np.arange(n) if n <= cfg.train_sample else np.sort(
         np.random.default_rng(cfg.seed).choice(n, cfg.train_sample, replace=False))  # fmt: skip
     query_rows = np.random.default_rng(cfg.seed).choice(n, min(cfg.recall_queries, n), replace=False)
     wanted = np.union1d(train_rows, query_rows)
-    gathered = _gather(scan, wanted, factors, progress)
+    gathered, smallest, largest = _gather(scan, wanted, factors, progress)
     sample = gathered[np.searchsorted(wanted, train_rows)]
     queries = np.ascontiguousarray(gathered[np.searchsorted(wanted, query_rows)])
     del gathered
     seconds["sample"] = time.perf_counter() - t0
+    # as build_index: inner product over unequal norms as L2 over augmented vectors (recfuse.index.mips)
+    norm = largest if mips.wanted_for_norms(cfg.mips, cfg.metric, factory, smallest, largest) else None
+    index = _new_index(factory, dim + 1, "l2") if norm else _new_index(factory, dim, cfg.metric)
+    if norm:
+        sample = mips.augment(sample, norm)
 
     t0 = time.perf_counter()
     if progress is not None:
@@ -211,13 +225,13 @@ def build_index_from_shards(
     for start, x in iter_usable(scan, "add", progress):
         if factors is not None:
             x = np.ascontiguousarray(x * factors[start : start + len(x), None])
-        index.add_with_ids(x, np.arange(start, start + len(x), dtype=np.int64))
+        index.add_with_ids(mips.augment(x, norm) if norm else x, np.arange(start, start + len(x), dtype=np.int64))
         if heap is not None and len(x):
             scores, rows = faiss.knn(queries, x, min(k, len(x)), metric=faiss_metric(cfg.metric))
             heap.add_result(scores, np.where(rows >= 0, rows + start, -1))
     seconds["add"] = time.perf_counter() - t0
 
-    item_index = ItemIndex(index, factory, cfg)
+    item_index = ItemIndex(index, factory, cfg, mips_norm=norm)
     if heap is not None:
         heap.finalize()
         item_index.recall = _recall(item_index, queries, heap.I, k)
