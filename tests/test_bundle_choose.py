@@ -65,3 +65,17 @@ def test_a_small_catalog_under_auto_serves_flat(tmp_path: Path) -> None:
     m = load_bundle(path).manifest
     assert m["index_factory"] == "Flat" and m["index_choice"]["chosen"] == "Flat"
     assert m["served_recall"]["recall"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("factory", ["auto", "HNSW8"])
+def test_item_vector_recall_is_measured_once_at_the_served_setting(tmp_path: Path, factory: str) -> None:
+    """The manifest's ann_recall: item vectors as queries (the rows measure_recall draws), searched at
+    the parameter the bundle serves (after tuning, not the build-time default); recall_queries kept."""
+    cfg = IndexConfig(factory=factory, target_recall=0.9, recall_queries=60, ef_construction=16, exact_max_items=1000)
+    path = _write(tmp_path / "b", cfg)
+    b = load_bundle(path)
+    m = b.manifest
+    assert m["index_config"]["recall_queries"] == 60 and m["served_recall"]["tuned"]
+    x = np.asarray(b.ranked_vectors, np.float32)
+    rows = np.random.default_rng(cfg.seed).choice(len(x), 60, replace=False)
+    assert m["ann_recall"] == pytest.approx(served.served_recall(b.index, x, x[rows], 10))

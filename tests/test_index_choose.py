@@ -80,7 +80,7 @@ def test_a_large_catalog_is_tried_on_a_sample_and_built_whole() -> None:
 
 def test_candidates_build_tune_and_refine() -> None:
     names = candidate_factories(100_000, 64, exact_max_items=50_000)
-    assert names == ["HNSW32", "IVF1024,Flat", "IVF1024,PQ64x4fs,RFlat", "IVF4096,Flat", "HNSW48", "Flat"]
+    assert names == ["IVF1024,Flat", "HNSW32", "IVF1024,PQ64x4fs,RFlat", "IVF4096,Flat", "HNSW48", "Flat"]
     assert candidate_factories(10_000, 16, exact_max_items=50_000)[:2] == ["Flat", "IVF512,Flat"]
     assert candidate_factories(2_000, 16, exact_max_items=50_000) == ["Flat", "HNSW48"]
     x, q = _world(10_000)

@@ -46,7 +46,8 @@ from recfuse.config import IndexConfig
 from recfuse.errors import ArtifactError
 from recfuse.fsio import fsync_dir, fsync_tree
 from recfuse.index import ItemIndex, build_index
-from recfuse.index.served import TuneResult, served_recall, tunable_param, tune_search
+from recfuse.index.build import check_recall
+from recfuse.index.served import TuneResult, exact_topk, served_recall, tunable_param, tune_search
 from recfuse.types import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,8 @@ def write_bundle(
             _write_files(tmp, contents, hook)
             ranked = contents.ranked_vectors  # what the index holds: computed once for build and recall
             hook("building_index")
-            built = _write_index(tmp, ranked, cfg, index)
+            measure_later = contents.served_queries is not None and len(contents.served_queries) > 0
+            built = _write_index(tmp, ranked, cfg, index, measure_later)
             hook("measuring_recall")
             served = _served(tmp, contents, ranked, cfg, built)
             hook("index_built")
@@ -232,10 +234,16 @@ def _write_files(tmp: Path, c: BundleContents, hook: StepHook) -> None:
         hook(f"wrote:{mf.SAVEDMODEL_DIR}")
 
 
-def _write_index(tmp: Path, ranked: np.ndarray, cfg: IndexConfig, index: ItemIndex | None) -> ItemIndex:
+def _write_index(
+    tmp: Path, ranked: np.ndarray, cfg: IndexConfig, index: ItemIndex | None, measure_later: bool
+) -> ItemIndex:
+    """Build (unless given) and save the index; ``measure_later``: its item-vector recall is left to
+    :func:`_served`, which measures it at the tuned setting in one exact pass with the served queries."""
     n, d = ranked.shape
     if index is None:
-        index = build_index(ranked, np.arange(n, dtype=np.int64), cfg)
+        build_cfg = dataclasses.replace(cfg, recall_queries=0) if measure_later else cfg
+        index = build_index(ranked, np.arange(n, dtype=np.int64), build_cfg)
+        index.config = cfg
     elif index.ntotal != n or index.dim != d:
         raise ArtifactError(
             f"`index` holds {index.ntotal} vectors of dim {index.dim}, but the bundle has {n} items of dim {d}; "
@@ -255,13 +263,23 @@ def _served(
         return None
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     np.save(tmp / mf.SERVED_QUERIES, queries, allow_pickle=False)
+    # item vectors as queries (the manifest's ann_recall), unless measured at build: the rows
+    # measure_recall would draw, their exact top-k found in the same pass as the served queries'
+    n = len(ranked)
+    count = min(cfg.recall_queries, n) if index.recall is None else 0
+    rows = np.random.default_rng(cfg.seed).choice(n, count, replace=False) if count else np.zeros(0, np.int64)
+    exact = exact_topk(index, ranked, np.vstack([queries, ranked[rows]]), SERVED_K)
+    exact, exact_items = exact[: len(queries)], exact[len(queries) :]
     param = tunable_param(index)
     tuned: TuneResult | None = None
     if cfg.target_recall > 0 and param and getattr(cfg, param) is None:
-        tuned = tune_search(index, ranked, queries, cfg.target_recall, k=SERVED_K)
+        tuned = tune_search(index, ranked, queries, cfg.target_recall, k=SERVED_K, exact=exact)
         recall = tuned.recall
     else:
-        recall = served_recall(index, ranked, queries, k=SERVED_K)
+        recall = served_recall(index, ranked, queries, k=SERVED_K, exact=exact)
+    if count:  # at the setting served, after tuning
+        index.recall = served_recall(index, ranked, ranked[rows], k=SERVED_K, exact=exact_items)
+        check_recall(index.recall, index.factory, cfg)
     ef, nprobe = index.config.search_params()
     logger.info("index %s: served recall@%d %.4f on %d queries (%s)", index.factory, SERVED_K, recall, len(queries),
                 f"tuned {param} = {tuned.value}" if tuned else "not tuned")  # fmt: skip

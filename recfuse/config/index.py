@@ -20,9 +20,9 @@ class IndexConfig:
         factory: faiss factory string (``Flat``, ``HNSW32``, ``IVF1024,PQ16``…) or ``auto``. An
             explicit string is kept and only its efSearch / nprobe tuned to ``target_recall``.
             ``auto`` with served query vectors (export, ``target_recall`` > 0) chooses by measurement
-            (:mod:`recfuse.index.choose`): candidates, cheapest to build first: the size rule's pick
-            (``Flat`` up to ``exact_max_items``, ``HNSW32`` up to 2M, IVF-PQ above),
-            ``IVF{4√n},Flat``, ``IVF{4√n},PQ{d}x4fs,RFlat``, ``IVF{16√n},Flat``, ``HNSW48``, ``Flat``;
+            (:mod:`recfuse.index.choose`): candidates, cheapest to build first: ``Flat`` up to
+            ``exact_max_items``, ``IVF{4√n},Flat``, the size rule's pick (``HNSW32`` up to 2M,
+            IVF-PQ above), ``IVF{4√n},PQ{d}x4fs,RFlat``, ``IVF{16√n},Flat``, ``HNSW48``, ``Flat``;
             each is tuned to ``target_recall`` and timed (batch-1, one thread); the first that meets
             the target within ``latency_bound_ms`` is chosen, else the fastest that meets it (the
             manifest's ``index_choice`` lists what was tried). Without query vectors ``auto`` is the

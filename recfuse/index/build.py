@@ -99,7 +99,7 @@ def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemI
     if cfg.recall_queries > 0:
         x = x[:, :dim] if norm else x
         item_index.recall = measure_recall(item_index, x, id_arr, cfg.recall_queries, k=10, seed=cfg.seed)
-        _check_recall(item_index.recall, factory, cfg)
+        check_recall(item_index.recall, factory, cfg)
     return item_index
 
 
@@ -128,7 +128,12 @@ def measure_recall(
     return served_recall(index, x, x[rows], k, ids=id_arr)
 
 
-def _check_recall(recall: float, factory: str, cfg: IndexConfig) -> None:
+def check_recall(recall: float, factory: str, cfg: IndexConfig) -> None:
+    """Log ``recall`` against ``cfg.recall_floor``; below it warn, or raise (``on_low_recall = "raise"``).
+
+    Raises:
+        ConfigError: recall below the floor with ``on_low_recall = "raise"``.
+    """
     if recall >= cfg.recall_floor:
         logger.info("index %s recall@10 vs exact %.3f (floor %.2f)", factory, recall, cfg.recall_floor)
         return

@@ -6,9 +6,9 @@ queries ``auto`` falls back to the size rule of :func:`recfuse.index.factory.aut
 
 The rule:
 
-1. Candidates, cheapest to build first (:func:`candidate_factories`): the size rule's pick
-   (``Flat`` up to ``exact_max_items``, else ``HNSW32``, else IVF-PQ), then ``IVF{4√n},Flat``,
-   ``IVF{4√n},PQ{d}x4fs,RFlat`` (4-bit fast-scan PQ, one code per dimension, whose top
+1. Candidates, cheapest to build first (:func:`candidate_factories`): ``Flat`` when the size rule
+   picks it (up to ``exact_max_items``), ``IVF{4√n},Flat``, the size rule's pick (``HNSW32``, or
+   IVF-PQ above 2M items), ``IVF{4√n},PQ{d}x4fs,RFlat`` (4-bit fast-scan PQ, one code per dimension, whose top
    ``REFINE_K_FACTOR * k`` hits are re-ranked with the exact vectors), ``IVF{16√n},Flat``,
    ``HNSW48`` and ``Flat`` (``nlist`` rounded to a power of two; IVF only from ``IVF_MIN_ITEMS``).
 2. Each candidate is built, its cheapest efSearch / nprobe meeting ``target_recall`` found by
@@ -16,7 +16,7 @@ The rule:
    and its batch-1 latency measured: the median of up to ``LATENCY_QUERIES`` single-query searches
    with one faiss thread (what a serving process does per request).
 3. The first candidate that meets the target within ``latency_bound_ms`` is chosen and nothing
-   after it is built (so the size rule's pick stays whenever it is good enough). When none does,
+   after it is built. When none does,
    the fastest candidate that meets the target wins; when none meets it, the highest recall.
 4. Catalogs above ``choice_sample`` items are tried on a random sample of that many vectors (bounding
    export's added time; ``Flat`` is then not a candidate, its cost grows with n): the sample picks
@@ -29,7 +29,7 @@ parameter, recall, latency and build seconds, and the chosen factory.
 Example:
     >>> index, choice = choose_index(vectors, queries, IndexConfig())      # doctest: +SKIP
     >>> choice["chosen"], [c["factory"] for c in choice["candidates"]]      # doctest: +SKIP
-    ('IVF1024,Flat', ['HNSW32', 'IVF1024,Flat'])
+    ('IVF1024,Flat', ['IVF1024,Flat'])
 """
 
 from __future__ import annotations
@@ -63,14 +63,17 @@ def _pow2(x: float) -> int:
 
 
 def candidate_factories(n: int, dim: int, exact_max_items: int) -> list[str]:
-    """The candidates for ``n`` vectors of width ``dim``, the size rule's pick first (see the module)."""
-    out = [auto_factory(n, dim, exact_max_items)]
+    """The candidates for ``n`` vectors of width ``dim``, cheapest to build first (see the module)."""
+    size_pick = auto_factory(n, dim, exact_max_items)
+    out = [size_pick] if size_pick == "Flat" else []
     if n >= IVF_MIN_ITEMS:
         small, big = _pow2(4 * math.sqrt(n)), _pow2(16 * math.sqrt(n))
+        # IVF{4√n},Flat builds in about half HNSW32's time (k-means on a sample, then one pass)
+        out += [f"IVF{small},Flat", size_pick]
         # one 4-bit code per dimension (d/2 bytes a vector): coarser codes (2 dims a code) lost a third
         # of the recall at 16-d that the refinement could not win back
-        out += [f"IVF{small},Flat", f"IVF{small},PQ{dim}x4fs,RFlat", f"IVF{big},Flat"]
-    out += ["HNSW48", "Flat"]
+        out += [f"IVF{small},PQ{dim}x4fs,RFlat", f"IVF{big},Flat"]
+    out += [size_pick, "HNSW48", "Flat"]
     return list(dict.fromkeys(out))  # the size rule's pick may be Flat already
 
 
@@ -211,7 +214,10 @@ def auto_index(
     trial) and add-items tunes it as the catalog grows; otherwise ``(None, cfg)``."""
     if cfg.factory.strip() != "auto" or cfg.target_recall <= 0 or queries is None or len(queries) == 0:
         return None, cfg
-    index, choice = choose_index(vectors, queries, cfg)
+    # the item-vector recall is left to the bundle writer, which measures it at the served setting
+    # in one exact pass with the served queries
+    index, choice = choose_index(vectors, queries, dataclasses.replace(cfg, recall_queries=0))
+    index.config = dataclasses.replace(index.config, recall_queries=cfg.recall_queries)
     index.choice = choice
     return index, dataclasses.replace(cfg, factory=choice["chosen"])
 

@@ -53,7 +53,7 @@ import pyarrow as pa
 from recfuse.config import IndexConfig
 from recfuse.errors import ConfigError, SchemaError
 from recfuse.index import mips
-from recfuse.index.build import _check_recall, _faiss_msg
+from recfuse.index.build import _faiss_msg, check_recall
 from recfuse.index.factory import auto_factory, faiss_metric, ivf_of, resolve_factory
 from recfuse.index.item_index import ItemIndex
 from recfuse.index.recall import knn_recall
@@ -235,7 +235,7 @@ def build_index_from_shards(
     if heap is not None:
         heap.finalize()
         item_index.recall = _recall(item_index, queries, heap.I, k)
-        _check_recall(item_index.recall, factory, cfg)
+        check_recall(item_index.recall, factory, cfg)
     logger.info("built %s index over %d x %d from %d shards in %.2fs", factory, n, dim, len(scan.shards),
                 sum(seconds.values()))  # fmt: skip
     return ShardIndex(item_index, scan, factory, len(train_rows), seconds)
