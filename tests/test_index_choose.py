@@ -78,6 +78,35 @@ def test_a_large_catalog_is_tried_on_a_sample_and_built_whole() -> None:
     assert index.factory == choice["chosen"]
 
 
+@pytest.mark.parametrize("bound_ms", [1_000.0, 0.0])
+def test_a_sampled_catalog_with_exact_truth_tries_its_first_candidate_on_every_vector(bound_ms: float) -> None:
+    x, q = _world(6_000)
+    cfg = IndexConfig(choice_sample=2_000, recall_queries=0, exact_max_items=1_000, latency_bound_ms=bound_ms)
+    truth = served.served_truth("ip", x, q, 0, 0, 10)
+    index, choice = choose_index(x, q, cfg, exact=truth.exact)
+    first = choice["candidates"][0]
+    assert first["factory"] == "HNSW32" and first["vectors"] == 6_000 and first["met"]
+    assert index.ntotal == 6_000 and index.factory == choice["chosen"]
+    if bound_ms:  # within the bound on every vector: kept, tuned, no sample trial
+        assert len(choice["candidates"]) == 1 and choice["tried_on"] == "all 6000 vectors"
+        assert choice["chosen"] == "HNSW32" and index.config.ef_search == first["value"]
+        assert served.served_recall(index, x, q, exact=truth.exact) == pytest.approx(first["recall"])
+    else:  # no candidate is within a 0 ms bound: the sample trial of every candidate follows
+        assert choice["tried_on"] == "sample of 2000 of 6000 vectors"
+        assert [r["vectors"] for r in choice["candidates"][1:]] == [2_000, 2_000]
+        assert [r["factory"] for r in choice["candidates"][1:]] == ["HNSW32", "HNSW48"]
+
+
+def test_export_truth_is_one_pass_over_served_queries_and_item_rows() -> None:
+    x, q = _world(3_000)
+    truth = served.served_truth("ip", x, q, 50, 7, 10)
+    assert truth.exact.shape == (100, 10) and truth.exact_items.shape == (50, 10) and truth.fits(q, 50)
+    assert not truth.fits(q, 49) and not truth.fits(q[::-1].copy(), 50)
+    assert (truth.rows == np.random.default_rng(7).choice(3_000, 50, replace=False)).all()  # measure_recall's rows
+    assert (truth.exact[:, 0] == np.argmax(q @ x.T, axis=1)).all()
+    assert (truth.exact_items[:, 0] == np.argmax(x[truth.rows] @ x.T, axis=1)).all()
+
+
 def test_candidates_build_tune_and_refine() -> None:
     names = candidate_factories(100_000, 64, exact_max_items=50_000)
     assert names == ["IVF1024,Flat", "HNSW32", "IVF1024,PQ64x4fs,RFlat", "IVF4096,Flat", "HNSW48", "Flat"]

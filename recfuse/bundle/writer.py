@@ -47,7 +47,7 @@ from recfuse.errors import ArtifactError
 from recfuse.fsio import fsync_dir, fsync_tree
 from recfuse.index import ItemIndex, build_index
 from recfuse.index.build import check_recall
-from recfuse.index.served import TuneResult, exact_topk, served_recall, tunable_param, tune_search
+from recfuse.index.served import Truth, TuneResult, served_recall, served_truth, tunable_param, tune_search
 from recfuse.types import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -265,11 +265,13 @@ def _served(
     np.save(tmp / mf.SERVED_QUERIES, queries, allow_pickle=False)
     # item vectors as queries (the manifest's ann_recall), unless measured at build: the rows
     # measure_recall would draw, their exact top-k found in the same pass as the served queries'
-    n = len(ranked)
-    count = min(cfg.recall_queries, n) if index.recall is None else 0
-    rows = np.random.default_rng(cfg.seed).choice(n, count, replace=False) if count else np.zeros(0, np.int64)
-    exact = exact_topk(index, ranked, np.vstack([queries, ranked[rows]]), SERVED_K)
-    exact, exact_items = exact[: len(queries)], exact[len(queries) :]
+    # (or in the pass the factory choice made, handed over on the index)
+    count = min(cfg.recall_queries, len(ranked)) if index.recall is None else 0
+    truth = index.truth
+    if not (isinstance(truth, Truth) and truth.fits(queries, count)):
+        truth = served_truth(index.metric, ranked, queries, count, cfg.seed, SERVED_K)
+    index.truth = None  # used once: the index outlives the export
+    rows, exact, exact_items = truth.rows, truth.exact, truth.exact_items
     param = tunable_param(index)
     tuned: TuneResult | None = None
     if cfg.target_recall > 0 and param and getattr(cfg, param) is None:

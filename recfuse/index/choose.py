@@ -47,7 +47,7 @@ from recfuse.config import IndexConfig
 from recfuse.index.build import build_index, measure_recall
 from recfuse.index.factory import auto_factory, faiss_metric
 from recfuse.index.item_index import ItemIndex
-from recfuse.index.served import tune_search
+from recfuse.index.served import served_truth, tune_search
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def choose_index(
     *,
     k: int = 10,
     candidates: list[str] | None = None,
+    exact: np.ndarray | None = None,
 ) -> tuple[ItemIndex, dict[str, Any]]:
     """Pick and build the index for ``vectors [n, d]`` (ids ``0..n-1``) by the module's rule.
 
@@ -144,6 +145,9 @@ def choose_index(
         k: the recall cut-off.
         candidates: factory strings to try instead of :func:`candidate_factories` (for a sampled
             catalog they are used as given on the sample and on the full catalog).
+        exact: ``[m, k]`` rows of each query's exact top ``k`` over all of ``vectors``, when the
+            caller has them. A sampled catalog then first tries its first candidate on every vector
+            and keeps it, with no sample trial, when it meets the target within the bound (rule 4).
 
     Returns:
         ``(index, choice)``: the chosen index over all of ``vectors`` (its parameter tuned when it was
@@ -164,14 +168,21 @@ def choose_index(
     if sampled and not candidates:  # exact search's cost grows with n: a sample's latency says nothing
         keep = [i for i, name in enumerate(full_names) if name != "Flat"]
         names, full_names = [names[i] for i in keep], [full_names[i] for i in keep]
+    start = time.perf_counter()
+    first: tuple[ItemIndex, dict[str, Any]] | None = None
+    if sampled and not candidates and exact is not None and full_names:
+        first = try_candidate(full_names[0], x, q, cfg, k, exact)
+        first[1]["vectors"] = n
+        if _within(first[1], cfg.latency_bound_ms):
+            return _keep_tuned(first[0], cfg, full_names[0]), _record(cfg, k, n, n, q, [first[1]], full_names[0], start)
     rows: list[dict[str, Any]] = []
     best: tuple[int, ItemIndex | None] = (-1, None)
-    start = time.perf_counter()
-    exact = None
+    trial_exact = None if sampled else exact
     for pos, name in enumerate(names):
-        if exact is None and len(trial_x):
-            _, exact = faiss.knn(q, trial_x, min(k, len(trial_x)), metric=faiss_metric(cfg.metric))
-        index, row = try_candidate(name, trial_x, q, cfg, k, exact)
+        if trial_exact is None and len(trial_x):
+            _, trial_exact = faiss.knn(q, trial_x, min(k, len(trial_x)), metric=faiss_metric(cfg.metric))
+        index, row = try_candidate(name, trial_x, q, cfg, k, trial_exact)
+        row["vectors"] = len(trial_x)
         rows.append(row)
         if pick(rows, cfg.latency_bound_ms) == pos:
             best = (pos, index)
@@ -180,29 +191,43 @@ def choose_index(
             break
     pos, chosen = best
     assert chosen is not None  # at least one candidate ran
-    if sampled:
+    if sampled and pos == 0 and first is not None:  # the sample agrees: keep the one built on every vector
+        chosen = _keep_tuned(first[0], cfg, full_names[0])
+    elif sampled:
         chosen = build_index(x, np.arange(n, dtype=np.int64), dataclasses.replace(cfg, factory=full_names[pos]))
     else:  # the trial's config, with the caller's settings back and the tuned parameter kept
-        tuned = chosen.config
-        chosen.config = dataclasses.replace(
-            cfg, factory=full_names[pos], ef_search=tuned.ef_search, nprobe=tuned.nprobe
-        )
+        chosen = _keep_tuned(chosen, cfg, full_names[pos])
         if cfg.recall_queries > 0:
             chosen.recall = measure_recall(chosen, x, np.arange(n), cfg.recall_queries, k=k, seed=cfg.seed)
+    tried = ([first[1]] if first is not None else []) + rows
+    return chosen, _record(cfg, k, len(trial_x), n, q, tried, full_names[pos], start)
+
+
+def _keep_tuned(index: ItemIndex, cfg: IndexConfig, factory: str) -> ItemIndex:
+    """``index`` with the caller's settings back in its config and the tuned parameter kept."""
+    tuned = index.config
+    index.config = dataclasses.replace(cfg, factory=factory, ef_search=tuned.ef_search, nprobe=tuned.nprobe)
+    return index
+
+
+def _record(
+    cfg: IndexConfig, k: int, tried_n: int, n: int, q: np.ndarray, rows: list[dict[str, Any]], chosen: str, start: float
+) -> dict[str, Any]:
+    """The trial record (the manifest's ``index_choice``); each row's ``vectors`` says what it was tried on."""
     choice = {
         "rule": "the first candidate meeting target_recall within latency_bound_ms, else the fastest "
         "meeting it, else the highest recall",
         "target_recall": cfg.target_recall,
         "k": k,
         "latency_bound_ms": cfg.latency_bound_ms,
-        "tried_on": f"sample of {len(trial_x)} of {n} vectors" if sampled else f"all {n} vectors",
+        "tried_on": f"sample of {tried_n} of {n} vectors" if tried_n < n else f"all {n} vectors",
         "n_queries": len(q),
         "candidates": rows,
-        "chosen": full_names[pos],
+        "chosen": chosen,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    logger.info("index choice: %s of %d candidate(s) in %.1fs", full_names[pos], len(rows), choice["seconds"])
-    return chosen, choice
+    logger.info("index choice: %s of %d candidate(s) in %.1fs", chosen, len(rows), choice["seconds"])
+    return choice
 
 
 def auto_index(
@@ -214,11 +239,12 @@ def auto_index(
     trial) and add-items tunes it as the catalog grows; otherwise ``(None, cfg)``."""
     if cfg.factory.strip() != "auto" or cfg.target_recall <= 0 or queries is None or len(queries) == 0:
         return None, cfg
-    # the item-vector recall is left to the bundle writer, which measures it at the served setting
-    # in one exact pass with the served queries
-    index, choice = choose_index(vectors, queries, dataclasses.replace(cfg, recall_queries=0))
+    # one exact pass over every vector for the served queries and the item rows of ann_recall: the
+    # choice uses it, and the bundle writer tunes and measures both recalls with it (at the served setting)
+    truth = served_truth(cfg.metric, vectors, queries, cfg.recall_queries, cfg.seed, 10)
+    index, choice = choose_index(vectors, queries, dataclasses.replace(cfg, recall_queries=0), exact=truth.exact)
     index.config = dataclasses.replace(index.config, recall_queries=cfg.recall_queries)
-    index.choice = choice
+    index.choice, index.truth = choice, truth
     return index, dataclasses.replace(cfg, factory=choice["chosen"])
 
 

@@ -77,6 +77,9 @@ class ItemIndex:
         self.config = cfg
         # how the factory was chosen (recfuse.index.choose's record; None: configured, not measured)
         self.choice: dict[str, Any] | None = None
+        # exact top-k of export's served queries over these vectors (recfuse.index.served.Truth), handed
+        # from the factory choice to the bundle writer so that it is computed once; None otherwise
+        self.truth: Any = None
         self._ids = np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
         self._selector_ok = supports_selector(index)
         self._dim = int(index.d) - (mips_norm is not None)
