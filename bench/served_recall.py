@@ -19,15 +19,25 @@ export's default latency bound picks is marked, and the seconds export spends on
 to it are set beside the HNSW32 build + tuning above (what export with an explicit ``HNSW32``
 spends). ``--no-auto`` skips it.
 
+``--from-model DIR`` takes a trained model's ranked item vectors scaled up to ``--items`` and its own
+query vectors instead (``bench/serve_load.py --from-model`` builds and caches them): vectors of
+unequal norm. ``--mips`` then compares, at each nprobe / efSearch, an inner-product index with the
+same index built as L2 over augmented vectors (``index.mips``, :mod:`recfuse.index.mips`):
+IVF{4√n},Flat and HNSW32, served recall@10 and batch-1 p50.
+
 Usage:
     python bench/served_recall.py [--items 100000] [--queries 2000] [--target 0.95] [--no-auto]
+    python bench/served_recall.py --from-model runs/bench/sample-model --mips --no-auto
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -75,13 +85,26 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--no-auto", action="store_true", help="skip the auto factory choice")
+    p.add_argument("--from-model", type=Path, help="trained model directory: its vectors scaled up, its queries")
+    p.add_argument("--mips", action="store_true", help="inner product vs augmented L2, IVF and HNSW")
     args = p.parse_args()
-    x = clustered(args.items)
+    if args.from_model is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from serve_load import model_source
+
+        cache = Path(__file__).resolve().parent.parent / "runs" / "bench" / f"model-vectors-{args.from_model.name}"
+        x, model_q = model_source(args.from_model, args.items, cache)
+        model_q = np.ascontiguousarray(model_q[: args.queries], np.float32)
+    else:
+        x, model_q = clustered(args.items), None
+    if args.mips:
+        mips_rows(x, model_q if model_q is not None else history_queries(x, args.queries))
+        return
     t0 = time.perf_counter()
     index = build_index(x, np.arange(len(x)), IndexConfig(factory="HNSW32", recall_queries=0))
     build_s = time.perf_counter() - t0
     items_q = x[np.random.default_rng(2).choice(len(x), args.queries, replace=False)]
-    hist_q = history_queries(x, args.queries)
+    hist_q = history_queries(x, args.queries) if model_q is None else model_q
     exact_items = exact_topk(index, x, items_q, 10)
     exact_hist = exact_topk(index, x, hist_q, 10)
     print(f"HNSW32 over {args.items:,} clustered {D}-d vectors: built in {build_s:.1f} s; "
@@ -106,6 +129,27 @@ def main() -> None:
           f"{DEFAULT_EF_SEARCH} (served recall {default_recall:.4f}); ratio {tuned_ms / default_ms:.2f}")  # fmt: skip
     if not args.no_auto:
         auto_rows(x, hist_q, args.target, build_s + tune_s)
+
+
+def mips_rows(x: np.ndarray, q: np.ndarray) -> None:
+    """Served recall@10 and batch-1 p50 of each index on inner product and as augmented L2."""
+    nlist = int(2 ** round(math.log2(4 * math.sqrt(len(x)))))
+    norms = np.linalg.norm(x, axis=1)
+    print(f"{len(x):,} vectors, norms {norms.min():.3f}-{norms.max():.3f}; {len(q)} queries\n")
+    print("| index | parameter | inner product: recall@10 | p50 ms | augmented L2: recall@10 | p50 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    runs = ((f"IVF{nlist},Flat", (2, 4, 8, 16, 32, 64), "auto"), ("HNSW32", (64, 128, 256, 512), "on"))
+    for factory, grid, on in runs:
+        built = {mode: build_index(x, np.arange(len(x)), IndexConfig(factory=factory, mips=mode, recall_queries=0))
+                 for mode in ("off", on)}  # fmt: skip
+        exact = exact_topk(built["off"], x, q, 10)
+        for value in grid:
+            cells = []
+            for index in built.values():
+                apply_search_params(index.faiss_index, value, value)
+                cells.append(f"{served_recall(index, x, q, exact=exact):.4f} | {p50_ms(index, q):.3f}")
+            name = "nprobe" if factory.startswith("IVF") else "efSearch"
+            print(f"| {factory} | {name} {value} | {cells[0]} | {cells[1]} |")
 
 
 def auto_rows(x: np.ndarray, hist_q: np.ndarray, target: float, hnsw_s: float) -> None:
