@@ -68,7 +68,7 @@ def candidate_factories(n: int, dim: int, exact_max_items: int) -> list[str]:
     out = [size_pick] if size_pick == "Flat" else []
     if n >= IVF_MIN_ITEMS:
         small, big = _pow2(4 * math.sqrt(n)), _pow2(16 * math.sqrt(n))
-        # IVF{4√n},Flat builds in about half HNSW32's time (k-means on a sample, then one pass)
+        # IVF{4√n},Flat builds in a third to a half of HNSW32's time (k-means on a sample, one pass)
         out += [f"IVF{small},Flat", size_pick]
         # one 4-bit code per dimension (d/2 bytes a vector): coarser codes (2 dims a code) lost a third
         # of the recall at 16-d that the refinement could not win back
