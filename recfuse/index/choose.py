@@ -8,20 +8,23 @@ The rule:
 
 1. Candidates, cheapest to build first (:func:`candidate_factories`): ``Flat`` when the size rule
    picks it (up to ``exact_max_items``), ``IVF{4√n},Flat``, the size rule's pick (``HNSW32``, or
-   IVF-PQ above 2M items), ``IVF{4√n},PQ{d}x4fs,RFlat`` (4-bit fast-scan PQ, one code per dimension, whose top
-   ``REFINE_K_FACTOR * k`` hits are re-ranked with the exact vectors), ``IVF{16√n},Flat``,
-   ``HNSW48`` and ``Flat`` (``nlist`` rounded to a power of two; IVF only from ``IVF_MIN_ITEMS``).
+   IVF-PQ above 2M items), ``IVF{4√n},PQ{d}x4fs,RFlat`` (4-bit fast-scan PQ, one code per
+   dimension, whose top ``REFINE_K_FACTOR * k`` hits are re-ranked with the exact vectors),
+   ``IVF{16√n},Flat``, ``HNSW48`` and ``Flat`` (``nlist`` rounded to a power of two; IVF only from
+   ``IVF_MIN_ITEMS``).
 2. Each candidate is built, its cheapest efSearch / nprobe meeting ``target_recall`` found by
    :func:`recfuse.index.served.tune_search` (Recall@10 against exact search on the served queries),
    and its batch-1 latency measured: the median of up to ``LATENCY_QUERIES`` single-query searches
    with one faiss thread (what a serving process does per request).
 3. The first candidate that meets the target within ``latency_bound_ms`` is chosen and nothing
-   after it is built. When none does,
-   the fastest candidate that meets the target wins; when none meets it, the highest recall.
-4. Catalogs above ``choice_sample`` items are tried on a random sample of that many vectors (bounding
-   export's added time; ``Flat`` is then not a candidate, its cost grows with n): the sample picks
-   the candidate, the full catalog is then built with the same rule for ``nlist`` and its parameter
-   tuned again by export.
+   after it is built. When none does, the fastest candidate that meets the target wins; when none
+   meets it, the highest recall.
+4. Catalogs above ``choice_sample`` items (``Flat`` is then not a candidate, its cost grows with n):
+   when the caller has the queries' exact top k over every vector (export does), the first
+   candidate is built and tuned on every vector and kept when it meets the target within the bound.
+   Otherwise the candidates are tried on a random sample of that many vectors (bounding export's
+   added time): the sample picks the candidate, the full catalog is then built with the same rule
+   for ``nlist`` (or the first candidate's full build reused) and its parameter tuned again by export.
 
 The returned record (``index_choice`` in the bundle manifest) lists every candidate tried with its
 parameter, recall, latency and build seconds, and the chosen factory.
