@@ -49,6 +49,7 @@ def test_the_choice_follows_mode_metric_factory_and_norms() -> None:
     assert mips.wanted("auto", "ip", "IVF64,Flat", x)
     assert not mips.wanted("auto", "ip", "IVF64,Flat", unit)  # cosine: nothing to fix
     assert not mips.wanted("auto", "ip", "HNSW32", x)  # graphs rank better on inner product itself
+    assert not mips.wanted("auto", "ip", "IVF64,PQ16x4fs,RFlat", x)  # PQ16 cannot code 17 dimensions
     assert mips.wanted("on", "ip", "HNSW32", unit)
     assert not mips.wanted("on", "ip", "Flat", x)  # exact search needs no reduction
     assert not mips.wanted("auto", "l2", "IVF64,Flat", x) and not mips.wanted("off", "ip", "IVF64,Flat", x)
@@ -61,7 +62,8 @@ def test_augmented_rows_share_one_norm_and_distances_give_inner_products_back() 
     norm = mips.norm_of(x)
     xa, qa = mips.augment(x, norm), mips.pad_queries(q)
     assert xa.shape == (500, 17) and qa.shape == (300, 17) and (qa[:, -1] == 0).all()
-    assert np.allclose(np.linalg.norm(xa, axis=1), norm, atol=1e-5)
+    assert np.allclose(np.linalg.norm(xa, axis=1), 1.0, atol=1e-6)  # unit rows and unit queries
+    assert np.allclose(np.linalg.norm(qa, axis=1), 1.0, atol=1e-6)
     dist = ((qa[:, None, :] - xa[None, :, :]) ** 2).sum(axis=2)
     assert np.allclose(mips.to_scores(dist, q, norm), q @ x.T, atol=1e-5)
     assert mips.too_long(x * 1.01, norm) > 0 and mips.too_long(x, norm) == 0
@@ -77,6 +79,19 @@ def test_ivf_recall_at_the_same_nprobe_rises_from_augmenting() -> None:
     # inner product probes the lists in the query's direction and misses the long vectors beside it
     r_plain, r_aug = served_recall(plain, x, q), served_recall(aug, x, q)
     assert r_aug >= 0.8 and r_aug > r_plain + 0.3, (r_plain, r_aug)
+
+
+def test_scores_keep_their_order_far_from_unit_scale() -> None:
+    """Unit rows keep float32 distances in [0, 4]: vectors 1,000 times longer or shorter than 1 rank
+    and score as exact search does (an ``|q|² + M² - 2 q·x`` form loses the gaps to M²)."""
+    x, q = skewed(2000)
+    for scale in (1e-3, 1e3):
+        xs, qs = x * scale, q * scale
+        index = build_index(xs, np.arange(2000), IndexConfig(factory="IVF8,Flat", nprobe=8, recall_queries=0))
+        res = index.search(qs[:20], 10)
+        want_scores, want_rows = exact(xs, qs[:20], 10)
+        assert (res.ids == want_rows).mean() > 0.98
+        assert np.allclose(res.scores, want_scores, rtol=1e-4, atol=1e-4 * scale * scale)
 
 
 def test_every_search_path_returns_exact_items_and_inner_product_scores(caplog: pytest.LogCaptureFixture) -> None:
@@ -110,7 +125,9 @@ def test_every_search_path_returns_exact_items_and_inner_product_scores(caplog: 
     every = index.search(q[:1], index.ntotal)  # all lists probed: every item comes back
     long_x, norm = x[0].astype(np.float64) * 10, index.mips_norm
     score = every.scores[0][every.ids[0].tolist().index(5002)]
-    assert score == pytest.approx(q[0] @ long_x - (long_x @ long_x - norm * norm) / 2, rel=1e-5)  # as warned
+    q_norm = float(np.linalg.norm(q[0]))
+    want = q[0] @ long_x - q_norm * (long_x @ long_x - norm * norm) / (2 * norm)  # as warned
+    assert score == pytest.approx(want, rel=1e-5)
 
 
 def test_save_and_load_keep_the_norm_file_and_refuse_a_missing_or_bad_one(tmp_path: Path) -> None:

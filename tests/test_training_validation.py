@@ -13,9 +13,10 @@ from recfuse.data.prepare import prepare_interactions
 from recfuse.data.prepared_split import load_prepared_split
 from recfuse.data.splits import split_interactions
 from recfuse.data.vocab import IdVocab
+from recfuse.training import validation
 from recfuse.training.stream import prepared_user_ids
 from recfuse.training.stream_users import stream_val_queries
-from recfuse.training.validation import Ragged, ValQueries, build_val_queries, recall_at_k
+from recfuse.training.validation import Ragged, ValQueries, build_val_queries, capped, recall_at_k
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data_samples"
 
@@ -42,6 +43,31 @@ def test_recall_at_k_by_hand_with_masked_training_items() -> None:
     first, second = vq.block(0, 1), vq.block(1, 5)
     assert first.user_ids == ["a"] and second.user_ids == ["b"] and second.exclude[0].tolist() == [3]
     assert recall_at_k(queries[:1], items, first, 2) == 0.5 and recall_at_k(queries[1:], items, second, 2) == 1.0
+
+
+def test_validation_users_above_the_cap_are_a_seeded_sample_in_order(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 50
+    vq = ValQueries([f"u{i}" for i in range(n)], np.arange(n), np.arange(n * 2).reshape(n, 2),
+                    np.zeros((n, 2), np.float32), Ragged.from_rows([[i] for i in range(n)]),
+                    Ragged.from_rows([[i, i + 1] for i in range(n)]))  # fmt: skip
+    assert capped(vq, 0, 100, 1) is vq and capped(vq, 50, 100, 1) is vq  # 0 = all; not above the cap
+    # unset: the score budget decides, never below MIN_VAL_USERS
+    assert capped(vq, None, 10**9, 1) is vq  # 50 users are below the 2,000 floor
+    with caplog.at_level("INFO", logger="recfuse.training.validation"):
+        a, b = capped(vq, 10, 100, 1), capped(vq, 10, 100, 1)
+    assert "sample of 10 of 50 users (train.val_max_users)" in caplog.text
+    assert len(a) == 10 and a.user_ids == b.user_ids and a.user_ids != capped(vq, 10, 100, 2).user_ids  # seeded
+    rows = [int(u[1:]) for u in a.user_ids]
+    assert rows == sorted(rows) and a.user_idx.tolist() == rows  # every field keeps its row
+    assert [a.relevant[i].tolist() for i in range(10)] == [[r] for r in rows]
+    assert [a.exclude[i].tolist() for i in range(10)] == [[r, r + 1] for r in rows]
+    assert (a.hist_idx == vq.hist_idx[rows]).all()
+    monkeypatch.setattr(validation, "VAL_SCORE_BUDGET", 1_000)
+    monkeypatch.setattr(validation, "MIN_VAL_USERS", 5)
+    # 1,000 scores over 100 items: 10 users; over 1,000 items: the floor of 5
+    assert len(capped(vq, None, 100, 1)) == 10 and len(capped(vq, None, 1_000, 1)) == 5
 
 
 def test_streamed_val_queries_equal_the_in_memory_ones_and_test_rows_stay_on_disk(tmp_path: Path) -> None:

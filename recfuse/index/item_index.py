@@ -250,9 +250,9 @@ class ItemIndex:
             longer = mips.too_long(x, self.mips_norm)
             if longer:
                 logger.warning(
-                    "%d of %d added vectors are longer than the index's norm %.4g (its longest item at build): "
-                    "their scores come back too low by (|x|² - M²)/2; rebuild the index (export again) to rank "
-                    "them exactly", longer, len(x), self.mips_norm,
+                    "%d of %d added vectors are longer than the index's norm M = %.4g (its longest item at "
+                    "build): their scores come back too low by |q|(|x|² - M²)/2M; rebuild the index (export "
+                    "again) to rank them exactly", longer, len(x), self.mips_norm,
                 )  # fmt: skip
             x = mips.augment(x, self.mips_norm)
         self._index.add_with_ids(x, new_ids)

@@ -10,10 +10,10 @@ recall@10 0.33 at nprobe 8 and 0.96 at nprobe 64; at 1M items IVF4096,Flat neede
 0.98 (1.8 ms a query on one thread).
 
 The reduction (Bachrach et al., "Speeding up the Xbox recommender system using a euclidean
-transformation for inner-product spaces", RecSys 2014): with ``M`` the largest item norm, item
-``x`` becomes ``[x, sqrt(M² - |x|²)]`` (every item then has norm ``M``) and query ``q`` becomes
-``[q, 0]``, so ``|q' - x'|² = |q|² + M² - 2 q·x``: the nearest items in L2 are exactly the items of
-largest inner product, and ``q·x = (|q|² + M² - dist) / 2`` gives the inner product back. On the
+transformation for inner-product spaces", RecSys 2014), in unit form: with ``M`` the largest item
+norm, item ``x`` becomes ``[x / M, sqrt(1 - |x / M|²)]`` and query ``q`` becomes ``[q / |q|, 0]``,
+both of norm 1, so ``|q' - x'|² = 2 - 2 q·x / (M |q|)``: the nearest items in L2 are exactly the
+items of largest inner product, and ``q·x = M |q| (1 - dist / 2)`` gives the inner product back. On the
 same vectors IVF1024,Flat then reaches 0.99 at nprobe 8 (100k) and IVF4096,Flat 0.998 (1M). A graph (HNSW) does better
 without it (at 100k items, efSearch 256: 0.968 on inner product, 0.891 augmented), so ``auto``
 augments inverted-file indexes only.
@@ -26,7 +26,7 @@ Example:
     >>> x = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
     >>> xa = augment(x, norm_of(x))
     >>> np.linalg.norm(xa, axis=1).round(6).tolist()
-    [2.0, 2.0]
+    [1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def wanted(mode: str, metric: str, factory: str, vectors: FloatArray) -> bool:
     """Whether an index of ``factory`` over ``vectors`` is built as L2 over augmented vectors.
 
     ``mode`` is ``index.mips``: ``off`` never, ``on`` for every inner-product index that is not
-    exact (``Flat``), ``auto`` for inverted-file (``IVF…``) inner-product indexes whose vectors'
-    norms differ by more than :data:`UNEQUAL_NORMS`.
+    exact (``Flat``), ``auto`` for inverted-file inner-product indexes that store the vectors
+    (``IVF…,Flat``; a PQ code needs ``d + 1`` divisible by its sub-quantizers) whose vectors' norms
+    differ by more than :data:`UNEQUAL_NORMS`.
     """
     if not len(vectors):
         return False
@@ -68,35 +69,39 @@ def wanted_for_norms(mode: str, metric: str, factory: str, smallest: float, larg
         return False
     if mode == "on":
         return True
-    return factory.strip().startswith("IVF") and largest > smallest * (1 + UNEQUAL_NORMS)
+    ivf_flat = factory.strip().startswith("IVF") and "PQ" not in factory and "SQ" not in factory
+    return ivf_flat and largest > smallest * (1 + UNEQUAL_NORMS)
 
 
 def augment(vectors: FloatArray, norm: float) -> FloatArray:
-    """Items ``[n, d]`` as ``[n, d + 1]`` rows of norm ``norm`` (rows longer than it get a 0, see
-    :func:`too_long`)."""
-    x = np.asarray(vectors, np.float32)
-    extra = np.sqrt(np.maximum(norm * norm - (x.astype(np.float64) ** 2).sum(axis=1), 0.0))
-    return np.ascontiguousarray(np.hstack([x, extra[:, None].astype(np.float32)]))
+    """Items ``[n, d]`` as ``[n, d + 1]`` unit rows ``[x / M, sqrt(1 - |x / M|²)]`` (rows longer
+    than ``M`` get a 0, see :func:`too_long`). Unit rows and unit queries keep L2 distances in
+    ``[0, 4]``, so float32 resolves inner-product gaps relative to ``M |q|`` whatever the scale."""
+    x = np.asarray(vectors, np.float64) / norm
+    extra = np.sqrt(np.maximum(1.0 - (x**2).sum(axis=1), 0.0))
+    return np.ascontiguousarray(np.hstack([x, extra[:, None]]).astype(np.float32))
 
 
 def too_long(vectors: FloatArray, norm: float) -> int:
     """How many rows of ``vectors`` are longer than ``norm`` (their scores come back too low by
-    ``(|x|² - M²) / 2``; a rebuild over all vectors fixes it)."""
+    ``|q| (|x|² - M²) / 2M``; a rebuild over all vectors fixes it)."""
     sq = (np.asarray(vectors, np.float64) ** 2).sum(axis=1)
     return int((sq > norm * norm * (1 + 1e-6)).sum())
 
 
 def pad_queries(queries: FloatArray) -> FloatArray:
-    """Queries ``[b, d]`` as ``[b, d + 1]`` with a 0 last column."""
+    """Queries ``[b, d]`` as unit rows ``[q / |q|, 0]`` ``[b, d + 1]`` (a zero query stays zero)."""
     q = np.asarray(queries, np.float32)
+    norms = np.sqrt((q.astype(np.float64) ** 2).sum(axis=1))
     out = np.zeros((q.shape[0], q.shape[1] + 1), np.float32)
-    out[:, :-1] = q
+    out[:, :-1] = q / np.where(norms > 0, norms, 1.0)[:, None]
     return out
 
 
 def to_scores(distances: np.ndarray, queries: FloatArray, norm: float) -> np.ndarray:
-    """Inner products from the squared L2 ``distances [b, m]`` of augmented items to padded
-    ``queries [b, d]`` (rows of ``+inf``, faiss's empty slots, become ``-inf``)."""
-    q = np.asarray(queries, np.float32)
-    offset = (q * q).sum(axis=1, dtype=np.float32)[:, None] + np.float32(norm * norm)
-    return ((offset - np.asarray(distances, np.float32)) * np.float32(0.5)).astype(np.float32)
+    """Inner products ``q·x = M |q| (1 - dist / 2)`` from the squared L2 ``distances [b, m]`` between
+    :func:`augment`-ed items and :func:`pad_queries`-ed ``queries [b, d]``."""
+    q = np.asarray(queries, np.float64)
+    scale = norm * np.sqrt((q**2).sum(axis=1))[:, None]
+    with np.errstate(over="ignore"):  # faiss's empty slots (distance FLT_MAX) become -inf
+        return (scale * (1.0 - np.asarray(distances, np.float64) / 2.0)).astype(np.float32)

@@ -58,7 +58,7 @@ from recfuse.training.stream import (
 )
 from recfuse.training.stream_users import stream_val_queries, write_prepared_user_lists
 from recfuse.training.tb_logging import ScalarLogger
-from recfuse.training.validation import build_val_queries, recall_at_k
+from recfuse.training.validation import build_val_queries, capped, recall_at_k
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +238,7 @@ def _train(
     if len(val_df):
         queries = stream_val_queries if on_disk else build_val_queries
         vq = queries(split.folder if on_disk else train_df, val_df, item_vocab, user_vocab, cfg.data.max_history)
+        vq = capped(vq, cfg.train.val_max_users, item_vocab.size, cfg.train.seed)
 
     def evaluate() -> float:
         items_m = model.memory_bank  # refreshed at epoch end by MemoryBankRefresh (runs first)

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,13 @@ from recfuse.models.history import history_arrays
 from recfuse.ranking import masked_topk
 from recfuse.training.examples import user_histories
 from recfuse.types import FloatArray, Int32Array, Int64Array
+
+logger = logging.getLogger(__name__)
+
+#: scores (validation users x catalog items) an epoch's Recall@K may cost when train.val_max_users is unset
+VAL_SCORE_BUDGET = 2_000_000_000
+#: the fewest validation users that budget leaves
+MIN_VAL_USERS = 2_000
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,18 @@ class ValQueries:
         rows = np.asarray(rows, np.int64)
         return ValQueries([self.user_ids[i] for i in rows], self.user_idx[rows], self.hist_idx[rows],
                           self.hist_pos[rows], self.relevant.take(rows), self.exclude.take(rows))  # fmt: skip
+
+
+def capped(vq: ValQueries, max_users: int | None, n_items: int, seed: int) -> ValQueries:
+    """``vq``, or a seeded sample of ``max_users`` of its queries (in their order) when it has more
+    (``0``: all; ``None``: as many as keep users x ``n_items`` within :data:`VAL_SCORE_BUDGET`, at
+    least :data:`MIN_VAL_USERS`); logs the sample's size."""
+    cap = max(MIN_VAL_USERS, VAL_SCORE_BUDGET // max(n_items, 1)) if max_users is None else max_users
+    if cap <= 0 or len(vq) <= cap:
+        return vq
+    rows = np.sort(np.random.default_rng(seed).choice(len(vq), cap, replace=False))
+    logger.info("validation Recall@K on a sample of %d of %d users (train.val_max_users)", cap, len(vq))
+    return vq.take(rows)
 
 
 def build_val_queries(
