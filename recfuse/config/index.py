@@ -29,7 +29,7 @@ class IndexConfig:
             size rule alone.
         metric: ``ip`` (inner product; cosine when vectors are normalised) or ``l2``.
         mips: how an ``ip`` index over vectors of unequal norm is built (:mod:`recfuse.index.mips`):
-            ``auto`` builds inverted-file (``IVF…``) indexes as L2 search over vectors with one more
+            ``auto`` builds inverted-file (``IVF…,Flat``) indexes as L2 search over vectors with one more
             dimension that makes every norm equal (the same ranking and scores; under inner product
             IVF probes by direction and misses long vectors), ``on`` does so for every index but
             ``Flat``, ``off`` never.

@@ -13,10 +13,10 @@ The reduction (Bachrach et al., "Speeding up the Xbox recommender system using a
 transformation for inner-product spaces", RecSys 2014), in unit form: with ``M`` the largest item
 norm, item ``x`` becomes ``[x / M, sqrt(1 - |x / M|²)]`` and query ``q`` becomes ``[q / |q|, 0]``,
 both of norm 1, so ``|q' - x'|² = 2 - 2 q·x / (M |q|)``: the nearest items in L2 are exactly the
-items of largest inner product, and ``q·x = M |q| (1 - dist / 2)`` gives the inner product back. On the
-same vectors IVF1024,Flat then reaches 0.99 at nprobe 8 (100k) and IVF4096,Flat 0.998 (1M). A graph (HNSW) does better
-without it (at 100k items, efSearch 256: 0.968 on inner product, 0.891 augmented), so ``auto``
-augments inverted-file indexes only.
+items of largest inner product, and ``q·x = M |q| (1 - dist / 2)`` gives the inner product back.
+On the same vectors at nprobe 8 IVF1024,Flat then serves 0.99 (100k) and IVF4096,Flat 0.996 (1M).
+A graph (HNSW) does better without it (at 100k items, efSearch 256: 0.968 on inner product, 0.891
+augmented), so ``auto`` augments inverted-file indexes that store the vectors (``IVF…,Flat``) only.
 
 :class:`recfuse.index.item_index.ItemIndex` applies it (``mips_norm`` set); ``index.mips`` in the
 config says when :func:`recfuse.index.build.build_index` builds one (:func:`wanted`).
