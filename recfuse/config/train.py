@@ -32,8 +32,8 @@ class TrainConfig:
     # validation users each epoch's Recall@K is measured on: a seeded sample of this many when there
     # are more (0 = all). Every user is ranked against the whole catalog, so the cost grows with
     # users x items. Unset: as many as keep users x items within 2e9 scores, at least 2,000 (every
-    # user of a 19k-item catalog up to 105k users; 2,000 users at 1M items, where all 20k
-    # validation users took minutes an epoch)
+    # user of a 19k-item catalog up to 105k users; 2,000 users at 1M items, where ranking all of a
+    # run's validation users took minutes an epoch)
     val_max_users: int | None = None
     # validation evaluations without improvement before training stops (0 disables early stopping)
     early_stopping_patience: int = 5

@@ -53,8 +53,8 @@ class ItemIndex:
         metric: ``ip`` (scores: higher is better) or ``l2`` (scores: squared distance, lower is better).
         recall: ANN Recall@10 vs exact search measured at build, or None (not measured / loaded).
         config: the :class:`IndexConfig` in force (efSearch, nprobe, filter mode).
-        mips_norm: ``M`` when the faiss index is L2 search over ``[x, sqrt(M² - |x|²)]`` standing for
-            inner product over ``x`` (:mod:`recfuse.index.mips`), else None.
+        mips_norm: ``M`` when the faiss index is L2 search over ``[x / M, sqrt(1 - |x / M|²)]``
+            standing for inner product over ``x`` (:mod:`recfuse.index.mips`), else None.
     """
 
     def __init__(
