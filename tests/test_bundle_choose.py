@@ -77,5 +77,5 @@ def test_item_vector_recall_is_measured_once_at_the_served_setting(tmp_path: Pat
     m = b.manifest
     assert m["index_config"]["recall_queries"] == 60 and m["served_recall"]["tuned"]
     x = np.asarray(b.ranked_vectors, np.float32)
-    rows = np.random.default_rng(cfg.seed).choice(len(x), 60, replace=False)
+    rows = served.item_query_rows(len(x), 60, cfg.seed)
     assert m["ann_recall"] == pytest.approx(served.served_recall(b.index, x, x[rows], 10))

@@ -102,7 +102,9 @@ def test_export_truth_is_one_pass_over_served_queries_and_item_rows() -> None:
     truth = served.served_truth("ip", x, q, 50, 7, 10)
     assert truth.exact.shape == (100, 10) and truth.exact_items.shape == (50, 10) and truth.fits(q, 50)
     assert not truth.fits(q, 49) and not truth.fits(q[::-1].copy(), 50)
-    assert (truth.rows == np.random.default_rng(7).choice(3_000, 50, replace=False)).all()  # measure_recall's rows
+    assert (truth.rows == served.item_query_rows(3_000, 50, 7)).all()  # the rows measure_recall draws
+    drawn = np.random.default_rng(7).choice(3_000, 50, replace=False)
+    assert served.item_query_rows(3_000, 50, 7).tolist() == drawn.tolist()
     assert (truth.exact[:, 0] == np.argmax(q @ x.T, axis=1)).all()
     assert (truth.exact_items[:, 0] == np.argmax(x[truth.rows] @ x.T, axis=1)).all()
 

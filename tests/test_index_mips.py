@@ -46,15 +46,26 @@ def exact(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
 def test_the_choice_follows_mode_metric_factory_and_norms() -> None:
     x, _ = skewed(200)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    assert mips.wanted("auto", "ip", "IVF64,Flat", x)
-    assert not mips.wanted("auto", "ip", "IVF64,Flat", unit)  # cosine: nothing to fix
-    assert not mips.wanted("auto", "ip", "HNSW32", x)  # graphs rank better on inner product itself
-    assert not mips.wanted("auto", "ip", "IVF64,PQ16x4fs,RFlat", x)  # PQ16 cannot code 17 dimensions
-    assert mips.wanted("on", "ip", "HNSW32", unit)
-    assert not mips.wanted("on", "ip", "Flat", x)  # exact search needs no reduction
-    assert not mips.wanted("auto", "l2", "IVF64,Flat", x) and not mips.wanted("off", "ip", "IVF64,Flat", x)
+    assert mips.wanted("auto", "ip", "IVF64,Flat", x) == pytest.approx(float(np.linalg.norm(x, axis=1).max()))
+    assert mips.wanted("auto", "ip", "IVF64,Flat", unit) is None  # cosine: nothing to fix
+    assert mips.wanted("auto", "ip", "HNSW32", x) is None  # graphs rank better on inner product itself
+    assert mips.wanted("auto", "ip", "IVF64,PQ16x4fs,RFlat", x) is None  # PQ16 cannot code 17 dimensions
+    assert mips.wanted("on", "ip", "HNSW32", unit) == pytest.approx(1.0)
+    assert mips.wanted("on", "ip", "Flat", x) is None  # exact search needs no reduction
+    assert mips.wanted("auto", "l2", "IVF64,Flat", x) is None and mips.wanted("off", "ip", "IVF64,Flat", x) is None
     with pytest.raises(ConfigError, match="index.mips"):
         IndexConfig(mips="yes")
+
+
+def test_a_wrong_augmented_index_or_width_is_refused_by_name() -> None:
+    x, _ = skewed(1000)
+    plain_ip = build_index(x, np.arange(1000), IndexConfig(factory="IVF8,Flat", mips="off", recall_queries=0))
+    with pytest.raises(ArtifactError, match="augmented inner-product index must be L2 with a norm > 0, got 2.0"):
+        ItemIndex(plain_ip.faiss_index, "IVF8,Flat", plain_ip.config, mips_norm=2.0)
+    with pytest.raises(
+        ConfigError, match=r"for dim 17 \(16 \+ 1: index.mips augments inner-product vectors; set it to 'off'\)"
+    ):
+        build_index(x, np.arange(1000), IndexConfig(factory="IVF8,PQ16x4fs", mips="on", recall_queries=0))
 
 
 def test_augmented_rows_share_one_norm_and_distances_give_inner_products_back() -> None:
@@ -144,6 +155,12 @@ def test_save_and_load_keep_the_norm_file_and_refuse_a_missing_or_bad_one(tmp_pa
     assert (a.ids == b.ids).all() and np.array_equal(a.scores, b.scores)
     side.write_text('{"norm": -1, "dim": 16}')
     with pytest.raises(ArtifactError, match="norm -1.0"):
+        ItemIndex.load(path, cfg)
+    side.write_text("not json")
+    with pytest.raises(ArtifactError, match=r"is not an index norm file \(\{'norm': float, 'dim': int\}\)"):
+        ItemIndex.load(path, cfg)
+    side.write_text('{"norm": 2.0, "dim": 15}')
+    with pytest.raises(ArtifactError, match="dim 15 do not fit an augmented index of width 17"):
         ItemIndex.load(path, cfg)
     side.unlink()
     with pytest.raises(ArtifactError, match=r"metric 'l2'.*index\.faiss\.mips\.json"):

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recfuse.config import DataConfig
+from recfuse.config import DataConfig, TrainConfig
 from recfuse.data.prepare import prepare_interactions
 from recfuse.data.prepared_split import load_prepared_split
 from recfuse.data.splits import split_interactions
 from recfuse.data.vocab import IdVocab
+from recfuse.errors import ConfigError
 from recfuse.training import validation
 from recfuse.training.stream import prepared_user_ids
 from recfuse.training.stream_users import stream_val_queries
@@ -64,6 +65,8 @@ def test_validation_users_above_the_cap_are_a_seeded_sample_in_order(
     assert [a.relevant[i].tolist() for i in range(10)] == [[r] for r in rows]
     assert [a.exclude[i].tolist() for i in range(10)] == [[r, r + 1] for r in rows]
     assert (a.hist_idx == vq.hist_idx[rows]).all()
+    with pytest.raises(ConfigError, match=r"`train.val_max_users` must be in \[0, 1000000000\], got -1"):
+        TrainConfig(val_max_users=-1)
     monkeypatch.setattr(validation, "VAL_SCORE_BUDGET", 1_000)
     monkeypatch.setattr(validation, "MIN_VAL_USERS", 5)
     # 1,000 scores over 100 items: 10 users; over 1,000 items: the floor of 5

@@ -24,7 +24,7 @@ from recfuse.errors import ConfigError, SchemaError
 from recfuse.index import mips
 from recfuse.index.factory import faiss_metric, inner_index, resolve_factory
 from recfuse.index.item_index import ItemIndex
-from recfuse.index.served import served_recall
+from recfuse.index.served import item_query_rows, served_recall
 from recfuse.index.validate import check_ids, check_vectors
 from recfuse.types import FloatArray
 
@@ -65,7 +65,7 @@ def build_index(vectors: Any, ids: Any, cfg: IndexConfig | None = None) -> ItemI
     id_arr = check_ids(ids, n)
     factory = resolve_factory(cfg.factory, n, dim, cfg.exact_max_items)
     start = time.perf_counter()
-    norm = mips.norm_of(x) if mips.wanted(cfg.mips, cfg.metric, factory, x) else None
+    norm = mips.wanted(cfg.mips, cfg.metric, factory, x)
     if norm is not None:
         x = mips.augment(x, norm)
     width = x.shape[1]
@@ -123,8 +123,7 @@ def measure_recall(
     id_arr = np.asarray(ids, dtype=np.int64)
     n = len(x)
     k = min(k, n)
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(n, min(n_queries, n), replace=False)
+    rows = item_query_rows(n, n_queries, seed)
     return served_recall(index, x, x[rows], k, ids=id_arr)
 
 

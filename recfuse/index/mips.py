@@ -46,21 +46,28 @@ UNEQUAL_NORMS = 1e-3
 
 def norm_of(vectors: FloatArray) -> float:
     """``M``: the largest row norm of ``vectors`` (float64, so that ``M² - |x|²`` is never negative for them)."""
-    return float(np.sqrt((np.asarray(vectors, np.float64) ** 2).sum(axis=1).max()))
+    return float(np.sqrt(_sq_norms(vectors).max()))
 
 
-def wanted(mode: str, metric: str, factory: str, vectors: FloatArray) -> bool:
-    """Whether an index of ``factory`` over ``vectors`` is built as L2 over augmented vectors.
+def wanted(mode: str, metric: str, factory: str, vectors: FloatArray) -> float | None:
+    """``M`` (:func:`norm_of`) when an index of ``factory`` over ``vectors`` is built as L2 over
+    augmented vectors, else None (one pass over the vectors).
 
     ``mode`` is ``index.mips``: ``off`` never, ``on`` for every inner-product index that is not
     exact (``Flat``), ``auto`` for inverted-file inner-product indexes that store the vectors
     (``IVF…,Flat``; a PQ code needs ``d + 1`` divisible by its sub-quantizers) whose vectors' norms
     differ by more than :data:`UNEQUAL_NORMS`.
     """
-    if not len(vectors):
-        return False
-    sq = (np.asarray(vectors, np.float64) ** 2).sum(axis=1)
-    return wanted_for_norms(mode, metric, factory, float(np.sqrt(sq.min())), float(np.sqrt(sq.max())))
+    if not len(vectors) or not wanted_for_norms(mode, metric, factory, 0.0, 1.0):
+        return None  # decided without the norms: "off", another metric, Flat, or not IVF,Flat
+    sq = _sq_norms(vectors)
+    smallest, largest = float(np.sqrt(sq.min())), float(np.sqrt(sq.max()))
+    return largest if wanted_for_norms(mode, metric, factory, smallest, largest) else None
+
+
+def _sq_norms(vectors: FloatArray) -> np.ndarray:
+    x = np.asarray(vectors, np.float64)
+    return np.einsum("ij,ij->i", x, x)
 
 
 def wanted_for_norms(mode: str, metric: str, factory: str, smallest: float, largest: float) -> bool:
@@ -85,8 +92,7 @@ def augment(vectors: FloatArray, norm: float) -> FloatArray:
 def too_long(vectors: FloatArray, norm: float) -> int:
     """How many rows of ``vectors`` are longer than ``norm`` (their scores come back too low by
     ``|q| (|x|² - M²) / 2M``; a rebuild over all vectors fixes it)."""
-    sq = (np.asarray(vectors, np.float64) ** 2).sum(axis=1)
-    return int((sq > norm * norm * (1 + 1e-6)).sum())
+    return int((_sq_norms(vectors) > norm * norm * (1 + 1e-6)).sum())
 
 
 def pad_queries(queries: FloatArray) -> FloatArray:

@@ -77,8 +77,7 @@ class Truth:
 
     Attributes:
         queries: the served query vectors ``[m, d]`` it was computed for.
-        rows: ``[r]`` item rows used as queries (the rows :func:`recfuse.index.build.measure_recall`
-            draws for ``recall_queries`` and ``seed``).
+        rows: ``[r]`` item rows used as queries (:func:`item_query_rows`).
         exact: ``[m, k]`` exact top-k rows of ``queries``.
         exact_items: ``[r, k]`` exact top-k rows of ``vectors[rows]``.
     """
@@ -93,6 +92,12 @@ class Truth:
         return len(self.rows) == n_rows and np.array_equal(self.queries, queries)
 
 
+def item_query_rows(n: int, count: int, seed: int) -> np.ndarray:
+    """The ``min(count, n)`` item rows, seeded, whose vectors are the queries of ``ann_recall``
+    (:func:`recfuse.index.build.measure_recall` and the bundle writer draw the same ones)."""
+    return np.random.default_rng(seed).choice(n, min(count, n), replace=False)
+
+
 def served_truth(
     metric: str, vectors: FloatArray, queries: FloatArray, recall_queries: int, seed: int, k: int
 ) -> Truth:
@@ -100,8 +105,7 @@ def served_truth(
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n = len(x)
-    count = min(recall_queries, n)
-    rows = np.random.default_rng(seed).choice(n, count, replace=False) if count else np.zeros(0, np.int64)
+    rows = item_query_rows(n, recall_queries, seed)
     _, both = faiss.knn(np.vstack([q, x[rows]]), x, min(k, n), metric=faiss_metric(metric))
     return Truth(q, rows, both[: len(q)], both[len(q) :])
 
