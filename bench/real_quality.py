@@ -21,7 +21,10 @@ recfuse trains with the examples each protocol's query asks for (``train.example
 ``previous`` under ``loo``, ``profile`` under ``random``; ``--set train.example_history=…`` overrides
 both). Every model and baseline ranks the full catalog with the user's training items masked (HR@K equals
 Recall@K with one test item per user, so ``loo`` reports HR; ``random`` reports Recall and HR).
-Baselines choose their hyper-parameter on the valid split; recfuse variants early-stop on it.
+Baselines choose their hyper-parameter on the valid split; recfuse variants early-stop on it. With
+``--set train.refit=true`` recfuse trains again on train + valid for the chosen epoch count
+(:mod:`recfuse.training.refit`) and every baseline is fitted again on train + valid with its chosen
+value, so neither loses the validation rows (under ``loo``, each user's latest training item).
 
 ``--target valid`` (the default) is for tuning: the test rows are set aside, the valid rows become
 the target and a validation set is cut from the training rows with the same protocol, so nothing is
@@ -197,6 +200,7 @@ def run_cold(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
     from recfuse.evaluation.fullrank import build_eval_sets, evaluate_embeddings
     from recfuse.models.trained import TrainedModel
     from recfuse.ranking import popularity_scale
+    from recfuse.training.refit import train_refit
     from recfuse.training.trainer import train
 
     if not args.text_vectors:
@@ -239,7 +243,8 @@ def run_cold(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
                 shutil.rmtree(out)
             cfg = _config(data, variant, seed, args.epochs, "train", "profile", overrides, out)
             t1 = time.perf_counter()
-            result = train(cfg, dataset, split, out, progress=False)
+            result = (train_refit(cfg, dataset, split, out, progress=False).final if cfg.train.refit
+                      else train(cfg, dataset, split, out, progress=False))  # fmt: skip
             t_train = time.perf_counter() - t1
             model = TrainedModel.load(result.model_dir)
             if [str(i) for i in model.item_ids] != item_ids:
@@ -431,7 +436,8 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
     settings = BaselineSettings(ease_lambdas=tuple(float(x) for x in args.ease_lambdas.split(",")))
     for name in [b for b in args.baselines.split(",") if b]:
         t1 = time.perf_counter()
-        res = evaluate_baseline(name, split, item_ids, protocol_cfg, ks=KS, settings=settings)
+        res = evaluate_baseline(name, split, item_ids, protocol_cfg, ks=KS, settings=settings,
+                                refit=bool(overrides.get("train.refit", False)))  # fmt: skip
         about = res.info["baseline"]
         rows.append({"name": name, "kind": "baseline", "params": about["params"], "means": _means(res),
                      "train_s": about["fit_seconds"], "eval_s": about["eval_seconds"],
@@ -451,6 +457,7 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
     from recfuse.evaluation.item_head import fit_item_head
     from recfuse.itemitem import HEAD_DIR
     from recfuse.models.trained import TrainedModel
+    from recfuse.training.refit import SELECTION_DIR, train_refit
     from recfuse.training.trainer import train
 
     rows = []
@@ -467,19 +474,24 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
             if reused is None:
                 if out.exists():  # a fresh run each time: checkpoints of other settings are refused anyway
                     shutil.rmtree(out)
-                result = train(cfg, dataset, split, out, progress=False)
-                model_dir, epochs_run, best_epoch = result.model_dir, result.epochs_run, result.best_epoch
+                if cfg.train.refit:  # the served model trains on the validation rows too; see train_refit
+                    result = train_refit(cfg, dataset, split, out, progress=False).selection
+                else:
+                    result = train(cfg, dataset, split, out, progress=False)
+                model_dir, epochs_run, best_epoch = out, result.epochs_run, result.best_epoch
                 t_train = time.perf_counter() - t1
             else:
                 model_dir, (epochs_run, best_epoch), t_train = out, reused, float("nan")
             model = TrainedModel.load(model_dir)
+            # a head's choices are made where the validation rows are unseen: on the selection run
+            chooser = TrainedModel.load(out / SELECTION_DIR) if cfg.train.refit else model
             methods = [m for m in args.heads.split(",") if m]
             methods = methods or ([cfg.item_head.method] if cfg.item_head.enabled else [])
             runs: list[tuple[str, Any, float]] = [(variant, model, 0.0)]  # towers alone, then each head
             for method in methods:  # refitted on reuse too: the towers do not depend on [item_head]
                 t3 = time.perf_counter()
                 head_cfg = dataclasses.replace(cfg.item_head, method=method)
-                head = fit_item_head(model, split, head_cfg, cfg.data.max_history, seed=seed)
+                head = fit_item_head(chooser, split, head_cfg, cfg.data.max_history, seed=seed)
                 head.save(Path(model_dir) / HEAD_DIR)  # the last one stays with the model
                 with_it = dataclasses.replace(model, item_head=head)
                 runs.append((f"{variant}+{method}", with_it, time.perf_counter() - t3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,28 @@ def test_train_command_prints_progress_recall_and_model_dir(
     assert f"val_recall@10={float(live[0].split(' = ')[1].split()[0]):.4f}" in summary
     assert "val Recall@10:" in text and f"model directory: {out.resolve()}" in text
     assert '"fusion": "gated"' in (out / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_train_command_refits_on_validation_and_serves_the_head_chosen_before(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    code = main(["train", "--config", str(config_path), "--out", str(out), "--epochs", "2", "--no-progress",
+                 "--set", "train.refit=true", "--set", "train.min_epochs=0", "--set", "item_head.method='itemknn'",
+                 "--set", "item_head.knn_neighbors=[5]"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0, text
+    state = json.loads((out / "train_state.json").read_text())
+    epochs = state["refit"]["epochs"]
+    assert epochs in (1, 2) and f"refit on train + val for {epochs} epochs" in text
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == epochs
+    assert f"model directory: {out.resolve()}" in text
+    # the head was chosen with the selection run and goes with the refit model, file for file
+    chosen, served = out / "selection" / "item_head", out / "item_head"
+    names = sorted(p.name for p in chosen.iterdir())
+    assert names and names == sorted(p.name for p in served.iterdir())
+    assert all((chosen / n).read_bytes() == (served / n).read_bytes() for n in names)
 
 
 def test_a_misspelled_key_is_named_with_its_likely_meaning_before_tensorflow_loads(

@@ -214,7 +214,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         rows = [(label, result, "")]
         item_ids = list(model.item_ids) if model is not None else list(recommender.bundle.item_ids)  # type: ignore[union-attr]
         for name in baselines:
-            res = evaluate_baseline(name, split, item_ids, protocol, ks=ks)
+            # fitted on train + val when the model was (train.refit), so both have seen the same rows
+            res = evaluate_baseline(name, split, item_ids, protocol, ks=ks, refit=cfg.train.refit)
             params = ", ".join(f"{k}={v}" for k, v in res.info["baseline"]["params"].items())
             rows.append((name, res, params))
         print(_comparison_table(rows, result.ks))

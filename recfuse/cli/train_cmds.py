@@ -98,6 +98,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg = cfg.with_overrides(overrides)
     out = args.out or cfg.train.out_dir
     if args.engine == "ray":
+        if cfg.train.refit:
+            raise UsageError("train.refit = true trains twice in one process, not with --engine ray")
         if args.prepared is not None:
             raise UsageError("--prepared streams in processes started by hand (TF_CONFIG), not with --engine ray")
         return _train_on_ray(args, cfg, overrides, out)
@@ -145,8 +147,15 @@ def _train(args: argparse.Namespace) -> int:
         lines.line(f"epoch {epoch}/{cfg.train.epochs}: val_recall@{cfg.train.eval_k} = {metric:.4f}")
         return False
 
-    result = train(cfg, dataset, split, out, progress=not args.no_progress and sys.stdout.isatty(), on_epoch=epoch_line,
-                   prepared=args.prepared)  # fmt: skip
+    bar = not args.no_progress and sys.stdout.isatty()
+    if cfg.train.refit:
+        from recfuse.training.refit import check_refit, train_refit
+
+        check_refit(split, args.prepared)
+        runs = train_refit(cfg, dataset, split, out, progress=bar, on_epoch=epoch_line)
+        result = runs.selection
+    else:
+        result = train(cfg, dataset, split, out, progress=bar, on_epoch=epoch_line, prepared=args.prepared)
     for rec in result.history:
         extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
         print(f"epoch {rec['epoch']}: {extras}")
@@ -161,8 +170,27 @@ def _train(args: argparse.Namespace) -> int:
         print(f"worker of {result.workers}: trained; the chief writes the model directory {result.model_dir}")
         return 0
     _fit_head(cfg, result.model_dir, split)
+    if cfg.train.refit:
+        _copy_head(cfg, result.model_dir, runs.final.model_dir)
+        print(f"refit on train + val for {runs.final.epochs_run} epochs ({runs.final.examples} examples, "
+              f"{runs.final.seconds:.0f} s); the early-stopped run is in {result.model_dir}")  # fmt: skip
+        result = runs.final
     print(f"model directory: {result.model_dir}")
     return 0
+
+
+def _copy_head(cfg: Any, selection_dir: Any, final_dir: Any) -> None:
+    """The head chosen with the selection run (its validation rows are unseen there) goes with the refit model."""
+    if not cfg.item_head.enabled:
+        return
+    import shutil
+    from pathlib import Path
+
+    from recfuse.itemitem import HEAD_DIR
+
+    target = Path(final_dir) / HEAD_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(Path(selection_dir) / HEAD_DIR, target)
 
 
 def _fit_head(cfg: Any, model_dir: Any, split: Any) -> None:

@@ -68,6 +68,13 @@ class TrainConfig:
     # decoupled weight decay (AdamW): each step every weight but biases and normalisation parameters
     # shrinks by learning_rate * weight_decay of itself (0 = plain Adam)
     weight_decay: float = 0.0
+    # after early stopping, train a fresh model (same seed) on the training and validation rows together
+    # for the best epoch's count, and write that one; the early-stopped run stays in OUT/selection; under
+    # leave-one-out the validation rows are each user's latest interaction, which the early-stopped model
+    # never trains on; `recfuse train`, `recfuse experiment` and recfuse.training.refit.train_refit do it
+    # (their baselines are refitted too); it doubles the training time and needs a validation split and
+    # in-memory training rows
+    refit: bool = False
     # validate (early stopping, best checkpoint) every this many epochs
     eval_every_epochs: int = 1
     # ``live``: history items go through the candidate tower in each step (gradient reaches item

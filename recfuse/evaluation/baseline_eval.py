@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,16 @@ def _binary(rows: Int64Array, cols: Int64Array, shape: tuple[int, int]) -> sp.cs
     return m
 
 
+def _chosen(settings: BaselineSettings, params: Mapping[str, Any]) -> BaselineSettings:
+    """``settings`` whose grids hold only the chosen ``params`` (popularity has none)."""
+    if "lambda" in params:
+        settings = dataclasses.replace(settings, ease_lambdas=(float(params["lambda"]),))
+    if "neighbors" in params:
+        shrink = float(params.get("shrink", settings.itemknn_shrink))
+        settings = dataclasses.replace(settings, itemknn_neighbors=(int(params["neighbors"]),), itemknn_shrink=shrink)
+    return settings
+
+
 def _lists(rows: Int64Array, cols: Int64Array, n_rows: int) -> list[Int64Array]:
     order = np.argsort(rows, kind="stable")
     bounds = np.searchsorted(rows[order], np.arange(1, n_rows))
@@ -64,6 +75,7 @@ def evaluate_baseline(
     ks: Sequence[int] = (10, 20, 50),
     settings: BaselineSettings | None = None,
     block_size: int = 1024,
+    refit: bool = False,
 ) -> EvalResult:
     """Fit ``name`` on ``split.train``, choose its hyper-parameter on ``split.val``, score ``split.test``.
 
@@ -75,6 +87,8 @@ def evaluate_baseline(
         ks: cut-offs.
         settings: hyper-parameter grids and limits (default :class:`BaselineSettings`).
         block_size: users scored per block.
+        refit: after the choice, fit again with the chosen value on ``split.train`` and ``split.val``
+            together (what ``train.refit`` does for a model), and score ``split.test`` with that fit.
 
     Returns:
         :class:`EvalResult` with ``info["baseline"]`` = name, chosen params, the validation table
@@ -109,6 +123,13 @@ def evaluate_baseline(
         valid_profiles, valid_targets, valid_exclude = train[:0], [], []
     t0 = time.perf_counter()
     fitted = fit_baseline(name, train, valid_profiles, valid_targets, valid_exclude, settings)
+    if refit and len(valid_users):
+        merged = _binary(*_rows(pd.concat([split.train, split.val], ignore_index=True), users, items), train.shape)
+        chosen = _chosen(settings, fitted.params)
+        fitted = dataclasses.replace(
+            fit_baseline(name, merged, valid_profiles, valid_targets, valid_exclude, chosen),
+            selection=fitted.selection,
+        )
     fit_seconds = time.perf_counter() - t0
 
     sets = build_eval_sets(split, item_ids, protocol)

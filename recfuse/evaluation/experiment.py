@@ -103,7 +103,12 @@ def _one_run(
     atomic_write_json(meta_path, {"format": RUN_FORMAT, "fingerprint": fp, "status": "started", "seed": seed,
                                   "variant": variant.name, "config": cfg.to_dict()})  # fmt: skip
     t0 = time.perf_counter()
-    result = train(cfg, dataset, split, rdir / "model", progress=False)
+    if cfg.train.refit:  # the early-stopped run picks the epochs; the model scored trains on train + val
+        from recfuse.training.refit import train_refit
+
+        result = train_refit(cfg, dataset, split, rdir / "model", progress=False).final
+    else:
+        result = train(cfg, dataset, split, rdir / "model", progress=False)
     t_train = time.perf_counter() - t0
     model = TrainedModel.load(result.model_dir)
     t1 = time.perf_counter()
@@ -144,7 +149,8 @@ def _baseline_run(
         shutil.rmtree(rdir)
     item_ids = [str(i) for i in dataset.items["item_id"]]
     t0 = time.perf_counter()
-    result = evaluate_baseline(variant.baseline, split, item_ids, spec.base.eval, ks=spec.ks, settings=spec.baselines)
+    result = evaluate_baseline(variant.baseline, split, item_ids, spec.base.eval, ks=spec.ks, settings=spec.baselines,
+                               refit=spec.base.train.refit)  # as the models are, when they refit
     result.save(eval_path)
     about = result.info["baseline"]
     info = {

@@ -50,7 +50,10 @@ from recfuse.training.setup import BuiltModel
 
 logger = logging.getLogger(__name__)
 
-WORK_DIRS = ("checkpoints", "tensorboard")
+# the early-stopped run of ``train.refit`` (recfuse.training.refit), under the refit's model directory
+SELECTION_DIR = "selection"
+# kept across a rewrite of the model directory
+WORK_DIRS = ("checkpoints", "tensorboard", SELECTION_DIR)
 
 
 def write_model_dir(
