@@ -114,6 +114,7 @@ def test_baseline_refit_is_the_chosen_value_fitted_on_train_and_validation(data,
     refit = evaluate_baseline(name, split, ids, protocol, ks=(10,), settings=grid, refit=True)
     # the same choice, made on validation, with the grid's table kept
     assert refit.info["baseline"]["params"] == plain.info["baseline"]["params"]
+
     def table(res: object) -> list[dict[str, object]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in res.info["baseline"]["selection"]]
 
@@ -124,6 +125,7 @@ def test_baseline_refit_is_the_chosen_value_fitted_on_train_and_validation(data,
                             itemknn_neighbors=(int(params.get("neighbors", 5)),))  # fmt: skip
     merged = dataclasses.replace(split, train=pd.concat([split.train, split.val], ignore_index=True))
     by_hand = evaluate_baseline(name, merged, ids, protocol, ks=(10,), settings=only)
+
     def ranking(res: object) -> dict[str, float]:  # novelty reads the split's training counts: not the ranking
         return {k: v for k, v in res.means().items() if k.split("@")[0] in ("recall", "ndcg", "hit")}
 

@@ -149,8 +149,9 @@ def _baseline_run(
         shutil.rmtree(rdir)
     item_ids = [str(i) for i in dataset.items["item_id"]]
     t0 = time.perf_counter()
+    # fitted on train + val when the models are (train.refit)
     result = evaluate_baseline(variant.baseline, split, item_ids, spec.base.eval, ks=spec.ks, settings=spec.baselines,
-                               refit=spec.base.train.refit)  # as the models are, when they refit
+                               refit=spec.base.train.refit)  # fmt: skip
     result.save(eval_path)
     about = result.info["baseline"]
     info = {
