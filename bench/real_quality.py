@@ -46,6 +46,8 @@ Usage:
 
 ``--heads`` fits each named item-item head (``[item_head]``, chosen on the validation split cut from
 the training rows) on every trained model and scores ``VARIANT+METHOD`` beside the towers alone.
+With ``train.refit`` the head is chosen with the selection run and refitted for the refit model
+(:func:`recfuse.evaluation.item_head.refit_item_head`), as ``recfuse train`` does.
 """
 
 from __future__ import annotations
@@ -454,7 +456,7 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
 def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split: Split, data: DataConfig,
                     protocol_cfg: EvalConfig, overrides: dict[str, Any]) -> tuple[Rows, Rows]:  # fmt: skip
     from recfuse.evaluation.fullrank import evaluate_model
-    from recfuse.evaluation.item_head import fit_item_head
+    from recfuse.evaluation.item_head import fit_item_head, refit_item_head
     from recfuse.itemitem import HEAD_DIR
     from recfuse.models.trained import TrainedModel
     from recfuse.training.refit import SELECTION_DIR, train_refit
@@ -492,6 +494,8 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
                 t3 = time.perf_counter()
                 head_cfg = dataclasses.replace(cfg.item_head, method=method)
                 head = fit_item_head(chooser, split, head_cfg, cfg.data.max_history, seed=seed)
+                if cfg.train.refit:  # the same choices; W on train + valid and beta on the refit towers' scale
+                    head = refit_item_head(model, split, head, head_cfg, cfg.data.max_history, seed=seed)
                 head.save(Path(model_dir) / HEAD_DIR)  # the last one stays with the model
                 with_it = dataclasses.replace(model, item_head=head)
                 runs.append((f"{variant}+{method}", with_it, time.perf_counter() - t3))

@@ -10,6 +10,7 @@ import pytest
 from recfuse.cli.main import main
 from recfuse.cli.train_cmds import parse_overrides
 from recfuse.errors import ConfigError
+from recfuse.itemitem import load_item_head
 
 
 def test_overrides_are_parsed_as_toml_values() -> None:
@@ -98,11 +99,14 @@ def test_train_command_refits_on_validation_and_serves_the_head_chosen_before(
     assert epochs in (1, 2) and f"refit on train + val for {epochs} epochs" in text
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == epochs
     assert f"model directory: {out.resolve()}" in text
-    # the head was chosen with the selection run and goes with the refit model, file for file
-    chosen, served = out / "selection" / "item_head", out / "item_head"
-    names = sorted(p.name for p in chosen.iterdir())
-    assert names and names == sorted(p.name for p in served.iterdir())
-    assert all((chosen / n).read_bytes() == (served / n).read_bytes() for n in names)
+    # the head was chosen with the selection run and is refitted for the refit model: the same choices,
+    # weights from train + val rows, beta at the refit towers' scale
+    chosen = load_item_head(out / "selection" / "item_head")
+    served = load_item_head(out / "item_head")
+    assert (served.method, served.params, served.decay) == ("itemknn", {"neighbors": 5, "keep": 200}, chosen.decay)
+    assert served.selection[:-1] == chosen.selection and served.selection[-1]["stage"] == "refit"
+    assert (served.weights != chosen.weights).nnz > 0
+    assert f"item head refitted on train + val: beta {served.beta:.4g}" in text
 
 
 def test_a_misspelled_key_is_named_with_its_likely_meaning_before_tensorflow_loads(

@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow")
 
 from recfuse.config import ItemHeadConfig, RecfuseConfig  # noqa: E402
 from recfuse.evaluation.fullrank import build_eval_sets, evaluate_model, evaluate_scores  # noqa: E402
-from recfuse.evaluation.item_head import fit_item_head  # noqa: E402
+from recfuse.evaluation.item_head import fit_item_head, refit_item_head  # noqa: E402
 from recfuse.itemitem import HEAD_DIR, ItemHead  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,36 @@ def test_fit_chooses_weights_and_beta_on_validation(trained: tuple[Any, Any, Pat
     no_val = dataclasses.replace(split, val=split.val.iloc[:0])
     with pytest.raises(ValueError, match="the validation split has no user with a catalog item"):
         fit_item_head(model, no_val, cfg, MAX_HISTORY)
+
+
+def test_refit_keeps_the_choices_and_fits_the_weights_on_train_and_validation(
+    trained: tuple[Any, Any, Path],
+) -> None:
+    import pandas as pd
+
+    model, split, _ = trained
+    cfg = ItemHeadConfig(method="itemknn", knn_neighbors=(5, 20), keep=10, betas=(0.5, 2.0, 8.0),
+                         history_decays=(1.0, 0.5))  # fmt: skip
+    chosen = fit_item_head(model, split, cfg, MAX_HISTORY)
+    chosen = dataclasses.replace(chosen, beta=max(r["beta"] for r in chosen.selection if r["stage"] == "beta"))
+    multiplier = next(r["multiplier"] for r in chosen.selection if r["stage"] == "beta" and r["beta"] == chosen.beta)
+    refit = refit_item_head(model, split, chosen, cfg, MAX_HISTORY)
+    assert (refit.method, refit.params, refit.decay) == (chosen.method, chosen.params, chosen.decay)
+    assert refit.selection[:-1] == chosen.selection
+    record = refit.selection[-1]
+    assert record["stage"] == "refit" and record["rows"] == len(split.train) + len(split.val)
+    assert record["multiplier"] == multiplier == 8.0 and record["scale"] > 0
+    assert refit.beta == pytest.approx(record["scale"] * multiplier)
+    # the weights are the chosen setting fitted on train + validation: what a fit there alone gives
+    merged = dataclasses.replace(split, train=pd.concat([split.train, split.val], ignore_index=True))
+    only = dataclasses.replace(cfg, knn_neighbors=(chosen.params["neighbors"],), history_decays=(chosen.decay,))
+    by_hand = fit_item_head(model, merged, only, MAX_HISTORY)
+    assert (refit.weights != by_hand.weights).nnz == 0 and (refit.weights != chosen.weights).nnz > 0
+    # a head chosen off stays off; a beta the table does not hold is refused
+    off = refit_item_head(model, split, dataclasses.replace(chosen, beta=0.0), cfg, MAX_HISTORY)
+    assert off.beta == 0.0 and not off.active and off.selection[-1]["multiplier"] == 0.0
+    with pytest.raises(ValueError, match="no row for its beta 123.0"):
+        refit_item_head(model, split, dataclasses.replace(chosen, beta=123.0), cfg, MAX_HISTORY)
 
 
 def test_a_best_beta_at_either_end_of_the_grid_warns(

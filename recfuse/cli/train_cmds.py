@@ -171,7 +171,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     _fit_head(cfg, result.model_dir, split)
     if cfg.train.refit:
-        _copy_head(cfg, result.model_dir, runs.final.model_dir)
+        _refit_head(cfg, result.model_dir, runs.final.model_dir, split)
         print(f"refit on train + val for {runs.final.epochs_run} epochs ({runs.final.examples} examples, "
               f"{runs.final.seconds:.0f} s); the early-stopped run is in {result.model_dir}")  # fmt: skip
         result = runs.final
@@ -179,18 +179,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _copy_head(cfg: Any, selection_dir: Any, final_dir: Any) -> None:
-    """The head chosen with the selection run (its validation rows are unseen there) goes with the refit model."""
+def _refit_head(cfg: Any, selection_dir: Any, final_dir: Any, split: Any) -> None:
+    """The head chosen with the selection run (its validation rows are unseen there), refitted on train +
+    validation for the refit model (the same choices; see ``refit_item_head``)."""
     if not cfg.item_head.enabled:
         return
-    import shutil
-    from pathlib import Path
+    from recfuse.evaluation.item_head import refit_and_save
 
-    from recfuse.itemitem import HEAD_DIR
-
-    target = Path(final_dir) / HEAD_DIR
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(Path(selection_dir) / HEAD_DIR, target)
+    started = time.perf_counter()
+    head = refit_and_save(selection_dir, final_dir, split)
+    print(f"item head refitted on train + val: beta {head.beta:.4g} ({time.perf_counter() - started:.0f} s)",
+          flush=True)  # fmt: skip
 
 
 def _fit_head(cfg: Any, model_dir: Any, split: Any) -> None:

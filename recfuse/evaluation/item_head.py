@@ -16,6 +16,11 @@ Validation users are those of ``split.val`` with a held-out catalog item (a seed
 ``item_head.max_val_users``); each query reads the user's training items (most recent first, cut to
 ``data.max_history`` as the served query is), and the user's training items are masked.
 
+:func:`refit_item_head` (``train.refit = true``): the head chosen with the selection run, where the
+validation rows are unseen, fitted again for the refit model: the same weights setting, decay and
+``beta`` multiplier ``m``, with ``W`` fitted on the training + validation rows and ``c`` measured
+on the refit model's scores, so ``beta = c * m`` fits its score scale.
+
 Example:
     >>> head = fit_item_head(TrainedModel.load("runs/model"), split, cfg.item_head)   # doctest: +SKIP
     >>> head.save(Path("runs/model") / HEAD_DIR)                                     # doctest: +SKIP
@@ -23,9 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +45,12 @@ from recfuse.evaluation.baselines import validation_metric
 from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets
 from recfuse.evaluation.metrics import relevant_pairs
 from recfuse.item_weights import cut_rows, ease_weights, neighbour_matrix, sequential_weights, top_neighbours
-from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, profile_matrix
+from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, load_item_head, profile_matrix
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["describe", "fit_and_save", "fit_item_head"]
+__all__ = ["describe", "fit_and_save", "fit_item_head", "refit_and_save", "refit_item_head"]
 
 
 class _ValSplit:
@@ -80,21 +87,11 @@ def fit_item_head(
     if not cfg.enabled:
         raise ValueError("`item_head.method` is 'none': there is no head to fit")
     t0 = time.perf_counter()
-    item_ids = [str(i) for i in model.item_ids]
-    index = {item: i for i, item in enumerate(item_ids)}
-    n = len(item_ids)
-    sets = build_eval_sets(_ValSplit(split), item_ids, EvalConfig(mask="train", history="train"))
-    keep_users = np.arange(len(sets.users))
-    if len(keep_users) > cfg.max_val_users:
-        keep_users = np.sort(np.random.default_rng(seed).choice(len(keep_users), cfg.max_val_users, replace=False))
-    if not len(keep_users):
-        raise ValueError("the validation split has no user with a catalog item: the head's choices need one")
-    users = [sets.users[i] for i in keep_users]
-    histories = [sets.histories[i] for i in keep_users]
-    exclude = [sets.exclude[i] for i in keep_users]
-    rel_users, rel_items = relevant_pairs([sets.test[i] for i in keep_users])
-    rows = history_rows(histories, index, max_history)
-    profiles_by_decay = {d: profile_matrix(rows, n, d) for d in cfg.history_decays}
+    val = _val_users(model, split, cfg, max_history, seed)
+    users, exclude, index = val.users, val.exclude, val.index
+    rel_users, rel_items = val.relevant
+    n = len(index)
+    profiles_by_decay = {d: profile_matrix(val.rows, n, d) for d in cfg.history_decays}
     v = len(users)
 
     def metric(score_rows: Any) -> float:
@@ -116,13 +113,7 @@ def fit_item_head(
     _, weights, params, decay = best
     profiles = profiles_by_decay[decay]
 
-    vectors = np.asarray(model.ranking_embeddings, dtype=np.float32)
-    queries = np.concatenate(
-        [
-            model.query_embeddings(users[s : s + block_size], histories[s : s + block_size])
-            for s in range(0, v, block_size)
-        ]
-    ).astype(np.float32)
+    vectors, queries = _model_scores(model, val, block_size)
     scale = _score_scale(queries, vectors, profiles, weights, block_size)
     betas = [0.0] + ([scale * m for m in cfg.betas] if scale > 0 else [])
     best_beta, best_score = 0.0, -1.0
@@ -146,6 +137,96 @@ def fit_item_head(
             logger.warning("item head: the best beta is the %s multiplier %s; widen `item_head.betas`", word, edge)
     logger.info("item head fitted in %.1f s: %s %s, beta %.4g", time.perf_counter() - t0, cfg.method, params, best_beta)
     return ItemHead(weights, float(best_beta), cfg.method, params, selection, decay)
+
+
+@dataclass(frozen=True)
+class _ValUsers:
+    """The validation users the head's choices are measured on (see the module doc)."""
+
+    index: dict[str, int]  # item id -> catalog row
+    users: list[str]
+    histories: list[Any]  # training items, most recent first
+    exclude: list[Any]  # catalog rows masked per user (their training items)
+    relevant: tuple[Any, Any]  # (user positions, catalog rows) of the held-out items
+    rows: list[Any]  # history catalog rows, as the served query reads them
+
+
+def _val_users(model: RankingModel, split: SplitLike, cfg: ItemHeadConfig, max_history: int, seed: int) -> _ValUsers:
+    item_ids = [str(i) for i in model.item_ids]
+    index = {item: i for i, item in enumerate(item_ids)}
+    sets = build_eval_sets(_ValSplit(split), item_ids, EvalConfig(mask="train", history="train"))
+    keep_users = np.arange(len(sets.users))
+    if len(keep_users) > cfg.max_val_users:
+        keep_users = np.sort(np.random.default_rng(seed).choice(len(keep_users), cfg.max_val_users, replace=False))
+    if not len(keep_users):
+        raise ValueError("the validation split has no user with a catalog item: the head's choices need one")
+    histories = [sets.histories[i] for i in keep_users]
+    users, exclude = [sets.users[i] for i in keep_users], [sets.exclude[i] for i in keep_users]
+    relevant = relevant_pairs([sets.test[i] for i in keep_users])
+    return _ValUsers(index, users, histories, exclude, relevant, history_rows(histories, index, max_history))
+
+
+def _model_scores(model: RankingModel, val: _ValUsers, block_size: int) -> tuple[FloatArray, FloatArray]:
+    """The model's ranking vectors and the validation users' query vectors."""
+    vectors = np.asarray(model.ranking_embeddings, dtype=np.float32)
+    users, histories = val.users, val.histories
+    parts = [model.query_embeddings(users[s : s + block_size], histories[s : s + block_size])
+             for s in range(0, len(users), block_size)]  # fmt: skip
+    return vectors, np.concatenate(parts).astype(np.float32)
+
+
+def refit_item_head(
+    model: RankingModel,
+    split: SplitLike,
+    chosen: ItemHead,
+    cfg: ItemHeadConfig,
+    max_history: int,
+    seed: int = 0,
+    block_size: int = 1024,
+) -> ItemHead:
+    """``chosen`` (fitted by :func:`fit_item_head` on the selection run) fitted again for the refit ``model``.
+
+    The weights setting, the history decay and the ``beta`` multiplier stay as chosen; ``W`` is
+    fitted on ``split.train`` + ``split.val`` (what the refit model trained on) and the score-scale
+    ratio ``c`` is measured with ``model`` on the same validation users as the choice, so
+    ``beta = c * multiplier``. A head chosen at ``beta`` 0 stays at 0.
+
+    Args:
+        model: the refit model.
+        split: the split before the refit (``train`` and ``val`` separate, as the choice saw them).
+        chosen: the head :func:`fit_item_head` chose on the selection run.
+        cfg: the ``[item_head]`` settings (``keep``, ``max_val_users``, ``ease_max_items``).
+        max_history, seed, block_size: as :func:`fit_item_head` (the same ``seed`` picks the same users).
+
+    Raises:
+        ValueError: ``chosen`` records no chosen ``beta`` in its selection table, or its params do
+            not name its method's setting.
+    """
+    t0 = time.perf_counter()
+    multiplier = 0.0
+    if chosen.beta > 0:
+        rows = [r for r in chosen.selection if r.get("stage") == "beta" and r.get("beta") == chosen.beta]
+        if not rows:
+            raise ValueError(f"the chosen head's selection table has no row for its beta {chosen.beta}: re-fit it")
+        multiplier = float(rows[0]["multiplier"])
+    setting = {"ease": "lambda", "itemknn": "neighbors", "sequential": "window"}[chosen.method]
+    if setting not in chosen.params:
+        raise ValueError(f"the chosen {chosen.method} head's params {chosen.params} do not name its {setting!r}")
+    value = chosen.params[setting]
+    keep = int(chosen.params.get("keep", cfg.keep))
+    only = dataclasses.replace(cfg, method=chosen.method, keep=keep, ease_lambdas=(float(value),),
+                               knn_neighbors=(int(value),), seq_windows=(int(value),))  # fmt: skip
+    val = _val_users(model, split, cfg, max_history, seed)
+    merged = _ValSplit(split)  # only its train is read below: the training + validation rows
+    merged.train = pd.concat([split.train, split.val], ignore_index=True)
+    weights, _ = next(_weight_grid(only, merged, val.index, block_size))
+    vectors, queries = _model_scores(model, val, block_size)
+    scale = _score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), chosen.decay), weights, block_size)
+    beta = scale * multiplier if scale > 0 else 0.0
+    record = {"stage": "refit", "rows": len(merged.train), "scale": scale, "multiplier": multiplier, "beta": beta,
+              "seconds": _since(t0)}  # fmt: skip
+    logger.info("item head refitted on %d rows in %.1f s: beta %.4g", len(merged.train), _since(t0), beta)
+    return ItemHead(weights, float(beta), chosen.method, dict(chosen.params), [*chosen.selection, record], chosen.decay)
 
 
 def _since(t: float) -> float:
@@ -230,6 +311,19 @@ def fit_and_save(model_dir: str | Path, split: SplitLike) -> ItemHead:
     model = TrainedModel.load(model_dir)
     cfg = model.config
     head = fit_item_head(model, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+    head.save(Path(model_dir) / HEAD_DIR)
+    return head
+
+
+def refit_and_save(selection_dir: str | Path, model_dir: str | Path, split: SplitLike) -> ItemHead:
+    """The head stored with the selection run, refitted (:func:`refit_item_head`) for the refit model
+    in ``model_dir`` and stored there."""
+    from recfuse.models.trained import TrainedModel
+
+    model = TrainedModel.load(model_dir)
+    cfg = model.config
+    chosen = load_item_head(Path(selection_dir) / HEAD_DIR, len(model.item_ids))
+    head = refit_item_head(model, split, chosen, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
     head.save(Path(model_dir) / HEAD_DIR)
     return head
 
