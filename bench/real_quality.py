@@ -547,9 +547,15 @@ def _reusable(out: Path, cfg: RecfuseConfig, split: Split) -> tuple[int, int] | 
     """``(epochs run, best epoch)`` of a model directory trained with exactly ``cfg`` on ``split``
     (``"auto"`` settings decided as training decides them), else None (and why, printed)."""
     from recfuse.training.checks import resolve_auto_settings
+    from recfuse.training.refit import SELECTION_DIR
 
     if not (out / "model.json").exists():
         return None
+    if cfg.train.refit:  # the early-stopped run saw `cfg` and `split`; the refit its epoch count and train + valid
+        if "refit" not in json.loads((out / "train_state.json").read_text(encoding="utf-8")):
+            print(f"  {out}: not a refit model; training again", flush=True)
+            return None
+        out = out / SELECTION_DIR
     stored = RecfuseConfig.from_dict(json.loads((out / "config.json").read_text(encoding="utf-8")))
     record = json.loads((out / "model.json").read_text(encoding="utf-8")).get("split") or {}
     if dataclasses.replace(stored, item_head=cfg.item_head) != resolve_auto_settings(cfg, split.train):
