@@ -484,7 +484,8 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
                 t_train = time.perf_counter() - t1
             else:
                 model_dir, (epochs_run, best_epoch), t_train = out, reused, float("nan")
-            model = TrainedModel.load(model_dir)
+            # the towers alone: a reused directory also holds the head an earlier run stored with it
+            model = dataclasses.replace(TrainedModel.load(model_dir), item_head=None)
             # a head's choices are made where the validation rows are unseen: on the selection run
             chooser = TrainedModel.load(out / SELECTION_DIR) if cfg.train.refit else model
             methods = [m for m in args.heads.split(",") if m]
