@@ -183,6 +183,33 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
     assert means == {(r["variant"], r["seed"]): r["means"] for r in results["runs"]}
 
 
+@pytest.mark.slow
+def test_experiment_scores_a_variant_with_its_head_refitted_with_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recfuse.evaluation.result import EvalResult
+    from recfuse.itemitem import load_item_head
+
+    monkeypatch.chdir(ROOT)
+    exp = tmp_path / "exp.toml"
+    concat = 'overrides = { "model.fusion" = "concat" }'
+    assert concat in FAST_EXPERIMENT
+    with_head = concat.replace(' }', ', "item_head.method" = "itemknn", "item_head.knn_neighbors" = [5], '
+                                     '"train.refit" = true, "train.min_epochs" = 0 }')  # fmt: skip
+    exp.write_text(FAST_EXPERIMENT.replace("seeds = [1, 2]", "seeds = [1]").replace(concat, with_head))
+    out = tmp_path / "out"
+    assert main(["experiment", "--config", str(exp), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    model_dir = out / "runs" / "concat" / "seed-1" / "model"
+    chosen, served = load_item_head(model_dir / "selection" / "item_head"), load_item_head(model_dir / "item_head")
+    assert served.selection[:-1] == chosen.selection and served.selection[-1]["stage"] == "refit"
+    # the run was scored with the refitted head, as `recfuse train` would serve it; the control has none
+    info = EvalResult.load(out / "runs" / "concat" / "seed-1" / "eval.json").info["item_head"]
+    assert info["params"] == {"neighbors": 5, "keep": 200} and info["beta"] == served.beta
+    assert "item_head" not in EvalResult.load(out / "runs" / "attention" / "seed-1" / "eval.json").info
+    assert not (out / "runs" / "attention" / "seed-1" / "model" / "item_head").exists()
+
+
 def test_evaluate_rejects_bad_ks_and_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--model", str(tmp_path), "--ks", "10,x"]) == 2
     assert "--ks must be comma-separated integers" in capsys.readouterr().err
