@@ -106,7 +106,8 @@ def test_train_command_refits_on_validation_and_serves_the_head_chosen_before(
     assert (served.method, served.params, served.decay) == ("itemknn", {"neighbors": 5, "keep": 200}, chosen.decay)
     assert served.selection[:-1] == chosen.selection and served.selection[-1]["stage"] == "refit"
     assert (served.weights != chosen.weights).nnz > 0
-    assert f"item head refitted on train + val: beta {served.beta:.4g}" in text
+    assert f"item head itemknn (neighbors 5, keep 200, decay {served.decay:g}), beta {served.beta:.4g}: " in text
+    assert ", refitted on train + val (" in text
 
 
 def test_a_misspelled_key_is_named_with_its_likely_meaning_before_tensorflow_loads(

@@ -98,6 +98,8 @@ def test_refit_keeps_the_choices_and_fits_the_weights_on_train_and_validation(
     assert off.beta == 0.0 and not off.active and off.selection[-1]["multiplier"] == 0.0
     with pytest.raises(ValueError, match="no row for its beta 123.0"):
         refit_item_head(model, split, dataclasses.replace(chosen, beta=123.0), cfg, MAX_HISTORY)
+    with pytest.raises(ValueError, match=r"params \{'keep': 10\} do not name its 'neighbors'"):
+        refit_item_head(model, split, dataclasses.replace(chosen, params={"keep": 10}), cfg, MAX_HISTORY)
 
 
 def test_a_best_beta_at_either_end_of_the_grid_warns(

@@ -169,38 +169,27 @@ def _train(args: argparse.Namespace) -> int:
     if not result.is_chief:
         print(f"worker of {result.workers}: trained; the chief writes the model directory {result.model_dir}")
         return 0
-    _fit_head(cfg, result.model_dir, split)
+    selection_dir = None
     if cfg.train.refit:
-        _refit_head(cfg, result.model_dir, runs.final.model_dir, split)
         print(f"refit on train + val for {runs.final.epochs_run} epochs ({runs.final.examples} examples, "
               f"{runs.final.seconds:.0f} s); the early-stopped run is in {result.model_dir}")  # fmt: skip
-        result = runs.final
+        selection_dir, result = result.model_dir, runs.final
+    _fit_head(cfg, result.model_dir, split, selection_dir)
     print(f"model directory: {result.model_dir}")
     return 0
 
 
-def _refit_head(cfg: Any, selection_dir: Any, final_dir: Any, split: Any) -> None:
-    """The head chosen with the selection run (its validation rows are unseen there), refitted on train +
-    validation for the refit model (the same choices; see ``refit_item_head``)."""
-    if not cfg.item_head.enabled:
-        return
-    from recfuse.evaluation.item_head import refit_and_save
-
-    started = time.perf_counter()
-    head = refit_and_save(selection_dir, final_dir, split)
-    print(f"item head refitted on train + val: beta {head.beta:.4g} ({time.perf_counter() - started:.0f} s)",
-          flush=True)  # fmt: skip
-
-
-def _fit_head(cfg: Any, model_dir: Any, split: Any) -> None:
-    """Fit and store the ``[item_head]`` the config asks for (nothing when its method is ``"none"``)."""
+def _fit_head(cfg: Any, model_dir: Any, split: Any, selection_dir: Any = None) -> None:
+    """Fit and store the ``[item_head]`` the config asks for (nothing when its method is ``"none"``);
+    with ``selection_dir`` (``train.refit``) chosen on that run and refitted for ``model_dir``."""
     if not cfg.item_head.enabled:
         return
     from recfuse.evaluation.item_head import describe, fit_and_save
 
     started = time.perf_counter()
-    head = fit_and_save(model_dir, split)
-    print(f"{describe(head, cfg.item_head.select_metric)} ({time.perf_counter() - started:.0f} s)", flush=True)
+    head = fit_and_save(model_dir, split, selection_dir)
+    refit = ", refitted on train + val" if selection_dir is not None else ""
+    print(f"{describe(head, cfg.item_head.select_metric)}{refit} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def check_prepared(folder: str, train_rows: int) -> None:

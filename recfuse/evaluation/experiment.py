@@ -111,13 +111,9 @@ def _one_run(
     else:
         result = train(cfg, dataset, split, rdir / "model", progress=False)
     if cfg.item_head.enabled:  # the variant is scored as `recfuse train` would serve it: with its head
-        from recfuse.evaluation.item_head import fit_and_save, refit_and_save
+        from recfuse.evaluation.item_head import fit_and_save
 
-        if cfg.train.refit:  # chosen where the validation rows are unseen, then refitted with the model
-            fit_and_save(runs.selection.model_dir, split)
-            refit_and_save(runs.selection.model_dir, result.model_dir, split)
-        else:
-            fit_and_save(result.model_dir, split)
+        fit_and_save(result.model_dir, split, runs.selection.model_dir if cfg.train.refit else None)
     t_train = time.perf_counter() - t0
     model = TrainedModel.load(result.model_dir)
     t1 = time.perf_counter()

@@ -45,12 +45,12 @@ from recfuse.evaluation.baselines import validation_metric
 from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets
 from recfuse.evaluation.metrics import relevant_pairs
 from recfuse.item_weights import cut_rows, ease_weights, neighbour_matrix, sequential_weights, top_neighbours
-from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, load_item_head, profile_matrix
+from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, profile_matrix
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["describe", "fit_and_save", "fit_item_head", "refit_and_save", "refit_item_head"]
+__all__ = ["describe", "fit_and_save", "fit_item_head", "refit_item_head"]
 
 
 class _ValSplit:
@@ -300,30 +300,28 @@ def _score_scale(
     return float(np.median(r)) if len(r) else 0.0
 
 
-def fit_and_save(model_dir: str | Path, split: SplitLike) -> ItemHead:
+def fit_and_save(model_dir: str | Path, split: SplitLike, selection_dir: str | Path | None = None) -> ItemHead:
     """Fit the head that ``model_dir``'s config asks for (``[item_head]``) and store it in ``model_dir``.
+
+    With ``selection_dir`` (``train.refit``'s early-stopped run, whose validation rows are unseen) the
+    head is chosen there and stored with it, then refitted (:func:`refit_item_head`) for the refit
+    model in ``model_dir``.
+
+    Returns:
+        the head stored in ``model_dir``.
 
     Raises:
         ValueError: the config's ``item_head.method`` is ``"none"`` (see :func:`fit_item_head`).
     """
     from recfuse.models.trained import TrainedModel
 
-    model = TrainedModel.load(model_dir)
-    cfg = model.config
-    head = fit_item_head(model, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
-    head.save(Path(model_dir) / HEAD_DIR)
-    return head
-
-
-def refit_and_save(selection_dir: str | Path, model_dir: str | Path, split: SplitLike) -> ItemHead:
-    """The head stored with the selection run, refitted (:func:`refit_item_head`) for the refit model
-    in ``model_dir`` and stored there."""
-    from recfuse.models.trained import TrainedModel
-
-    model = TrainedModel.load(model_dir)
-    cfg = model.config
-    chosen = load_item_head(Path(selection_dir) / HEAD_DIR, len(model.item_ids))
-    head = refit_item_head(model, split, chosen, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+    chooser = TrainedModel.load(selection_dir if selection_dir is not None else model_dir)
+    cfg = chooser.config
+    head = fit_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+    if selection_dir is not None:
+        head.save(Path(selection_dir) / HEAD_DIR)
+        model = TrainedModel.load(model_dir)
+        head = refit_item_head(model, split, head, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
     head.save(Path(model_dir) / HEAD_DIR)
     return head
 
