@@ -103,17 +103,18 @@ def _one_run(
     atomic_write_json(meta_path, {"format": RUN_FORMAT, "fingerprint": fp, "status": "started", "seed": seed,
                                   "variant": variant.name, "config": cfg.to_dict()})  # fmt: skip
     t0 = time.perf_counter()
+    selection_dir = None  # the early-stopped run under train.refit: the head's choices are made there
     if cfg.train.refit:  # the early-stopped run picks the epochs; the model scored trains on train + val
         from recfuse.training.refit import train_refit
 
         runs = train_refit(cfg, dataset, split, rdir / "model", progress=False)
-        result = runs.final
+        result, selection_dir = runs.final, runs.selection.model_dir
     else:
         result = train(cfg, dataset, split, rdir / "model", progress=False)
     if cfg.item_head.enabled:  # the variant is scored as `recfuse train` would serve it: with its head
         from recfuse.evaluation.item_head import fit_and_save
 
-        fit_and_save(result.model_dir, split, runs.selection.model_dir if cfg.train.refit else None)
+        fit_and_save(result.model_dir, split, selection_dir)
     t_train = time.perf_counter() - t0
     model = TrainedModel.load(result.model_dir)
     t1 = time.perf_counter()
