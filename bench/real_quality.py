@@ -47,7 +47,10 @@ Usage:
 ``--heads`` fits each named item-item head (``[item_head]``, chosen on the validation split cut from
 the training rows) on every trained model and scores ``VARIANT+METHOD`` beside the towers alone.
 With ``train.refit`` the head is chosen with the selection run and refitted for the refit model
-(:func:`recfuse.evaluation.item_head.refit_item_head`), as ``recfuse train`` does.
+(:func:`recfuse.evaluation.item_head.refit_item_head`), as ``recfuse train`` does. With
+``--set train.refit_epochs=N`` there is no selection run: the model trains once on train + valid for
+N epochs, and the head takes every choice from ``[item_head]`` (one value per grid:
+:func:`recfuse.evaluation.item_head.fixed_item_head`).
 """
 
 from __future__ import annotations
@@ -456,7 +459,7 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
 def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split: Split, data: DataConfig,
                     protocol_cfg: EvalConfig, overrides: dict[str, Any]) -> tuple[Rows, Rows]:  # fmt: skip
     from recfuse.evaluation.fullrank import evaluate_model
-    from recfuse.evaluation.item_head import fit_item_head, refit_item_head
+    from recfuse.evaluation.item_head import fit_item_head, fixed_item_head, refit_item_head
     from recfuse.itemitem import HEAD_DIR
     from recfuse.models.trained import TrainedModel
     from recfuse.training.refit import SELECTION_DIR, train_refit
@@ -477,7 +480,8 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
                 if out.exists():  # a fresh run each time: checkpoints of other settings are refused anyway
                     shutil.rmtree(out)
                 if cfg.train.refit:  # the served model trains on the validation rows too; see train_refit
-                    result = train_refit(cfg, dataset, split, out, progress=False).selection
+                    refit = train_refit(cfg, dataset, split, out, progress=False)
+                    result = refit.final if refit.selection is None else refit.selection  # None: refit_epochs
                 else:
                     result = train(cfg, dataset, split, out, progress=False)
                 model_dir, epochs_run, best_epoch = out, result.epochs_run, result.best_epoch
@@ -487,15 +491,20 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
             # the towers alone: a reused directory also holds the head an earlier run stored with it
             model = dataclasses.replace(TrainedModel.load(model_dir), item_head=None)
             # a head's choices are made where the validation rows are unseen: on the selection run
-            chooser = TrainedModel.load(out / SELECTION_DIR) if cfg.train.refit else model
+            # (train.refit_epochs has none: the head's config fixes every choice)
+            selection_run = cfg.train.refit and not cfg.train.refit_epochs
+            chooser = TrainedModel.load(out / SELECTION_DIR) if selection_run else model
             methods = [m for m in args.heads.split(",") if m]
             methods = methods or ([cfg.item_head.method] if cfg.item_head.enabled else [])
             runs: list[tuple[str, Any, float]] = [(variant, model, 0.0)]  # towers alone, then each head
             for method in methods:  # refitted on reuse too: the towers do not depend on [item_head]
                 t3 = time.perf_counter()
                 head_cfg = dataclasses.replace(cfg.item_head, method=method)
-                head = fit_item_head(chooser, split, head_cfg, cfg.data.max_history, seed=seed)
-                if cfg.train.refit:  # the same choices; W on train + valid and beta on the refit towers' scale
+                if cfg.train.refit_epochs:
+                    head = fixed_item_head(model, split, head_cfg, cfg.data.max_history, seed=seed)
+                else:
+                    head = fit_item_head(chooser, split, head_cfg, cfg.data.max_history, seed=seed)
+                if selection_run:  # the same choices; W on train + valid and beta on the refit towers' scale
                     head = refit_item_head(model, split, head, head_cfg, cfg.data.max_history, seed=seed)
                 head.save(Path(model_dir) / HEAD_DIR)  # the last one stays with the model
                 with_it = dataclasses.replace(model, item_head=head)
@@ -551,6 +560,9 @@ def _reusable(out: Path, cfg: RecfuseConfig, split: Split) -> tuple[int, int] | 
     from recfuse.training.refit import SELECTION_DIR
 
     if not (out / "model.json").exists():
+        return None
+    if cfg.train.refit_epochs:  # no selection run records the config and split it trained with
+        print(f"  {out}: train.refit_epochs models are not reused; training again", flush=True)
         return None
     if cfg.train.refit:  # the early-stopped run saw `cfg` and `split`; the refit its epoch count and train + valid
         if "refit" not in json.loads((out / "train_state.json").read_text(encoding="utf-8")):

@@ -110,6 +110,29 @@ def test_train_command_refits_on_validation_and_serves_the_head_chosen_before(
     assert ", refitted on train + val (" in text
 
 
+@pytest.mark.slow
+def test_train_command_with_refit_epochs_trains_once_and_fits_the_configured_head(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    code = main(["train", "--config", str(config_path), "--out", str(out), "--no-progress", "--set", "train.refit=true",
+                 "--set", "train.refit_epochs=2", "--set", "item_head.method='itemknn'", "--set",
+                 "item_head.knn_neighbors=[5]", "--set", "item_head.history_decays=[1.0]",
+                 "--set", "item_head.betas=[0.5]"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert not (out / "selection").exists()
+    assert json.loads((out / "train_state.json").read_text())["refit"]["epochs"] == 2
+    assert "trained on train + val for train.refit_epochs = 2 epochs (" in text and "; no selection run" in text
+    assert "val Recall@10: n/a (train.refit_epochs: it trains on the validation rows)" in text
+    head = load_item_head(out / "item_head")
+    record = head.selection[-1]
+    assert (head.method, head.params, head.decay) == ("itemknn", {"neighbors": 5, "keep": 200}, 1.0)
+    assert record["stage"] == "fixed" and record["multiplier"] == 0.5
+    assert head.beta == pytest.approx(record["scale"] * 0.5) and head.beta > 0
+    assert f"item head itemknn (neighbors 5, keep 200, decay 1), beta {head.beta:.4g}: fixed by the config" in text
+
+
 def test_a_misspelled_key_is_named_with_its_likely_meaning_before_tensorflow_loads(
     config_path: Path, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow")
 
 from recfuse.config import ItemHeadConfig, RecfuseConfig  # noqa: E402
 from recfuse.evaluation.fullrank import build_eval_sets, evaluate_model, evaluate_scores  # noqa: E402
-from recfuse.evaluation.item_head import fit_item_head, refit_item_head  # noqa: E402
+from recfuse.evaluation.item_head import fit_item_head, fixed_item_head, refit_item_head  # noqa: E402
 from recfuse.itemitem import HEAD_DIR, ItemHead  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -101,6 +101,29 @@ def test_refit_keeps_the_choices_and_fits_the_weights_on_train_and_validation(
     with pytest.raises(ValueError, match=r"params \{'keep': 10\} do not name its 'neighbors'"):
         refit_item_head(model, split, dataclasses.replace(chosen, params={"keep": 10}), cfg, MAX_HISTORY)
 
+
+def test_a_fixed_head_is_the_refit_of_the_same_choices_without_a_selection(trained: tuple[Any, Any, Path]) -> None:
+    model, split, _ = trained
+    grid = ItemHeadConfig(method="ease", ease_lambdas=(10.0, 300.0), keep=10, betas=(0.5, 2.0, 8.0),
+                          history_decays=(1.0, 0.5))  # fmt: skip
+    chosen = fit_item_head(model, split, grid, MAX_HISTORY)
+    chosen = dataclasses.replace(chosen, beta=max(r["beta"] for r in chosen.selection if r["stage"] == "beta"))
+    refit = refit_item_head(model, split, chosen, grid, MAX_HISTORY)
+    fixed_cfg = dataclasses.replace(grid, ease_lambdas=(chosen.params["lambda"],), history_decays=(chosen.decay,),
+                                    betas=(8.0,))  # fmt: skip
+    fixed = fixed_item_head(model, split, fixed_cfg, MAX_HISTORY)
+    # the same setting, weights (train + validation rows) and beta as the refit of the choice a grid made
+    assert (fixed.method, fixed.params, fixed.decay) == (refit.method, refit.params, refit.decay)
+    assert (fixed.weights != refit.weights).nnz == 0 and refit.beta > 0
+    assert fixed.beta == pytest.approx(refit.beta)
+    assert [r["stage"] for r in fixed.selection] == ["fixed"]
+    assert fixed.selection[0]["rows"] == len(split.train) + len(split.val)
+    # with no validation rows (a retrain on every row) c is measured on the training users
+    no_val = dataclasses.replace(split, val=split.val.iloc[:0])
+    every_row = fixed_item_head(model, no_val, fixed_cfg, MAX_HISTORY)
+    assert every_row.selection[0]["rows"] == len(split.train) and every_row.beta > 0
+    with pytest.raises(ValueError, match=r"one value per grid.*'ease_lambdas': \(10.0, 300.0\)"):
+        fixed_item_head(model, split, dataclasses.replace(fixed_cfg, ease_lambdas=(10.0, 300.0)), MAX_HISTORY)
 
 def test_a_best_beta_at_either_end_of_the_grid_warns(
     trained: tuple[Any, Any, Path], caplog: pytest.LogCaptureFixture

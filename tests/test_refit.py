@@ -75,14 +75,46 @@ def test_refit_trains_on_train_and_validation_for_the_selection_runs_best_epoch(
     a, b = TrainedModel.load(out), TrainedModel.load(out / SELECTION_DIR)
     assert a.item_embeddings.shape == b.item_embeddings.shape
     assert not np.allclose(a.item_embeddings, b.item_embeddings)
+    # train.refit_epochs = 2: no selection run, and the one training gives the same model as the refit
+    once = tmp_path / "once"
+    runs = train_refit(_cfg(root, once, refit=True, refit_epochs=2), ds, split, once, progress=False)
+    assert runs.selection is None and not (once / SELECTION_DIR).exists()
+    assert (runs.final.epochs_run, runs.final.best_metric, runs.final.examples) == (2, None, final.examples)
+    assert json.loads((once / "train_state.json").read_text())["refit"] == {
+        "epochs": 2, "selection_best_metric": None, "selection_epochs_run": 0, "selection_dir": None}
+    np.testing.assert_allclose(TrainedModel.load(once).item_embeddings, a.item_embeddings, atol=1e-6)
+
+
+def test_refit_epochs_trains_on_every_row_without_validation_rows(data, tmp_path: Path) -> None:
+    from recfuse.training.refit import train_refit
+
+    root, ds, split = data
+    no_val = dataclasses.replace(split, val=split.val.iloc[:0])
+    runs = train_refit(_cfg(root, tmp_path, refit=True, refit_epochs=1), ds, no_val, tmp_path, progress=False)
+    assert runs.selection is None and runs.final.epochs_run == 1 and runs.final.examples == len(split.train)
+    assert _counts(tmp_path) == len(split.train)
+
+
+def test_refit_epochs_is_refused_without_refit_or_with_a_head_grid_to_choose_from(data, tmp_path: Path) -> None:
+    root, _ds, _split = data
+    with pytest.raises(ConfigError, match=r"`train.refit_epochs` = 3 .* `train.refit` is false; set refit = true"):
+        _cfg(root, tmp_path, refit_epochs=3)
+    raw = _cfg(root, tmp_path, refit=True, refit_epochs=3).to_dict()
+    raw["item_head"] = {"method": "ease", "ease_lambdas": [100.0], "history_decays": [1.0], "betas": [0.5, 1.0]}
+    with pytest.raises(ConfigError, match=r"no validation to choose on, and \{'betas': \(0.5, 1.0\)\} hold"):
+        RecfuseConfig.from_dict(raw)
+    raw["item_head"]["betas"] = [0.5]
+    assert RecfuseConfig.from_dict(raw).item_head.choice_grids() == {
+        "ease_lambdas": (100.0,), "history_decays": (1.0,), "betas": (0.5,)}
 
 
 def test_refit_is_refused_where_it_cannot_run(data) -> None:
     from recfuse.training.refit import check_refit
 
     _root, _ds, split = data
-    with pytest.raises(ConfigError, match=r"`train.refit`.*no validation rows"):
+    with pytest.raises(ConfigError, match=r"`train.refit`.*no validation rows.*set train.refit_epochs"):
         check_refit(dataclasses.replace(split, val=split.val.iloc[:0]))
+    check_refit(dataclasses.replace(split, val=split.val.iloc[:0]), refit_epochs=2)  # no epochs to choose
     with pytest.raises(ConfigError, match=r"`train.refit`.*without --prepared"):
         check_refit(split, prepared="some/folder")
     with pytest.raises(ConfigError, match=r"`train.refit`.*not on 2 workers"):

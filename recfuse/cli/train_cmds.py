@@ -151,15 +151,16 @@ def _train(args: argparse.Namespace) -> int:
     if cfg.train.refit:
         from recfuse.training.refit import check_refit, train_refit
 
-        check_refit(split, args.prepared)
+        check_refit(split, args.prepared, refit_epochs=cfg.train.refit_epochs)
         runs = train_refit(cfg, dataset, split, out, progress=bar, on_epoch=epoch_line)
-        result = runs.selection
+        result = runs.final if runs.selection is None else runs.selection  # refit_epochs: no selection run
     else:
         result = train(cfg, dataset, split, out, progress=bar, on_epoch=epoch_line, prepared=args.prepared)
     for rec in result.history:
         extras = " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch",))
         print(f"epoch {rec['epoch']}: {extras}")
-    metric = "n/a (no validation split)" if result.best_metric is None else f"{result.best_metric:.4f}"
+    why = "train.refit_epochs: it trains on the validation rows" if cfg.train.refit_epochs else "no validation split"
+    metric = f"n/a ({why})" if result.best_metric is None else f"{result.best_metric:.4f}"
     print(f"val Recall@{cfg.train.eval_k}: {metric} (best epoch {result.best_epoch} of {result.epochs_run})")
     if result.skipped_interactions:
         print(f"skipped {result.skipped_interactions} training interactions whose item is not in the catalog")
@@ -170,7 +171,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"worker of {result.workers}: trained; the chief writes the model directory {result.model_dir}")
         return 0
     selection_dir = None
-    if cfg.train.refit:
+    if cfg.train.refit and runs.selection is None:
+        print(f"trained on train + val for train.refit_epochs = {runs.final.epochs_run} epochs "
+              f"({runs.final.examples} examples, {runs.final.seconds:.0f} s); no selection run")  # fmt: skip
+    elif cfg.train.refit:
         print(f"refit on train + val for {runs.final.epochs_run} epochs ({runs.final.examples} examples, "
               f"{runs.final.seconds:.0f} s); the early-stopped run is in {result.model_dir}")  # fmt: skip
         selection_dir, result = result.model_dir, runs.final

@@ -77,3 +77,9 @@ class ItemHeadConfig:
     @property
     def enabled(self) -> bool:
         return self.method != "none"
+
+    def choice_grids(self) -> dict[str, tuple[float, ...]]:
+        """The grids validation chooses from for ``method``: ``{field name: values}``."""
+        weights = {"ease": "ease_lambdas", "itemknn": "knn_neighbors", "sequential": "seq_windows"}.get(self.method)
+        names = ([weights] if weights else []) + ["history_decays", "betas"]
+        return {name: tuple(float(v) for v in getattr(self, name)) for name in names}

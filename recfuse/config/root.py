@@ -52,6 +52,14 @@ class RecfuseConfig:
                 f"has an output at every history position); got query_encoder = {self.model.query_encoder!r}: "
                 "set it to 'transformer', or targets = 'last'"
             )
+        if self.train.refit_epochs and self.item_head.enabled:
+            grids = {name: v for name, v in self.item_head.choice_grids().items() if len(v) != 1}
+            if grids:
+                raise ConfigError(
+                    f"`train.refit_epochs` = {self.train.refit_epochs} trains without a selection run, so the "
+                    f"{self.item_head.method} item head has no validation to choose on, and {grids} hold several "
+                    "values: give each `item_head` grid named there one value, or set refit_epochs = 0"
+                )
 
     @property
     def variant(self) -> str:

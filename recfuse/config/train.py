@@ -75,6 +75,12 @@ class TrainConfig:
     # (their baselines are refitted too); it doubles the training time and needs a validation split and
     # in-memory training rows
     refit: bool = False
+    # with ``refit``: 0 = the early-stopped selection run chooses the refit's epoch count; N > 0 = no
+    # selection run: the refit trains on the training and validation rows for N epochs (one training,
+    # half the time; N is a count chosen before, e.g. an earlier selection run's best epoch, and the
+    # validation split may be empty). An `[item_head]` then has no validation to choose on: each of its
+    # grids for the method (and history_decays, betas) must hold one value
+    refit_epochs: int = 0
     # validate (early stopping, best checkpoint) every this many epochs
     eval_every_epochs: int = 1
     # ``live``: history items go through the candidate tower in each step (gradient reaches item
@@ -124,6 +130,12 @@ class TrainConfig:
             )
         check_choice("train", "history_encoding", self.history_encoding, ("live", "memory_bank"))
         check_range("train", "live_history_items", self.live_history_items, 0, 100_000_000)
+        check_range("train", "refit_epochs", self.refit_epochs, 0, 100_000)
+        if self.refit_epochs and not self.refit:
+            raise ConfigError(
+                f"`train.refit_epochs` = {self.refit_epochs} sets the epoch count of a refit, and `train.refit` is "
+                "false; set refit = true to train once on the training and validation rows, or refit_epochs = 0"
+            )
 
     @property
     def effective_min_epochs(self) -> int:

@@ -108,7 +108,8 @@ def _one_run(
         from recfuse.training.refit import train_refit
 
         runs = train_refit(cfg, dataset, split, rdir / "model", progress=False)
-        result, selection_dir = runs.final, runs.selection.model_dir
+        result = runs.final
+        selection_dir = None if runs.selection is None else runs.selection.model_dir  # None: train.refit_epochs
     else:
         result = train(cfg, dataset, split, rdir / "model", progress=False)
     if cfg.item_head.enabled:  # the variant is scored as `recfuse train` would serve it: with its head

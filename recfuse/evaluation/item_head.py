@@ -21,6 +21,10 @@ validation rows are unseen, fitted again for the refit model: the same weights s
 ``beta`` multiplier ``m``, with ``W`` fitted on the training + validation rows and ``c`` measured
 on the refit model's scores, so ``beta = c * m`` fits its score scale.
 
+:func:`fixed_item_head` (``train.refit_epochs``: a refit with no selection run): every choice comes
+from the config (one value per grid), ``W`` is fitted on the training + validation rows and ``c`` is
+measured on the model's scores as in the refit.
+
 Example:
     >>> head = fit_item_head(TrainedModel.load("runs/model"), split, cfg.item_head)   # doctest: +SKIP
     >>> head.save(Path("runs/model") / HEAD_DIR)                                     # doctest: +SKIP
@@ -50,7 +54,7 @@ from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["describe", "fit_and_save", "fit_item_head", "refit_item_head"]
+__all__ = ["describe", "fit_and_save", "fit_item_head", "fixed_item_head", "refit_item_head"]
 
 
 class _ValSplit:
@@ -202,7 +206,6 @@ def refit_item_head(
         ValueError: ``chosen`` records no chosen ``beta`` in its selection table, or its params do
             not name its method's setting.
     """
-    t0 = time.perf_counter()
     multiplier = 0.0
     if chosen.beta > 0:
         rows = [r for r in chosen.selection if r.get("stage") == "beta" and r.get("beta") == chosen.beta]
@@ -212,21 +215,74 @@ def refit_item_head(
     setting = {"ease": "lambda", "itemknn": "neighbors", "sequential": "window"}[chosen.method]
     if setting not in chosen.params:
         raise ValueError(f"the chosen {chosen.method} head's params {chosen.params} do not name its {setting!r}")
-    value = chosen.params[setting]
     keep = int(chosen.params.get("keep", cfg.keep))
-    only = dataclasses.replace(cfg, method=chosen.method, keep=keep, ease_lambdas=(float(value),),
-                               knn_neighbors=(int(value),), seq_windows=(int(value),))  # fmt: skip
-    val = _val_users(model, split, cfg, max_history, seed)
+    only = _only(cfg, chosen.method, float(chosen.params[setting]), keep, chosen.decay)
+    return _fit_fixed(model, split, only, multiplier, "refit", chosen.selection, max_history, seed, block_size)
+
+
+def fixed_item_head(
+    model: RankingModel, split: SplitLike, cfg: ItemHeadConfig, max_history: int, seed: int = 0, block_size: int = 1024
+) -> ItemHead:
+    """The head of a ``train.refit_epochs`` model, every choice given by ``cfg``: nothing is chosen.
+
+    Each grid :meth:`ItemHeadConfig.choice_grids` names holds one value (the config checks it): the
+    weights setting, the decay and the ``beta`` multiplier ``m``. ``W`` is fitted on ``split.train`` +
+    ``split.val`` (what the refit trained on) and ``beta = c * m`` with ``c`` measured on ``model``'s
+    scores of the validation users, or of the training users where ``split.val`` is empty (``c``
+    reads histories, not held-out items).
+
+    Raises:
+        ValueError: a grid holds more than one value, or ``cfg.method`` is ``"none"``.
+    """
+    if not cfg.enabled:
+        raise ValueError("`item_head.method` is 'none': there is no head to fit")
+    grids = cfg.choice_grids()
+    several = {name: values for name, values in grids.items() if len(values) != 1}
+    if several:
+        raise ValueError(f"a head fitted without validation takes one value per grid; {several} hold several")
+    only = _only(cfg, cfg.method, next(iter(grids.values()))[0], cfg.keep, cfg.history_decays[0])
+    return _fit_fixed(model, split, only, cfg.betas[0], "fixed", [], max_history, seed, block_size)
+
+
+def _only(cfg: ItemHeadConfig, method: str, value: float, keep: int, decay: float) -> ItemHeadConfig:
+    """``cfg`` narrowed to one weights setting (of ``method``'s grid) and one decay."""
+    cfg = dataclasses.replace(cfg, method=method, keep=keep, history_decays=(float(decay),))
+    if method == "ease":
+        return dataclasses.replace(cfg, ease_lambdas=(float(value),))
+    if method == "itemknn":
+        return dataclasses.replace(cfg, knn_neighbors=(int(value),))
+    return dataclasses.replace(cfg, seq_windows=(int(value),))
+
+
+def _fit_fixed(
+    model: RankingModel,
+    split: SplitLike,
+    only: ItemHeadConfig,
+    multiplier: float,
+    stage: str,
+    selection: list[dict[str, Any]],
+    max_history: int,
+    seed: int,
+    block_size: int,
+) -> ItemHead:
+    """The head of ``only``'s single setting, ``W`` on train + val and ``beta = c * multiplier``."""
+    t0 = time.perf_counter()
+    decay = only.history_decays[0]
+    scale_split: SplitLike = split
+    if not len(split.val):  # a retrain on every row: the training users' histories give c
+        scale_split = _ValSplit(split)
+        scale_split.val = split.train
+    val = _val_users(model, scale_split, only, max_history, seed)
     merged = _ValSplit(split)  # only its train is read below: the training + validation rows
     merged.train = pd.concat([split.train, split.val], ignore_index=True)
-    weights, _ = next(_weight_grid(only, merged, val.index, block_size))
+    weights, params = next(_weight_grid(only, merged, val.index, block_size))
     vectors, queries = _model_scores(model, val, block_size)
-    scale = _score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), chosen.decay), weights, block_size)
+    scale = _score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), decay), weights, block_size)
     beta = scale * multiplier if scale > 0 else 0.0
-    record = {"stage": "refit", "rows": len(merged.train), "scale": scale, "multiplier": multiplier, "beta": beta,
+    record = {"stage": stage, "rows": len(merged.train), "scale": scale, "multiplier": multiplier, "beta": beta,
               "seconds": _since(t0)}  # fmt: skip
-    logger.info("item head refitted on %d rows in %.1f s: beta %.4g", len(merged.train), _since(t0), beta)
-    return ItemHead(weights, float(beta), chosen.method, dict(chosen.params), [*chosen.selection, record], chosen.decay)
+    logger.info("item head %s on %d rows in %.1f s: beta %.4g", stage, len(merged.train), _since(t0), beta)
+    return ItemHead(weights, float(beta), only.method, dict(params), [*selection, record], decay)
 
 
 def _since(t: float) -> float:
@@ -305,7 +361,8 @@ def fit_and_save(model_dir: str | Path, split: SplitLike, selection_dir: str | P
 
     With ``selection_dir`` (``train.refit``'s early-stopped run, whose validation rows are unseen) the
     head is chosen there and stored with it, then refitted (:func:`refit_item_head`) for the refit
-    model in ``model_dir``.
+    model in ``model_dir``. With ``train.refit_epochs`` (no selection run) it is
+    :func:`fixed_item_head`.
 
     Returns:
         the head stored in ``model_dir``.
@@ -317,6 +374,10 @@ def fit_and_save(model_dir: str | Path, split: SplitLike, selection_dir: str | P
 
     chooser = TrainedModel.load(selection_dir if selection_dir is not None else model_dir)
     cfg = chooser.config
+    if cfg.train.refit_epochs:  # a refit with no selection run: nothing to choose on
+        head = fixed_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+        head.save(Path(model_dir) / HEAD_DIR)
+        return head
     head = fit_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
     if selection_dir is not None:
         head.save(Path(selection_dir) / HEAD_DIR)
@@ -332,6 +393,8 @@ def describe(head: ItemHead, metric: str) -> str:
     without = next((r[metric] for r in rows if r["beta"] == 0.0), float("nan"))
     best = max((r[metric] for r in rows), default=float("nan"))
     params = ", ".join([f"{k} {v:g}" for k, v in head.params.items()] + [f"decay {head.decay:g}"])
+    if not rows:  # fixed_item_head: nothing was chosen on validation
+        return f"item head {head.method} ({params}), beta {head.beta:.4g}: fixed by the config, not chosen"
     verdict = "kept" if head.active else "not kept: it does not help on validation"
     return (f"item head {head.method} ({params}), beta {head.beta:.4g}: valid {metric} {best:.4f} with it, "
             f"{without:.4f} without ({verdict})")  # fmt: skip
