@@ -184,8 +184,9 @@ def test_experiment_end_to_end_writes_report_json_plots_and_resumes(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("once", [False, True], ids=["selection-run", "refit-epochs"])
 def test_experiment_scores_a_variant_with_its_head_refitted_with_the_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    once: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from recfuse.evaluation.result import EvalResult
     from recfuse.itemitem import load_item_head
@@ -194,15 +195,21 @@ def test_experiment_scores_a_variant_with_its_head_refitted_with_the_model(
     exp = tmp_path / "exp.toml"
     concat = 'overrides = { "model.fusion" = "concat" }'
     assert concat in FAST_EXPERIMENT
+    fixed = ', "train.refit_epochs" = 1, "item_head.history_decays" = [1.0], "item_head.betas" = [0.5]' if once else ""
     with_head = concat.replace(' }', ', "item_head.method" = "itemknn", "item_head.knn_neighbors" = [5], '
-                                     '"train.refit" = true, "train.min_epochs" = 0 }')  # fmt: skip
+                                     f'"train.refit" = true, "train.min_epochs" = 0{fixed} }}')  # fmt: skip
     exp.write_text(FAST_EXPERIMENT.replace("seeds = [1, 2]", "seeds = [1]").replace(concat, with_head))
     out = tmp_path / "out"
     assert main(["experiment", "--config", str(exp), "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
     model_dir = out / "runs" / "concat" / "seed-1" / "model"
-    chosen, served = load_item_head(model_dir / "selection" / "item_head"), load_item_head(model_dir / "item_head")
-    assert served.selection[:-1] == chosen.selection and served.selection[-1]["stage"] == "refit"
+    served = load_item_head(model_dir / "item_head")
+    if once:  # train.refit_epochs: one training, and the head's choices are the config's
+        assert not (model_dir / "selection").exists()
+        assert [r["stage"] for r in served.selection] == ["fixed"] and served.selection[0]["multiplier"] == 0.5
+    else:
+        chosen = load_item_head(model_dir / "selection" / "item_head")
+        assert served.selection[:-1] == chosen.selection and served.selection[-1]["stage"] == "refit"
     # the run was scored with the refitted head, as `recfuse train` would serve it; the control has none
     info = EvalResult.load(out / "runs" / "concat" / "seed-1" / "eval.json").info["item_head"]
     assert info["params"] == {"neighbors": 5, "keep": 200} and info["beta"] == served.beta
