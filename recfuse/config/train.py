@@ -72,8 +72,8 @@ class TrainConfig:
     # for the best epoch's count, and write that one; the early-stopped run stays in OUT/selection; under
     # leave-one-out the validation rows are each user's latest interaction, which the early-stopped model
     # never trains on; `recfuse train`, `recfuse experiment` and recfuse.training.refit.train_refit do it
-    # (their baselines are refitted too); it doubles the training time and needs a validation split and
-    # in-memory training rows
+    # (their baselines are refitted too); it doubles the training time (not with refit_epochs) and needs
+    # in-memory training rows and, unless refit_epochs is set, a validation split
     refit: bool = False
     # with ``refit``: 0 = the early-stopped selection run chooses the refit's epoch count; N > 0 = no
     # selection run: the refit trains on the training and validation rows for N epochs (one training,
