@@ -21,9 +21,11 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import logging
 import sys
+import time
 from typing import Any
 
 import faiss
@@ -35,6 +37,9 @@ HUGE_PAGE = 2 << 20
 MIN_BYTES = 2 * HUGE_PAGE
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
+#: MADV_COLLAPSE tries per array: EAGAIN is transient (e.g. freshly faulted pages still queued on
+#: another CPU's LRU list after the thread moved; more likely on a loaded machine)
+COLLAPSE_TRIES = 4
 
 
 @functools.cache
@@ -99,8 +104,19 @@ def advise_hugepages(index: faiss.Index) -> int:
         if madvise(start, stop - start, _MADV_HUGEPAGE) != 0:
             logger.debug("madvise(MADV_HUGEPAGE) on %s failed: errno %d", name, ctypes.get_errno())
             return done  # THP disabled or unsupported: the rest would fail the same way
-        if madvise(start, stop - start, _MADV_COLLAPSE) == 0:
+        if _collapse(madvise, start, stop - start):
             done += stop - start
         else:  # older kernel: khugepaged may still collapse the advised range later
             logger.debug("madvise(MADV_COLLAPSE) on %s failed: errno %d", name, ctypes.get_errno())
     return done
+
+
+def _collapse(madvise: Any, start: int, length: int) -> bool:
+    """``MADV_COLLAPSE`` on the range, tried again while the kernel answers EAGAIN (transient)."""
+    for attempt in range(COLLAPSE_TRIES):
+        if madvise(start, length, _MADV_COLLAPSE) == 0:
+            return True
+        if ctypes.get_errno() != errno.EAGAIN:
+            return False
+        time.sleep(0.001 * (attempt + 1))
+    return False
