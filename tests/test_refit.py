@@ -86,13 +86,17 @@ def test_refit_trains_on_train_and_validation_for_the_selection_runs_best_epoch(
 
 
 def test_refit_epochs_trains_on_every_row_without_validation_rows(data, tmp_path: Path) -> None:
-    from recfuse.training.refit import train_refit
+    from recfuse.training.refit import SELECTION_DIR, train_refit
 
     root, ds, split = data
     no_val = dataclasses.replace(split, val=split.val.iloc[:0])
+    stale = tmp_path / SELECTION_DIR  # an earlier training's selection run in the same directory
+    stale.mkdir()
+    (stale / "model.json").write_text("{}")
     runs = train_refit(_cfg(root, tmp_path, refit=True, refit_epochs=1), ds, no_val, tmp_path, progress=False)
     assert runs.selection is None and runs.final.epochs_run == 1 and runs.final.examples == len(split.train)
     assert _counts(tmp_path) == len(split.train)
+    assert not stale.exists()  # replaced with the model it chose the epochs of, not left for a reader to find
 
 
 def test_refit_epochs_is_refused_without_refit_or_with_a_head_grid_to_choose_from(data, tmp_path: Path) -> None:

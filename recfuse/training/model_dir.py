@@ -18,6 +18,8 @@ Layout of ``out_dir`` (read by :class:`recfuse.models.trained.TrainedModel`)::
     popularity.parquet         item_id, count (training interactions)
     history.json, train_state.json
     checkpoints/, tensorboard/ training work dirs (resume), moved over from the previous dir
+    selection/                 train.refit's early-stopped run (recfuse.training.refit), moved over
+                               only into the refit it chose the epochs of
 
 Atomicity: everything is written into a sibling temp dir (fsynced), the work dirs are moved into it,
 then the old directory is renamed aside and the temp dir renamed into place.
@@ -119,7 +121,11 @@ def write_model_dir(
     )
     _fsync_tree(tmp)
     if out.exists():
-        for name in WORK_DIRS:
+        # a selection run belongs to the refit that follows it (train.refit without refit_epochs);
+        # any other training replaces the earlier model and its selection run with it
+        refit_of_selection = cfg.train.refit and not cfg.train.refit_epochs
+        keep = [n for n in WORK_DIRS if refit_of_selection or n != SELECTION_DIR]
+        for name in keep:
             if (out / name).exists():
                 os.replace(out / name, tmp / name)
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
