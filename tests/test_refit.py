@@ -96,7 +96,7 @@ def test_refit_epochs_trains_on_every_row_without_validation_rows(data, tmp_path
     runs = train_refit(_cfg(root, tmp_path, refit=True, refit_epochs=1), ds, no_val, tmp_path, progress=False)
     assert runs.selection is None and runs.final.epochs_run == 1 and runs.final.examples == len(split.train)
     assert _counts(tmp_path) == len(split.train)
-    assert not stale.exists()  # replaced with the model it chose the epochs of, not left for a reader to find
+    assert not stale.exists()  # it went with the model it chose epochs for, not left beside the new one
 
 
 def test_refit_epochs_is_refused_without_refit_or_with_a_head_grid_to_choose_from(data, tmp_path: Path) -> None:
