@@ -37,8 +37,8 @@ HUGE_PAGE = 2 << 20
 MIN_BYTES = 2 * HUGE_PAGE
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
-#: MADV_COLLAPSE tries per array: EAGAIN is transient (e.g. freshly faulted pages still queued on
-#: another CPU's LRU list after the thread moved; more likely on a loaded machine)
+#: MADV_COLLAPSE tries per array: the kernel documents EAGAIN as a transient failure (it can come
+#: from pages it cannot take at that moment, more often on a loaded machine)
 COLLAPSE_TRIES = 4
 
 
