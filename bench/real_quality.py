@@ -45,7 +45,9 @@ Usage:
         [--epochs 20] [--reuse] [--text-vectors FILE] [--heads ease,sequential] [--set KEY=VALUE ...]
 
 ``--heads`` fits each named item-item head (``[item_head]``, chosen on the validation split cut from
-the training rows) on every trained model and scores ``VARIANT+METHOD`` beside the towers alone.
+the training rows) on every trained model and scores ``VARIANT+METHOD`` beside the towers alone;
+``METHOD+content`` is the same head with the content term of ``--set item_head.content_modality=NAME``
+(``METHOD`` alone leaves it out).
 With ``train.refit`` the head is chosen with the selection run and refitted for the refit model
 (:func:`recfuse.evaluation.item_head.refit_item_head`), as ``recfuse train`` does. With
 ``--set train.refit_epochs=N`` there is no selection run: the model trains once on train + valid for
@@ -462,7 +464,7 @@ def run_protocol(args: argparse.Namespace, protocol: str, overrides: dict[str, A
 def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split: Split, data: DataConfig,
                     protocol_cfg: EvalConfig, overrides: dict[str, Any]) -> tuple[Rows, Rows]:  # fmt: skip
     from recfuse.evaluation.fullrank import evaluate_model
-    from recfuse.evaluation.item_head import fit_item_head, fixed_item_head, refit_item_head
+    from recfuse.evaluation.item_head import content_vectors, fit_item_head, fixed_item_head, refit_item_head
     from recfuse.itemitem import HEAD_DIR
     from recfuse.models.trained import TrainedModel
     from recfuse.training.refit import SELECTION_DIR, train_refit
@@ -498,17 +500,29 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
             selection_run = cfg.train.refit and not cfg.train.refit_epochs
             chooser = TrainedModel.load(out / SELECTION_DIR) if selection_run else model
             methods = [m for m in args.heads.split(",") if m]
-            methods = methods or ([cfg.item_head.method] if cfg.item_head.enabled else [])
+            default = cfg.item_head.method + ("+content" if cfg.item_head.content_modality else "")
+            methods = methods or ([default] if cfg.item_head.enabled else [])
             runs: list[tuple[str, Any, float]] = [(variant, model, 0.0)]  # towers alone, then each head
             for method in methods:  # refitted on reuse too: the towers do not depend on [item_head]
                 t3 = time.perf_counter()
-                head_cfg = dataclasses.replace(cfg.item_head, method=method)
+                # METHOD+content keeps the config's content term (item_head.content_modality); METHOD drops it
+                base, _, term = method.partition("+")
+                if term not in ("", "content") or (term and not cfg.item_head.content_modality):
+                    raise SystemExit(f"--heads {method!r}: write METHOD or METHOD+content (which needs "
+                                     "--set item_head.content_modality=NAME)")  # fmt: skip
+                modality_name = cfg.item_head.content_modality if term else ""
+                head_cfg = dataclasses.replace(cfg.item_head, method=base, content_modality=modality_name)
+                content = None  # the content term's vectors, catalog order
+                if head_cfg.content_modality:
+                    modality = next(m for m in cfg.modalities if m.name == head_cfg.content_modality)
+                    content = content_vectors(dataset.items, modality, model.item_ids)
                 if cfg.train.refit_epochs:
-                    head = fixed_item_head(model, split, head_cfg, cfg.data.max_history, seed=seed)
+                    head = fixed_item_head(model, split, head_cfg, cfg.data.max_history, seed=seed, content=content)
                 else:
-                    head = fit_item_head(chooser, split, head_cfg, cfg.data.max_history, seed=seed)
+                    head = fit_item_head(chooser, split, head_cfg, cfg.data.max_history, seed=seed, content=content)
                 if selection_run:  # the same choices; W on train + valid and beta on the refit towers' scale
-                    head = refit_item_head(model, split, head, head_cfg, cfg.data.max_history, seed=seed)
+                    head = refit_item_head(model, split, head, head_cfg, cfg.data.max_history, seed=seed,
+                                           content=content)  # fmt: skip
                 head.save(Path(model_dir) / HEAD_DIR)  # the last one stays with the model
                 with_it = dataclasses.replace(model, item_head=head)
                 runs.append((f"{variant}+{method}", with_it, time.perf_counter() - t3))
@@ -653,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-vectors", default="", help="catalog with a 384-d text_vec column (recfuse features --text) "
                    "for the minilm_tags variant; the same item ids as the converted catalog")  # fmt: skip
     p.add_argument("--heads", default="", help="item-item heads to fit on each trained model and score beside it, "
-                   "e.g. ease,sequential (default: the config's item_head.method, if any)")
+                   "e.g. ease,sequential; ease+content adds the content term of item_head.content_modality "
+                   "(default: the config's item_head, if any)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=20, help="train.epochs cap (early stopping on valid)")
     p.add_argument("--reuse", action="store_true", help="evaluate a model directory left by an earlier run when its "
                    "stored config and split are exactly this run's (else train it again)")  # fmt: skip

@@ -10,8 +10,10 @@ item-item head adds that signal to the model's score:
 ``W`` is sparse: row ``i`` (a history item) keeps its ``keep`` largest weights. ``beta`` is chosen on
 the validation split by :func:`recfuse.evaluation.item_head.fit_item_head` (0 when the head does not
 help, so the head never makes a model worse on validation). Items with no training interaction
-have no row and no column: the head adds nothing to them, which also means it does not lift cold
-items in a mixed ranking (their content score alone must do that).
+have no row and no column in the interaction weights. An optional content term
+(``[item_head] content_modality``: each item's nearest items by cosine of a vector modality) is
+folded into ``W`` as ``W + (content_beta / beta) C``; it needs no interaction, so it also scores
+items of the catalog that had none. Items added after the fit have empty rows and columns.
 
 This module is numpy + scipy only (no TensorFlow): training, evaluation and the serving
 ``Recommender`` share it. The weights come from :mod:`recfuse.item_weights` (EASE, item-kNN,

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from recfuse.config import ItemHeadConfig, RecfuseConfig
 from recfuse.errors import ArtifactError, ConfigError
-from recfuse.item_weights import ease_weights, knn_weights, prune_rows, sequential_weights
+from recfuse.item_weights import content_weights, ease_weights, knn_weights, prune_rows, sequential_weights
 from recfuse.itemitem import ItemHead, load_item_head
 
 
@@ -61,6 +61,28 @@ def test_knn_weights_are_each_targets_most_similar_items() -> None:
         assert len(nz) == 2
         np.testing.assert_allclose(w[nz, j], cos[nz, j], atol=1e-6)
         assert cos[nz, j].min() >= np.sort(cos[:, j])[-2] - 1e-6
+
+
+def test_content_weights_are_each_items_nearest_vectors_by_cosine() -> None:
+    vectors = np.array([[2, 0, 0], [1, 0.5, 0], [0, 1, 0], [0, 0, 0], [-1, 0, 0], [np.nan, 1, 0]], np.float32)
+    w = content_weights(vectors, neighbors=2, block=2)  # blocks of 2 rows: the result does not depend on it
+    assert w.dtype == np.float32 and w.shape == (6, 6)
+    unit = vectors[:3] / np.linalg.norm(vectors[:3], axis=1, keepdims=True)
+    cos = unit @ unit.T
+    expected = np.zeros((6, 6), np.float32)
+    expected[0, [1]] = cos[0, 1]  # item 2 is orthogonal to item 0 (cosine 0): positive similarities only
+    expected[1, [0, 2]] = cos[1, [0, 2]]
+    expected[2, [1]] = cos[2, 1]
+    np.testing.assert_allclose(w.toarray(), expected, rtol=1e-6)
+    # an all-zero vector and one with a NaN (no content) have no row and are nobody's neighbour;
+    # item 4 points away from every other item: no positive neighbour
+    assert w[3].nnz == w[5].nnz == w[4].nnz == 0 and w[:, 3].nnz == w[:, 5].nnz == 0
+    assert (content_weights(vectors, neighbors=2, block=1024) != w).nnz == 0
+    assert np.diff(content_weights(np.eye(4, dtype=np.float32) + 0.1, neighbors=1).indptr).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"`vectors` must be \[n, dim\], got shape \(3,\)"):
+        content_weights(np.ones(3, np.float32), 1)
+    with pytest.raises(ValueError, match="`neighbors` must be >= 1, got 0"):
+        content_weights(vectors, 0)
 
 
 def test_sequential_weights_sum_inverse_gaps_within_a_user() -> None:
@@ -174,3 +196,28 @@ def test_config_section_validates_with_named_keys() -> None:
         ItemHeadConfig(seq_windows=(0,))
     with pytest.raises(ConfigError, match=r"did you mean 'method'"):
         RecfuseConfig.from_dict({"modalities": [], "item_head": {"methd": "ease"}})
+
+
+def test_config_content_term_names_a_vector_modality() -> None:
+    audio = {"name": "audio", "kind": "vector", "columns": ["audio_vec"], "dim": 8}
+    text = {"name": "text", "kind": "text"}
+    head = {"method": "ease", "content_modality": "audio"}
+    cfg = RecfuseConfig.from_dict({"modalities": [audio, text], "item_head": head})
+    assert cfg.item_head.content_modality == "audio" and cfg.item_head.content_neighbors == 100
+    assert "content_betas" in cfg.item_head.choice_grids()
+    plain = RecfuseConfig.from_dict({"modalities": [], "item_head": {"method": "ease"}})
+    assert "content_betas" not in plain.item_head.choice_grids()
+    with pytest.raises(ConfigError, match=r"`item_head.content_modality` = 'text' must name a declared modality with "
+                                          r"vector input .* those here: \['audio'\]"):  # fmt: skip
+        RecfuseConfig.from_dict({"modalities": [audio, text], "item_head": {**head, "content_modality": "text"}})
+    with pytest.raises(ConfigError, match=r"`item_head.method` is 'none': set a method"):
+        RecfuseConfig.from_dict({"modalities": [audio], "item_head": {"content_modality": "audio"}})
+    with pytest.raises(ConfigError, match=r"`item_head.content_betas` must be a non-empty list of finite numbers > 0"):
+        ItemHeadConfig(content_betas=())
+    with pytest.raises(ConfigError, match=r"`item_head.content_neighbors`"):
+        ItemHeadConfig(content_neighbors=0)
+    # trained once (no selection run), the content multiplier needs one value like every other grid
+    with pytest.raises(ConfigError, match=r"'content_betas': \(0.01, 0.02, 0.04, 0.08\)"):
+        RecfuseConfig.from_dict({"modalities": [audio], "train": {"refit": True, "refit_epochs": 3},
+                                 "item_head": {**head, "ease_lambdas": [100.0], "history_decays": [1.0],
+                                               "betas": [0.06]}})  # fmt: skip

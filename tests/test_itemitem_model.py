@@ -143,6 +143,78 @@ def test_a_best_beta_at_either_end_of_the_grid_warns(
         assert warned == []
 
 
+def _audio_vectors(model: Any) -> tuple[Any, np.ndarray]:
+    import pandas as pd
+
+    from recfuse.config import ModalityConfig
+    from recfuse.evaluation.item_head import content_vectors
+
+    items = pd.read_parquet(model.config.data.items)
+    audio = ModalityConfig(name="audio", kind="vector", columns=("audio_vec",), dim=8)
+    return items, content_vectors(items, audio, model.item_ids)
+
+
+def test_content_term_is_chosen_with_beta_fixed_and_folded_into_the_weights(trained: tuple[Any, Any, Path]) -> None:
+    from recfuse.item_weights import content_weights
+
+    model, split, _ = trained
+    items, content = _audio_vectors(model)
+    assert content.shape == (len(model.item_ids), 8)
+    by_id = dict(zip(items["item_id"].astype(str), items["audio_vec"]))
+    np.testing.assert_array_equal(content[3], np.asarray(by_id[model.item_ids[3]], np.float32))
+    base = ItemHeadConfig(method="ease", ease_lambdas=(10.0,), keep=10, betas=(2.0,), history_decays=(1.0,))
+    cfg = dataclasses.replace(base, content_modality="audio", content_neighbors=5, content_betas=(0.5, 2.0, 8.0))
+    plain = fit_item_head(model, split, base, MAX_HISTORY)
+    head = fit_item_head(model, split, cfg, MAX_HISTORY, content=content)
+    rows = [r for r in head.selection if r["stage"] == "content"]
+    assert [r["multiplier"] for r in rows] == [0.0, 0.5, 2.0, 8.0] and rows[0]["content_beta"] == 0.0
+    assert all(r["modality"] == "audio" and r["neighbors"] == 5 for r in rows)
+    best = max(rows, key=lambda r: r["ndcg@10"])
+    assert head.params["content_multiplier"] == best["multiplier"] and head.params["content_neighbors"] == 5
+    assert head.params["content_beta"] == pytest.approx(best["content_beta"])
+    # beta and the EASE weights are chosen as without the content term; C joins W as (content_beta / beta) C
+    c = content_weights(content, 5).toarray()
+    if best["multiplier"] == 0.0:  # the content term does not help here: the head is the plain one
+        assert head.beta == plain.beta and (head.weights != plain.weights).nnz == 0
+    elif plain.beta > 0:
+        assert head.beta == pytest.approx(plain.beta)
+        want = plain.weights.toarray() + best["content_beta"] / plain.beta * c
+        np.testing.assert_allclose(head.weights.toarray(), want, rtol=1e-5, atol=1e-7)
+    else:  # the EASE part was chosen off: the content term alone, at its own weight
+        assert head.params["content_only"] == 1 and head.beta == pytest.approx(best["content_beta"])
+        np.testing.assert_array_equal(head.weights.toarray(), c)
+    assert rows[0]["ndcg@10"] == pytest.approx(max(r["ndcg@10"] for r in plain.selection if r["stage"] == "beta"))
+
+    # trained once: the one multiplier given, on the model's score scale; the scores are the two terms' sum
+    fixed = fixed_item_head(model, split, dataclasses.replace(cfg, content_betas=(2.0,)), MAX_HISTORY, content=content)
+    alone = fixed_item_head(model, split, base, MAX_HISTORY)
+    record = fixed.selection[-1]
+    assert record["content_multiplier"] == 2.0 and record["content_scale"] > 0
+    assert record["content_beta"] == pytest.approx(record["content_scale"] * 2.0)
+    profiles = fixed.profile_rows([np.array([0, 5, 9]), np.array([2])])
+    np.testing.assert_allclose(
+        fixed.beta * fixed.scores(profiles),
+        alone.beta * alone.scores(profiles) + record["content_beta"] * (profiles @ c),
+        rtol=1e-4, atol=1e-6,
+    )  # fmt: skip
+
+    # a refit keeps the content multiplier; a head whose EASE part was chosen off keeps the content term alone
+    refit = refit_item_head(model, split, head, cfg, MAX_HISTORY, content=content)
+    assert refit.params["content_multiplier"] == head.params["content_multiplier"]
+    only = dataclasses.replace(head, params={**head.params, "content_only": 1, "content_multiplier": 2.0})
+    refit_only = refit_item_head(model, split, only, cfg, MAX_HISTORY, content=content)
+    assert refit_only.params["content_only"] == 1 and refit_only.selection[-1]["multiplier"] == 0.0
+    np.testing.assert_array_equal(refit_only.weights.toarray(), c.astype(np.float32))
+    assert refit_only.beta == pytest.approx(refit_only.selection[-1]["content_beta"]) and refit_only.beta > 0
+
+    with pytest.raises(ValueError, match=r"`item_head.content_modality` = 'audio' but no content vectors were passed"):
+        fit_item_head(model, split, cfg, MAX_HISTORY)
+    with pytest.raises(ValueError, match=r"content vectors must be \[\d+, dim\] \(one row per catalog item\)"):
+        fixed_item_head(model, split, dataclasses.replace(cfg, content_betas=(2.0,)), MAX_HISTORY, content=content[1:])
+    with pytest.raises(ValueError, match=r"exceeds `item_head.content_max_items` = 10"):
+        fit_item_head(model, split, dataclasses.replace(cfg, content_max_items=10), MAX_HISTORY, content=content)
+
+
 def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, Path]) -> None:
     from recfuse.models.trained import TrainedModel
 
@@ -216,3 +288,28 @@ def test_train_command_fits_and_stores_the_head(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert code == 3 and "`item_head.method` = 'itemknn'" in err and "item_head.method = 'none'" in err
     assert not (tmp_path / "m2").exists()
+
+
+def test_train_command_fits_a_content_term_from_the_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from recfuse.cli.main import main
+    from recfuse.data.synthetic import generate
+    from recfuse.models.trained import TrainedModel
+
+    data_dir = tmp_path / "data"
+    generate(data_dir, n_items=120, n_users=60, seed=1)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'[[modalities]]\nname = "audio"\nkind = "vector"\ncolumns = ["audio_vec"]\ndim = 8\n'
+        f'[data]\nitems = "{data_dir / "items.parquet"}"\ninteractions = "{data_dir / "interactions.parquet"}"\n'
+        f"max_history = {MAX_HISTORY}\n[model]\ndim = 16\nquery_hidden = [16]\n[train]\nepochs = 1\nbatch_size = 128\n"
+        '[item_head]\nmethod = "itemknn"\nknn_neighbors = [10]\nbetas = [1.0]\ncontent_modality = "audio"\n'
+        "content_neighbors = 7\ncontent_betas = [0.5, 2.0]\n",
+        encoding="utf-8",
+    )
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "item head itemknn (neighbors 10, keep 200, content_neighbors 7, content_multiplier " in out
+    head = TrainedModel.load(tmp_path / "model").item_head
+    assert head is not None and head.params["content_neighbors"] == 7
+    rows = [r for r in head.selection if r["stage"] == "content"]
+    assert [r["multiplier"] for r in rows] == [0.0, 0.5, 2.0] and head.params["content_multiplier"] in (0.0, 0.5, 2.0)

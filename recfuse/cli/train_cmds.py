@@ -178,20 +178,21 @@ def _train(args: argparse.Namespace) -> int:
         print(f"refit on train + val for {runs.final.epochs_run} epochs ({runs.final.examples} examples, "
               f"{runs.final.seconds:.0f} s); the early-stopped run is in {result.model_dir}")  # fmt: skip
         selection_dir, result = result.model_dir, runs.final
-    _fit_head(cfg, result.model_dir, split, selection_dir)
+    _fit_head(cfg, result.model_dir, split, selection_dir, dataset.items)
     print(f"model directory: {result.model_dir}")
     return 0
 
 
-def _fit_head(cfg: Any, model_dir: Any, split: Any, selection_dir: Any = None) -> None:
+def _fit_head(cfg: Any, model_dir: Any, split: Any, selection_dir: Any = None, items: Any = None) -> None:
     """Fit and store the ``[item_head]`` the config asks for (nothing when its method is ``"none"``);
-    with ``selection_dir`` (``train.refit``) chosen on that run and refitted for ``model_dir``."""
+    with ``selection_dir`` (``train.refit``) chosen on that run and refitted for ``model_dir``;
+    ``items`` (the catalog) gives a content term its vectors."""
     if not cfg.item_head.enabled:
         return
     from recfuse.evaluation.item_head import describe, fit_and_save
 
     started = time.perf_counter()
-    head = fit_and_save(model_dir, split, selection_dir)
+    head = fit_and_save(model_dir, split, selection_dir, items)
     refit = ", refitted on train + val" if selection_dir is not None else ""
     print(f"{describe(head, cfg.item_head.select_metric)}{refit} ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -233,6 +234,6 @@ def _train_on_ray(args: argparse.Namespace, cfg: Any, overrides: dict[str, Any],
     if cfg.item_head.enabled:
         from recfuse.data.splits import split_for
 
-        _fit_head(cfg, model_dir, split_for(dataset.interactions, cfg.data))
+        _fit_head(cfg, model_dir, split_for(dataset.interactions, cfg.data), items=dataset.items)
     print(f"model directory: {model_dir}")
     return 0

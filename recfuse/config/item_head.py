@@ -21,8 +21,9 @@ class ItemHeadConfig:
     head is kept only where it ranks the validation users better. It is stored in the model
     directory and in each bundle, and the server applies it (a re-rank of the index's candidates
     and the history items' neighbours). On random per-user splits of real data it is what lifts
-    recfuse above EASE; it adds nothing to items without training interactions (cold items), so
-    measure the cold segment too (docs/decisions.md, "Item-item head").
+    recfuse above EASE; its interaction weights add nothing to items without training
+    interactions (cold items), so measure the cold segment too (docs/decisions.md, "Item-item
+    head"). The content term (``content_modality``) adds each item's nearest items by content.
 
     Attributes:
         method: ``"none"`` (no head), ``"ease"`` (EASE^R weights; one dense ``m x m`` float32 inverse
@@ -44,6 +45,16 @@ class ItemHeadConfig:
         candidates: served re-rank: the index's top ``k + candidates`` items and the history items'
             strongest ``candidates`` neighbours are scored exactly, the best ``k`` returned.
         ease_max_items: refuse EASE above this many items with interactions (memory ``4 m^2`` bytes).
+        content_modality: name of a modality with a vector source (``kind = "vector"``, or text /
+            image with ``source = "vector"``): each item's ``content_neighbors`` nearest items by
+            cosine of its vectors join the head as a second term, ``content_beta * sum of C[history
+            item, item]``, stored folded into ``W``. Empty: no content term. It needs no
+            interaction, so items without training interactions get scores from it too.
+        content_neighbors: neighbours kept per item in the content term.
+        content_betas: multipliers tried for ``content_beta`` (relative to the model's score spread
+            over the content term's, as ``betas``), with ``beta`` already chosen; 0 is always tried.
+        content_max_items: refuse the content term above this many catalog items (its exact
+            neighbour search costs ``n^2 * dim`` multiply-adds).
     """
 
     method: str = "none"
@@ -57,11 +68,16 @@ class ItemHeadConfig:
     max_val_users: int = 5000
     candidates: int = 200
     ease_max_items: int = 50_000
+    content_modality: str = ""
+    content_neighbors: int = 100
+    content_betas: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08)
+    content_max_items: int = 200_000
 
     def __post_init__(self) -> None:
         check_choice("item_head", "method", self.method, ITEM_HEAD_METHODS)
         check_choice("item_head", "select_metric", self.select_metric, HEAD_SELECT_METRICS)
-        for name, values in (("ease_lambdas", self.ease_lambdas), ("betas", self.betas)):
+        for name, values in (("ease_lambdas", self.ease_lambdas), ("betas", self.betas),
+                             ("content_betas", self.content_betas)):  # fmt: skip
             if not values or any(not (math.isfinite(v) and v > 0) for v in values):
                 raise ConfigError(f"`item_head.{name}` must be a non-empty list of finite numbers > 0, got {values}")
         for name, ints in (("knn_neighbors", self.knn_neighbors), ("seq_windows", self.seq_windows)):
@@ -71,7 +87,7 @@ class ItemHeadConfig:
             raise ConfigError(
                 f"`item_head.history_decays` must be a non-empty list of numbers in (0, 1], got {self.history_decays}"
             )
-        for name in ("keep", "max_val_users", "candidates", "ease_max_items"):
+        for name in ("keep", "max_val_users", "candidates", "ease_max_items", "content_neighbors", "content_max_items"):
             check_range("item_head", name, getattr(self, name), lo=1)
 
     @property
@@ -82,4 +98,5 @@ class ItemHeadConfig:
         """The grids validation chooses from for ``method``: ``{field name: values}``."""
         weights = {"ease": "ease_lambdas", "itemknn": "knn_neighbors", "sequential": "seq_windows"}.get(self.method)
         names = ([weights] if weights else []) + ["history_decays", "betas"]
+        names += ["content_betas"] if self.content_modality else []
         return {name: tuple(float(v) for v in getattr(self, name)) for name in names}

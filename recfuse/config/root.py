@@ -52,6 +52,20 @@ class RecfuseConfig:
                 f"has an output at every history position); got query_encoder = {self.model.query_encoder!r}: "
                 "set it to 'transformer', or targets = 'last'"
             )
+        content = self.item_head.content_modality
+        if content:
+            sources = {m.name: m.source for m in self.modalities}
+            if not self.item_head.enabled:
+                raise ConfigError(
+                    f"`item_head.content_modality` = {content!r} adds a term to the item head, but "
+                    "`item_head.method` is 'none': set a method (e.g. 'ease'), or content_modality = ''"
+                )
+            if sources.get(content) != "vector":
+                vectors = sorted(n for n, src in sources.items() if src == "vector")
+                raise ConfigError(
+                    f"`item_head.content_modality` = {content!r} must name a declared modality with vector "
+                    f"input (kind 'vector', or source 'vector'); those here: {vectors or 'none'}"
+                )
         if self.train.refit_epochs and self.item_head.enabled:
             grids = {name: v for name, v in self.item_head.choice_grids().items() if len(v) != 1}
             if grids:

@@ -11,6 +11,11 @@
    ``c`` is the median over validation users of the ratio of the model scores' standard deviation to
    the head scores' (so the grid fits the model's score scale). The best ``beta`` wins; 0 when the
    head does not help.
+4. with ``item_head.content_modality`` set, the content term: each item's ``content_neighbors``
+   nearest items by cosine of the modality's vectors (:func:`recfuse.item_weights.content_weights`),
+   its weight ``content_beta = c' * m'`` chosen the same way (``m'`` in ``item_head.content_betas``, 0
+   always tried) with ``beta`` fixed; the head stores ``W + (content_beta / beta) C``, one matrix the
+   server reads as before (``C`` alone, as ``beta``, where ``beta`` is 0: ``params["content_only"]``).
 
 Validation users are those of ``split.val`` with a held-out catalog item (a seeded sample of
 ``item_head.max_val_users``); each query reads the user's training items (most recent first, cut to
@@ -35,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,17 +49,25 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recfuse.config import EvalConfig, ItemHeadConfig
+from recfuse.config import EvalConfig, ItemHeadConfig, ModalityConfig
+from recfuse.data.item_features import vector_column
 from recfuse.evaluation.baselines import validation_metric
 from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets
 from recfuse.evaluation.metrics import relevant_pairs
-from recfuse.item_weights import cut_rows, ease_weights, neighbour_matrix, sequential_weights, top_neighbours
+from recfuse.item_weights import (
+    content_weights,
+    cut_rows,
+    ease_weights,
+    neighbour_matrix,
+    sequential_weights,
+    top_neighbours,
+)
 from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, profile_matrix
 from recfuse.types import FloatArray
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["describe", "fit_and_save", "fit_item_head", "fixed_item_head", "refit_item_head"]
+__all__ = ["content_vectors", "describe", "fit_and_save", "fit_item_head", "fixed_item_head", "refit_item_head"]
 
 
 class _ValSplit:
@@ -73,6 +86,7 @@ def fit_item_head(
     max_history: int,
     seed: int = 0,
     block_size: int = 1024,
+    content: FloatArray | None = None,
 ) -> ItemHead:
     """The item-item head of ``model`` (see the module doc); ``cfg.method`` must not be ``"none"``.
 
@@ -83,13 +97,17 @@ def fit_item_head(
         max_history: history items a query reads (``data.max_history``): the head reads as many.
         seed: the validation sample's seed.
         block_size: users scored per block.
+        content: ``[n, dim]`` content vectors in ``model``'s catalog order (:func:`content_vectors`),
+            needed when ``cfg.content_modality`` is set.
 
     Raises:
         ValueError: ``cfg.method`` is ``"none"``, there are no validation users with a catalog item,
-            or EASE is asked for more items than ``cfg.ease_max_items``.
+            EASE is asked for more items than ``cfg.ease_max_items``, or the content term's vectors
+            are missing or do not fit the catalog.
     """
     if not cfg.enabled:
         raise ValueError("`item_head.method` is 'none': there is no head to fit")
+    _check_content(cfg, content, len(model.item_ids))
     t0 = time.perf_counter()
     val = _val_users(model, split, cfg, max_history, seed)
     users, exclude, index = val.users, val.exclude, val.index
@@ -139,8 +157,109 @@ def fit_item_head(
     for edge, word in ((max(cfg.betas), "largest"), (min(cfg.betas), "smallest")):
         if scale > 0 and best_beta == scale * edge and len(cfg.betas) > 1:
             logger.warning("item head: the best beta is the %s multiplier %s; widen `item_head.betas`", word, edge)
+    if cfg.content_modality:
+        assert content is not None
+        weights, best_beta, params = _choose_content(
+            cfg, content, queries, vectors, profiles, weights, best_beta, params, metric, selection, block_size
+        )
     logger.info("item head fitted in %.1f s: %s %s, beta %.4g", time.perf_counter() - t0, cfg.method, params, best_beta)
     return ItemHead(weights, float(best_beta), cfg.method, params, selection, decay)
+
+
+def content_vectors(items: pd.DataFrame, modality: ModalityConfig, item_ids: Sequence[str]) -> FloatArray:
+    """``[n, dim]`` float32 rows of ``modality``'s vector column for ``item_ids`` (a model's catalog
+    order): zeros for an item the table lacks or whose vector is null (it gets no content neighbours).
+
+    Raises:
+        SchemaError: a vector of the wrong width or with a non-finite value (names the item and column).
+    """
+    vec, mask = vector_column(items, modality)
+    pos = pd.Index(items["item_id"].astype(str)).get_indexer(pd.Index([str(i) for i in item_ids]))
+    out = np.zeros((len(item_ids), modality.dim), np.float32)
+    found = pos >= 0
+    out[found] = vec[pos[found]] * mask[pos[found], None]
+    return out
+
+
+def _check_content(cfg: ItemHeadConfig, content: FloatArray | None, n_items: int) -> None:
+    if not cfg.content_modality:
+        return
+    if content is None:
+        raise ValueError(
+            f"`item_head.content_modality` = {cfg.content_modality!r} but no content vectors were passed: "
+            "pass content_vectors(items, modality, model.item_ids)"
+        )
+    if content.ndim != 2 or content.shape[0] != n_items:
+        raise ValueError(f"content vectors must be [{n_items}, dim] (one row per catalog item), got {content.shape}")
+    if n_items > cfg.content_max_items:
+        raise ValueError(
+            f"the content term's exact neighbour search over {n_items} items exceeds "
+            f"`item_head.content_max_items` = {cfg.content_max_items} (it costs n^2 * dim multiply-adds): "
+            "raise the limit, or set content_modality = ''"
+        )
+
+
+def _choose_content(
+    cfg: ItemHeadConfig,
+    content: FloatArray,
+    queries: FloatArray,
+    vectors: FloatArray,
+    profiles: sp.csr_matrix,
+    weights: sp.csr_matrix,
+    beta: float,
+    params: dict[str, float | int],
+    metric: Any,
+    selection: list[dict[str, Any]],
+    block_size: int,
+) -> tuple[sp.csr_matrix, float, dict[str, float | int]]:
+    """Step 4 of the module doc: the content term's weight chosen with ``beta`` fixed, then folded."""
+    t = time.perf_counter()
+    c_weights = content_weights(content, cfg.content_neighbors, block_size)
+    scale = _score_scale(queries, vectors, profiles, c_weights, block_size)
+    best_m, best_score = 0.0, -1.0
+    for m in [0.0] + (list(cfg.content_betas) if scale > 0 else []):
+
+        def blended(s: int, e: int, m: float = m) -> FloatArray:
+            out = queries[s:e] @ vectors.T
+            if beta:
+                out += np.float32(beta) * (profiles[s:e] @ weights).toarray().astype(np.float32)
+            if m:
+                out += np.float32(scale * m) * (profiles[s:e] @ c_weights).toarray().astype(np.float32)
+            return out
+
+        score = metric(blended)
+        selection.append({"stage": "content", "modality": cfg.content_modality, "neighbors": cfg.content_neighbors,
+                          "content_beta": scale * m, "multiplier": m, cfg.select_metric: score,
+                          "seconds": _since(t)})  # fmt: skip
+        logger.info("item head content %s x%g: %s %.5f", cfg.content_modality, m, cfg.select_metric, score)
+        if score > best_score:
+            best_m, best_score = m, score
+        t = time.perf_counter()
+    if scale > 0 and best_m == max(cfg.content_betas) and len(cfg.content_betas) > 1:
+        logger.warning("item head: the best content multiplier is the largest, %s; widen `item_head.content_betas`",
+                       best_m)  # fmt: skip
+    return _fold(weights, beta, c_weights, scale * best_m, cfg.content_neighbors, best_m, params)
+
+
+def _fold(
+    weights: sp.csr_matrix,
+    beta: float,
+    c_weights: sp.csr_matrix,
+    c_beta: float,
+    neighbors: int,
+    multiplier: float,
+    params: dict[str, float | int],
+) -> tuple[sp.csr_matrix, float, dict[str, float | int]]:
+    """``(W + (c_beta / beta) C, beta)``, or ``(C, c_beta)`` where ``beta`` is 0, and the params that say so."""
+    params = {**params, "content_neighbors": int(neighbors), "content_multiplier": float(multiplier),
+              "content_beta": float(c_beta)}  # fmt: skip
+    if c_beta <= 0:
+        return weights, beta, params
+    if beta <= 0:
+        return c_weights, c_beta, {**params, "content_only": 1}
+    folded = sp.csr_matrix(weights + c_weights.multiply(np.float32(c_beta / beta)), dtype=np.float32)
+    folded.sort_indices()
+    return folded, beta, params
 
 
 @dataclass(frozen=True)
@@ -187,27 +306,31 @@ def refit_item_head(
     max_history: int,
     seed: int = 0,
     block_size: int = 1024,
+    content: FloatArray | None = None,
 ) -> ItemHead:
     """``chosen`` (fitted by :func:`fit_item_head` on the selection run) fitted again for the refit ``model``.
 
     The weights setting, the history decay and the ``beta`` multiplier stay as chosen; ``W`` is
     fitted on ``split.train`` + ``split.val`` (what the refit model trained on) and the score-scale
     ratio ``c`` is measured with ``model`` on the same validation users as the choice, so
-    ``beta = c * multiplier``. A head chosen at ``beta`` 0 stays at 0.
+    ``beta = c * multiplier``. A head chosen at ``beta`` 0 stays at 0. A content term keeps its
+    chosen multiplier the same way (its weights need no interaction: they are rebuilt as they were).
 
     Args:
         model: the refit model.
         split: the split before the refit (``train`` and ``val`` separate, as the choice saw them).
         chosen: the head :func:`fit_item_head` chose on the selection run.
         cfg: the ``[item_head]`` settings (``keep``, ``max_val_users``, ``ease_max_items``).
-        max_history, seed, block_size: as :func:`fit_item_head` (the same ``seed`` picks the same users).
+        max_history, seed, block_size, content: as :func:`fit_item_head` (the same ``seed`` picks the
+            same users).
 
     Raises:
         ValueError: ``chosen`` records no chosen ``beta`` in its selection table, or its params do
             not name its method's setting.
     """
+    _check_content(cfg, content, len(model.item_ids))
     multiplier = 0.0
-    if chosen.beta > 0:
+    if chosen.beta > 0 and not chosen.params.get("content_only"):
         rows = [r for r in chosen.selection if r.get("stage") == "beta" and r.get("beta") == chosen.beta]
         if not rows:
             raise ValueError(f"the chosen head's selection table has no row for its beta {chosen.beta}: re-fit it")
@@ -217,11 +340,19 @@ def refit_item_head(
         raise ValueError(f"the chosen {chosen.method} head's params {chosen.params} do not name its {setting!r}")
     keep = int(chosen.params.get("keep", cfg.keep))
     only = _only(cfg, chosen.method, float(chosen.params[setting]), keep, chosen.decay)
-    return _fit_fixed(model, split, only, multiplier, "refit", chosen.selection, max_history, seed, block_size)
+    c_multiplier = float(chosen.params.get("content_multiplier", 0.0)) if cfg.content_modality else 0.0
+    return _fit_fixed(model, split, only, multiplier, "refit", chosen.selection, max_history, seed, block_size,
+                      content, c_multiplier)  # fmt: skip
 
 
 def fixed_item_head(
-    model: RankingModel, split: SplitLike, cfg: ItemHeadConfig, max_history: int, seed: int = 0, block_size: int = 1024
+    model: RankingModel,
+    split: SplitLike,
+    cfg: ItemHeadConfig,
+    max_history: int,
+    seed: int = 0,
+    block_size: int = 1024,
+    content: FloatArray | None = None,
 ) -> ItemHead:
     """The head of a ``train.refit_epochs`` model, every choice given by ``cfg``: nothing is chosen.
 
@@ -229,10 +360,12 @@ def fixed_item_head(
     weights setting, the decay and the ``beta`` multiplier ``m``. ``W`` is fitted on ``split.train`` +
     ``split.val`` (what the refit trained on) and ``beta = c * m`` with ``c`` measured on ``model``'s
     scores of the validation users, or of the training users where ``split.val`` is empty (``c``
-    reads histories, not held-out items).
+    reads histories, not held-out items). A content term (``cfg.content_modality``, ``content`` as in
+    :func:`fit_item_head`) takes ``content_betas``' one multiplier the same way.
 
     Raises:
-        ValueError: a grid holds more than one value, or ``cfg.method`` is ``"none"``.
+        ValueError: a grid holds more than one value, ``cfg.method`` is ``"none"``, or the content
+            vectors are missing.
     """
     if not cfg.enabled:
         raise ValueError("`item_head.method` is 'none': there is no head to fit")
@@ -240,8 +373,11 @@ def fixed_item_head(
     several = {name: values for name, values in grids.items() if len(values) != 1}
     if several:
         raise ValueError(f"a head fitted without validation takes one value per grid; {several} hold several")
+    _check_content(cfg, content, len(model.item_ids))
     only = _only(cfg, cfg.method, next(iter(grids.values()))[0], cfg.keep, cfg.history_decays[0])
-    return _fit_fixed(model, split, only, cfg.betas[0], "fixed", [], max_history, seed, block_size)
+    c_multiplier = cfg.content_betas[0] if cfg.content_modality else 0.0
+    return _fit_fixed(model, split, only, cfg.betas[0], "fixed", [], max_history, seed, block_size,
+                      content, c_multiplier)  # fmt: skip
 
 
 def _only(cfg: ItemHeadConfig, method: str, value: float, keep: int, decay: float) -> ItemHeadConfig:
@@ -264,8 +400,11 @@ def _fit_fixed(
     max_history: int,
     seed: int,
     block_size: int,
+    content: FloatArray | None = None,
+    c_multiplier: float = 0.0,
 ) -> ItemHead:
-    """The head of ``only``'s single setting, ``W`` on train + val and ``beta = c * multiplier``."""
+    """The head of ``only``'s single setting, ``W`` on train + val and ``beta = c * multiplier``; with
+    ``c_multiplier`` > 0 the content term of ``content``, ``content_beta = c' * c_multiplier``, folded in."""
     t0 = time.perf_counter()
     decay = only.history_decays[0]
     scale_split: SplitLike = split
@@ -279,10 +418,20 @@ def _fit_fixed(
     vectors, queries = _model_scores(model, val, block_size)
     scale = _score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), decay), weights, block_size)
     beta = scale * multiplier if scale > 0 else 0.0
-    record = {"stage": stage, "rows": len(merged.train), "scale": scale, "multiplier": multiplier, "beta": beta,
-              "seconds": _since(t0)}  # fmt: skip
+    record = {"stage": stage, "rows": len(merged.train), "scale": scale, "multiplier": multiplier, "beta": beta}
+    params = dict(params)
+    if content is not None:  # a content term, off (multiplier 0) or on
+        c_weights, c_scale, c_beta = sp.csr_matrix(weights.shape, dtype=np.float32), 0.0, 0.0
+        if c_multiplier > 0:
+            profiles = profile_matrix(val.rows, len(val.index), decay)
+            c_weights = content_weights(content, only.content_neighbors, block_size)
+            c_scale = _score_scale(queries, vectors, profiles, c_weights, block_size)
+            c_beta = c_scale * c_multiplier if c_scale > 0 else 0.0
+        weights, beta, params = _fold(weights, beta, c_weights, c_beta, only.content_neighbors, c_multiplier, params)
+        record.update({"content_scale": c_scale, "content_multiplier": c_multiplier, "content_beta": c_beta})
+    record["seconds"] = _since(t0)
     logger.info("item head %s on %d rows in %.1f s: beta %.4g", stage, len(merged.train), _since(t0), beta)
-    return ItemHead(weights, float(beta), only.method, dict(params), [*selection, record], decay)
+    return ItemHead(weights, float(beta), only.method, params, [*selection, record], decay)
 
 
 def _since(t: float) -> float:
@@ -356,33 +505,46 @@ def _score_scale(
     return float(np.median(r)) if len(r) else 0.0
 
 
-def fit_and_save(model_dir: str | Path, split: SplitLike, selection_dir: str | Path | None = None) -> ItemHead:
+def fit_and_save(
+    model_dir: str | Path, split: SplitLike, selection_dir: str | Path | None = None, items: pd.DataFrame | None = None
+) -> ItemHead:
     """Fit the head that ``model_dir``'s config asks for (``[item_head]``) and store it in ``model_dir``.
 
     With ``selection_dir`` (``train.refit``'s early-stopped run, whose validation rows are unseen) the
     head is chosen there and stored with it, then refitted (:func:`refit_item_head`) for the refit
     model in ``model_dir``. With ``train.refit_epochs`` (no selection run) it is
-    :func:`fixed_item_head`.
+    :func:`fixed_item_head`. ``items`` (the catalog table the model trained on) gives the content
+    term's vectors when ``item_head.content_modality`` is set.
 
     Returns:
         the head stored in ``model_dir``.
 
     Raises:
-        ValueError: the config's ``item_head.method`` is ``"none"`` (see :func:`fit_item_head`).
+        ValueError: the config's ``item_head.method`` is ``"none"`` (see :func:`fit_item_head`), or
+            it names a content modality and ``items`` is None.
     """
     from recfuse.models.trained import TrainedModel
 
     chooser = TrainedModel.load(selection_dir if selection_dir is not None else model_dir)
     cfg = chooser.config
+    content = None
+    name = cfg.item_head.content_modality
+    if name:
+        if items is None:
+            raise ValueError(f"`item_head.content_modality` = {name!r} needs the catalog table (`items`)")
+        modality = next(m for m in cfg.modalities if m.name == name)
+        content = content_vectors(items, modality, chooser.item_ids)
     if cfg.train.refit_epochs:  # a refit with no selection run: nothing to choose on
-        head = fixed_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+        head = fixed_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed,
+                               content=content)  # fmt: skip
         head.save(Path(model_dir) / HEAD_DIR)
         return head
-    head = fit_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+    head = fit_item_head(chooser, split, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed, content=content)
     if selection_dir is not None:
         head.save(Path(selection_dir) / HEAD_DIR)
         model = TrainedModel.load(model_dir)
-        head = refit_item_head(model, split, head, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed)
+        head = refit_item_head(model, split, head, cfg.item_head, cfg.data.max_history, seed=cfg.train.seed,
+                               content=content)  # fmt: skip
     head.save(Path(model_dir) / HEAD_DIR)
     return head
 
