@@ -217,7 +217,7 @@ def test_config_content_term_names_a_vector_modality() -> None:
     with pytest.raises(ConfigError, match=r"`item_head.content_neighbors`"):
         ItemHeadConfig(content_neighbors=0)
     # trained once (no selection run), the content multiplier needs one value like every other grid
-    with pytest.raises(ConfigError, match=r"'content_betas': \(0.01, 0.02, 0.04, 0.08\)"):
+    with pytest.raises(ConfigError, match=r"'content_betas': \(0.02, 0.04, 0.08, 0.16\)"):
         RecfuseConfig.from_dict({"modalities": [audio], "train": {"refit": True, "refit_epochs": 3},
                                  "item_head": {**head, "ease_lambdas": [100.0], "history_decays": [1.0],
                                                "betas": [0.06]}})  # fmt: skip

@@ -70,7 +70,7 @@ class ItemHeadConfig:
     ease_max_items: int = 50_000
     content_modality: str = ""
     content_neighbors: int = 100
-    content_betas: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08)
+    content_betas: tuple[float, ...] = (0.02, 0.04, 0.08, 0.16)
     content_max_items: int = 200_000
 
     def __post_init__(self) -> None:
