@@ -195,8 +195,11 @@ def test_experiment_scores_a_variant_with_its_head_refitted_with_the_model(
     exp = tmp_path / "exp.toml"
     concat = 'overrides = { "model.fusion" = "concat" }'
     assert concat in FAST_EXPERIMENT
-    fixed = ', "train.refit_epochs" = 1, "item_head.history_decays" = [1.0], "item_head.betas" = [0.5]' if once else ""
+    fixed = (', "train.refit_epochs" = 1, "item_head.history_decays" = [1.0], "item_head.betas" = [0.5], '
+             '"item_head.content_betas" = [1.0]') if once else ""  # fmt: skip
+    # with a content term: the experiment hands the head its catalog's audio vectors
     with_head = concat.replace(' }', ', "item_head.method" = "itemknn", "item_head.knn_neighbors" = [5], '
+                                     '"item_head.content_modality" = "audio", "item_head.content_neighbors" = 4, '
                                      f'"train.refit" = true, "train.min_epochs" = 0{fixed} }}')  # fmt: skip
     exp.write_text(FAST_EXPERIMENT.replace("seeds = [1, 2]", "seeds = [1]").replace(concat, with_head))
     out = tmp_path / "out"
@@ -207,12 +210,16 @@ def test_experiment_scores_a_variant_with_its_head_refitted_with_the_model(
     if once:  # train.refit_epochs: one training, and the head's choices are the config's
         assert not (model_dir / "selection").exists()
         assert [r["stage"] for r in served.selection] == ["fixed"] and served.selection[0]["multiplier"] == 0.5
+        assert served.selection[0]["content_multiplier"] == 1.0 and served.params["content_multiplier"] == 1.0
     else:
         chosen = load_item_head(model_dir / "selection" / "item_head")
         assert served.selection[:-1] == chosen.selection and served.selection[-1]["stage"] == "refit"
+        assert [r["multiplier"] for r in chosen.selection if r["stage"] == "content"] == [0.0, 0.02, 0.04, 0.08, 0.16]
+        assert served.params["content_multiplier"] == chosen.params["content_multiplier"]
     # the run was scored with the refitted head, as `recfuse train` would serve it; the control has none
     info = EvalResult.load(out / "runs" / "concat" / "seed-1" / "eval.json").info["item_head"]
-    assert info["params"] == {"neighbors": 5, "keep": 200} and info["beta"] == served.beta
+    assert info["params"] == served.params and info["beta"] == served.beta
+    assert info["params"]["neighbors"] == 5 and info["params"]["content_neighbors"] == 4
     assert "item_head" not in EvalResult.load(out / "runs" / "attention" / "seed-1" / "eval.json").info
     assert not (out / "runs" / "attention" / "seed-1" / "model" / "item_head").exists()
 

@@ -115,7 +115,7 @@ def _one_run(
     if cfg.item_head.enabled:  # the variant is scored as `recfuse train` would serve it: with its head
         from recfuse.evaluation.item_head import fit_and_save
 
-        fit_and_save(result.model_dir, split, selection_dir)
+        fit_and_save(result.model_dir, split, selection_dir, dataset.items)
     t_train = time.perf_counter() - t0
     model = TrainedModel.load(result.model_dir)
     t1 = time.perf_counter()
