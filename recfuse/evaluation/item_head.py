@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,19 +48,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recfuse.config import EvalConfig, ItemHeadConfig, ModalityConfig
-from recfuse.data.item_features import vector_column
+from recfuse.config import EvalConfig, ItemHeadConfig
 from recfuse.evaluation.baselines import validation_metric
 from recfuse.evaluation.fullrank import RankingModel, SplitLike, build_eval_sets
-from recfuse.evaluation.metrics import relevant_pairs
-from recfuse.item_weights import (
-    content_weights,
-    cut_rows,
-    ease_weights,
-    neighbour_matrix,
-    sequential_weights,
-    top_neighbours,
+from recfuse.evaluation.head_terms import (
+    check_content,
+    choose_content,
+    content_vectors,
+    fold_content,
+    score_scale,
+    weight_grid,
 )
+from recfuse.evaluation.metrics import relevant_pairs
+from recfuse.item_weights import content_weights
 from recfuse.itemitem import HEAD_DIR, ItemHead, history_rows, profile_matrix
 from recfuse.types import FloatArray
 
@@ -107,7 +106,7 @@ def fit_item_head(
     """
     if not cfg.enabled:
         raise ValueError("`item_head.method` is 'none': there is no head to fit")
-    _check_content(cfg, content, len(model.item_ids))
+    check_content(cfg, content, len(model.item_ids))
     t0 = time.perf_counter()
     val = _val_users(model, split, cfg, max_history, seed)
     users, exclude, index = val.users, val.exclude, val.index
@@ -122,7 +121,7 @@ def fit_item_head(
     selection: list[dict[str, Any]] = []
     best: tuple[float, sp.csr_matrix, dict[str, float | int], float] | None = None
     t = time.perf_counter()
-    for w, params in _weight_grid(cfg, split, index, block_size):
+    for w, params in weight_grid(cfg, split, index, block_size):
         for decay, profiles in profiles_by_decay.items():
             score = metric(lambda s, e, w=w, p=profiles: np.asarray((p[s:e] @ w).toarray(), np.float32))
             selection.append({"stage": "weights", **params, "decay": decay, cfg.select_metric: score,
@@ -136,7 +135,7 @@ def fit_item_head(
     profiles = profiles_by_decay[decay]
 
     vectors, queries = _model_scores(model, val, block_size)
-    scale = _score_scale(queries, vectors, profiles, weights, block_size)
+    scale = score_scale(queries, vectors, profiles, weights, block_size)
     betas = [0.0] + ([scale * m for m in cfg.betas] if scale > 0 else [])
     best_beta, best_score = 0.0, -1.0
     for beta in betas:
@@ -159,107 +158,11 @@ def fit_item_head(
             logger.warning("item head: the best beta is the %s multiplier %s; widen `item_head.betas`", word, edge)
     if cfg.content_modality:
         assert content is not None
-        weights, best_beta, params = _choose_content(
+        weights, best_beta, params = choose_content(
             cfg, content, queries, vectors, profiles, weights, best_beta, params, metric, selection, block_size
         )
     logger.info("item head fitted in %.1f s: %s %s, beta %.4g", time.perf_counter() - t0, cfg.method, params, best_beta)
     return ItemHead(weights, float(best_beta), cfg.method, params, selection, decay)
-
-
-def content_vectors(items: pd.DataFrame, modality: ModalityConfig, item_ids: Sequence[str]) -> FloatArray:
-    """``[n, dim]`` float32 rows of ``modality``'s vector column for ``item_ids`` (a model's catalog
-    order): zeros for an item the table lacks or whose vector is null (it gets no content neighbours).
-
-    Raises:
-        SchemaError: a vector of the wrong width or with a non-finite value (names the item and column).
-    """
-    vec, mask = vector_column(items, modality)
-    pos = pd.Index(items["item_id"].astype(str)).get_indexer(pd.Index([str(i) for i in item_ids]))
-    out = np.zeros((len(item_ids), modality.dim), np.float32)
-    found = pos >= 0
-    out[found] = vec[pos[found]] * mask[pos[found], None]
-    return out
-
-
-def _check_content(cfg: ItemHeadConfig, content: FloatArray | None, n_items: int) -> None:
-    if not cfg.content_modality:
-        return
-    if content is None:
-        raise ValueError(
-            f"`item_head.content_modality` = {cfg.content_modality!r} but no content vectors were passed: "
-            "pass content_vectors(items, modality, model.item_ids)"
-        )
-    if content.ndim != 2 or content.shape[0] != n_items:
-        raise ValueError(f"content vectors must be [{n_items}, dim] (one row per catalog item), got {content.shape}")
-    if n_items > cfg.content_max_items:
-        raise ValueError(
-            f"the content term's exact neighbour search over {n_items} items exceeds "
-            f"`item_head.content_max_items` = {cfg.content_max_items} (it costs n^2 * dim multiply-adds): "
-            "raise the limit, or set content_modality = ''"
-        )
-
-
-def _choose_content(
-    cfg: ItemHeadConfig,
-    content: FloatArray,
-    queries: FloatArray,
-    vectors: FloatArray,
-    profiles: sp.csr_matrix,
-    weights: sp.csr_matrix,
-    beta: float,
-    params: dict[str, float | int],
-    metric: Any,
-    selection: list[dict[str, Any]],
-    block_size: int,
-) -> tuple[sp.csr_matrix, float, dict[str, float | int]]:
-    """Step 4 of the module doc: the content term's weight chosen with ``beta`` fixed, then folded."""
-    t = time.perf_counter()
-    c_weights = content_weights(content, cfg.content_neighbors, block_size)
-    scale = _score_scale(queries, vectors, profiles, c_weights, block_size)
-    best_m, best_score = 0.0, -1.0
-    for m in [0.0] + (list(cfg.content_betas) if scale > 0 else []):
-
-        def blended(s: int, e: int, m: float = m) -> FloatArray:
-            out = queries[s:e] @ vectors.T
-            if beta:
-                out += np.float32(beta) * (profiles[s:e] @ weights).toarray().astype(np.float32)
-            if m:
-                out += np.float32(scale * m) * (profiles[s:e] @ c_weights).toarray().astype(np.float32)
-            return out
-
-        score = metric(blended)
-        selection.append({"stage": "content", "modality": cfg.content_modality, "neighbors": cfg.content_neighbors,
-                          "content_beta": scale * m, "multiplier": m, cfg.select_metric: score,
-                          "seconds": _since(t)})  # fmt: skip
-        logger.info("item head content %s x%g: %s %.5f", cfg.content_modality, m, cfg.select_metric, score)
-        if score > best_score:
-            best_m, best_score = m, score
-        t = time.perf_counter()
-    if scale > 0 and best_m == max(cfg.content_betas) and len(cfg.content_betas) > 1:
-        logger.warning("item head: the best content multiplier is the largest, %s; widen `item_head.content_betas`",
-                       best_m)  # fmt: skip
-    return _fold(weights, beta, c_weights, scale * best_m, cfg.content_neighbors, best_m, params)
-
-
-def _fold(
-    weights: sp.csr_matrix,
-    beta: float,
-    c_weights: sp.csr_matrix,
-    c_beta: float,
-    neighbors: int,
-    multiplier: float,
-    params: dict[str, float | int],
-) -> tuple[sp.csr_matrix, float, dict[str, float | int]]:
-    """``(W + (c_beta / beta) C, beta)``, or ``(C, c_beta)`` where ``beta`` is 0, and the params that say so."""
-    params = {**params, "content_neighbors": int(neighbors), "content_multiplier": float(multiplier),
-              "content_beta": float(c_beta)}  # fmt: skip
-    if c_beta <= 0:
-        return weights, beta, params
-    if beta <= 0:
-        return c_weights, c_beta, {**params, "content_only": 1}
-    folded = sp.csr_matrix(weights + c_weights.multiply(np.float32(c_beta / beta)), dtype=np.float32)
-    folded.sort_indices()
-    return folded, beta, params
 
 
 @dataclass(frozen=True)
@@ -328,7 +231,7 @@ def refit_item_head(
         ValueError: ``chosen`` records no chosen ``beta`` in its selection table, or its params do
             not name its method's setting.
     """
-    _check_content(cfg, content, len(model.item_ids))
+    check_content(cfg, content, len(model.item_ids))
     multiplier = 0.0
     if chosen.beta > 0 and not chosen.params.get("content_only"):
         rows = [r for r in chosen.selection if r.get("stage") == "beta" and r.get("beta") == chosen.beta]
@@ -373,7 +276,7 @@ def fixed_item_head(
     several = {name: values for name, values in grids.items() if len(values) != 1}
     if several:
         raise ValueError(f"a head fitted without validation takes one value per grid; {several} hold several")
-    _check_content(cfg, content, len(model.item_ids))
+    check_content(cfg, content, len(model.item_ids))
     only = _only(cfg, cfg.method, next(iter(grids.values()))[0], cfg.keep, cfg.history_decays[0])
     c_multiplier = cfg.content_betas[0] if cfg.content_modality else 0.0
     return _fit_fixed(model, split, only, cfg.betas[0], "fixed", [], max_history, seed, block_size,
@@ -414,9 +317,9 @@ def _fit_fixed(
     val = _val_users(model, scale_split, only, max_history, seed)
     merged = _ValSplit(split)  # only its train is read below: the training + validation rows
     merged.train = pd.concat([split.train, split.val], ignore_index=True)
-    weights, params = next(_weight_grid(only, merged, val.index, block_size))
+    weights, params = next(weight_grid(only, merged, val.index, block_size))
     vectors, queries = _model_scores(model, val, block_size)
-    scale = _score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), decay), weights, block_size)
+    scale = score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), decay), weights, block_size)
     beta = scale * multiplier if scale > 0 else 0.0
     record = {"stage": stage, "rows": len(merged.train), "scale": scale, "multiplier": multiplier, "beta": beta}
     params = dict(params)
@@ -425,9 +328,10 @@ def _fit_fixed(
         if c_multiplier > 0:
             profiles = profile_matrix(val.rows, len(val.index), decay)
             c_weights = content_weights(content, only.content_neighbors, block_size)
-            c_scale = _score_scale(queries, vectors, profiles, c_weights, block_size)
+            c_scale = score_scale(queries, vectors, profiles, c_weights, block_size)
             c_beta = c_scale * c_multiplier if c_scale > 0 else 0.0
-        weights, beta, params = _fold(weights, beta, c_weights, c_beta, only.content_neighbors, c_multiplier, params)
+        k = only.content_neighbors
+        weights, beta, params = fold_content(weights, beta, c_weights, c_beta, k, c_multiplier, params)
         record.update({"content_scale": c_scale, "content_multiplier": c_multiplier, "content_beta": c_beta})
     record["seconds"] = _since(t0)
     logger.info("item head %s on %d rows in %.1f s: beta %.4g", stage, len(merged.train), _since(t0), beta)
@@ -436,73 +340,6 @@ def _fit_fixed(
 
 def _since(t: float) -> float:
     return round(time.perf_counter() - t, 3)
-
-
-def _train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
-    """0/1 ``[users, n]`` of the training rows (rows whose item the catalog lacks are left out)."""
-    train = split.train
-    rows = train["item_id"].astype(str).map(index)
-    known = rows.notna().to_numpy()
-    users = np.unique(train["user_id"].astype(str).to_numpy()[known], return_inverse=True)[1]
-    cols = rows[known].astype(np.int64).to_numpy()
-    x = sp.csr_matrix(
-        (np.ones(len(cols), np.float32), (users, cols)), shape=(int(users.max(initial=-1)) + 1, len(index))
-    )
-    x.sum_duplicates()
-    x.data[:] = 1.0
-    return x
-
-
-def _weight_grid(
-    cfg: ItemHeadConfig, split: SplitLike, index: dict[str, int], block_size: int
-) -> Iterator[tuple[sp.csr_matrix, dict[str, float | int]]]:
-    """The head's weights for each grid value of ``cfg.method`` and the params that name them; what
-    the values share (the training matrix, one similarity pass at the largest K, the sorted
-    sequences) is built once."""
-    keep = cfg.keep
-    if cfg.method == "sequential":
-        users, items = _sequences(split, index)
-        for window in cfg.seq_windows:
-            yield sequential_weights(users, items, len(index), int(window), keep), {"window": int(window), "keep": keep}
-        return
-    x = _train_matrix(split, index)
-    if cfg.method == "ease":
-        for lam in cfg.ease_lambdas:
-            yield (
-                ease_weights(x, float(lam), keep, block_size, cfg.ease_max_items),
-                {"lambda": float(lam), "keep": keep},
-            )
-        return
-    k_max = min(max(cfg.knn_neighbors), max(len(index) - 1, 1))
-    nb_idx, nb_val = top_neighbours(x, k_max, 0.0, block_size)  # smaller K are prefixes of the largest
-    for k in cfg.knn_neighbors:
-        w = cut_rows(neighbour_matrix(nb_idx[:, :k], nb_val[:, :k]), keep)
-        yield w, {"neighbors": int(k), "keep": keep}
-
-
-def _sequences(split: SplitLike, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The training rows as (user code, catalog row), sorted by user then time (ties in file order)."""
-    train = split.train
-    rows = train["item_id"].astype(str).map(index)
-    known = train.loc[rows.notna().to_numpy()].assign(_row=rows[rows.notna()].astype(np.int64))
-    order = known.sort_values(["user_id", "timestamp"], kind="stable") if "timestamp" in known else known
-    users = pd.factorize(order["user_id"].astype(str))[0]
-    return users, order["_row"].to_numpy(np.int64)
-
-
-def _score_scale(
-    queries: FloatArray, vectors: FloatArray, profiles: sp.csr_matrix, weights: sp.csr_matrix, block_size: int
-) -> float:
-    """Median over users of std(model scores) / std(head scores); 0 when the head scores nobody."""
-    ratios = []
-    for s in range(0, len(queries), block_size):
-        e = min(s + block_size, len(queries))
-        m = (queries[s:e] @ vectors.T).std(axis=1)
-        h = np.asarray((profiles[s:e] @ weights).toarray()).std(axis=1)
-        ok = h > 0
-        ratios.append(m[ok] / h[ok])
-    r = np.concatenate(ratios) if ratios else np.zeros(0)
-    return float(np.median(r)) if len(r) else 0.0
 
 
 def fit_and_save(
