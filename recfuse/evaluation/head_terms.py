@@ -60,7 +60,10 @@ def content_vectors(items: pd.DataFrame, modality: ModalityConfig, item_ids: Seq
     out[found] = vec[pos[found]] * mask[pos[found], None]
     return out
 
+
 def check_content(cfg: ItemHeadConfig, content: FloatArray | None, n_items: int) -> None:
+    """Raise ValueError unless a content term (``cfg.content_modality``) has its ``[n_items, dim]``
+    vectors and the catalog is within ``cfg.content_max_items``; nothing to check without one."""
     if not cfg.content_modality:
         return
     if content is None:
@@ -77,6 +80,7 @@ def check_content(cfg: ItemHeadConfig, content: FloatArray | None, n_items: int)
             "raise the limit, or set content_modality = ''"
         )
 
+
 def choose_content(
     cfg: ItemHeadConfig,
     content: FloatArray,
@@ -90,7 +94,8 @@ def choose_content(
     selection: list[dict[str, Any]],
     block_size: int,
 ) -> tuple[sp.csr_matrix, float, dict[str, float | int]]:
-    """Step 4 of the module doc: the content term's weight chosen with ``beta`` fixed, then folded."""
+    """Step 4 of :mod:`recfuse.evaluation.item_head`: the content term's weight chosen with ``beta`` fixed
+    (0 always tried), then folded (:func:`fold_content`)."""
     t = time.perf_counter()
     c_weights = content_weights(content, cfg.content_neighbors, block_size)
     scale = score_scale(queries, vectors, profiles, c_weights, block_size)
@@ -118,6 +123,7 @@ def choose_content(
                        best_m)  # fmt: skip
     return fold_content(weights, beta, c_weights, scale * best_m, cfg.content_neighbors, best_m, params)
 
+
 def fold_content(
     weights: sp.csr_matrix,
     beta: float,
@@ -138,6 +144,7 @@ def fold_content(
     folded.sort_indices()
     return folded, beta, params
 
+
 def train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
     """0/1 ``[users, n]`` of the training rows (rows whose item the catalog lacks are left out)."""
     train = split.train
@@ -151,6 +158,7 @@ def train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
     x.sum_duplicates()
     x.data[:] = 1.0
     return x
+
 
 def weight_grid(
     cfg: ItemHeadConfig, split: SplitLike, index: dict[str, int], block_size: int
@@ -178,6 +186,7 @@ def weight_grid(
         w = cut_rows(neighbour_matrix(nb_idx[:, :k], nb_val[:, :k]), keep)
         yield w, {"neighbors": int(k), "keep": keep}
 
+
 def sequences(split: SplitLike, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """The training rows as (user code, catalog row), sorted by user then time (ties in file order)."""
     train = split.train
@@ -186,6 +195,7 @@ def sequences(split: SplitLike, index: dict[str, int]) -> tuple[np.ndarray, np.n
     order = known.sort_values(["user_id", "timestamp"], kind="stable") if "timestamp" in known else known
     users = pd.factorize(order["user_id"].astype(str))[0]
     return users, order["_row"].to_numpy(np.int64)
+
 
 def score_scale(
     queries: FloatArray, vectors: FloatArray, profiles: sp.csr_matrix, weights: sp.csr_matrix, block_size: int
