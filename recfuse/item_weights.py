@@ -199,10 +199,7 @@ def prune_rows(
     for s in range(0, m, block):
         rows, cols, vals = _top_per_row(dense[s : s + block], keep)
         parts.append((index[s + rows], index[cols], vals))
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)
+    return _csr_from_parts(parts, n)
 
 
 def content_weights(vectors: npt.ArrayLike, neighbors: int, block: int = 1024) -> sp.csr_matrix:
@@ -234,6 +231,11 @@ def content_weights(vectors: npt.ArrayLike, neighbors: int, block: int = 1024) -
         sim[np.arange(e - s), np.arange(s, e)] = 0.0
         rows, cols, vals = _top_per_row(sim, k)
         parts.append((s + rows, cols, vals))
+    return _csr_from_parts(parts, n)
+
+
+def _csr_from_parts(parts: list[tuple[Int64Array, Int64Array, FloatArray]], n: int) -> sp.csr_matrix:
+    """The float32 CSR ``[n, n]`` of row blocks' ``(rows, cols, values)`` triplets."""
     rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)

@@ -215,6 +215,28 @@ def test_content_term_is_chosen_with_beta_fixed_and_folded_into_the_weights(trai
         fit_item_head(model, split, dataclasses.replace(cfg, content_max_items=10), MAX_HISTORY, content=content)
 
 
+def test_fit_and_save_needs_the_catalog_for_a_content_term(trained: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from recfuse.evaluation.item_head import fit_and_save
+
+    model, split, out = trained
+    copy = tmp_path / "model"
+    shutil.copytree(out, copy)
+    stored = json.loads((copy / "config.json").read_text(encoding="utf-8"))
+    stored["modalities"] = [{"name": "audio", "kind": "vector", "columns": ["audio_vec"], "dim": 8}]
+    stored["item_head"] = {**stored["item_head"], "method": "itemknn", "knn_neighbors": [5], "betas": [1.0],
+                           "content_modality": "audio", "content_neighbors": 4, "content_betas": [1.0]}  # fmt: skip
+    (copy / "config.json").write_text(json.dumps(stored), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"`item_head.content_modality` = 'audio' needs the catalog table \(`items`\)"):
+        fit_and_save(copy, split)
+    assert not (copy / "item_head").exists()  # nothing half-written
+    items, _ = _audio_vectors(model)
+    head = fit_and_save(copy, split, items=items)
+    assert head.params["content_neighbors"] == 4 and (copy / "item_head" / "head.json").exists()
+
+
 def test_evaluate_ranks_with_the_stored_head_as_served(trained: tuple[Any, Any, Path]) -> None:
     from recfuse.models.trained import TrainedModel
 
