@@ -47,7 +47,8 @@ Usage:
 ``--heads`` fits each named item-item head (``[item_head]``, chosen on the validation split cut from
 the training rows) on every trained model and scores ``VARIANT+METHOD`` beside the towers alone;
 ``METHOD+content`` is the same head with the content term of ``--set item_head.content_modality=NAME``
-(``METHOD`` alone leaves it out).
+and, for EASE, the content in its Gram matrix of ``--set item_head.ease_content_alphas=[ALPHA]``
+(``METHOD`` alone leaves both out).
 With ``train.refit`` the head is chosen with the selection run and refitted for the refit model
 (:func:`recfuse.evaluation.item_head.refit_item_head`), as ``recfuse train`` does. With
 ``--set train.refit_epochs=N`` there is no selection run: the model trains once on train + valid for
@@ -511,7 +512,9 @@ def _train_variants(args: argparse.Namespace, protocol: str, dataset: Any, split
                     raise SystemExit(f"--heads {method!r}: write METHOD or METHOD+content (which needs "
                                      "--set item_head.content_modality=NAME)")  # fmt: skip
                 modality_name = cfg.item_head.content_modality if term else ""
-                head_cfg = dataclasses.replace(cfg.item_head, method=base, content_modality=modality_name)
+                alphas = cfg.item_head.ease_content_alphas if term else (0.0,)  # content in EASE's Gram too
+                head_cfg = dataclasses.replace(cfg.item_head, method=base, content_modality=modality_name,
+                                               ease_content_alphas=alphas)  # fmt: skip
                 content = None  # the content term's vectors, catalog order
                 if head_cfg.content_modality:
                     modality = next(m for m in cfg.modalities if m.name == head_cfg.content_modality)
@@ -668,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                    "for the minilm_tags variant; the same item ids as the converted catalog")  # fmt: skip
     p.add_argument("--heads", default="", help="item-item heads to fit on each trained model and score beside it, "
                    "e.g. ease,sequential; ease+content adds the content term of item_head.content_modality "
+                   "(and item_head.ease_content_alphas) "
                    "(default: the config's item_head, if any)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=20, help="train.epochs cap (early stopping on valid)")
     p.add_argument("--reuse", action="store_true", help="evaluate a model directory left by an earlier run when its "

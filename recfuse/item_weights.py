@@ -2,7 +2,9 @@
 
 - :func:`ease_weights`: EASE^R (Steck 2019), ``P = (X^T X + lambda I)^-1``, ``B = -P / diag(P)``,
   ``diag(B) = 0``; float32, inverted in place by LAPACK's Cholesky, restricted to items with
-  training interactions, each row cut to its ``keep`` largest positive weights.
+  training interactions, each row cut to its ``keep`` largest positive weights. With content
+  vectors it is EASE with side information: ``X^T X`` gains ``alpha`` times the items' content
+  cosines, so items with content but no interaction get weights too.
 - :func:`knn_weights`: cosine item-kNN ("ItemKNN-CF"): each target keeps its ``neighbors`` most
   similar items. Built in row blocks: never a dense ``n x n`` similarity.
 - :func:`sequential_weights`: sequential rules, ``1 / gap`` for each time ``j`` followed ``i``.
@@ -46,6 +48,7 @@ __all__ = [
     "prune_rows",
     "sequential_weights",
     "top_neighbours",
+    "unit_rows",
 ]
 
 
@@ -129,11 +132,16 @@ def ease_memory_bytes(n_items: int) -> int:
     return 2 * n_items * n_items * 4
 
 
-def ease_weights_dense(xa: sp.csr_matrix, lam: float, out: FloatArray, block: int) -> None:
-    """EASE ``B [m, m]`` into ``out``: Gram, Cholesky inverse and column scaling all in place."""
+def ease_weights_dense(
+    xa: sp.csr_matrix, lam: float, out: FloatArray, block: int, side: FloatArray | None = None
+) -> None:
+    """EASE ``B [m, m]`` into ``out``: Gram (plus ``side side^T`` where ``side [m, d]`` is given),
+    Cholesky inverse and column scaling all in place."""
     m = out.shape[0]
     for s, e, g in gram_row_blocks(xa, block):
         out[s:e] = g
+        if side is not None:
+            out[s:e] += side[s:e] @ side.T
     out[np.diag_indices(m)] += np.float32(lam)
     # out.T is Fortran-ordered, so LAPACK works on our buffer without a copy; its upper triangle is
     # our lower one.
@@ -164,26 +172,48 @@ def active_items(x: sp.csr_matrix) -> npt.NDArray[np.intp]:
     return np.flatnonzero(np.diff(x.tocsc().indptr) > 0)
 
 
-def ease_weights(x: sp.csr_matrix, lam: float, keep: int, block: int = 1024, max_items: int = 50_000) -> sp.csr_matrix:
+def ease_weights(
+    x: sp.csr_matrix,
+    lam: float,
+    keep: int,
+    block: int = 1024,
+    max_items: int = 50_000,
+    content: npt.ArrayLike | None = None,
+    content_alpha: float = 0.0,
+) -> sp.csr_matrix:
     """EASE^R weights ``W [n, n]`` with each row (a history item) cut to its ``keep`` largest positive
     weights: what the item-item head stores and serves.
 
+    With ``content [n, dim]`` and ``content_alpha`` > 0 the Gram matrix is ``X^T X + alpha U U^T``
+    (``U`` the unit-length content rows, so ``alpha`` times the items' content cosines; each content
+    dimension acts as a pseudo-user), EASE with side information: items that share content
+    are pulled together where co-occurrence is thin, and an item with content but no interaction
+    gets weights (an item whose vector is zero or non-finite gets none from content).
+
     Raises:
-        ValueError: more than ``max_items`` items have interactions (EASE holds an ``m x m`` float32
-            matrix), or the Gram matrix is not positive definite at ``lam``.
+        ValueError: more than ``max_items`` items have interactions or content (EASE holds an
+            ``m x m`` float32 matrix), the Gram matrix is not positive definite at ``lam``, or
+            ``content`` does not have one row per item.
     """
     x = binary_csr(x, "x")
     n = x.shape[1]
     active = active_items(x)
+    side = None
+    if content is not None and content_alpha > 0:
+        unit = unit_rows(content)
+        if unit.shape[0] != n:
+            raise ValueError(f"`content` must be [{n}, dim] (one row per item), got {unit.shape}")
+        active = np.union1d(active, np.flatnonzero(np.abs(unit).sum(axis=1) > 0))
+        side = unit[active] * np.float32(np.sqrt(content_alpha))
     m = len(active)
     if m > max_items:
         raise ValueError(
-            f"EASE over {m:,} items (those with training interactions) needs a dense {m:,} x {m:,} float32 "
+            f"EASE over {m:,} items (those with training interactions or content) needs a dense {m:,} x {m:,} float32 "
             f"matrix ({ease_memory_bytes(m) // 2 / 1e9:.1f} GB); raise `item_head.ease_max_items` (now "
             f"{max_items:,}) if the machine has the memory, or use method 'itemknn'"
         )
     b = np.empty((m, m), dtype=np.float32)
-    ease_weights_dense(x[:, active] if m < n else x, float(lam), b, block)
+    ease_weights_dense(x[:, active] if m < n else x, float(lam), b, block, side)
     return prune_rows(b, keep, active, n, block)
 
 
@@ -202,6 +232,23 @@ def prune_rows(
     return _csr_from_parts(parts, n)
 
 
+def unit_rows(vectors: npt.ArrayLike) -> FloatArray:
+    """``vectors [n, dim]`` as float32 rows of length 1; an all-zero or non-finite row becomes zeros.
+
+    Raises:
+        ValueError: ``vectors`` is not 2-D.
+    """
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2:
+        raise ValueError(f"`vectors` must be [n, dim], got shape {v.shape}")
+    ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(v).all(axis=1))
+    norms = np.where(ok, np.linalg.norm(np.where(ok[:, None], v, 0), axis=1), 0).astype(np.float32)
+    unit = np.zeros_like(v)
+    has = norms > 0
+    unit[has] = v[has] / norms[has, None]
+    return unit
+
+
 def content_weights(vectors: npt.ArrayLike, neighbors: int, block: int = 1024) -> sp.csr_matrix:
     """Content-neighbour weights ``W [n, n]``: row ``i`` holds the cosine of item ``i``'s content vector
     (row ``i`` of ``vectors [n, dim]``) to each of its ``neighbors`` most similar items, positive
@@ -212,17 +259,10 @@ def content_weights(vectors: npt.ArrayLike, neighbors: int, block: int = 1024) -
     Raises:
         ValueError: ``vectors`` is not 2-D or ``neighbors`` < 1.
     """
-    v = np.asarray(vectors, dtype=np.float32)
-    if v.ndim != 2:
-        raise ValueError(f"`vectors` must be [n, dim], got shape {v.shape}")
     if int(neighbors) < 1:
         raise ValueError(f"`neighbors` must be >= 1, got {neighbors!r}")
-    n = v.shape[0]
-    ok: npt.NDArray[np.bool_] = np.asarray(np.isfinite(v).all(axis=1))
-    norms = np.where(ok, np.linalg.norm(np.where(ok[:, None], v, 0), axis=1), 0).astype(np.float32)
-    unit = np.zeros_like(v)
-    has = norms > 0
-    unit[has] = v[has] / norms[has, None]
+    unit = unit_rows(vectors)
+    n = unit.shape[0]
     k = min(int(neighbors), max(n - 1, 1))
     parts = []
     for s in range(0, n, block):

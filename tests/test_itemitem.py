@@ -48,6 +48,32 @@ def test_ease_refuses_more_items_than_its_limit() -> None:
         ease_weights(_interactions(), 5.0, keep=3, max_items=10)
 
 
+def test_ease_with_content_adds_alpha_times_the_content_cosines_to_the_gram_matrix() -> None:
+    x = _interactions()  # 12 items; the last has no interaction
+    content = np.random.default_rng(3).normal(size=(12, 4)).astype(np.float32) * 3.0
+    content[2] = 0.0  # an item without content keeps what its interactions give it
+    lam, alpha = 5.0, 4.0
+    unit = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
+    g = (x.T @ x).toarray().astype(np.float64) + alpha * (unit @ unit.T) + lam * np.eye(12)
+    p = np.linalg.inv(g)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    w = ease_weights(x, lam, keep=12, content=content, content_alpha=alpha).toarray()
+    np.testing.assert_allclose(w, np.where(b > 0, b, 0.0), atol=1e-5)
+    assert w[-1].any() and w[:, -1].any()  # the item without interactions is reached through its content
+    plain = ease_weights(x, lam, keep=12).toarray()
+    np.testing.assert_array_equal(ease_weights(x, lam, keep=12, content=content, content_alpha=0.0).toarray(), plain)
+    assert not np.allclose(w[:11, :11], plain[:11, :11], atol=1e-3)  # content moves the warm items' weights too
+    content[-1] = np.nan  # neither interactions nor usable content: no row, no column
+    w2 = ease_weights(x, lam, keep=12, content=content, content_alpha=alpha).toarray()
+    assert not w2[-1].any() and not w2[:, -1].any()
+    with pytest.raises(ValueError, match=r"`content` must be \[12, dim\] \(one row per item\), got \(11, 4\)"):
+        ease_weights(x, lam, keep=3, content=content[1:], content_alpha=alpha)
+    content[-1] = 1.0  # items with content count against the limit too
+    with pytest.raises(ValueError, match=r"EASE over 12 items \(those with training interactions or content\)"):
+        ease_weights(x, lam, keep=3, max_items=11, content=content, content_alpha=alpha)
+
+
 def test_knn_weights_are_each_targets_most_similar_items() -> None:
     x = _interactions(seed=1)
     d = x.toarray()
@@ -216,6 +242,15 @@ def test_config_content_term_names_a_vector_modality() -> None:
         ItemHeadConfig(content_betas=())
     with pytest.raises(ConfigError, match=r"`item_head.content_neighbors`"):
         ItemHeadConfig(content_neighbors=0)
+    # content in EASE's Gram matrix: a grid of alphas >= 0, only with EASE and a content modality
+    assert cfg.item_head.choice_grids()["ease_content_alphas"] == (0.0,)
+    alphas = RecfuseConfig.from_dict({"modalities": [audio], "item_head": {**head, "ease_content_alphas": [0, 300]}})
+    assert alphas.item_head.ease_content_alphas == (0.0, 300.0)
+    with pytest.raises(ConfigError, match=r"`item_head.ease_content_alphas` must be a non-empty list of finite "):
+        ItemHeadConfig(method="ease", content_modality="audio", ease_content_alphas=(-1.0,))
+    for method, modality in (("itemknn", "audio"), ("ease", "")):
+        with pytest.raises(ConfigError, match=rf"needs method = 'ease' and a content_modality \(got method '{method}'"):
+            ItemHeadConfig(method=method, content_modality=modality, ease_content_alphas=(30.0,))
     # trained once (no selection run), the content multiplier needs one value like every other grid
     with pytest.raises(ConfigError, match=r"'content_betas': \(0.02, 0.04, 0.08, 0.16\)"):
         RecfuseConfig.from_dict({"modalities": [audio], "train": {"refit": True, "refit_epochs": 3},

@@ -215,6 +215,48 @@ def test_content_term_is_chosen_with_beta_fixed_and_folded_into_the_weights(trai
         fit_item_head(model, split, dataclasses.replace(cfg, content_max_items=10), MAX_HISTORY, content=content)
 
 
+def test_ease_with_content_in_its_gram_matrix_is_chosen_refitted_and_fixed(trained: tuple[Any, Any, Path]) -> None:
+    import pandas as pd
+
+    from recfuse.evaluation.head_terms import train_matrix
+    from recfuse.item_weights import content_weights, ease_weights
+
+    model, split, _ = trained
+    _items, content = _audio_vectors(model)
+    cfg = ItemHeadConfig(method="ease", ease_lambdas=(10.0,), keep=10, betas=(0.5, 2.0), history_decays=(1.0,),
+                         content_modality="audio", content_neighbors=5, content_betas=(1.0,),
+                         ease_content_alphas=(0.0, 30.0))  # fmt: skip
+    head = fit_item_head(model, split, cfg, MAX_HISTORY, content=content)
+    rows = [r for r in head.selection if r["stage"] == "weights"]
+    assert [r.get("content_alpha", 0.0) for r in rows] == [0.0, 30.0]  # each alpha scored alone, 0 = plain EASE
+    assert rows[0][cfg.select_metric] != rows[1][cfg.select_metric]
+    best = max(rows, key=lambda r: r[cfg.select_metric])
+    assert head.params.get("content_alpha", 0.0) == best.get("content_alpha", 0.0)
+
+    # the refit keeps alpha; trained once, the config's alpha gives the same head; W is EASE over
+    # the training + validation rows with alpha times the content cosines, plus the content term
+    chosen_beta = max(r["beta"] for r in head.selection if r["stage"] == "beta")
+    chosen = dataclasses.replace(head, beta=chosen_beta, params={**head.params, "content_alpha": 30.0,
+                                 "content_multiplier": 1.0, "content_only": 0})  # fmt: skip
+    refit = refit_item_head(model, split, chosen, cfg, MAX_HISTORY, content=content)
+    assert refit.params["content_alpha"] == 30.0 and refit.selection[-1]["multiplier"] == 2.0
+    one = dataclasses.replace(cfg, betas=(2.0,), ease_content_alphas=(30.0,))
+    fixed = fixed_item_head(model, split, one, MAX_HISTORY, content=content)
+    assert fixed.params == refit.params and fixed.beta == pytest.approx(refit.beta)
+    np.testing.assert_allclose(fixed.weights.toarray(), refit.weights.toarray(), rtol=1e-5, atol=1e-6)
+    index = {str(i): k for k, i in enumerate(model.item_ids)}
+    merged = dataclasses.replace(split, train=pd.concat([split.train, split.val], ignore_index=True))
+    w = ease_weights(train_matrix(merged, index), 10.0, 10, content=content, content_alpha=30.0)
+    record = fixed.selection[-1]
+    want = w.toarray() + record["content_beta"] / fixed.beta * content_weights(content, 5).toarray()
+    np.testing.assert_allclose(fixed.weights.toarray(), want, rtol=1e-4, atol=1e-6)
+    plain = fixed_item_head(model, split, dataclasses.replace(one, ease_content_alphas=(0.0,)), MAX_HISTORY,
+                            content=content)  # fmt: skip
+    assert "content_alpha" not in plain.params and (plain.weights != fixed.weights).nnz > 0
+    with pytest.raises(ValueError, match=r"`item_head.content_modality` = 'audio' but no content vectors were passed"):
+        fixed_item_head(model, split, one, MAX_HISTORY)
+
+
 def test_fit_and_save_needs_the_catalog_for_a_content_term(trained: tuple[Any, Any, Path], tmp_path: Path) -> None:
     import json
     import shutil

@@ -55,6 +55,12 @@ class ItemHeadConfig:
             over the content term's, as ``betas``), with ``beta`` already chosen; 0 is always tried.
         content_max_items: refuse the content term above this many catalog items (its exact
             neighbour search costs ``n^2 * dim`` multiply-adds).
+        ease_content_alphas: ``alpha`` values tried (with each lambda) for EASE with side
+            information: the Gram matrix gains ``alpha`` times the items' cosines of
+            ``content_modality`` (``X^T X + alpha U U^T``, ``U`` the unit vectors), so items with
+            similar content share weights where co-occurrence is thin, and items with content but
+            no interaction get weights. 0 is plain EASE; a value above 0 needs ``method = "ease"``
+            and ``content_modality``, and each costs one more inverse.
     """
 
     method: str = "none"
@@ -72,6 +78,7 @@ class ItemHeadConfig:
     content_neighbors: int = 100
     content_betas: tuple[float, ...] = (0.02, 0.04, 0.08, 0.16)
     content_max_items: int = 200_000
+    ease_content_alphas: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         check_choice("item_head", "method", self.method, ITEM_HEAD_METHODS)
@@ -87,6 +94,17 @@ class ItemHeadConfig:
             raise ConfigError(
                 f"`item_head.history_decays` must be a non-empty list of numbers in (0, 1], got {self.history_decays}"
             )
+        alphas = self.ease_content_alphas
+        if not alphas or any(not (math.isfinite(v) and v >= 0) for v in alphas):
+            raise ConfigError(
+                f"`item_head.ease_content_alphas` must be a non-empty list of finite numbers >= 0, got {alphas}"
+            )
+        if max(alphas) > 0 and (self.method != "ease" or not self.content_modality):
+            raise ConfigError(
+                f"`item_head.ease_content_alphas` = {alphas} puts content into EASE's Gram matrix, so it needs "
+                f"method = 'ease' and a content_modality (got method {self.method!r}, content_modality "
+                f"{self.content_modality!r}): set them, or ease_content_alphas = [0.0]"
+            )
         for name in ("keep", "max_val_users", "candidates", "ease_max_items", "content_neighbors", "content_max_items"):
             check_range("item_head", name, getattr(self, name), lo=1)
 
@@ -99,4 +117,5 @@ class ItemHeadConfig:
         weights = {"ease": "ease_lambdas", "itemknn": "knn_neighbors", "sequential": "seq_windows"}.get(self.method)
         names = ([weights] if weights else []) + ["history_decays", "betas"]
         names += ["content_betas"] if self.content_modality else []
+        names += ["ease_content_alphas"] if self.content_modality and self.method == "ease" else []
         return {name: tuple(float(v) for v in getattr(self, name)) for name in names}

@@ -1,15 +1,17 @@
 """The terms of the item-item head and what fitting them shares (numpy + scipy).
 
-:func:`weight_grid` builds the interaction weights for each value of a method's grid (EASE, item-kNN,
-sequential rules) from :func:`train_matrix`; :func:`content_vectors` and :func:`choose_content` give
-the content term (each item's nearest items by a vector modality's cosine) and its weight, and
-:func:`fold_content` folds it into the head's one matrix; :func:`score_scale` is the ratio of the
-model's score spread to a term's that every blend weight is relative to. The workflows that choose
-and refit a head are in :mod:`recfuse.evaluation.item_head`.
+:func:`weight_grid` builds the interaction weights for each value of a method's grid (EASE, with
+content in its Gram matrix or without; item-kNN; sequential rules) from :func:`train_matrix`, and
+:func:`narrow` cuts a config to one grid value; :func:`content_vectors` and :func:`choose_content`
+give the content term (each item's nearest items by a vector modality's cosine) and its weight,
+and :func:`fold_content` folds it into the head's one matrix; :func:`score_scale` is the ratio of
+the model's score spread to a term's that every blend weight is relative to. The workflows that
+choose and refit a head are in :mod:`recfuse.evaluation.item_head`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +41,7 @@ __all__ = [
     "choose_content",
     "content_vectors",
     "fold_content",
+    "narrow",
     "score_scale",
     "sequences",
     "train_matrix",
@@ -161,11 +164,20 @@ def train_matrix(split: SplitLike, index: dict[str, int]) -> sp.csr_matrix:
 
 
 def weight_grid(
-    cfg: ItemHeadConfig, split: SplitLike, index: dict[str, int], block_size: int
+    cfg: ItemHeadConfig,
+    split: SplitLike,
+    index: dict[str, int],
+    block_size: int,
+    content: FloatArray | None = None,
 ) -> Iterator[tuple[sp.csr_matrix, dict[str, float | int]]]:
     """The head's weights for each grid value of ``cfg.method`` and the params that name them; what
     the values share (the training matrix, one similarity pass at the largest K, the sorted
-    sequences) is built once."""
+    sequences) is built once. EASE tries each lambda with each ``ease_content_alphas`` value, whose
+    side information is ``content`` (catalog order; needed where a value is above 0).
+
+    Raises:
+        ValueError: an ``ease_content_alphas`` value is above 0 and ``content`` is None.
+    """
     keep = cfg.keep
     if cfg.method == "sequential":
         users, items = sequences(split, index)
@@ -174,17 +186,33 @@ def weight_grid(
         return
     x = train_matrix(split, index)
     if cfg.method == "ease":
-        for lam in cfg.ease_lambdas:
-            yield (
-                ease_weights(x, float(lam), keep, block_size, cfg.ease_max_items),
-                {"lambda": float(lam), "keep": keep},
+        if content is None and max(cfg.ease_content_alphas) > 0:
+            raise ValueError(
+                f"`item_head.ease_content_alphas` = {cfg.ease_content_alphas} adds content to EASE's Gram "
+                "matrix, but no content vectors were passed: pass content_vectors(items, modality, item_ids)"
             )
+        for lam in cfg.ease_lambdas:
+            for alpha in cfg.ease_content_alphas:
+                params: dict[str, float | int] = {"lambda": float(lam), "keep": keep}
+                params.update({"content_alpha": float(alpha)} if alpha > 0 else {})
+                w = ease_weights(x, float(lam), keep, block_size, cfg.ease_max_items, content, float(alpha))
+                yield w, params
         return
     k_max = min(max(cfg.knn_neighbors), max(len(index) - 1, 1))
     nb_idx, nb_val = top_neighbours(x, k_max, 0.0, block_size)  # smaller K are prefixes of the largest
     for k in cfg.knn_neighbors:
         w = cut_rows(neighbour_matrix(nb_idx[:, :k], nb_val[:, :k]), keep)
         yield w, {"neighbors": int(k), "keep": keep}
+
+
+def narrow(cfg: ItemHeadConfig, method: str, value: float, keep: int, decay: float, alpha: float) -> ItemHeadConfig:
+    """``cfg`` narrowed to one weights setting (of ``method``'s grid; EASE's with its ``alpha``) and one decay."""
+    cfg = dataclasses.replace(cfg, method=method, keep=keep, history_decays=(float(decay),))
+    if method == "ease":
+        return dataclasses.replace(cfg, ease_lambdas=(float(value),), ease_content_alphas=(float(alpha),))
+    if method == "itemknn":
+        return dataclasses.replace(cfg, knn_neighbors=(int(value),))
+    return dataclasses.replace(cfg, seq_windows=(int(value),))
 
 
 def sequences(split: SplitLike, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,14 +3,13 @@
 :func:`fit_item_head` (run by ``recfuse train`` when ``item_head.method`` is not ``"none"``):
 
 1. the training interactions as a 0/1 user x item matrix over the model's catalog;
-2. the weights (EASE^R per ``item_head.ease_lambdas``, or item-kNN per ``item_head.knn_neighbors``),
-   each cut to ``item_head.keep`` per history item, scored alone on the validation users; the best
-   is kept;
+2. the weights (EASE^R per ``item_head.ease_lambdas`` and ``ease_content_alphas``, or item-kNN per
+   ``item_head.knn_neighbors``), each cut to ``item_head.keep`` per history item, scored alone on
+   the validation users; the best is kept;
 3. ``beta``: the model's scores (``q . v`` times the popularity factor, as served) plus ``beta`` times
    the head's, for ``beta`` = 0 and ``c * m`` for each multiplier ``m`` in ``item_head.betas``, where
    ``c`` is the median over validation users of the ratio of the model scores' standard deviation to
-   the head scores' (so the grid fits the model's score scale). The best ``beta`` wins; 0 when the
-   head does not help.
+   the head scores' (so the grid fits the model's score scale); the best wins (0: no head).
 4. with ``item_head.content_modality`` set, the content term: each item's ``content_neighbors``
    nearest items by cosine of the modality's vectors (:func:`recfuse.item_weights.content_weights`),
    its weight ``content_beta = c' * m'`` chosen the same way (``m'`` in ``item_head.content_betas``, 0
@@ -37,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ from recfuse.evaluation.head_terms import (
     choose_content,
     content_vectors,
     fold_content,
+    narrow,
     score_scale,
     weight_grid,
 )
@@ -121,7 +120,7 @@ def fit_item_head(
     selection: list[dict[str, Any]] = []
     best: tuple[float, sp.csr_matrix, dict[str, float | int], float] | None = None
     t = time.perf_counter()
-    for w, params in weight_grid(cfg, split, index, block_size):
+    for w, params in weight_grid(cfg, split, index, block_size, content):
         for decay, profiles in profiles_by_decay.items():
             score = metric(lambda s, e, w=w, p=profiles: np.asarray((p[s:e] @ w).toarray(), np.float32))
             selection.append({"stage": "weights", **params, "decay": decay, cfg.select_metric: score,
@@ -217,7 +216,8 @@ def refit_item_head(
     fitted on ``split.train`` + ``split.val`` (what the refit model trained on) and the score-scale
     ratio ``c`` is measured with ``model`` on the same validation users as the choice, so
     ``beta = c * multiplier``. A head chosen at ``beta`` 0 stays at 0. A content term keeps its
-    chosen multiplier the same way (its weights need no interaction: they are rebuilt as they were).
+    chosen multiplier the same way (its weights need no interaction: they are rebuilt as they were),
+    and EASE its chosen content ``alpha``.
 
     Args:
         model: the refit model.
@@ -242,8 +242,9 @@ def refit_item_head(
     if setting not in chosen.params:
         raise ValueError(f"the chosen {chosen.method} head's params {chosen.params} do not name its {setting!r}")
     keep = int(chosen.params.get("keep", cfg.keep))
-    only = _only(cfg, chosen.method, float(chosen.params[setting]), keep, chosen.decay)
     c_multiplier = float(chosen.params.get("content_multiplier", 0.0)) if cfg.content_modality else 0.0
+    alpha = float(chosen.params.get("content_alpha", 0.0)) if cfg.content_modality else 0.0
+    only = narrow(cfg, chosen.method, float(chosen.params[setting]), keep, chosen.decay, alpha)
     return _fit_fixed(model, split, only, multiplier, "refit", chosen.selection, max_history, seed, block_size,
                       content, c_multiplier)  # fmt: skip
 
@@ -264,7 +265,8 @@ def fixed_item_head(
     ``split.val`` (what the refit trained on) and ``beta = c * m`` with ``c`` measured on ``model``'s
     scores of the validation users, or of the training users where ``split.val`` is empty (``c``
     reads histories, not held-out items). A content term (``cfg.content_modality``, ``content`` as in
-    :func:`fit_item_head`) takes ``content_betas``' one multiplier the same way.
+    :func:`fit_item_head`) takes ``content_betas``' one multiplier the same way, and EASE
+    ``ease_content_alphas``' one value.
 
     Raises:
         ValueError: a grid holds more than one value, ``cfg.method`` is ``"none"``, or the content
@@ -277,20 +279,11 @@ def fixed_item_head(
     if several:
         raise ValueError(f"a head fitted without validation takes one value per grid; {several} hold several")
     check_content(cfg, content, len(model.item_ids))
-    only = _only(cfg, cfg.method, next(iter(grids.values()))[0], cfg.keep, cfg.history_decays[0])
+    alpha = cfg.ease_content_alphas[0] if cfg.method == "ease" else 0.0
+    only = narrow(cfg, cfg.method, next(iter(grids.values()))[0], cfg.keep, cfg.history_decays[0], alpha)
     c_multiplier = cfg.content_betas[0] if cfg.content_modality else 0.0
     return _fit_fixed(model, split, only, cfg.betas[0], "fixed", [], max_history, seed, block_size,
                       content, c_multiplier)  # fmt: skip
-
-
-def _only(cfg: ItemHeadConfig, method: str, value: float, keep: int, decay: float) -> ItemHeadConfig:
-    """``cfg`` narrowed to one weights setting (of ``method``'s grid) and one decay."""
-    cfg = dataclasses.replace(cfg, method=method, keep=keep, history_decays=(float(decay),))
-    if method == "ease":
-        return dataclasses.replace(cfg, ease_lambdas=(float(value),))
-    if method == "itemknn":
-        return dataclasses.replace(cfg, knn_neighbors=(int(value),))
-    return dataclasses.replace(cfg, seq_windows=(int(value),))
 
 
 def _fit_fixed(
@@ -317,7 +310,7 @@ def _fit_fixed(
     val = _val_users(model, scale_split, only, max_history, seed)
     merged = _ValSplit(split)  # only its train is read below: the training + validation rows
     merged.train = pd.concat([split.train, split.val], ignore_index=True)
-    weights, params = next(weight_grid(only, merged, val.index, block_size))
+    weights, params = next(weight_grid(only, merged, val.index, block_size, content))
     vectors, queries = _model_scores(model, val, block_size)
     scale = score_scale(queries, vectors, profile_matrix(val.rows, len(val.index), decay), weights, block_size)
     beta = scale * multiplier if scale > 0 else 0.0
