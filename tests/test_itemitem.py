@@ -74,6 +74,31 @@ def test_ease_with_content_adds_alpha_times_the_content_cosines_to_the_gram_matr
         ease_weights(x, lam, keep=3, max_items=11, content=content, content_alpha=alpha)
 
 
+def test_weight_grid_tries_each_alpha_and_refuses_alphas_without_content_vectors() -> None:
+    import types
+
+    import pandas as pd
+
+    from recfuse.evaluation.head_terms import weight_grid
+
+    x = _interactions()
+    users, items = x.nonzero()
+    train = pd.DataFrame({"user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items]})
+    split = types.SimpleNamespace(train=train)
+    index = {f"i{i}": i for i in range(12)}
+    content = np.random.default_rng(4).normal(size=(12, 4)).astype(np.float32)
+    cfg = ItemHeadConfig(method="ease", ease_lambdas=(5.0,), keep=12, content_modality="audio",
+                         ease_content_alphas=(0.0, 4.0))  # fmt: skip
+    grid = list(weight_grid(cfg, split, index, 1024, content))
+    assert [p for _, p in grid] == [{"lambda": 5.0, "keep": 12}, {"lambda": 5.0, "keep": 12, "content_alpha": 4.0}]
+    np.testing.assert_allclose(grid[0][0].toarray(), ease_weights(x, 5.0, keep=12).toarray(), atol=1e-6)
+    want = ease_weights(x, 5.0, keep=12, content=content, content_alpha=4.0).toarray()
+    np.testing.assert_allclose(grid[1][0].toarray(), want, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`item_head.ease_content_alphas` = \(0.0, 4.0\) adds content to EASE's "
+                                         r"Gram matrix, but no content vectors were passed"):  # fmt: skip
+        next(weight_grid(cfg, split, index, 1024))
+
+
 def test_knn_weights_are_each_targets_most_similar_items() -> None:
     x = _interactions(seed=1)
     d = x.toarray()
